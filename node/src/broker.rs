@@ -1,0 +1,456 @@
+//! The node's topics and partitions: creation, deletion, growth, appends,
+//! reads, and retention. Protocol handlers call in here; nothing in this
+//! module knows about the wire format of requests.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::{validate_topic_name, ConfigError, NodeConfig, TopicConfig};
+use crate::log::batch::{self, BatchError, Header};
+use crate::log::{Appended, PartitionLog, Read, Store, StoreError, TimestampType};
+use crate::metrics::Metrics;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What a topic is, as persisted in the `meta` column family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+/// A live topic. Immutable: changes replace the whole value in the registry,
+/// sharing the partition logs that stay.
+pub struct Topic {
+    pub record: TopicRecord,
+    pub config: TopicConfig,
+    pub partitions: Vec<Arc<PartitionLog>>,
+}
+
+impl Topic {
+    pub fn partition(&self, p: i32) -> Option<&Arc<PartitionLog>> {
+        usize::try_from(p).ok().and_then(|i| self.partitions.get(i))
+    }
+}
+
+/// An error with the Kafka code it answers with and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct KafkaError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl KafkaError {
+    pub fn new(code: ResponseError, message: impl Into<String>) -> KafkaError {
+        KafkaError {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn code(&self) -> i16 {
+        self.code.code()
+    }
+}
+
+impl From<StoreError> for KafkaError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage error");
+        KafkaError::new(ResponseError::KafkaStorageError, e.to_string())
+    }
+}
+
+impl From<ConfigError> for KafkaError {
+    fn from(e: ConfigError) -> Self {
+        KafkaError::new(ResponseError::InvalidConfig, e.to_string())
+    }
+}
+
+impl From<BatchError> for KafkaError {
+    fn from(e: BatchError) -> Self {
+        let code = match e {
+            BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+            BatchError::NotOneBatch | BatchError::InvalidCount => ResponseError::InvalidRecord,
+            BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+            BatchError::UnknownCompression(_) => ResponseError::UnsupportedCompressionType,
+            BatchError::TimestampOutOfRange { .. } => ResponseError::InvalidTimestamp,
+            BatchError::Truncated | BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
+        };
+        KafkaError::new(code, e.to_string())
+    }
+}
+
+pub type KResult<T> = Result<T, KafkaError>;
+
+/// A topic creation request, after defaults are applied by the caller.
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+pub struct Broker {
+    pub config: NodeConfig,
+    pub cluster_id: String,
+    pub metrics: Arc<Metrics>,
+    store: Arc<Store>,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Woken after every append, so long-polling fetches re-check.
+    appended: Notify,
+}
+
+const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+
+impl Broker {
+    /// Opens the node's store and loads every topic it holds.
+    pub fn open(config: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Broker>> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Store::open(&config.data_dir.join("rocksdb"), config.sync_writes)?;
+        let cluster_id = match store.get_meta("cluster_id")? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let id = Uuid::new_v4().simple().to_string()[..22].to_string();
+                store.put_meta("cluster_id", id.as_bytes())?;
+                id
+            }
+        };
+        let mut topics = BTreeMap::new();
+        for (name, json) in store.list_topics()? {
+            let record: TopicRecord = serde_json::from_slice(&json)
+                .map_err(|e| anyhow::anyhow!("topic {name} has unreadable metadata: {e}"))?;
+            let config = config.defaults.resolve(&record.configs)?;
+            let partitions = (0..record.partitions)
+                .map(|p| PartitionLog::open(store.clone(), &record.id, p).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            topics.insert(
+                name,
+                Arc::new(Topic {
+                    record,
+                    config,
+                    partitions,
+                }),
+            );
+        }
+        tracing::info!(topics = topics.len(), cluster_id, "store opened");
+        Ok(Arc::new(Broker {
+            config,
+            cluster_id,
+            metrics,
+            store,
+            topics: RwLock::new(topics),
+            appended: Notify::new(),
+        }))
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: &Uuid) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .find(|t| &t.record.id == id)
+            .cloned()
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Number of nodes replicas can be placed on. One until replication lands.
+    pub fn live_nodes(&self) -> i32 {
+        1
+    }
+
+    fn persist(&self, record: &TopicRecord) -> KResult<()> {
+        let json = serde_json::to_vec(record).expect("topic record serializes");
+        let mut wb = rocksdb::WriteBatch::default();
+        self.store.put_topic(&mut wb, &record.name, &json);
+        self.store.write(wb)?;
+        Ok(())
+    }
+
+    /// Checks a creation request without changing anything.
+    pub fn validate_new_topic(&self, t: &NewTopic) -> KResult<TopicConfig> {
+        validate_topic_name(&t.name)
+            .map_err(|m| KafkaError::new(ResponseError::InvalidTopicException, m))?;
+        if self.topic(&t.name).is_some() {
+            return Err(KafkaError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {} already exists", t.name),
+            ));
+        }
+        if t.partitions < 1 || t.partitions > MAX_PARTITIONS_PER_TOPIC {
+            return Err(KafkaError::new(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "number of partitions must be between 1 and {MAX_PARTITIONS_PER_TOPIC}, got {}",
+                    t.partitions
+                ),
+            ));
+        }
+        if t.replication_factor < 1 || i32::from(t.replication_factor) > self.live_nodes() {
+            return Err(KafkaError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {} is not possible with {} live node(s)",
+                    t.replication_factor,
+                    self.live_nodes()
+                ),
+            ));
+        }
+        Ok(self.config.defaults.resolve(&t.configs)?)
+    }
+
+    pub fn create_topic(&self, t: NewTopic) -> KResult<Arc<Topic>> {
+        let config = self.validate_new_topic(&t)?;
+        let mut topics = self.topics.write().expect("topics lock");
+        if topics.contains_key(&t.name) {
+            return Err(KafkaError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {} already exists", t.name),
+            ));
+        }
+        let record = TopicRecord {
+            name: t.name.clone(),
+            id: Uuid::new_v4(),
+            partitions: t.partitions,
+            replication_factor: t.replication_factor,
+            configs: t.configs,
+        };
+        let partitions = (0..record.partitions)
+            .map(|p| PartitionLog::open(self.store.clone(), &record.id, p).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.persist(&record)?;
+        tracing::info!(topic = %record.name, partitions = record.partitions, "topic created");
+        let topic = Arc::new(Topic {
+            record,
+            config,
+            partitions,
+        });
+        topics.insert(t.name, topic.clone());
+        Ok(topic)
+    }
+
+    /// Creates a topic with the node's defaults when auto-creation is on.
+    pub fn auto_create(&self, name: &str) -> KResult<Arc<Topic>> {
+        match self.create_topic(NewTopic {
+            name: name.to_string(),
+            partitions: self.config.num_partitions,
+            replication_factor: self.config.default_replication_factor,
+            configs: BTreeMap::new(),
+        }) {
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => self
+                .topic(name)
+                .ok_or_else(|| KafkaError::new(ResponseError::UnknownTopicOrPartition, name)),
+            other => other,
+        }
+    }
+
+    pub fn delete_topic(&self, name: &str) -> KResult<Uuid> {
+        let topic = {
+            let mut topics = self.topics.write().expect("topics lock");
+            let topic = topics.remove(name).ok_or_else(|| {
+                KafkaError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {name} does not exist"),
+                )
+            })?;
+            let mut wb = rocksdb::WriteBatch::default();
+            self.store.delete_topic(&mut wb, name);
+            self.store.write(wb)?;
+            topic
+        };
+        for p in &topic.partitions {
+            p.destroy()?;
+        }
+        // Fetches waiting on the deleted partitions re-check and see it gone.
+        self.appended.notify_waiters();
+        tracing::info!(topic = name, "topic deleted");
+        Ok(topic.record.id)
+    }
+
+    /// Grows a topic to `count` partitions (CreatePartitions).
+    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> KResult<()> {
+        let mut topics = self.topics.write().expect("topics lock");
+        let topic = topics.get(name).cloned().ok_or_else(|| {
+            KafkaError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name} does not exist"),
+            )
+        })?;
+        let have = topic.record.partitions;
+        if count <= have || count > MAX_PARTITIONS_PER_TOPIC {
+            return Err(KafkaError::new(
+                ResponseError::InvalidPartitions,
+                format!("topic {name} has {have} partitions; the new count must be larger (and at most {MAX_PARTITIONS_PER_TOPIC}), got {count}"),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let mut record = topic.record.clone();
+        record.partitions = count;
+        let mut partitions = topic.partitions.clone();
+        for p in have..count {
+            partitions.push(Arc::new(PartitionLog::open(
+                self.store.clone(),
+                &record.id,
+                p,
+            )?));
+        }
+        self.persist(&record)?;
+        tracing::info!(topic = name, from = have, to = count, "partitions added");
+        topics.insert(
+            name.to_string(),
+            Arc::new(Topic {
+                record,
+                config: topic.config.clone(),
+                partitions,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Validates and appends the `records` of one produce partition.
+    pub fn append(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        records: Option<&Bytes>,
+    ) -> KResult<Appended> {
+        let log = topic.partition(partition).ok_or_else(|| {
+            KafkaError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {} has no partition {partition}", topic.record.name),
+            )
+        })?;
+        let records = records.ok_or_else(|| {
+            KafkaError::new(
+                ResponseError::InvalidRecord,
+                "produce request without records",
+            )
+        })?;
+        let max = usize::try_from(topic.config.max_message_bytes).unwrap_or(0);
+        let batches = batch::split_and_validate(records, max)?;
+        if batches.len() != 1 {
+            return Err(BatchError::NotOneBatch.into());
+        }
+        let b = &batches[0];
+        let now = now_ms();
+        let h = Header::parse(b)?;
+        if topic.config.message_timestamp_type == TimestampType::CreateTime {
+            let max_diff = topic.config.message_timestamp_difference_max_ms;
+            for ts in [h.base_timestamp(), h.max_timestamp()] {
+                if ts >= 0 && (ts - now).abs() > max_diff {
+                    return Err(BatchError::TimestampOutOfRange {
+                        timestamp: ts,
+                        now,
+                        max_diff,
+                    }
+                    .into());
+                }
+            }
+        }
+        let appended = log.append(b, 0, topic.config.message_timestamp_type, now)?;
+        self.metrics
+            .record_append(&topic.record.name, i64::from(h.record_count()), b.len());
+        self.appended.notify_waiters();
+        Ok(appended)
+    }
+
+    /// Reads from a partition for a consumer, checking the offset range.
+    pub fn read(
+        &self,
+        log: &PartitionLog,
+        offset: i64,
+        max_bytes: usize,
+        at_least_one: bool,
+    ) -> KResult<Read> {
+        let hw = log.high_watermark();
+        if offset < log.log_start_offset() || offset > hw {
+            return Err(KafkaError::new(
+                ResponseError::OffsetOutOfRange,
+                format!(
+                    "offset {offset} is outside [{}, {hw}]",
+                    log.log_start_offset()
+                ),
+            ));
+        }
+        Ok(log.read(offset, max_bytes, hw, at_least_one)?)
+    }
+
+    /// A future that completes on the next append; create it before checking
+    /// for data so no append can slip between check and wait.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
+    /// Applies `retention.ms` and `retention.bytes` to every partition once.
+    pub fn enforce_retention(&self) -> KResult<usize> {
+        let now = now_ms();
+        let mut deleted = 0;
+        for topic in self.topics() {
+            let (ms, bytes) = (topic.config.retention_ms, topic.config.retention_bytes);
+            if ms < 0 && bytes < 0 {
+                continue;
+            }
+            for log in &topic.partitions {
+                deleted += log.delete_prefix_while(|h, size| {
+                    let by_time = ms >= 0 && h.max_timestamp() < now - ms;
+                    let batch_size = i64::from(h.batch_length()) + batch::LOG_OVERHEAD as i64;
+                    let by_size = bytes >= 0 && size - batch_size >= bytes;
+                    by_time || by_size
+                })?;
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(batches = deleted, "retention deleted batches");
+        }
+        Ok(deleted)
+    }
+
+    /// Runs retention every `retention_check_interval_ms` until the process ends.
+    pub async fn retention_loop(self: Arc<Self>) {
+        let every = Duration::from_millis(self.config.retention_check_interval_ms.max(10));
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.enforce_retention()).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+                Err(e) => tracing::warn!(error = %e, "retention task panicked"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}

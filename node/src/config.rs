@@ -1,0 +1,448 @@
+//! Node-wide settings and the topic-level configs a topic may override.
+//!
+//! Topic configs are validated here, as pure functions: a create or alter
+//! either yields a complete [`TopicConfig`] or names the first bad key, so
+//! nothing is ever half-applied.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::log::TimestampType;
+
+/// Settings of one storage node (`sluice serve` / `sluice dev`).
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: i32,
+    pub kafka_listen: SocketAddr,
+    /// Host clients are told to connect to; the bound port is appended.
+    pub advertised_host: Option<String>,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub rack: Option<String>,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    pub default_replication_factor: i16,
+    /// `socket.request.max.bytes`: frames larger than this are refused
+    /// before anything is allocated for them.
+    pub socket_request_max_bytes: usize,
+    /// Broker defaults for topic configs (`log.retention.ms`, ...).
+    pub defaults: BrokerDefaults,
+    /// How often retention is enforced (`log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
+    /// fsync every write to the RocksDB WAL (off by default, like Kafka).
+    pub sync_writes: bool,
+}
+
+impl NodeConfig {
+    pub fn dev(data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            node_id: 0,
+            kafka_listen: "127.0.0.1:9092".parse().expect("static address"),
+            advertised_host: None,
+            admin_listen: "127.0.0.1:9644".parse().expect("static address"),
+            data_dir,
+            rack: None,
+            auto_create_topics: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            socket_request_max_bytes: 104_857_600,
+            defaults: BrokerDefaults::default(),
+            retention_check_interval_ms: 300_000,
+            sync_writes: false,
+        }
+    }
+}
+
+/// Broker-level defaults that topics inherit unless they override them.
+#[derive(Debug, Clone)]
+pub struct BrokerDefaults {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i32,
+    pub message_timestamp_type: TimestampType,
+    pub min_insync_replicas: i32,
+}
+
+impl Default for BrokerDefaults {
+    fn default() -> Self {
+        BrokerDefaults {
+            retention_ms: 7 * 24 * 3_600_000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            message_timestamp_type: TimestampType::CreateTime,
+            min_insync_replicas: 1,
+        }
+    }
+}
+
+/// The effective configuration of a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicConfig {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i32,
+    pub message_timestamp_type: TimestampType,
+    pub message_timestamp_difference_max_ms: i64,
+    pub min_insync_replicas: i32,
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+    pub unclean_leader_election: bool,
+}
+
+/// Where a described config value comes from (Kafka's ConfigSource codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    DynamicTopic = 1,
+    StaticBroker = 4,
+    Default = 5,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value {value:?} for config {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Long { min: i64 },
+    Int { min: i64 },
+    Bool,
+    OneOf(&'static [&'static str]),
+}
+
+struct Spec {
+    name: &'static str,
+    kind: Kind,
+    doc: &'static str,
+}
+
+/// Every topic config the node accepts. Keys outside this table are refused.
+const SPECS: &[Spec] = &[
+    Spec {
+        name: "cleanup.policy",
+        kind: Kind::OneOf(&["delete"]),
+        doc: "Retention policy for old log data. Only `delete` is available in this release; `compact` is refused until log compaction ships.",
+    },
+    Spec {
+        name: "compression.type",
+        kind: Kind::OneOf(&["producer"]),
+        doc: "Batches are stored compressed exactly as the producer sent them (`producer`).",
+    },
+    Spec {
+        name: "max.message.bytes",
+        kind: Kind::Int { min: 0 },
+        doc: "Largest record batch size allowed, in bytes.",
+    },
+    Spec {
+        name: "message.timestamp.type",
+        kind: Kind::OneOf(&["CreateTime", "LogAppendTime"]),
+        doc: "Whether record timestamps are the producer's (CreateTime) or the broker's append time (LogAppendTime).",
+    },
+    Spec {
+        name: "message.timestamp.difference.max.ms",
+        kind: Kind::Long { min: 0 },
+        doc: "Largest allowed difference between a CreateTime timestamp and the broker's clock.",
+    },
+    Spec {
+        name: "min.insync.replicas",
+        kind: Kind::Int { min: 1 },
+        doc: "Minimum in-sync replicas for an acks=all produce to succeed.",
+    },
+    Spec {
+        name: "retention.bytes",
+        kind: Kind::Long { min: -1 },
+        doc: "Largest size a partition may grow to before old batches are deleted; -1 for no limit.",
+    },
+    Spec {
+        name: "retention.ms",
+        kind: Kind::Long { min: -1 },
+        doc: "Longest time a batch is kept, by its largest timestamp; -1 for no limit.",
+    },
+    Spec {
+        name: "segment.bytes",
+        kind: Kind::Int { min: 14 },
+        doc: "Accepted for compatibility. Sluice has no segment files: every batch is its own deletion unit in RocksDB.",
+    },
+    Spec {
+        name: "segment.ms",
+        kind: Kind::Long { min: 1 },
+        doc: "Accepted for compatibility. Sluice has no segment files: every batch is its own deletion unit in RocksDB.",
+    },
+    Spec {
+        name: "unclean.leader.election.enable",
+        kind: Kind::Bool,
+        doc: "Whether a replica outside the ISR may be elected leader as a last resort.",
+    },
+];
+
+fn spec(key: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|s| s.name == key)
+}
+
+fn check(spec: &Spec, value: &str) -> Result<(), String> {
+    match spec.kind {
+        Kind::Long { min } | Kind::Int { min } => {
+            let v: i64 = value
+                .trim()
+                .parse()
+                .map_err(|_| "not a whole number".to_string())?;
+            if v < min {
+                return Err(format!("must be at least {min}"));
+            }
+            if matches!(spec.kind, Kind::Int { .. }) && v > i64::from(i32::MAX) {
+                return Err(format!("must be at most {}", i32::MAX));
+            }
+            Ok(())
+        }
+        Kind::Bool => match value {
+            "true" | "false" => Ok(()),
+            _ => Err("must be true or false".into()),
+        },
+        Kind::OneOf(allowed) => {
+            if allowed.contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("must be one of {}", allowed.join(", ")))
+            }
+        }
+    }
+}
+
+/// Every accepted topic config key.
+pub fn topic_config_keys() -> impl Iterator<Item = &'static str> {
+    SPECS.iter().map(|s| s.name)
+}
+
+pub fn topic_config_doc(key: &str) -> Option<&'static str> {
+    spec(key).map(|s| s.doc)
+}
+
+/// Kafka's DescribeConfigs type code of a topic config
+/// (1 boolean, 2 string, 3 int, 5 long).
+pub fn topic_config_type(key: &str) -> i8 {
+    match spec(key).map(|s| s.kind) {
+        Some(Kind::Bool) => 1,
+        Some(Kind::OneOf(_)) => 2,
+        Some(Kind::Int { .. }) => 3,
+        Some(Kind::Long { .. }) => 5,
+        None => 0,
+    }
+}
+
+impl NodeConfig {
+    /// The node's static settings under their Kafka broker config names,
+    /// with DescribeConfigs type codes, for `DescribeConfigs` on a broker.
+    pub fn broker_configs(&self) -> Vec<(&'static str, String, i8)> {
+        let d = &self.defaults;
+        vec![
+            (
+                "auto.create.topics.enable",
+                self.auto_create_topics.to_string(),
+                1,
+            ),
+            ("broker.id", self.node_id.to_string(), 3),
+            (
+                "default.replication.factor",
+                self.default_replication_factor.to_string(),
+                3,
+            ),
+            (
+                "log.message.timestamp.type",
+                match d.message_timestamp_type {
+                    TimestampType::CreateTime => "CreateTime".to_string(),
+                    TimestampType::LogAppendTime => "LogAppendTime".to_string(),
+                },
+                2,
+            ),
+            ("log.retention.bytes", d.retention_bytes.to_string(), 5),
+            (
+                "log.retention.check.interval.ms",
+                self.retention_check_interval_ms.to_string(),
+                5,
+            ),
+            ("log.retention.ms", d.retention_ms.to_string(), 5),
+            ("message.max.bytes", d.max_message_bytes.to_string(), 3),
+            ("min.insync.replicas", d.min_insync_replicas.to_string(), 3),
+            ("node.id", self.node_id.to_string(), 3),
+            ("num.partitions", self.num_partitions.to_string(), 3),
+            (
+                "socket.request.max.bytes",
+                self.socket_request_max_bytes.to_string(),
+                3,
+            ),
+        ]
+    }
+}
+
+impl BrokerDefaults {
+    /// The default value of a topic config as a string, and whether it comes
+    /// from the node's static configuration or is the built-in default.
+    pub fn default_value(&self, key: &str) -> Option<(String, ConfigSource)> {
+        let d = BrokerDefaults::default();
+        let (v, is_builtin) = match key {
+            "cleanup.policy" => ("delete".to_string(), true),
+            "compression.type" => ("producer".to_string(), true),
+            "max.message.bytes" => (
+                self.max_message_bytes.to_string(),
+                self.max_message_bytes == d.max_message_bytes,
+            ),
+            "message.timestamp.type" => (
+                match self.message_timestamp_type {
+                    TimestampType::CreateTime => "CreateTime".to_string(),
+                    TimestampType::LogAppendTime => "LogAppendTime".to_string(),
+                },
+                self.message_timestamp_type == d.message_timestamp_type,
+            ),
+            "message.timestamp.difference.max.ms" => (i64::MAX.to_string(), true),
+            "min.insync.replicas" => (
+                self.min_insync_replicas.to_string(),
+                self.min_insync_replicas == d.min_insync_replicas,
+            ),
+            "retention.bytes" => (
+                self.retention_bytes.to_string(),
+                self.retention_bytes == d.retention_bytes,
+            ),
+            "retention.ms" => (
+                self.retention_ms.to_string(),
+                self.retention_ms == d.retention_ms,
+            ),
+            "segment.bytes" => ("1073741824".to_string(), true),
+            "segment.ms" => ("604800000".to_string(), true),
+            "unclean.leader.election.enable" => ("false".to_string(), true),
+            _ => return None,
+        };
+        let source = if is_builtin {
+            ConfigSource::Default
+        } else {
+            ConfigSource::StaticBroker
+        };
+        Some((v, source))
+    }
+
+    /// Validates a topic's overrides and resolves the effective config.
+    pub fn resolve(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicConfig, ConfigError> {
+        for (k, v) in overrides {
+            let err = |reason: String| ConfigError {
+                key: k.clone(),
+                value: v.clone(),
+                reason,
+            };
+            let s = spec(k).ok_or_else(|| err("unknown topic config".into()))?;
+            check(s, v).map_err(err)?;
+        }
+        let get = |k: &str| -> String {
+            overrides
+                .get(k)
+                .cloned()
+                .unwrap_or_else(|| self.default_value(k).expect("every spec has a default").0)
+        };
+        let num = |k: &str| -> i64 { get(k).trim().parse().expect("validated above") };
+        Ok(TopicConfig {
+            retention_ms: num("retention.ms"),
+            retention_bytes: num("retention.bytes"),
+            max_message_bytes: num("max.message.bytes") as i32,
+            message_timestamp_type: if get("message.timestamp.type") == "LogAppendTime" {
+                TimestampType::LogAppendTime
+            } else {
+                TimestampType::CreateTime
+            },
+            message_timestamp_difference_max_ms: num("message.timestamp.difference.max.ms"),
+            min_insync_replicas: num("min.insync.replicas") as i32,
+            segment_bytes: num("segment.bytes"),
+            segment_ms: num("segment.ms"),
+            unclean_leader_election: get("unclean.leader.election.enable") == "true",
+        })
+    }
+}
+
+/// Kafka's topic name rule: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = BrokerDefaults::default().resolve(&BTreeMap::new()).unwrap();
+        assert_eq!(c.retention_ms, 604_800_000);
+        assert_eq!(c.retention_bytes, -1);
+        assert_eq!(c.message_timestamp_type, TimestampType::CreateTime);
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let c = BrokerDefaults::default()
+            .resolve(&map(&[
+                ("retention.ms", "1000"),
+                ("message.timestamp.type", "LogAppendTime"),
+                ("max.message.bytes", "512"),
+            ]))
+            .unwrap();
+        assert_eq!(c.retention_ms, 1000);
+        assert_eq!(c.max_message_bytes, 512);
+        assert_eq!(c.message_timestamp_type, TimestampType::LogAppendTime);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let d = BrokerDefaults::default();
+        for (k, v) in [
+            ("retention.ms", "soon"),
+            ("retention.ms", "-2"),
+            ("max.message.bytes", "99999999999"),
+            ("cleanup.policy", "compact"),
+            ("message.timestamp.type", "Now"),
+            ("no.such.key", "1"),
+            ("unclean.leader.election.enable", "yes"),
+        ] {
+            let e = d.resolve(&map(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, k);
+        }
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("golang-test").is_ok());
+        assert!(validate_topic_name("a.b_c-1").is_ok());
+        for bad in ["", ".", "..", "a b", "ü", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (the
+//! process is alive) and `/readyz` (storage is open and the Kafka listener
+//! is accepting).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+
+async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        broker.metrics.render(),
+    )
+}
+
+async fn ok() -> &'static str {
+    "ok\n"
+}
+
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(ok))
+        .route("/readyz", get(ok))
+        .with_state(broker);
+    axum::serve(listener, app).await
+}

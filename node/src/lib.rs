@@ -1,0 +1,19 @@
+//! Sluice storage node.
+//!
+//! One process per StatefulSet pod (`sluice serve`), or the whole cluster on a
+//! laptop (`sluice dev`). It speaks the Kafka wire protocol to clients and keeps
+//! partition logs in RocksDB. The rooms:
+//! - [`protocol`]: framing, decoding and encoding with `kafka-protocol`, one
+//!   handler per API, the advertised versions;
+//! - [`broker`]: topics and partitions, what the handlers call;
+//! - [`log`]: the partition log on RocksDB (record batches stored as produced);
+//! - [`config`]: node settings and topic config validation (pure);
+//! - [`metrics`] and [`http`]: Prometheus metrics and health on the admin port.
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod node;
+pub mod protocol;

@@ -1,0 +1,334 @@
+//! A read-mostly view of a Kafka record batch (magic v2) header.
+//!
+//! The node stores producer batches exactly as received; it only needs the
+//! fixed-position header fields to validate a batch, assign offsets and index
+//! timestamps. Records inside a batch are decoded with `kafka-protocol`'s
+//! `RecordBatchDecoder` where the node has to look at them (timestamp lookup).
+
+use bytes::{Bytes, BytesMut};
+
+/// Size of the v2 batch header, up to and including the record count.
+pub const HEADER_LEN: usize = 61;
+/// The bytes before `batchLength` counts: baseOffset (8) + batchLength (4).
+pub const LOG_OVERHEAD: usize = 12;
+
+const BASE_OFFSET: usize = 0;
+const BATCH_LENGTH: usize = 8;
+const LEADER_EPOCH: usize = 12;
+const MAGIC: usize = 16;
+const CRC: usize = 17;
+const ATTRIBUTES: usize = 21;
+const LAST_OFFSET_DELTA: usize = 23;
+const BASE_TIMESTAMP: usize = 27;
+const MAX_TIMESTAMP: usize = 35;
+const PRODUCER_ID: usize = 43;
+const PRODUCER_EPOCH: usize = 51;
+const BASE_SEQUENCE: usize = 53;
+const RECORD_COUNT: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+/// Why a batch was refused. Each maps onto one Kafka error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("record batch is truncated or its length field is inconsistent")]
+    Truncated,
+    #[error("record batch magic {0} is not supported (only v2 batches are)")]
+    UnsupportedMagic(i8),
+    #[error("record batch CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("record batch of {size} bytes is larger than max.message.bytes ({max})")]
+    TooLarge { size: usize, max: usize },
+    #[error("record batch has an invalid record count or offset delta")]
+    InvalidCount,
+    #[error("record batch uses unknown compression codec {0}")]
+    UnknownCompression(i16),
+    #[error("a produce request must carry exactly one record batch per partition")]
+    NotOneBatch,
+    #[error(
+        "record timestamp {timestamp} is out of range (now {now}, max difference {max_diff} ms)"
+    )]
+    TimestampOutOfRange {
+        timestamp: i64,
+        now: i64,
+        max_diff: i64,
+    },
+}
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Header fields of one v2 batch. Constructed only through [`Header::parse`],
+/// which checks that the slice holds at least a whole header.
+#[derive(Debug, Clone, Copy)]
+pub struct Header<'a>(&'a [u8]);
+
+impl<'a> Header<'a> {
+    pub fn parse(b: &'a [u8]) -> Result<Self, BatchError> {
+        if b.len() < HEADER_LEN {
+            return Err(BatchError::Truncated);
+        }
+        Ok(Header(b))
+    }
+    pub fn base_offset(&self) -> i64 {
+        i64_at(self.0, BASE_OFFSET)
+    }
+    pub fn batch_length(&self) -> i32 {
+        i32_at(self.0, BATCH_LENGTH)
+    }
+    pub fn leader_epoch(&self) -> i32 {
+        i32_at(self.0, LEADER_EPOCH)
+    }
+    pub fn magic(&self) -> i8 {
+        self.0[MAGIC] as i8
+    }
+    pub fn crc(&self) -> u32 {
+        u32::from_be_bytes(self.0[CRC..CRC + 4].try_into().expect("4 bytes"))
+    }
+    pub fn attributes(&self) -> i16 {
+        i16_at(self.0, ATTRIBUTES)
+    }
+    pub fn compression(&self) -> i16 {
+        self.attributes() & COMPRESSION_MASK
+    }
+    pub fn log_append_time(&self) -> bool {
+        self.attributes() & TIMESTAMP_TYPE_BIT != 0
+    }
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & TRANSACTIONAL_BIT != 0
+    }
+    pub fn is_control(&self) -> bool {
+        self.attributes() & CONTROL_BIT != 0
+    }
+    pub fn last_offset_delta(&self) -> i32 {
+        i32_at(self.0, LAST_OFFSET_DELTA)
+    }
+    pub fn base_timestamp(&self) -> i64 {
+        i64_at(self.0, BASE_TIMESTAMP)
+    }
+    pub fn max_timestamp(&self) -> i64 {
+        i64_at(self.0, MAX_TIMESTAMP)
+    }
+    pub fn producer_id(&self) -> i64 {
+        i64_at(self.0, PRODUCER_ID)
+    }
+    pub fn producer_epoch(&self) -> i16 {
+        i16_at(self.0, PRODUCER_EPOCH)
+    }
+    pub fn base_sequence(&self) -> i32 {
+        i32_at(self.0, BASE_SEQUENCE)
+    }
+    pub fn record_count(&self) -> i32 {
+        i32_at(self.0, RECORD_COUNT)
+    }
+    /// Offset of the last record the batch covers.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.last_offset_delta())
+    }
+}
+
+/// CRC32C over everything from the attributes to the end of the batch, as the
+/// v2 format defines it (base offset, length, leader epoch and magic are not
+/// covered, which is what lets a broker rewrite them without recomputing it).
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32c::crc32c(&batch[ATTRIBUTES..])
+}
+
+/// Splits the `records` field of a produce request into batches and validates
+/// each one: framing, magic, CRC, size against `max_message_bytes`, counts.
+pub fn split_and_validate(
+    records: &Bytes,
+    max_message_bytes: usize,
+) -> Result<Vec<Bytes>, BatchError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos < records.len() {
+        let rest = &records[pos..];
+        if rest.len() < LOG_OVERHEAD + 5 {
+            return Err(BatchError::Truncated);
+        }
+        let magic = rest[MAGIC] as i8;
+        if magic != 2 {
+            return Err(BatchError::UnsupportedMagic(magic));
+        }
+        let length = i32_at(rest, BATCH_LENGTH);
+        if length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+            return Err(BatchError::Truncated);
+        }
+        let size = LOG_OVERHEAD + length as usize;
+        if size > rest.len() {
+            return Err(BatchError::Truncated);
+        }
+        let batch = &rest[..size];
+        validate_one(batch, max_message_bytes)?;
+        out.push(records.slice(pos..pos + size));
+        pos += size;
+    }
+    if out.is_empty() {
+        return Err(BatchError::Truncated);
+    }
+    Ok(out)
+}
+
+fn validate_one(batch: &[u8], max_message_bytes: usize) -> Result<(), BatchError> {
+    let h = Header::parse(batch)?;
+    let computed = compute_crc(batch);
+    if computed != h.crc() {
+        return Err(BatchError::CrcMismatch {
+            stored: h.crc(),
+            computed,
+        });
+    }
+    if batch.len() > max_message_bytes {
+        return Err(BatchError::TooLarge {
+            size: batch.len(),
+            max: max_message_bytes,
+        });
+    }
+    if h.compression() > 4 {
+        return Err(BatchError::UnknownCompression(h.compression()));
+    }
+    let count = h.record_count();
+    if count <= 0 || h.last_offset_delta() < 0 || h.last_offset_delta() != count - 1 {
+        return Err(BatchError::InvalidCount);
+    }
+    Ok(())
+}
+
+/// Rewrites the fields a leader owns: base offset and partition leader epoch.
+/// Neither is covered by the CRC.
+pub fn assign(batch: &mut BytesMut, base_offset: i64, leader_epoch: i32) {
+    batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// Marks the batch as `LogAppendTime` with the given time, as Kafka does for
+/// topics with `message.timestamp.type=LogAppendTime`, and recomputes the CRC.
+pub fn stamp_log_append_time(batch: &mut BytesMut, now_ms: i64) {
+    let attrs = i16_at(batch, ATTRIBUTES) | TIMESTAMP_TYPE_BIT;
+    batch[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    pub(crate) fn encode(records: usize, compression: Compression) -> Bytes {
+        let recs: Vec<Record> = (0..records)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // Non-idempotent: base sequence -1 (the encoder derives it from
+                // the first record, and keeps records with offset - sequence
+                // constant in one batch).
+                sequence: i as i32 - 1,
+                timestamp: 1_000 + i as i64,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("value-{i}"))),
+                headers: [(
+                    StrBytes::from_static_str("h"),
+                    Some(Bytes::from_static(b"v")),
+                )]
+                .into_iter()
+                .collect(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
+    #[test]
+    fn valid_batches_pass_for_every_codec() {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let b = encode(10, c);
+            let batches = split_and_validate(&b, 1 << 20).unwrap();
+            assert_eq!(batches.len(), 1);
+            let h = Header::parse(&batches[0]).unwrap();
+            assert_eq!(h.record_count(), 10);
+            assert_eq!(h.last_offset_delta(), 9);
+            assert_eq!(h.compression(), c as i16);
+            assert_eq!(h.max_timestamp(), 1_009);
+        }
+    }
+
+    #[test]
+    fn corrupt_crc_is_detected() {
+        let mut b = BytesMut::from(&encode(3, Compression::None)[..]);
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        assert!(matches!(
+            split_and_validate(&b.freeze(), 1 << 20),
+            Err(BatchError::CrcMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn truncation_and_size_limits() {
+        let b = encode(3, Compression::None);
+        assert_eq!(
+            split_and_validate(&b.slice(..b.len() - 1), 1 << 20),
+            Err(BatchError::Truncated)
+        );
+        assert_eq!(
+            split_and_validate(&b.slice(..20), 1 << 20),
+            Err(BatchError::Truncated)
+        );
+        assert!(matches!(
+            split_and_validate(&b, 10),
+            Err(BatchError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn assign_keeps_crc_valid_and_log_append_time_recomputes_it() {
+        let mut b = BytesMut::from(&encode(2, Compression::Lz4)[..]);
+        assign(&mut b, 42, 7);
+        stamp_log_append_time(&mut b, 99_999);
+        let frozen = b.freeze();
+        let batches = split_and_validate(&frozen, 1 << 20).unwrap();
+        let h = Header::parse(&batches[0]).unwrap();
+        assert_eq!(h.base_offset(), 42);
+        assert_eq!(h.last_offset(), 43);
+        assert_eq!(h.leader_epoch(), 7);
+        assert!(h.log_append_time());
+        assert_eq!(h.max_timestamp(), 99_999);
+    }
+}

@@ -1,0 +1,158 @@
+//! The `sluice` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sluice_node::config::{BrokerDefaults, NodeConfig};
+use sluice_node::log::TimestampType;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kafka-compatible event streaming, native on Kubernetes",
+    long_about = "Kafka-compatible event streaming, native on Kubernetes.\n\n\
+        `sluice dev` starts a single-node broker on 127.0.0.1:9092 for local work;\n\
+        `sluice serve` runs one storage node of a cluster."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node broker for local development: Kafka on 127.0.0.1:9092,
+    /// data in ./sluice-data, topics auto-created on first use.
+    Dev(DevArgs),
+    /// Run one storage node (the process inside each StatefulSet pod).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Kafka listener address.
+    #[arg(long, default_value = "127.0.0.1:9092", env = "SLUICE_LISTEN")]
+    listen: SocketAddr,
+    /// Admin HTTP address (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9644", env = "SLUICE_ADMIN_LISTEN")]
+    admin_listen: SocketAddr,
+    /// Directory holding the node's RocksDB data; created if missing.
+    #[arg(long, default_value = "sluice-data", env = "SLUICE_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// This node's id (the StatefulSet ordinal).
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    node_id: i32,
+    /// Kafka listener address.
+    #[arg(long, default_value = "0.0.0.0:9092", env = "SLUICE_LISTEN")]
+    listen: SocketAddr,
+    /// Host name or address advertised to clients (default: the listen address).
+    #[arg(long, env = "SLUICE_ADVERTISED_HOST")]
+    advertised_host: Option<String>,
+    /// Admin HTTP address (/metrics, /healthz, /readyz).
+    #[arg(long, default_value = "0.0.0.0:9644", env = "SLUICE_ADMIN_LISTEN")]
+    admin_listen: SocketAddr,
+    /// Directory holding the node's RocksDB data (the pod's volume).
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Rack (zone) of this node, reported to clients.
+    #[arg(long, env = "SLUICE_RACK")]
+    rack: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Create topics when a client asks for metadata of an unknown one
+    /// (auto.create.topics.enable). On by default in dev, off in serve.
+    #[arg(long)]
+    auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics and of CreateTopics with -1 (num.partitions).
+    #[arg(long, default_value_t = 1)]
+    num_partitions: i32,
+    /// Largest request frame accepted, in bytes (socket.request.max.bytes).
+    #[arg(long, default_value_t = 104_857_600)]
+    socket_request_max_bytes: usize,
+    /// Default largest record batch, in bytes (message.max.bytes).
+    #[arg(long, default_value_t = 1_048_588)]
+    message_max_bytes: i32,
+    /// Default retention time in ms, -1 for none (log.retention.ms).
+    #[arg(long, default_value_t = 604_800_000)]
+    log_retention_ms: i64,
+    /// Default retention size per partition in bytes, -1 for none (log.retention.bytes).
+    #[arg(long, default_value_t = -1)]
+    log_retention_bytes: i64,
+    /// How often retention runs, in ms (log.retention.check.interval.ms).
+    #[arg(long, default_value_t = 300_000)]
+    log_retention_check_interval_ms: u64,
+    /// Default timestamp type of topics: CreateTime or LogAppendTime.
+    #[arg(long, default_value = "CreateTime", value_parser = ["CreateTime", "LogAppendTime"])]
+    log_message_timestamp_type: String,
+    /// fsync the write-ahead log on every write (off by default, like Kafka,
+    /// whose durability comes from replication).
+    #[arg(long)]
+    sync_writes: bool,
+}
+
+impl CommonArgs {
+    fn apply(self, c: &mut NodeConfig, auto_create_default: bool) {
+        c.auto_create_topics = self.auto_create_topics.unwrap_or(auto_create_default);
+        c.num_partitions = self.num_partitions;
+        c.socket_request_max_bytes = self.socket_request_max_bytes;
+        c.retention_check_interval_ms = self.log_retention_check_interval_ms;
+        c.sync_writes = self.sync_writes;
+        c.defaults = BrokerDefaults {
+            retention_ms: self.log_retention_ms,
+            retention_bytes: self.log_retention_bytes,
+            max_message_bytes: self.message_max_bytes,
+            message_timestamp_type: if self.log_message_timestamp_type == "LogAppendTime" {
+                TimestampType::LogAppendTime
+            } else {
+                TimestampType::CreateTime
+            },
+            ..BrokerDefaults::default()
+        };
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match cli.command {
+        Command::Dev(a) => {
+            let mut c = NodeConfig::dev(a.data_dir);
+            c.kafka_listen = a.listen;
+            c.admin_listen = a.admin_listen;
+            a.common.apply(&mut c, true);
+            c
+        }
+        Command::Serve(a) => {
+            let mut c = NodeConfig::dev(a.data_dir);
+            c.node_id = a.node_id;
+            c.kafka_listen = a.listen;
+            c.advertised_host = a.advertised_host;
+            c.admin_listen = a.admin_listen;
+            c.rack = a.rack;
+            a.common.apply(&mut c, false);
+            c
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(sluice_node::node::run(config))
+}

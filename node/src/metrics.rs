@@ -1,0 +1,137 @@
+//! Prometheus metrics of a node, served on the admin port at `/metrics`.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<ApiLabels, Counter>,
+    pub request_seconds: Family<ApiLabels, Histogram>,
+    pub connections_open: Gauge,
+    pub connections: Counter,
+    pub rejected_frames: Family<ReasonLabels, Counter>,
+    pub produced_records: Family<TopicLabels, Counter>,
+    pub produced_bytes: Family<TopicLabels, Counter>,
+    pub fetched_bytes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sluice");
+        let requests = Family::<ApiLabels, Counter>::default();
+        let request_seconds = Family::<ApiLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        let connections_open = Gauge::default();
+        let connections = Counter::default();
+        let rejected_frames = Family::<ReasonLabels, Counter>::default();
+        let produced_records = Family::<TopicLabels, Counter>::default();
+        let produced_bytes = Family::<TopicLabels, Counter>::default();
+        let fetched_bytes = Counter::default();
+        registry.register(
+            "kafka_requests",
+            "Kafka requests handled, by API",
+            requests.clone(),
+        );
+        registry.register(
+            "kafka_request_duration_seconds",
+            "Time to handle a Kafka request, by API (long polls included)",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "kafka_connections_open",
+            "Open client connections",
+            connections_open.clone(),
+        );
+        registry.register(
+            "kafka_connections",
+            "Client connections accepted",
+            connections.clone(),
+        );
+        registry.register(
+            "kafka_rejected_frames",
+            "Frames refused and their connections closed, by reason",
+            rejected_frames.clone(),
+        );
+        registry.register(
+            "produced_records",
+            "Records appended, by topic",
+            produced_records.clone(),
+        );
+        registry.register(
+            "produced_bytes",
+            "Record batch bytes appended, by topic",
+            produced_bytes.clone(),
+        );
+        registry.register(
+            "fetched_bytes",
+            "Record batch bytes served to consumers",
+            fetched_bytes.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            request_seconds,
+            connections_open,
+            connections,
+            rejected_frames,
+            produced_records,
+            produced_bytes,
+            fetched_bytes,
+        }
+    }
+
+    pub fn record_append(&self, topic: &str, records: i64, bytes: usize) {
+        let l = TopicLabels {
+            topic: topic.to_string(),
+        };
+        self.produced_records
+            .get_or_create(&l)
+            .inc_by(records.max(0) as u64);
+        self.produced_bytes.get_or_create(&l).inc_by(bytes as u64);
+    }
+
+    pub fn reject_frame(&self, reason: &str) {
+        self.rejected_frames
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String");
+        out
+    }
+}

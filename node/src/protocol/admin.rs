@@ -1,0 +1,384 @@
+//! Topic administration: CreateTopics, DeleteTopics, CreatePartitions,
+//! DescribeConfigs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::{
+    create_partitions_response::CreatePartitionsTopicResult, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::broker::{Broker, KafkaError, NewTopic, Topic};
+use crate::config::{topic_config_doc, topic_config_keys, topic_config_type, ConfigSource};
+
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+/// Turns a create request's topic into a [`NewTopic`], applying defaults and
+/// checking a manual replica assignment.
+fn new_topic(
+    broker: &Broker,
+    ct: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+) -> Result<NewTopic, KafkaError> {
+    let name = ct.name.0.to_string();
+    let mut configs = BTreeMap::new();
+    for c in &ct.configs {
+        if let Some(v) = &c.value {
+            configs.insert(c.name.to_string(), v.to_string());
+        }
+    }
+    let (partitions, replication_factor) = if ct.assignments.is_empty() {
+        (
+            if ct.num_partitions == -1 {
+                broker.config.num_partitions
+            } else {
+                ct.num_partitions
+            },
+            if ct.replication_factor == -1 {
+                broker.config.default_replication_factor
+            } else {
+                ct.replication_factor
+            },
+        )
+    } else {
+        if ct.num_partitions != -1 || ct.replication_factor != -1 {
+            return Err(KafkaError::new(
+                ResponseError::InvalidRequest,
+                "a manual replica assignment requires num_partitions and replication_factor of -1",
+            ));
+        }
+        let mut seen: Vec<i32> = ct.assignments.iter().map(|a| a.partition_index).collect();
+        seen.sort_unstable();
+        if seen.iter().enumerate().any(|(i, p)| *p != i as i32) {
+            return Err(KafkaError::new(
+                ResponseError::InvalidReplicaAssignment,
+                "assigned partitions must be numbered 0..n without gaps",
+            ));
+        }
+        let rf = ct.assignments[0].broker_ids.len();
+        for a in &ct.assignments {
+            if a.broker_ids.len() != rf || a.broker_ids.iter().any(|b| b.0 != broker.node_id()) {
+                return Err(KafkaError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "partition {} is assigned to {:?}; every partition must have the same number of replicas, on live nodes ({})",
+                        a.partition_index,
+                        a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>(),
+                        broker.node_id()
+                    ),
+                ));
+            }
+        }
+        (ct.assignments.len() as i32, rf as i16)
+    };
+    Ok(NewTopic {
+        name,
+        partitions,
+        replication_factor,
+        configs,
+    })
+}
+
+fn described_configs(broker: &Broker, t: &Topic) -> Vec<CreatableTopicConfigs> {
+    topic_config_keys()
+        .map(|k| {
+            let (value, source) = topic_value(broker, t, k);
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(k))
+                .with_value(Some(str_bytes(value)))
+                .with_config_source(source as i8)
+        })
+        .collect()
+}
+
+fn topic_value(broker: &Broker, t: &Topic, key: &str) -> (String, ConfigSource) {
+    match t.record.configs.get(key) {
+        Some(v) => (v.clone(), ConfigSource::DynamicTopic),
+        None => broker
+            .config
+            .defaults
+            .default_value(key)
+            .expect("every topic config key has a default"),
+    }
+}
+
+pub fn create_topics(
+    broker: &Broker,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in &req.topics {
+        *counts.entry(t.name.0.to_string()).or_default() += 1;
+    }
+    let mut results = Vec::with_capacity(req.topics.len());
+    for ct in &req.topics {
+        let name = ct.name.0.to_string();
+        let outcome = if counts[&name] > 1 {
+            Err(KafkaError::new(
+                ResponseError::InvalidRequest,
+                format!("topic {name} appears more than once in the request"),
+            ))
+        } else {
+            new_topic(broker, ct).and_then(|nt| {
+                if req.validate_only {
+                    broker.validate_new_topic(&nt)?;
+                    Ok(None)
+                } else {
+                    broker.create_topic(nt).map(Some)
+                }
+            })
+        };
+        let mut r = CreatableTopicResult::default().with_name(ct.name.clone());
+        match outcome {
+            Ok(created) => {
+                if version >= 5 {
+                    match &created {
+                        Some(t) => {
+                            r.num_partitions = t.record.partitions;
+                            r.replication_factor = t.record.replication_factor;
+                            r.configs = Some(described_configs(broker, t));
+                        }
+                        None => {
+                            if let Ok(nt) = new_topic(broker, ct) {
+                                r.num_partitions = nt.partitions;
+                                r.replication_factor = nt.replication_factor;
+                            }
+                        }
+                    }
+                }
+                if version >= 7 {
+                    if let Some(t) = &created {
+                        r.topic_id = t.record.id;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(topic = %name, error = %e, "create topic refused");
+                r.error_code = e.code();
+                r.error_message = Some(str_bytes(e.message));
+            }
+        }
+        results.push(r);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub fn delete_topics(
+    broker: &Broker,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    // v0-5 name topics in `topic_names`; v6 in `topics`, by name or by id.
+    let wanted: Vec<(Option<TopicName>, uuid::Uuid)> = if version >= 6 {
+        req.topics
+            .into_iter()
+            .map(|t| (t.name, t.topic_id))
+            .collect()
+    } else {
+        req.topic_names
+            .into_iter()
+            .map(|n| (Some(n), uuid::Uuid::nil()))
+            .collect()
+    };
+    let responses = wanted
+        .into_iter()
+        .map(|(name, id)| {
+            let resolved = match &name {
+                Some(n) => Ok(n.0.to_string()),
+                None => broker
+                    .topic_by_id(&id)
+                    .map(|t| t.record.name.clone())
+                    .ok_or_else(|| {
+                        KafkaError::new(
+                            ResponseError::UnknownTopicId,
+                            format!("no topic has id {id}"),
+                        )
+                    }),
+            };
+            let result = resolved.and_then(|n| broker.delete_topic(&n).map(|id| (n, id)));
+            let mut r = DeletableTopicResult::default();
+            match result {
+                Ok((n, deleted_id)) => {
+                    r.name = Some(TopicName(str_bytes(n)));
+                    if version >= 6 {
+                        r.topic_id = deleted_id;
+                    }
+                }
+                Err(e) => {
+                    r.name = name;
+                    if version >= 6 {
+                        r.topic_id = id;
+                    }
+                    r.error_code = e.code();
+                    if version >= 5 {
+                        r.error_message = Some(str_bytes(e.message));
+                    }
+                }
+            }
+            r
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub fn create_partitions(
+    broker: &Broker,
+    req: CreatePartitionsRequest,
+    _version: i16,
+) -> CreatePartitionsResponse {
+    let results = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.0.to_string();
+            let bad_assignment = t.assignments.as_ref().is_some_and(|a| {
+                a.iter()
+                    .any(|p| p.broker_ids.iter().any(|b| b.0 != broker.node_id()))
+            });
+            let result = if bad_assignment {
+                Err(KafkaError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "new partitions may only be assigned to live nodes ({})",
+                        broker.node_id()
+                    ),
+                ))
+            } else {
+                broker.create_partitions(&name, t.count, req.validate_only)
+            };
+            let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
+            if let Err(e) = result {
+                r.error_code = e.code();
+                r.error_message = Some(str_bytes(e.message));
+            }
+            r
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+fn entry(
+    name: &str,
+    value: String,
+    source: ConfigSource,
+    read_only: bool,
+    config_type: i8,
+    version: i16,
+) -> DescribeConfigsResourceResult {
+    let mut e = DescribeConfigsResourceResult::default()
+        .with_name(str_bytes(name))
+        .with_value(Some(str_bytes(value)))
+        .with_read_only(read_only)
+        .with_config_source(source as i8);
+    if version >= 3 {
+        e.config_type = config_type;
+    }
+    e
+}
+
+pub fn describe_configs(
+    broker: &Broker,
+    req: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    let results = req
+        .resources
+        .into_iter()
+        .map(|res| {
+            let name = res.resource_name.to_string();
+            let wanted = |k: &str| {
+                res.configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.is_empty() || keys.iter().any(|w| w.as_str() == k))
+            };
+            let mut out = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone());
+            match res.resource_type {
+                RESOURCE_TOPIC => match broker.topic(&name) {
+                    None => {
+                        out.error_code = ResponseError::UnknownTopicOrPartition.code();
+                        out.error_message = Some(str_bytes(format!("topic {name} does not exist")));
+                    }
+                    Some(t) => {
+                        out.configs = topic_config_keys()
+                            .filter(|k| wanted(k))
+                            .map(|k| {
+                                let (value, source) = topic_value(broker, &t, k);
+                                let mut e = entry(
+                                    k,
+                                    value.clone(),
+                                    source,
+                                    false,
+                                    topic_config_type(k),
+                                    version,
+                                );
+                                if req.include_synonyms {
+                                    let mut syn = Vec::new();
+                                    if source == ConfigSource::DynamicTopic {
+                                        syn.push(
+                                            DescribeConfigsSynonym::default()
+                                                .with_name(str_bytes(k))
+                                                .with_value(Some(str_bytes(value)))
+                                                .with_source(ConfigSource::DynamicTopic as i8),
+                                        );
+                                    }
+                                    let (dv, ds) =
+                                        broker.config.defaults.default_value(k).expect("known key");
+                                    syn.push(
+                                        DescribeConfigsSynonym::default()
+                                            .with_name(str_bytes(k))
+                                            .with_value(Some(str_bytes(dv)))
+                                            .with_source(ds as i8),
+                                    );
+                                    e.synonyms = syn;
+                                }
+                                if version >= 3 && req.include_documentation {
+                                    e.documentation = topic_config_doc(k).map(str_bytes);
+                                }
+                                e
+                            })
+                            .collect();
+                    }
+                },
+                RESOURCE_BROKER if name.is_empty() || name == broker.node_id().to_string() => {
+                    out.configs = broker
+                        .config
+                        .broker_configs()
+                        .into_iter()
+                        .filter(|(k, _, _)| wanted(k))
+                        .map(|(k, v, ty)| {
+                            entry(k, v, ConfigSource::StaticBroker, true, ty, version)
+                        })
+                        .collect();
+                }
+                RESOURCE_BROKER => {
+                    out.error_code = ResponseError::InvalidRequest.code();
+                    out.error_message = Some(str_bytes(format!(
+                        "broker {name} is not this node ({})",
+                        broker.node_id()
+                    )));
+                }
+                other => {
+                    out.error_code = ResponseError::InvalidRequest.code();
+                    out.error_message = Some(str_bytes(format!(
+                        "resource type {other} is not supported; topics (2) and brokers (4) are"
+                    )));
+                }
+            }
+            out
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}

@@ -1,0 +1,198 @@
+//! Fetch (a long poll over stored batches) and ListOffsets.
+
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+};
+use kafka_protocol::ResponseError;
+
+use crate::broker::{Broker, KafkaError, Topic};
+use crate::log::PartitionLog;
+
+/// The leader epoch every partition has until replication elects leaders.
+const LEADER_EPOCH: i32 = 0;
+
+/// Kafka's check of a client's view of the leader epoch (-1 = not known).
+fn check_epoch(current: i32) -> Result<(), KafkaError> {
+    match current {
+        e if e < 0 || e == LEADER_EPOCH => Ok(()),
+        e if e < LEADER_EPOCH => Err(KafkaError::new(
+            ResponseError::FencedLeaderEpoch,
+            format!("leader epoch {e} is older than {LEADER_EPOCH}"),
+        )),
+        e => Err(KafkaError::new(
+            ResponseError::UnknownLeaderEpoch,
+            format!("leader epoch {e} is newer than {LEADER_EPOCH}"),
+        )),
+    }
+}
+
+fn find<'a>(
+    topic: Option<&'a std::sync::Arc<Topic>>,
+    name: &str,
+    partition: i32,
+) -> Result<&'a PartitionLog, KafkaError> {
+    topic
+        .and_then(|t| t.partition(partition))
+        .map(|p| p.as_ref())
+        .ok_or_else(|| {
+            KafkaError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("{name}-{partition} does not exist"),
+            )
+        })
+}
+
+struct Collected {
+    response: FetchResponse,
+    bytes: usize,
+    errors: bool,
+}
+
+fn collect(broker: &Broker, req: &FetchRequest, version: i16) -> Collected {
+    let mut remaining = if req.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        req.max_bytes as usize
+    };
+    let mut total = 0usize;
+    let mut errors = false;
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for ft in &req.topics {
+        let name = ft.topic.0.to_string();
+        let topic = broker.topic(&name);
+        let mut parts = Vec::with_capacity(ft.partitions.len());
+        for fp in &ft.partitions {
+            let mut pd = PartitionData::default().with_partition_index(fp.partition);
+            let result = find(topic.as_ref(), &name, fp.partition).and_then(|log| {
+                check_epoch(fp.current_leader_epoch)?;
+                let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
+                // KIP-74: only the first non-empty partition may exceed the limits.
+                let read = if total == 0 || limit > 0 {
+                    broker.read(log, fp.fetch_offset, limit, total == 0)?
+                } else {
+                    Default::default()
+                };
+                Ok((log, read))
+            });
+            match result {
+                Ok((log, read)) => {
+                    let hw = log.high_watermark();
+                    pd.high_watermark = hw;
+                    pd.last_stable_offset = hw;
+                    if version >= 5 {
+                        pd.log_start_offset = log.log_start_offset();
+                    }
+                    total += read.records.len();
+                    remaining = remaining.saturating_sub(read.records.len());
+                    pd.records = Some(read.records);
+                }
+                Err(e) => {
+                    errors = true;
+                    pd.error_code = e.code();
+                    pd.high_watermark = -1;
+                    pd.last_stable_offset = -1;
+                    pd.records = Some(Default::default());
+                }
+            }
+            parts.push(pd);
+        }
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(ft.topic.clone())
+                .with_partitions(parts),
+        );
+    }
+    Collected {
+        response: FetchResponse::default().with_responses(topics),
+        bytes: total,
+        errors,
+    }
+}
+
+pub async fn fetch(broker: &Broker, req: FetchRequest, version: i16) -> FetchResponse {
+    // Incremental fetch sessions (KIP-227) are not offered: session id 0 in the
+    // response tells clients to keep sending full fetch requests.
+    if version >= 7 && req.session_id != 0 && req.session_epoch > 0 {
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code())
+            .with_session_id(0);
+    }
+    let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    loop {
+        // Register for the next append before looking, so none is missed.
+        let notified = broker.appended();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let c = collect(broker, &req, version);
+        let done =
+            c.errors || c.bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline;
+        if done {
+            broker.metrics.fetched_bytes.inc_by(c.bytes as u64);
+            return c.response;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for lt in req.topics {
+        let name = lt.name.0.to_string();
+        let topic = broker.topic(&name);
+        let mut parts = Vec::with_capacity(lt.partitions.len());
+        for lp in lt.partitions {
+            let result = find(topic.as_ref(), &name, lp.partition_index).and_then(|log| {
+                if version >= 4 {
+                    check_epoch(lp.current_leader_epoch)?;
+                }
+                Ok(match lp.timestamp {
+                    -2 => Some((log.log_start_offset(), -1)),
+                    -1 => Some((log.high_watermark(), -1)),
+                    -3 if version >= 7 => log.max_timestamp_offset()?,
+                    ts if ts >= 0 => log.offset_for_timestamp(ts)?,
+                    ts => {
+                        return Err(KafkaError::new(
+                            ResponseError::InvalidRequest,
+                            format!("timestamp {ts} is not a time or a known sentinel"),
+                        ))
+                    }
+                })
+            });
+            let mut r =
+                ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
+            match result {
+                Ok(found) => {
+                    let (offset, ts) = found.unwrap_or((-1, -1));
+                    r.offset = offset;
+                    r.timestamp = ts;
+                    if version >= 4 {
+                        r.leader_epoch = LEADER_EPOCH;
+                    }
+                }
+                Err(e) => {
+                    r.error_code = e.code();
+                    r.offset = -1;
+                    r.timestamp = -1;
+                }
+            }
+            parts.push(r);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(lt.name)
+                .with_partitions(parts),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,94 @@
+//! Produce: validate each partition's batch, append it, answer with offsets.
+
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::ResponseError;
+
+use super::str_bytes;
+use crate::broker::{Broker, KafkaError};
+use crate::log::batch::Header;
+
+fn partition_error(index: i32, e: &KafkaError, version: i16) -> PartitionProduceResponse {
+    let mut r = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(e.code())
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1);
+    if version >= 8 {
+        r.error_message = Some(str_bytes(e.message.clone()));
+    }
+    r
+}
+
+/// Refuses what this release cannot honour yet rather than half-doing it.
+fn check_producer(records: Option<&bytes::Bytes>) -> Result<(), KafkaError> {
+    let Some(h) = records.and_then(|r| Header::parse(r).ok()) else {
+        return Ok(());
+    };
+    if h.is_transactional() || h.is_control() {
+        return Err(KafkaError::new(
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactional producing is not available in this release",
+        ));
+    }
+    if h.producer_id() >= 0 {
+        return Err(KafkaError::new(
+            ResponseError::UnknownProducerId,
+            "idempotent producing is not available in this release",
+        ));
+    }
+    Ok(())
+}
+
+/// Returns `None` for acks=0: the client expects no response at all.
+pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    let acks = req.acks;
+    let acks_error = (!matches!(acks, -1..=1)).then(|| {
+        KafkaError::new(
+            ResponseError::InvalidRequiredAcks,
+            format!("acks must be -1, 0 or 1, got {acks}"),
+        )
+    });
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    for td in req.topic_data {
+        let name = td.name.0.to_string();
+        let topic = broker.topic(&name);
+        let mut partitions = Vec::with_capacity(td.partition_data.len());
+        for pd in td.partition_data {
+            let result = match (&acks_error, &topic) {
+                (Some(e), _) => Err(e.clone()),
+                (None, None) => Err(KafkaError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {name} does not exist"),
+                )),
+                (None, Some(t)) => check_producer(pd.records.as_ref())
+                    .and_then(|_| broker.append(t, pd.index, pd.records.as_ref())),
+            };
+            partitions.push(match result {
+                Ok(a) => {
+                    let mut r = PartitionProduceResponse::default()
+                        .with_index(pd.index)
+                        .with_base_offset(a.base_offset)
+                        .with_log_append_time_ms(a.log_append_time);
+                    if version >= 5 {
+                        r.log_start_offset = a.log_start_offset;
+                    }
+                    r
+                }
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce refused");
+                    partition_error(pd.index, &e, version)
+                }
+            });
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(td.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(ProduceResponse::default().with_responses(responses))
+}

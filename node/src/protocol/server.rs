@@ -1,0 +1,265 @@
+//! TCP listener, framing and dispatch.
+//!
+//! Each connection is served in order, one request at a time, as Kafka does:
+//! responses go back in request order and a long-polling fetch holds back the
+//! requests behind it on the same connection. A frame that cannot be a valid
+//! request (over `socket.request.max.bytes`, truncated, unknown API key,
+//! unsupported version other than ApiVersions, undecodable) closes that
+//! connection only; everyone else is unaffected.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::ResponseError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{admin, fetch, metadata, produce, versions};
+use crate::broker::Broker;
+use crate::metrics::ApiLabels;
+
+/// Why a connection is closed instead of answered.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds socket.request.max.bytes ({1})")]
+    TooLarge(i64, usize),
+    #[error("frame of {0} bytes is too short for a request header")]
+    TooShort(usize),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("{0:?} v{1} is not supported")]
+    UnsupportedVersion(ApiKey, i16),
+    #[error("malformed {0:?} v{1} request: {2}")]
+    Malformed(ApiKey, i16, String),
+    #[error("could not encode {0:?} v{1} response: {2}")]
+    Encode(ApiKey, i16, String),
+}
+
+impl FrameError {
+    fn reason(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge(..) => "too_large",
+            FrameError::TooShort(_) => "too_short",
+            FrameError::UnknownApi(_) => "unknown_api",
+            FrameError::UnsupportedVersion(..) => "unsupported_version",
+            FrameError::Malformed(..) => "malformed",
+            FrameError::Encode(..) => "encode",
+        }
+    }
+}
+
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    broker.metrics.connections.inc();
+                    broker.metrics.connections_open.inc();
+                    if let Err(e) = connection(&broker, sock).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
+                    }
+                    broker.metrics.connections_open.dec();
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(broker: &Broker, sock: TcpStream) -> std::io::Result<()> {
+    sock.set_nodelay(true)?;
+    let peer = sock.peer_addr()?;
+    let (rd, wr) = sock.into_split();
+    let mut rd = BufReader::with_capacity(64 << 10, rd);
+    let mut wr = BufWriter::with_capacity(64 << 10, wr);
+    let max = broker.config.socket_request_max_bytes;
+    loop {
+        let len = match rd.read_i32().await {
+            Ok(n) => i64::from(n),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // Refuse before allocating: the length prefix alone decides.
+        if len < 0 || len as u64 > max as u64 {
+            let e = FrameError::TooLarge(len, max);
+            broker.metrics.reject_frame(e.reason());
+            tracing::warn!(%peer, error = %e, "closing connection");
+            return Ok(());
+        }
+        let mut frame = BytesMut::zeroed(len as usize);
+        rd.read_exact(&mut frame).await?;
+        match handle_frame(broker, frame.freeze()).await {
+            Ok(Some(response)) => {
+                wr.write_all(&response).await?;
+                // Pipelined requests already buffered are answered before one flush.
+                if rd.buffer().is_empty() {
+                    wr.flush().await?;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                broker.metrics.reject_frame(e.reason());
+                tracing::warn!(%peer, error = %e, "closing connection");
+                wr.flush().await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn encode_response(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+) -> Result<Bytes, FrameError> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .and_then(|_| body.encode(&mut buf, version))
+        .map_err(|e| FrameError::Encode(api, version, e.to_string()))?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Decodes one request frame (without its length prefix), handles it and
+/// returns the encoded response frame, `None` when the request wants no
+/// response (acks=0 produce), or why the connection must close.
+pub async fn handle_frame(broker: &Broker, mut frame: Bytes) -> Result<Option<Bytes>, FrameError> {
+    if frame.len() < 8 {
+        return Err(FrameError::TooShort(frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api = ApiKey::try_from(key).map_err(|_| FrameError::UnknownApi(key))?;
+    let range = versions::supported(api);
+    let in_range = range.is_some_and(|(min, max)| (min..=max).contains(&version));
+    if !in_range {
+        if api == ApiKey::ApiVersions {
+            // KIP-511: answer an ApiVersions we cannot parse in v0 form, with
+            // the error and our ranges, so the client can retry with one.
+            let body = ResponseKind::ApiVersions(api_versions_body(
+                ResponseError::UnsupportedVersion.code(),
+            ));
+            return encode_response(api, 0, correlation_id, &body).map(Some);
+        }
+        return Err(FrameError::UnsupportedVersion(api, version));
+    }
+    let decoded = std::panic::catch_unwind(move || {
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))?;
+        let request = RequestKind::decode(api, &mut frame, version)?;
+        Ok::<_, anyhow::Error>((header, request))
+    });
+    let (header, request) = match decoded {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Err(FrameError::Malformed(api, version, e.to_string())),
+        Err(_) => {
+            return Err(FrameError::Malformed(
+                api,
+                version,
+                "decoder panicked".into(),
+            ))
+        }
+    };
+    let labels = ApiLabels {
+        api: format!("{api:?}"),
+    };
+    broker.metrics.requests.get_or_create(&labels).inc();
+    let started = Instant::now();
+    let response = dispatch(broker, &header, request).await;
+    broker
+        .metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    match response {
+        Some(body) => encode_response(api, version, header.correlation_id, &body).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(
+            versions::SUPPORTED
+                .iter()
+                .map(|&(k, min, max)| {
+                    ApiVersion::default()
+                        .with_api_key(k as i16)
+                        .with_min_version(min)
+                        .with_max_version(max)
+                })
+                .collect(),
+        )
+}
+
+async fn dispatch(
+    broker: &Broker,
+    header: &RequestHeader,
+    request: RequestKind,
+) -> Option<ResponseKind> {
+    let v = header.request_api_version;
+    Some(match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(0)),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, v)),
+        RequestKind::DescribeCluster(r) => {
+            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
+        }
+        RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v)?),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, v).await),
+        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(broker, r, v)),
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(admin::create_topics(broker, r, v))
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, v))
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(admin::create_partitions(broker, r, v))
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(admin::describe_configs(broker, r, v))
+        }
+        other => {
+            // versions::supported() admits only the APIs above.
+            tracing::error!(request = ?other, "advertised API without a handler");
+            return None;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_errors_have_distinct_reasons() {
+        let all = [
+            FrameError::TooLarge(1, 0),
+            FrameError::TooShort(0),
+            FrameError::UnknownApi(999),
+            FrameError::UnsupportedVersion(ApiKey::Produce, 0),
+            FrameError::Malformed(ApiKey::Produce, 3, String::new()),
+            FrameError::Encode(ApiKey::Produce, 3, String::new()),
+        ];
+        let mut reasons: Vec<_> = all.iter().map(|e| e.reason()).collect();
+        reasons.sort();
+        reasons.dedup();
+        assert_eq!(reasons.len(), all.len());
+    }
+}

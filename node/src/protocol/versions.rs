@@ -1,0 +1,43 @@
+//! The API versions this node advertises. Each range is fully handled and
+//! exercised by the protocol matrix test (`node/tests/protocol.rs`), which
+//! sends every API at every version listed here.
+
+use kafka_protocol::messages::ApiKey;
+
+/// (api, min, max), in API key order.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_range_is_within_what_the_codec_knows() {
+        for &(api, min, max) in SUPPORTED {
+            let v = api.valid_versions();
+            assert!(min <= max, "{api:?}");
+            assert!(
+                v.min <= min && max <= v.max,
+                "{api:?} {min}..{max} outside {v:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Test harness: runs the real `sluice` binary and talks to it with requests
+//! encoded by `kafka-protocol`, the way any Kafka client would.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+pub struct Node {
+    child: Option<Child>,
+    pub kafka: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts `sluice dev` on ephemeral loopback ports with `extra` arguments.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Node {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, kafka, admin) = spawn(data_dir, &args, "127.0.0.1:0", "127.0.0.1:0");
+        Node {
+            child: Some(child),
+            kafka,
+            admin,
+            data_dir: data_dir.to_path_buf(),
+            args,
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// Starts the node again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, kafka, admin) = spawn(
+            &self.data_dir,
+            &self.args,
+            &self.kafka.to_string(),
+            &self.admin.to_string(),
+        );
+        self.child = Some(child);
+        self.kafka = kafka;
+        self.admin = admin;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.kafka)
+    }
+
+    /// GET on the admin port; returns (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(self.admin).expect("admin connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out.lines().next().unwrap_or_default().to_string();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+        (status, body)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn(
+    data_dir: &Path,
+    extra: &[String],
+    listen: &str,
+    admin: &str,
+) -> (Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("dev")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--admin-listen")
+        .arg(admin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("sluice ready ") {
+                let _ = tx.send(rest.to_string());
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("sluice did not report ready");
+    let mut kafka = None;
+    let mut admin = None;
+    for part in line.split_whitespace() {
+        if let Some(a) = part.strip_prefix("kafka=") {
+            kafka = Some(a.parse().unwrap());
+        }
+        if let Some(a) = part.strip_prefix("admin=") {
+            admin = Some(a.parse().unwrap());
+        }
+    }
+    (child, kafka.unwrap(), admin.unwrap())
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    pub fn send<R: Request>(&mut self, req: &R, version: i16) -> R::Response {
+        self.try_send(req, version).expect("request failed")
+    }
+
+    /// Sends a request; `None` when the node closed the connection instead.
+    pub fn try_send<R: Request>(&mut self, req: &R, version: i16) -> Option<R::Response> {
+        self.correlation += 1;
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("sluice-test")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, R::header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        let mut resp = self.raw(&body)?;
+        let rh = ResponseHeader::decode(&mut resp, R::Response::header_version(version)).unwrap();
+        assert_eq!(rh.correlation_id, self.correlation);
+        Some(R::Response::decode(&mut resp, version).unwrap())
+    }
+
+    /// Sends a frame body (the length prefix is added) and returns the
+    /// response body, or `None` if the connection was closed.
+    pub fn raw(&mut self, body: &[u8]) -> Option<Bytes> {
+        let mut frame = BytesMut::new();
+        frame.put_i32(body.len() as i32);
+        frame.put_slice(body);
+        self.stream.write_all(&frame).ok()?;
+        self.read_frame()
+    }
+
+    /// Writes bytes as they are, no length prefix added.
+    pub fn write_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).unwrap();
+    }
+
+    pub fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut buf).ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    /// True when the node has closed this connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// A v2 record batch of `n` records with keys `k{i}` and values `{prefix}{i}`.
+pub fn batch(n: usize, prefix: &str, compression: Compression) -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    batch_at(n, prefix, compression, now)
+}
+
+pub fn batch_at(n: usize, prefix: &str, compression: Compression, ts: i64) -> Bytes {
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // Non-idempotent: base sequence -1 (the encoder derives it from
+            // the first record, and keeps records with offset - sequence
+            // constant in one batch).
+            sequence: i as i32 - 1,
+            timestamp: ts + i as i64,
+            key: Some(Bytes::from(format!("k{i}"))),
+            value: Some(Bytes::from(format!("{prefix}{i}"))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}

@@ -1,0 +1,833 @@
+//! The node's Kafka protocol surface, exercised against the real binary:
+//! every advertised API at every advertised version, and every bad-input path.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{batch, batch_at, wait_for, Client, Node};
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use kafka_protocol::ResponseError;
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+fn tn(v: &str) -> TopicName {
+    TopicName(s(v))
+}
+
+fn create(c: &mut Client, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(tn(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(s(k))
+                            .with_value(Some(s(v)))
+                    })
+                    .collect(),
+            )]);
+    c.send(&req, 7).topics[0].error_code
+}
+
+fn produce_req(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(tn(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(records))])])
+}
+
+fn produce(
+    c: &mut Client,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    version: i16,
+) -> (i16, i64) {
+    let r = c.send(&produce_req(topic, partition, records, -1), version);
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+fn fetch_req(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(50 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(tn(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+fn fetch(
+    c: &mut Client,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    version: i16,
+) -> fetch_response::PartitionData {
+    let r = c.send(&fetch_req(topic, partition, offset, 0), version);
+    r.responses[0].partitions[0].clone()
+}
+
+fn values(records: &Bytes) -> Vec<(i64, String)> {
+    let mut b = records.clone();
+    let mut out = vec![];
+    for set in RecordBatchDecoder::decode_all(&mut b).unwrap() {
+        for r in set.records {
+            out.push((
+                r.offset,
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+fn list_offset(
+    c: &mut Client,
+    topic: &str,
+    partition: i32,
+    ts: i64,
+    version: i16,
+) -> list_offsets_response::ListOffsetsPartitionResponse {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_timestamp(ts)])]);
+    c.send(&req, version).topics[0].partitions[0].clone()
+}
+
+fn node() -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    (dir, node)
+}
+
+#[test]
+fn api_versions_lists_every_handled_api_at_every_version() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    for v in 0..=3 {
+        let r = c.send(&ApiVersionsRequest::default(), v);
+        assert_eq!(r.error_code, 0, "v{v}");
+        let keys: Vec<i16> = r.api_keys.iter().map(|k| k.api_key).collect();
+        for api in [0, 1, 2, 3, 18, 19, 20, 32, 37, 60] {
+            assert!(keys.contains(&api), "v{v} lacks api {api}");
+        }
+    }
+    // A version the node does not know gets the v0 answer with the error (KIP-511).
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&99i16.to_be_bytes());
+    body.extend_from_slice(&7i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    let mut resp = c.raw(&body).expect("answered");
+    use kafka_protocol::protocol::Decodable;
+    let h = ResponseHeader::decode(&mut resp, 0).unwrap();
+    assert_eq!(h.correlation_id, 7);
+    let r = ApiVersionsResponse::decode(&mut resp, 0).unwrap();
+    assert_eq!(r.error_code, ResponseError::UnsupportedVersion.code());
+    assert!(r
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == 18 && k.max_version == 3));
+}
+
+#[test]
+fn every_version_of_every_api_round_trips() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "matrix", 2, &[]), 0);
+    // Produce 3..=9, each appends one more batch of 5.
+    let mut expected = 0;
+    for v in 3..=9 {
+        let (err, base) = produce(
+            &mut c,
+            "matrix",
+            0,
+            batch(5, &format!("v{v}-"), Compression::None),
+            v,
+        );
+        assert_eq!((err, base), (0, expected), "produce v{v}");
+        expected += 5;
+    }
+    for v in 4..=12 {
+        let p = fetch(&mut c, "matrix", 0, 0, v);
+        assert_eq!(p.error_code, 0, "fetch v{v}");
+        assert_eq!(p.high_watermark, expected, "fetch v{v}");
+        assert_eq!(
+            values(p.records.as_ref().unwrap()).len() as i64,
+            expected,
+            "fetch v{v}"
+        );
+    }
+    for v in 1..=7 {
+        assert_eq!(
+            list_offset(&mut c, "matrix", 0, -1, v).offset,
+            expected,
+            "list offsets v{v}"
+        );
+        assert_eq!(
+            list_offset(&mut c, "matrix", 0, -2, v).offset,
+            0,
+            "list offsets v{v}"
+        );
+    }
+    for v in 0..=12 {
+        let req = if v == 0 {
+            MetadataRequest::default().with_topics(Some(vec![]))
+        } else {
+            MetadataRequest::default().with_topics(None)
+        };
+        let r = c.send(&req, v);
+        assert_eq!(r.brokers.len(), 1, "metadata v{v}");
+        assert_eq!(
+            r.brokers[0].port,
+            i32::from(n.kafka.port()),
+            "metadata v{v}"
+        );
+        let t = r
+            .topics
+            .iter()
+            .find(|t| t.name.as_deref().map(|x| x.as_str()) == Some("matrix"))
+            .unwrap();
+        assert_eq!(t.partitions.len(), 2, "metadata v{v}");
+        if v >= 10 {
+            assert!(!t.topic_id.is_nil(), "metadata v{v} topic id");
+        }
+    }
+    for v in 2..=7 {
+        let name = format!("created-v{v}");
+        let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+            .with_name(tn(&name))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)]);
+        let r = c.send(&req, v);
+        assert_eq!(r.topics[0].error_code, 0, "create topics v{v}");
+        if v >= 5 {
+            assert_eq!(r.topics[0].num_partitions, 1);
+        }
+    }
+    for v in 1..=6 {
+        let name = format!("created-v{}", v + 1);
+        let req = if v >= 6 {
+            DeleteTopicsRequest::default()
+                .with_topics(vec![DeleteTopicState::default().with_name(Some(tn(&name)))])
+        } else {
+            DeleteTopicsRequest::default().with_topic_names(vec![tn(&name)])
+        };
+        let r = c.send(&req, v);
+        assert_eq!(r.responses[0].error_code, 0, "delete topics v{v}");
+    }
+    for v in 0..=3 {
+        let req =
+            CreatePartitionsRequest::default().with_topics(vec![CreatePartitionsTopic::default()
+                .with_name(tn("matrix"))
+                .with_count(3 + v as i32)]);
+        let r = c.send(&req, v);
+        assert_eq!(r.results[0].error_code, 0, "create partitions v{v}");
+    }
+    for v in 1..=4 {
+        let req = DescribeConfigsRequest::default()
+            .with_include_synonyms(true)
+            .with_include_documentation(v >= 3)
+            .with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("matrix")),
+                DescribeConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name(s("0")),
+            ]);
+        let r = c.send(&req, v);
+        assert!(
+            r.results.iter().all(|x| x.error_code == 0),
+            "describe configs v{v}"
+        );
+        assert!(r.results[0]
+            .configs
+            .iter()
+            .any(|e| e.name.as_str() == "retention.ms"));
+        assert!(r.results[1]
+            .configs
+            .iter()
+            .any(|e| e.name.as_str() == "num.partitions"));
+    }
+    for v in 0..=1 {
+        let r = c.send(&DescribeClusterRequest::default().with_endpoint_type(1), v);
+        assert_eq!(r.error_code, 0, "describe cluster v{v}");
+        assert_eq!(r.brokers.len(), 1);
+    }
+}
+
+#[test]
+fn compressed_batches_are_served_back_unchanged() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "codecs", 1, &[]), 0);
+    let mut sent = vec![];
+    for codec in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let b = batch(20, &format!("{codec:?}-"), codec);
+        let (err, base) = produce(&mut c, "codecs", 0, b.clone(), 9);
+        assert_eq!(err, 0);
+        sent.push((base, b));
+    }
+    let p = fetch(&mut c, "codecs", 0, 0, 12);
+    let got = p.records.unwrap();
+    // Same bytes as produced, but for the offset the node assigned.
+    let mut pos = 0;
+    for (base, b) in &sent {
+        let stored = &got[pos..pos + b.len()];
+        assert_eq!(i64::from_be_bytes(stored[..8].try_into().unwrap()), *base);
+        assert_eq!(&stored[8..12], &b[8..12]);
+        assert_eq!(&stored[16..], &b[16..]);
+        pos += b.len();
+    }
+    assert_eq!(pos, got.len());
+    assert_eq!(values(&got).len(), 100);
+}
+
+#[test]
+fn log_append_time_topics_stamp_the_broker_time() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(
+        create(
+            &mut c,
+            "lat",
+            1,
+            &[("message.timestamp.type", "LogAppendTime")]
+        ),
+        0
+    );
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let r = c.send(
+        &produce_req("lat", 0, batch_at(3, "x", Compression::Lz4, 1_000), -1),
+        9,
+    );
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, 0);
+    assert!(p.log_append_time_ms >= before);
+    let f = fetch(&mut c, "lat", 0, 0, 12);
+    // Consumers take every record's time from the batch's max timestamp when
+    // the batch says LogAppendTime (attribute bit 3).
+    let b = f.records.unwrap();
+    let attributes = i16::from_be_bytes([b[21], b[22]]);
+    let max_timestamp = i64::from_be_bytes(b[35..43].try_into().unwrap());
+    assert_eq!(attributes & 0x08, 0x08);
+    assert_eq!(max_timestamp, p.log_append_time_ms);
+    let mut b = b.clone();
+    let set = RecordBatchDecoder::decode(&mut b).unwrap();
+    assert!(set
+        .records
+        .iter()
+        .all(|r| r.timestamp_type == kafka_protocol::records::TimestampType::LogAppend));
+}
+
+#[test]
+fn list_offsets_by_timestamp() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "times", 1, &[]), 0);
+    produce(
+        &mut c,
+        "times",
+        0,
+        batch_at(10, "a", Compression::None, 10_000),
+        9,
+    );
+    produce(
+        &mut c,
+        "times",
+        0,
+        batch_at(10, "b", Compression::Zstd, 20_000),
+        9,
+    );
+    let r = list_offset(&mut c, "times", 0, 10_005, 7);
+    assert_eq!((r.offset, r.timestamp), (5, 10_005));
+    let r = list_offset(&mut c, "times", 0, 15_000, 7);
+    assert_eq!((r.offset, r.timestamp), (10, 20_000));
+    let r = list_offset(&mut c, "times", 0, 99_000, 7);
+    assert_eq!(r.offset, -1);
+    let r = list_offset(&mut c, "times", 0, -3, 7);
+    assert_eq!((r.offset, r.timestamp), (19, 20_009));
+}
+
+#[test]
+fn fetch_long_polls_until_data_arrives() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "poll", 1, &[]), 0);
+    let addr = n.kafka;
+    let waiter = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        let started = Instant::now();
+        let r = c.send(&fetch_req("poll", 0, 0, 20_000), 12);
+        (r.responses[0].partitions[0].clone(), started.elapsed())
+    });
+    // Produce only once the fetch is parked on the node.
+    wait_for(Duration::from_secs(10), || {
+        let (_, body) = n.http_get("/metrics");
+        body.contains("sluice_kafka_connections_open 2")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    produce(&mut c, "poll", 0, batch(1, "late", Compression::None), 9);
+    let (p, waited) = waiter.join().unwrap();
+    assert_eq!(
+        values(p.records.as_ref().unwrap()),
+        vec![(0, "late0".to_string())]
+    );
+    assert!(
+        waited < Duration::from_secs(20),
+        "woken by the append, not the timeout"
+    );
+    // With nothing to read, max_wait_ms bounds the wait and the answer is empty.
+    let r = c.send(&fetch_req("poll", 0, 1, 200), 12);
+    assert_eq!(
+        r.responses[0].partitions[0].records.as_ref().unwrap().len(),
+        0
+    );
+}
+
+#[test]
+fn fetch_respects_max_bytes_but_returns_one_whole_batch() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "big", 2, &[]), 0);
+    for _ in 0..3 {
+        produce(&mut c, "big", 0, batch(100, "x", Compression::None), 9);
+        produce(&mut c, "big", 1, batch(100, "y", Compression::None), 9);
+    }
+    let mut req = fetch_req("big", 0, 0, 0);
+    req.max_bytes = 10;
+    req.topics[0].partitions[0].partition_max_bytes = 10;
+    req.topics[0].partitions.push(
+        FetchPartition::default()
+            .with_partition(1)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(10),
+    );
+    let r = c.send(&req, 12);
+    let first = values(r.responses[0].partitions[0].records.as_ref().unwrap());
+    let second = r.responses[0].partitions[1].records.as_ref().unwrap();
+    assert_eq!(first.len(), 100, "exactly one whole batch");
+    assert!(second.is_empty(), "limits apply after the first batch");
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let (_d, n) = node();
+    let mut good = n.client();
+    assert_eq!(create(&mut good, "ok", 1, &[]), 0);
+
+    // Length prefix over socket.request.max.bytes: refused before reading it.
+    let mut c = n.client();
+    c.write_bytes(&(200 * 1024 * 1024i32).to_be_bytes());
+    assert!(c.is_closed());
+    // Negative length.
+    let mut c = n.client();
+    c.write_bytes(&(-5i32).to_be_bytes());
+    assert!(c.is_closed());
+    // Too short for a header.
+    let mut c = n.client();
+    assert!(c.raw(&[0, 3]).is_none());
+    // Garbage with a valid length.
+    let mut c = n.client();
+    assert!(c.raw(&[0xff; 64]).is_none());
+    // Unknown API key.
+    let mut c = n.client();
+    assert!(c.raw(&[0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff]).is_none());
+    // Unsupported version of a known API (Produce v0 uses the old message format).
+    let mut c = n.client();
+    assert!(c
+        .raw(&[0, 0, 0, 2, 0, 0, 0, 1, 0xff, 0xff, 0, 1, 0, 0, 0, 0])
+        .is_none());
+    // A Metadata request whose body is cut short.
+    let mut c = n.client();
+    let mut body = vec![0, 3, 0, 12, 0, 0, 0, 9, 0, 0, 0];
+    body.extend_from_slice(&[2, 0xff]);
+    assert!(c.raw(&body).is_none());
+    // A frame that ends mid-way and then the socket closes.
+    let mut c = n.client();
+    c.write_bytes(&[0, 0, 0, 100, 0, 3, 0, 1]);
+    drop(c);
+
+    // The node still serves everyone else.
+    let (err, base) = produce(&mut good, "ok", 0, batch(2, "x", Compression::None), 9);
+    assert_eq!((err, base), (0, 0));
+    let (_, metrics) = n.http_get("/metrics");
+    for reason in [
+        "too_large",
+        "too_short",
+        "unknown_api",
+        "unsupported_version",
+        "malformed",
+    ] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason} not counted"
+        );
+    }
+}
+
+#[test]
+fn bad_requests_get_kafka_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(
+        dir.path(),
+        &[
+            "--message-max-bytes",
+            "2000",
+            "--auto-create-topics",
+            "false",
+        ],
+    );
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "t", 2, &[]), 0);
+
+    // CRC mismatch.
+    let mut b = batch(3, "x", Compression::None).to_vec();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    assert_eq!(
+        produce(&mut c, "t", 0, Bytes::from(b), 9).0,
+        ResponseError::CorruptMessage.code()
+    );
+    // Truncated batch.
+    let b = batch(3, "x", Compression::None);
+    assert_eq!(
+        produce(&mut c, "t", 0, b.slice(..b.len() - 3), 9).0,
+        ResponseError::CorruptMessage.code()
+    );
+    // Batch over max.message.bytes.
+    assert_eq!(
+        produce(&mut c, "t", 0, batch(500, "x", Compression::None), 9).0,
+        ResponseError::MessageTooLarge.code()
+    );
+    // Two batches in one partition's records.
+    let two = [
+        batch(1, "a", Compression::None),
+        batch(1, "b", Compression::None),
+    ]
+    .concat();
+    assert_eq!(
+        produce(&mut c, "t", 0, Bytes::from(two), 9).0,
+        ResponseError::InvalidRecord.code()
+    );
+    // Bad acks.
+    let r = c.send(&produce_req("t", 0, batch(1, "x", Compression::None), 2), 9);
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        ResponseError::InvalidRequiredAcks.code()
+    );
+    // Unknown topic and partition, for produce and fetch.
+    assert_eq!(
+        produce(&mut c, "nope", 0, batch(1, "x", Compression::None), 9).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        produce(&mut c, "t", 7, batch(1, "x", Compression::None), 9).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        produce(&mut c, "t", -1, batch(1, "x", Compression::None), 9).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        fetch(&mut c, "nope", 0, 0, 12).error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        fetch(&mut c, "t", 9, 0, 12).error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    // Negative and out-of-range offsets.
+    assert_eq!(
+        fetch(&mut c, "t", 0, -1, 12).error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    assert_eq!(
+        fetch(&mut c, "t", 0, 5, 12).error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    // Stale leader epochs.
+    let mut req = fetch_req("t", 0, 0, 0);
+    req.topics[0].partitions[0].current_leader_epoch = 3;
+    assert_eq!(
+        c.send(&req, 12).responses[0].partitions[0].error_code,
+        ResponseError::UnknownLeaderEpoch.code()
+    );
+    // Invalid topic names, for create and metadata.
+    for bad in ["has space", "..", "ü"] {
+        assert_eq!(
+            create(&mut c, bad, 1, &[]),
+            ResponseError::InvalidTopicException.code(),
+            "{bad}"
+        );
+    }
+    let md = c.send(
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(tn("bad name")))
+        ])),
+        12,
+    );
+    assert_eq!(
+        md.topics[0].error_code,
+        ResponseError::InvalidTopicException.code()
+    );
+    // Auto-creation is off here: unknown topics stay unknown.
+    let md = c.send(
+        &MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(tn("ghost")))
+            ]))
+            .with_allow_auto_topic_creation(true),
+        12,
+    );
+    assert_eq!(
+        md.topics[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    // Topic config errors.
+    assert_eq!(
+        create(&mut c, "cfg", 1, &[("retention.ms", "soon")]),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        create(&mut c, "cfg", 1, &[("no.such.config", "1")]),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        create(&mut c, "cfg", 0, &[]),
+        ResponseError::InvalidPartitions.code()
+    );
+    assert_eq!(
+        create(&mut c, "t", 1, &[]),
+        ResponseError::TopicAlreadyExists.code()
+    );
+    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(tn("rf"))
+        .with_num_partitions(1)
+        .with_replication_factor(3)]);
+    assert_eq!(
+        c.send(&req, 7).topics[0].error_code,
+        ResponseError::InvalidReplicationFactor.code()
+    );
+    let req = CreatePartitionsRequest::default()
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(tn("t"))
+            .with_count(1)]);
+    assert_eq!(
+        c.send(&req, 3).results[0].error_code,
+        ResponseError::InvalidPartitions.code()
+    );
+    let req = DeleteTopicsRequest::default().with_topic_names(vec![tn("nope")]);
+    assert_eq!(
+        c.send(&req, 5).responses[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+
+    // None of it changed the log or the topic list.
+    let md = c.send(&MetadataRequest::default().with_topics(None), 12);
+    let mut names: Vec<String> = md
+        .topics
+        .iter()
+        .map(|t| t.name.as_ref().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["t"]);
+    assert_eq!(md.topics[0].partitions.len(), 2);
+    assert_eq!(list_offset(&mut c, "t", 0, -1, 7).offset, 0);
+    let (err, base) = produce(&mut c, "t", 0, batch(3, "x", Compression::None), 9);
+    assert_eq!((err, base), (0, 0));
+}
+
+#[test]
+fn acks_zero_gets_no_response_but_is_written() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "fire", 1, &[]), 0);
+    use kafka_protocol::protocol::Encodable;
+    let req = produce_req("fire", 0, batch(4, "f", Compression::Snappy), 0);
+    let header = RequestHeader::default()
+        .with_request_api_key(0)
+        .with_request_api_version(9)
+        .with_correlation_id(77);
+    let mut body = bytes::BytesMut::new();
+    header.encode(&mut body, 2).unwrap();
+    req.encode(&mut body, 9).unwrap();
+    let mut framed = (body.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    c.write_bytes(&framed);
+    // The next response on the connection belongs to the next request.
+    let r = c.send(&ApiVersionsRequest::default(), 3);
+    assert_eq!(r.error_code, 0);
+    assert_eq!(list_offset(&mut c, "fire", 0, -1, 7).offset, 4);
+}
+
+#[test]
+fn data_and_topics_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::start(dir.path(), &[]);
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "durable", 3, &[("retention.ms", "-1")]), 0);
+    for p in 0..3 {
+        for i in 0..10 {
+            let (err, _) = produce(
+                &mut c,
+                "durable",
+                p,
+                batch(10, &format!("p{p}b{i}-"), Compression::Lz4),
+                9,
+            );
+            assert_eq!(err, 0);
+        }
+    }
+    drop(c);
+    n.restart();
+    let mut c = n.client();
+    for p in 0..3 {
+        let f = fetch(&mut c, "durable", p, 0, 12);
+        assert_eq!(f.high_watermark, 100);
+        let v = values(f.records.as_ref().unwrap());
+        assert_eq!(v.len(), 100);
+        assert!(v.iter().enumerate().all(|(i, (o, _))| *o == i as i64));
+        assert_eq!(v[99].1, format!("p{p}b9-9"));
+    }
+    // Offsets continue where they stopped.
+    assert_eq!(
+        produce(
+            &mut c,
+            "durable",
+            0,
+            batch(1, "after", Compression::None),
+            9
+        ),
+        (0, 100)
+    );
+    let md = c.send(&MetadataRequest::default().with_topics(None), 12);
+    assert_eq!(md.topics[0].partitions.len(), 3);
+}
+
+#[test]
+fn retention_moves_the_log_start_and_older_offsets_go_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(dir.path(), &["--log-retention-check-interval-ms", "50"]);
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "by-time", 1, &[("retention.ms", "1000")]), 0);
+    assert_eq!(create(&mut c, "by-size", 1, &[("retention.bytes", "1")]), 0);
+    let old = 1_000_000; // 1970: far past any retention window
+    produce(
+        &mut c,
+        "by-time",
+        0,
+        batch_at(5, "old", Compression::None, old),
+        9,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    produce(
+        &mut c,
+        "by-time",
+        0,
+        batch_at(5, "new", Compression::None, now + 3_600_000),
+        9,
+    );
+    for _ in 0..3 {
+        produce(&mut c, "by-size", 0, batch(5, "s", Compression::None), 9);
+    }
+    wait_for(Duration::from_secs(10), || {
+        (list_offset(&mut c, "by-time", 0, -2, 7).offset == 5).then_some(())
+    });
+    wait_for(Duration::from_secs(10), || {
+        (list_offset(&mut c, "by-size", 0, -2, 7).offset == 10).then_some(())
+    });
+    assert_eq!(
+        fetch(&mut c, "by-time", 0, 0, 12).error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
+    let f = fetch(&mut c, "by-time", 0, 5, 12);
+    assert_eq!(f.log_start_offset, 5);
+    assert_eq!(values(f.records.as_ref().unwrap())[0].1, "new0");
+    // The newest batch is kept even though it alone exceeds retention.bytes.
+    assert_eq!(list_offset(&mut c, "by-size", 0, -1, 7).offset, 15);
+}
+
+#[test]
+fn deleted_topics_are_gone_and_names_reusable() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "gone", 1, &[]), 0);
+    produce(&mut c, "gone", 0, batch(5, "x", Compression::None), 9);
+    let r = c.send(
+        &DeleteTopicsRequest::default().with_topic_names(vec![tn("gone")]),
+        5,
+    );
+    assert_eq!(r.responses[0].error_code, 0);
+    assert_eq!(
+        fetch(&mut c, "gone", 0, 0, 12).error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(create(&mut c, "gone", 1, &[]), 0);
+    let f = fetch(&mut c, "gone", 0, 0, 12);
+    assert_eq!((f.error_code, f.high_watermark), (0, 0));
+}
+
+#[test]
+fn health_and_metrics_endpoints() {
+    let (_d, n) = node();
+    assert!(n.http_get("/healthz").0.contains("200"));
+    assert!(n.http_get("/readyz").0.contains("200"));
+    let mut c = n.client();
+    create(&mut c, "m", 1, &[]);
+    produce(&mut c, "m", 0, batch(7, "x", Compression::None), 9);
+    let (status, body) = n.http_get("/metrics");
+    assert!(status.contains("200"));
+    assert!(
+        body.contains("sluice_produced_records_total{topic=\"m\"} 7"),
+        "{body}"
+    );
+    assert!(body.contains("sluice_kafka_requests_total{api=\"Produce\"} 1"));
+}
