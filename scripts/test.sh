@@ -42,6 +42,19 @@ cargo test --workspace --locked
 # --- real Kafka clients against the real binary ---------------------------------
 # `cargo test` built the binary the client tests run.
 export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
-step "client tests (kcat, librdkafka via confluent-kafka, kafka-python)"
 cd "$ROOT/tests/clients"
+step "client tests with Debian's clients (librdkafka 2.0, kafka-python 2.0, kcat)"
 /usr/bin/python3 -m pytest -q -p no:cacheprovider "$@"
+
+# The same tests with current clients from PyPI (confluent-kafka 2.x bundles a
+# current librdkafka; kafka-python 3 defaults to the idempotent producer).
+VENV="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if [ -z "${SLUICE_SKIP_INSTALL:-}" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check "confluent-kafka>=2.6" "kafka-python>=3.0" pytest
+fi
+step "client tests with PyPI's clients ($("$VENV/bin/python" -c 'import confluent_kafka as c, kafka; print("librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'))"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
