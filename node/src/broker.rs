@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use crate::config::{validate_topic_name, ConfigError, NodeConfig, TopicConfig};
 use crate::log::batch::{self, BatchError, Header};
-use crate::log::{Appended, PartitionLog, Read, Store, StoreError, TimestampType};
+use crate::log::producers::SequenceError;
+use crate::log::{AppendError, Appended, PartitionLog, Read, Store, StoreError, TimestampType};
 use crate::metrics::Metrics;
 
 pub fn now_ms() -> i64 {
@@ -76,6 +77,22 @@ impl From<StoreError> for KafkaError {
     }
 }
 
+impl From<AppendError> for KafkaError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Store(e) => e.into(),
+            AppendError::Sequence(e) => {
+                let code = match e {
+                    SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
+                    SequenceError::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber,
+                    SequenceError::UnknownProducer { .. } => ResponseError::UnknownProducerId,
+                };
+                KafkaError::new(code, e.to_string())
+            }
+        }
+    }
+}
+
 impl From<ConfigError> for KafkaError {
     fn from(e: ConfigError) -> Self {
         KafkaError::new(ResponseError::InvalidConfig, e.to_string())
@@ -114,7 +131,19 @@ pub struct Broker {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Woken after every append, so long-polling fetches re-check.
     appended: Notify,
+    producer_ids: std::sync::Mutex<ProducerIdBlock>,
 }
+
+/// Producer ids are the node id in the high bits and a counter below, so they
+/// are unique across the cluster without coordination. The counter is
+/// reserved in blocks persisted before use, so a restart never reuses an id.
+struct ProducerIdBlock {
+    next: i64,
+    end: i64,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+const PRODUCER_ID_NODE_SHIFT: u32 = 40;
 
 const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
 
@@ -156,6 +185,7 @@ impl Broker {
             store,
             topics: RwLock::new(topics),
             appended: Notify::new(),
+            producer_ids: std::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
         }))
     }
 
@@ -183,6 +213,24 @@ impl Broker {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// A new producer id, unique across the cluster and across restarts.
+    pub fn allocate_producer_id(&self) -> KResult<i64> {
+        let mut block = self.producer_ids.lock().expect("producer id lock");
+        if block.next >= block.end {
+            let start = match self.store.get_meta("producer_id_next")? {
+                Some(v) if v.len() == 8 => i64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                _ => 0,
+            };
+            let end = start + PRODUCER_ID_BLOCK;
+            self.store
+                .put_meta("producer_id_next", &end.to_be_bytes())?;
+            *block = ProducerIdBlock { next: start, end };
+        }
+        let counter = block.next;
+        block.next += 1;
+        Ok((i64::from(self.node_id()) << PRODUCER_ID_NODE_SHIFT) | counter)
     }
 
     /// Number of nodes replicas can be placed on. One until replication lands.
@@ -381,9 +429,11 @@ impl Broker {
             }
         }
         let appended = log.append(b, 0, topic.config.message_timestamp_type, now)?;
-        self.metrics
-            .record_append(&topic.record.name, i64::from(h.record_count()), b.len());
-        self.appended.notify_waiters();
+        if !appended.duplicate {
+            self.metrics
+                .record_append(&topic.record.name, i64::from(h.record_count()), b.len());
+            self.appended.notify_waiters();
+        }
         Ok(appended)
     }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{batch, batch_at, wait_for, Client, Node};
+use common::{batch, batch_at, idempotent_batch, wait_for, Client, Node};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
@@ -830,4 +830,115 @@ fn health_and_metrics_endpoints() {
         "{body}"
     );
     assert!(body.contains("sluice_kafka_requests_total{api=\"Produce\"} 1"));
+}
+
+#[test]
+fn idempotent_producer_sequences_epochs_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::start(dir.path(), &[]);
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "idem", 1, &[]), 0);
+    let mut ids = vec![];
+    for v in 0..=4 {
+        let r = c.send(
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+            v,
+        );
+        assert_eq!(
+            (r.error_code, r.producer_epoch),
+            (0, 0),
+            "init producer id v{v}"
+        );
+        ids.push(r.producer_id.0);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 5, "every producer gets its own id");
+    let pid = ids[0];
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(5, "a", pid, 0, 0), 9),
+        (0, 0)
+    );
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(5, "b", pid, 0, 5), 9),
+        (0, 5)
+    );
+    // A retry of either batch answers with the original offset and writes nothing.
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(5, "a", pid, 0, 0), 9),
+        (0, 0)
+    );
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(5, "b", pid, 0, 5), 9),
+        (0, 5)
+    );
+    assert_eq!(list_offset(&mut c, "idem", 0, -1, 7).offset, 10);
+    // A gap is refused.
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(1, "c", pid, 0, 11), 9).0,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+    // An unknown producer must start at sequence 0.
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(1, "c", ids[1], 0, 3), 9).0,
+        ResponseError::UnknownProducerId.code()
+    );
+    // Bumping the epoch (KIP-360) fences the old one.
+    let r = c.send(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(0),
+        4,
+    );
+    assert_eq!((r.producer_id.0, r.producer_epoch), (pid, 1));
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(1, "d", pid, 1, 0), 9),
+        (0, 10)
+    );
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(1, "e", pid, 0, 10), 9).0,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    // Producer state is rebuilt after kill -9: the retry is still a duplicate.
+    drop(c);
+    n.restart();
+    let mut c = n.client();
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(1, "d", pid, 1, 0), 9),
+        (0, 10)
+    );
+    assert_eq!(
+        produce(&mut c, "idem", 0, idempotent_batch(1, "f", pid, 1, 1), 9),
+        (0, 11)
+    );
+    let r = c.send(
+        &InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+        4,
+    );
+    assert!(
+        !ids.contains(&r.producer_id.0),
+        "ids are not reused after a restart"
+    );
+    let got = values(fetch(&mut c, "idem", 0, 0, 12).records.as_ref().unwrap());
+    let vals: Vec<&str> = got.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(
+        vals,
+        ["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4", "d0", "f0"]
+    );
+    // Transactions are not offered yet and say so.
+    let r = c.send(
+        &InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(s("tx")))),
+        4,
+    );
+    assert_eq!(
+        r.error_code,
+        ResponseError::TransactionalIdAuthorizationFailed.code()
+    );
 }

@@ -3,7 +3,8 @@
 
 pub mod batch;
 mod partition;
+pub mod producers;
 mod store;
 
-pub use partition::{Appended, PartitionLog, Read, TimestampType};
+pub use partition::{AppendError, Appended, PartitionLog, Read, TimestampType};
 pub use store::{Store, StoreError};

@@ -1,6 +1,7 @@
 //! One partition's log: append with offset assignment, reads by offset,
 //! timestamp lookup and retention, all over the shared [`Store`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +11,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use uuid::Uuid;
 
 use super::batch::{self, Header};
+use super::producers::{self, BatchMeta, ProducerEntry, SequenceError, Verdict};
 use super::store::{
     self, batch_key, offset_of_key, partition_prefix, PartitionState, Store, CF_LOG, CF_TSIDX,
     PREFIX_LEN,
@@ -23,6 +25,22 @@ pub struct Appended {
     /// The broker time stamped into the batch, or -1 for CreateTime topics.
     pub log_append_time: i64,
     pub log_start_offset: i64,
+    /// An idempotent producer's retry of a batch already in the log: nothing
+    /// was written and the offsets are the original ones.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+}
+
+struct Inner {
+    state: PartitionState,
+    producers: HashMap<i64, ProducerEntry>,
 }
 
 /// Batches read for a fetch, exactly as stored.
@@ -42,7 +60,7 @@ pub struct PartitionLog {
     store: Arc<Store>,
     prefix: [u8; PREFIX_LEN],
     pub partition: i32,
-    state: Mutex<PartitionState>,
+    inner: Mutex<Inner>,
     log_start: AtomicI64,
     log_end: AtomicI64,
     high_watermark: AtomicI64,
@@ -66,6 +84,14 @@ impl PartitionLog {
                 s
             }
         };
+        let mut producers = HashMap::new();
+        for (id, json) in store.load_producers(&prefix)? {
+            let entry = serde_json::from_slice(&json).map_err(|e| store::StoreError::Corrupt {
+                key: format!("producer {id}"),
+                reason: e.to_string(),
+            })?;
+            producers.insert(id, entry);
+        }
         Ok(PartitionLog {
             store,
             prefix,
@@ -75,7 +101,7 @@ impl PartitionLog {
             // A single replica is its own ISR: everything written is committed.
             high_watermark: AtomicI64::new(state.next_offset),
             size_bytes: AtomicI64::new(state.size_bytes),
-            state: Mutex::new(state),
+            inner: Mutex::new(Inner { state, producers }),
         })
     }
 
@@ -92,18 +118,43 @@ impl PartitionLog {
         self.size_bytes.load(Ordering::Acquire)
     }
 
-    /// Appends one validated batch: assigns offsets from the log end, stamps
-    /// LogAppendTime when asked, and writes batch, index entry and counters in
-    /// one atomic RocksDB write.
+    /// Appends one validated batch: checks an idempotent producer's sequence,
+    /// assigns offsets from the log end, stamps LogAppendTime when asked, and
+    /// writes batch, index entry, producer state and counters in one atomic
+    /// RocksDB write.
     pub fn append(
         &self,
         batch_bytes: &Bytes,
         leader_epoch: i32,
         ts_type: TimestampType,
         now_ms: i64,
-    ) -> store::Result<Appended> {
+    ) -> Result<Appended, AppendError> {
+        let header = Header::parse(batch_bytes).expect("validated before append");
+        let producer = header.producer_id();
+        let mut inner = self.inner.lock().expect("partition lock");
+        let seqs = (producer >= 0).then(|| {
+            let first = header.base_sequence();
+            (
+                header.producer_epoch(),
+                first,
+                producers::last_seq(first, header.last_offset_delta()),
+            )
+        });
+        if let Some((epoch, first, last)) = seqs {
+            if let Verdict::Duplicate(m) =
+                producers::check(inner.producers.get(&producer), epoch, first, last)?
+            {
+                return Ok(Appended {
+                    base_offset: m.base_offset,
+                    last_offset: m.last_offset,
+                    log_append_time: -1,
+                    log_start_offset: inner.state.log_start_offset,
+                    duplicate: true,
+                });
+            }
+        }
         let mut b = BytesMut::from(&batch_bytes[..]);
-        let mut st = self.state.lock().expect("partition lock");
+        let st = inner.state;
         let base = st.next_offset;
         batch::assign(&mut b, base, leader_epoch);
         let log_append_time = match ts_type {
@@ -117,7 +168,7 @@ impl PartitionLog {
         let last = h.last_offset();
         let max_ts = h.max_timestamp();
 
-        let mut next = *st;
+        let mut next = st;
         next.next_offset = last + 1;
         next.size_bytes += b.len() as i64;
         let key = batch_key(&self.prefix, base);
@@ -128,8 +179,24 @@ impl PartitionLog {
         }
         wb.put_cf(self.store.cf(CF_LOG), key, &b[..]);
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        let entry = seqs.map(|(epoch, first, last_seq)| {
+            let meta = BatchMeta {
+                first_seq: first,
+                last_seq,
+                base_offset: base,
+                last_offset: last,
+            };
+            let e = producers::record(inner.producers.get(&producer).cloned(), epoch, meta);
+            let json = serde_json::to_vec(&e).expect("producer entry serializes");
+            self.store
+                .put_producer(&mut wb, &self.prefix, producer, &json);
+            e
+        });
         self.store.write(wb)?;
-        *st = next;
+        inner.state = next;
+        if let Some(e) = entry {
+            inner.producers.insert(producer, e);
+        }
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.log_end.store(next.next_offset, Ordering::Release);
         self.high_watermark
@@ -139,6 +206,7 @@ impl PartitionLog {
             last_offset: last,
             log_append_time,
             log_start_offset: st.log_start_offset,
+            duplicate: false,
         })
     }
 
@@ -238,7 +306,12 @@ impl PartitionLog {
         if base < self.log_start_offset() {
             return Ok(None);
         }
-        let max_ts = self.state.lock().expect("partition lock").max_timestamp;
+        let max_ts = self
+            .inner
+            .lock()
+            .expect("partition lock")
+            .state
+            .max_timestamp;
         Ok(self.find_in_batch(base, max_ts)?.or(Some((base, max_ts))))
     }
 
@@ -274,7 +347,8 @@ impl PartitionLog {
         &self,
         mut expired: impl FnMut(&Header<'_>, i64) -> bool,
     ) -> store::Result<usize> {
-        let mut st = self.state.lock().expect("partition lock");
+        let mut inner = self.inner.lock().expect("partition lock");
+        let st = &mut inner.state;
         let cf = self.store.cf(CF_LOG);
         let mut it = self
             .store
@@ -299,7 +373,7 @@ impl PartitionLog {
         if deleted == 0 {
             return Ok(0);
         }
-        self.advance_start(&mut st, new_start, size)?;
+        self.advance_start(st, new_start, size)?;
         Ok(deleted)
     }
 
@@ -332,7 +406,7 @@ impl PartitionLog {
 
     /// Removes the whole partition from the store (topic deletion).
     pub fn destroy(&self) -> store::Result<()> {
-        let _st = self.state.lock().expect("partition lock");
+        let _inner = self.inner.lock().expect("partition lock");
         let mut wb = WriteBatch::default();
         self.store.delete_partition(&mut wb, &self.prefix);
         self.store.write(wb)?;

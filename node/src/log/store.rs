@@ -97,6 +97,18 @@ fn state_key(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
     k
 }
 
+fn producer_prefix(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
+    let mut k = b"prod/".to_vec();
+    k.extend_from_slice(prefix);
+    k
+}
+
+fn producer_key(prefix: &[u8; PREFIX_LEN], producer_id: i64) -> Vec<u8> {
+    let mut k = producer_prefix(prefix);
+    k.extend_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
 fn topic_key(name: &str) -> Vec<u8> {
     format!("topic/{name}").into_bytes()
 }
@@ -168,6 +180,31 @@ impl Store {
         wb.put_cf(self.cf(CF_META), state_key(prefix), s.encode());
     }
 
+    /// Idempotent producer state of one partition, as (producer id, JSON).
+    pub fn load_producers(&self, prefix: &[u8; PREFIX_LEN]) -> Result<Vec<(i64, Vec<u8>)>> {
+        let start = producer_prefix(prefix);
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), &start) {
+            let (k, v) = item?;
+            if !k.starts_with(&start) || k.len() != start.len() + 8 {
+                break;
+            }
+            let id = i64::from_be_bytes(k[start.len()..].try_into().expect("8 bytes"));
+            out.push((id, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn put_producer(
+        &self,
+        wb: &mut WriteBatch,
+        prefix: &[u8; PREFIX_LEN],
+        producer_id: i64,
+        json: &[u8],
+    ) {
+        wb.put_cf(self.cf(CF_META), producer_key(prefix, producer_id), json);
+    }
+
     /// Removes every batch, index entry and the state of one partition.
     pub fn delete_partition(&self, wb: &mut WriteBatch, prefix: &[u8; PREFIX_LEN]) {
         let from = batch_key(prefix, 0);
@@ -177,6 +214,12 @@ impl Store {
         wb.delete_range_cf(self.cf(CF_TSIDX), from, to);
         wb.delete_cf(self.cf(CF_TSIDX), to);
         wb.delete_cf(self.cf(CF_META), state_key(prefix));
+        wb.delete_range_cf(
+            self.cf(CF_META),
+            producer_key(prefix, 0),
+            producer_key(prefix, i64::MAX),
+        );
+        wb.delete_cf(self.cf(CF_META), producer_key(prefix, i64::MAX));
     }
 
     pub fn put_topic(&self, wb: &mut WriteBatch, name: &str, json: &[u8]) {

@@ -1,7 +1,9 @@
 //! Produce: validate each partition's batch, append it, answer with offsets.
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
+};
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
@@ -29,12 +31,6 @@ fn check_producer(records: Option<&bytes::Bytes>) -> Result<(), KafkaError> {
         return Err(KafkaError::new(
             ResponseError::TransactionalIdAuthorizationFailed,
             "transactional producing is not available in this release",
-        ));
-    }
-    if h.producer_id() >= 0 {
-        return Err(KafkaError::new(
-            ResponseError::UnknownProducerId,
-            "idempotent producing is not available in this release",
         ));
     }
     Ok(())
@@ -91,4 +87,33 @@ pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<Pro
         return None;
     }
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+/// InitProducerId for idempotent producers: a fresh producer id at epoch 0, or,
+/// when a producer asks to bump its own epoch (KIP-360, v3+), the same id at
+/// the next epoch. Transactional ids arrive with transactions.
+pub fn init_producer_id(
+    broker: &Broker,
+    req: InitProducerIdRequest,
+    _version: i16,
+) -> InitProducerIdResponse {
+    let resp = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    match req.transactional_id.as_ref().map(|t| t.0.as_str()) {
+        None => {}
+        Some("") => return resp.with_error_code(ResponseError::InvalidRequest.code()),
+        Some(_) => {
+            return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+        }
+    }
+    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
+        return resp
+            .with_producer_id(req.producer_id)
+            .with_producer_epoch(req.producer_epoch + 1);
+    }
+    match broker.allocate_producer_id() {
+        Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(e) => resp.with_error_code(e.code()),
+    }
 }

@@ -221,6 +221,9 @@ async fn dispatch(
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
         }
         RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v)?),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(produce::init_producer_id(broker, r, v))
+        }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, v).await),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(broker, r, v)),
         RequestKind::CreateTopics(r) => {

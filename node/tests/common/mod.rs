@@ -101,7 +101,7 @@ fn spawn(
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sluice");
@@ -226,20 +226,40 @@ pub fn batch(n: usize, prefix: &str, compression: Compression) -> Bytes {
 }
 
 pub fn batch_at(n: usize, prefix: &str, compression: Compression, ts: i64) -> Bytes {
+    encode_batch(n, prefix, compression, ts, -1, -1, -1)
+}
+
+/// A batch from an idempotent producer: `pid` at `epoch`, sequences from `base_seq`.
+pub fn idempotent_batch(n: usize, prefix: &str, pid: i64, epoch: i16, base_seq: i32) -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    encode_batch(n, prefix, Compression::None, now, pid, epoch, base_seq)
+}
+
+fn encode_batch(
+    n: usize,
+    prefix: &str,
+    compression: Compression,
+    ts: i64,
+    pid: i64,
+    epoch: i16,
+    base_seq: i32,
+) -> Bytes {
     let records: Vec<Record> = (0..n)
         .map(|i| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: pid,
+            producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            // Non-idempotent: base sequence -1 (the encoder derives it from
-            // the first record, and keeps records with offset - sequence
-            // constant in one batch).
-            sequence: i as i32 - 1,
+            // The encoder derives the base sequence from the first record
+            // and keeps records with offset - sequence constant in one batch.
+            sequence: base_seq.wrapping_add(i as i32),
             timestamp: ts + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(format!("{prefix}{i}"))),
