@@ -437,6 +437,56 @@ impl Broker {
         Ok(appended)
     }
 
+    /// Appends records written by the node itself (group coordinator state)
+    /// as one uncompressed batch: (key, value) pairs, `None` values being
+    /// tombstones.
+    pub fn append_internal(
+        &self,
+        topic: &str,
+        partition: i32,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    ) -> KResult<Appended> {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions,
+        };
+        let t = self
+            .topic(topic)
+            .ok_or_else(|| KafkaError::new(ResponseError::UnknownTopicOrPartition, topic))?;
+        let now = now_ms();
+        let recs: Vec<Record> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, value))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: kafka_protocol::records::TimestampType::Creation,
+                offset: i as i64,
+                // Base sequence -1 (not idempotent); the encoder keeps records
+                // with a constant offset - sequence in one batch.
+                sequence: i as i32 - 1,
+                timestamp: now,
+                key: Some(key),
+                value,
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| KafkaError::new(ResponseError::UnknownServerError, e.to_string()))?;
+        self.append(&t, partition, Some(&buf.freeze()))
+    }
+
     /// Reads from a partition for a consumer, checking the offset range.
     pub fn read(
         &self,

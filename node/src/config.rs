@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub retention_check_interval_ms: u64,
     /// fsync every write to the RocksDB WAL (off by default, like Kafka).
     pub sync_writes: bool,
+    /// Group coordinator settings.
+    pub groups: crate::group::GroupConfig,
 }
 
 impl NodeConfig {
@@ -50,6 +52,7 @@ impl NodeConfig {
             defaults: BrokerDefaults::default(),
             retention_check_interval_ms: 300_000,
             sync_writes: false,
+            groups: crate::group::GroupConfig::default(),
         }
     }
 }

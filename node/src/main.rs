@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use sluice_node::config::{BrokerDefaults, NodeConfig};
+use sluice_node::group::state::Limits;
+use sluice_node::group::GroupConfig;
 use sluice_node::log::TimestampType;
 
 #[derive(Parser)]
@@ -100,11 +102,41 @@ struct CommonArgs {
     /// whose durability comes from replication).
     #[arg(long)]
     sync_writes: bool,
+    /// Wait before the first rebalance of a new group, so members starting
+    /// together land in one generation (group.initial.rebalance.delay.ms).
+    /// Default 0 in dev, 3000 in serve.
+    #[arg(long)]
+    group_initial_rebalance_delay_ms: Option<i64>,
+    /// Smallest session timeout a member may ask for (group.min.session.timeout.ms).
+    #[arg(long, default_value_t = 6_000)]
+    group_min_session_timeout_ms: i64,
+    /// Largest session timeout a member may ask for (group.max.session.timeout.ms).
+    #[arg(long, default_value_t = 1_800_000)]
+    group_max_session_timeout_ms: i64,
+    /// Partitions of __consumer_offsets, fixed when it is first created
+    /// (offsets.topic.num.partitions).
+    #[arg(long, default_value_t = 50)]
+    offsets_topic_num_partitions: i32,
+    /// How long offsets of an empty group are kept (offsets.retention.minutes).
+    #[arg(long, default_value_t = 10_080)]
+    offsets_retention_minutes: i64,
 }
 
 impl CommonArgs {
-    fn apply(self, c: &mut NodeConfig, auto_create_default: bool) {
-        c.auto_create_topics = self.auto_create_topics.unwrap_or(auto_create_default);
+    fn apply(self, c: &mut NodeConfig, dev: bool) {
+        c.auto_create_topics = self.auto_create_topics.unwrap_or(dev);
+        c.groups = GroupConfig {
+            offsets_topic_partitions: self.offsets_topic_num_partitions,
+            limits: Limits {
+                min_session_timeout_ms: self.group_min_session_timeout_ms,
+                max_session_timeout_ms: self.group_max_session_timeout_ms,
+                initial_rebalance_delay_ms: self
+                    .group_initial_rebalance_delay_ms
+                    .unwrap_or(if dev { 0 } else { 3_000 }),
+            },
+            offsets_retention_ms: self.offsets_retention_minutes.saturating_mul(60_000),
+            ..GroupConfig::default()
+        };
         c.num_partitions = self.num_partitions;
         c.socket_request_max_bytes = self.socket_request_max_bytes;
         c.retention_check_interval_ms = self.log_retention_check_interval_ms;

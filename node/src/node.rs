@@ -6,7 +6,9 @@ use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 use crate::config::NodeConfig;
+use crate::group::Coordinator;
 use crate::metrics::Metrics;
+use crate::protocol::Services;
 
 /// Binds both listeners, opens storage and serves until the process ends.
 /// Prints `sluice ready kafka=ADDR admin=ADDR` on stdout once it accepts
@@ -27,14 +29,20 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     config.kafka_listen = kafka.local_addr()?;
     config.admin_listen = admin.local_addr()?;
     let (kafka_addr, admin_addr) = (config.kafka_listen, config.admin_listen);
-    let broker = {
+    let (broker, groups) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Broker::open(config, Arc::new(Metrics::new())))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            let broker = Broker::open(config.clone(), Arc::new(Metrics::new()))?;
+            let groups = Coordinator::open(broker.clone(), config.groups.clone())?;
+            Ok::<_, anyhow::Error>((broker, groups))
+        })
+        .await??
     };
     tokio::spawn(broker.clone().retention_loop());
+    tokio::spawn(groups.clone().run_timers());
     let http = tokio::spawn(crate::http::serve(broker.clone(), admin));
-    let kafka_server = tokio::spawn(crate::protocol::serve(broker.clone(), kafka));
+    let services = Arc::new(Services { broker, groups });
+    let kafka_server = tokio::spawn(crate::protocol::serve(services, kafka));
     tracing::info!(%kafka_addr, %admin_addr, data_dir = %config.data_dir.display(), node_id = config.node_id, "sluice node ready");
     println!("sluice ready kafka={kafka_addr} admin={admin_addr}");
     tokio::select! {

@@ -6,6 +6,7 @@
 
 mod admin;
 mod fetch;
+mod group;
 mod metadata;
 mod produce;
 mod server;
@@ -13,7 +14,26 @@ pub mod versions;
 
 pub use server::{handle_frame, serve, FrameError};
 
+use std::sync::Arc;
+
 use kafka_protocol::protocol::StrBytes;
+
+use crate::broker::Broker;
+use crate::group::Coordinator;
+
+/// What the protocol handlers act on.
+pub struct Services {
+    pub broker: Arc<Broker>,
+    pub groups: Arc<Coordinator>,
+}
+
+/// Who sent a request: the header's client id and the peer address in
+/// Kafka's `/ip` form (as DescribeGroups reports it).
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub client_id: String,
+    pub host: String,
+}
 
 pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())

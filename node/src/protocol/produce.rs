@@ -57,6 +57,12 @@ pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<Pro
                     ResponseError::UnknownTopicOrPartition,
                     format!("topic {name} does not exist"),
                 )),
+                (None, Some(t)) if t.record.name == crate::group::OFFSETS_TOPIC => {
+                    Err(KafkaError::new(
+                        ResponseError::InvalidTopicException,
+                        format!("{name} is internal; clients may not produce to it"),
+                    ))
+                }
                 (None, Some(t)) => check_producer(pd.records.as_ref())
                     .and_then(|_| broker.append(t, pd.index, pd.records.as_ref())),
             };

@@ -19,8 +19,7 @@ use kafka_protocol::ResponseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{admin, fetch, metadata, produce, versions};
-use crate::broker::Broker;
+use super::{admin, fetch, group, metadata, produce, versions, Client, Services};
 use crate::metrics::ApiLabels;
 
 /// Why a connection is closed instead of answered.
@@ -53,18 +52,19 @@ impl FrameError {
     }
 }
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+pub async fn serve(services: Arc<Services>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
-                let broker = broker.clone();
+                let services = services.clone();
                 tokio::spawn(async move {
-                    broker.metrics.connections.inc();
-                    broker.metrics.connections_open.inc();
-                    if let Err(e) = connection(&broker, sock).await {
+                    let metrics = services.broker.metrics.clone();
+                    metrics.connections.inc();
+                    metrics.connections_open.inc();
+                    if let Err(e) = connection(&services, sock).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
                     }
-                    broker.metrics.connections_open.dec();
+                    metrics.connections_open.dec();
                 });
             }
             Err(e) => {
@@ -75,9 +75,11 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
-async fn connection(broker: &Broker, sock: TcpStream) -> std::io::Result<()> {
+async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     let peer = sock.peer_addr()?;
+    let host = format!("/{}", peer.ip());
+    let broker = &services.broker;
     let (rd, wr) = sock.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(64 << 10, wr);
@@ -97,7 +99,7 @@ async fn connection(broker: &Broker, sock: TcpStream) -> std::io::Result<()> {
         }
         let mut frame = BytesMut::zeroed(len as usize);
         rd.read_exact(&mut frame).await?;
-        match handle_frame(broker, frame.freeze()).await {
+        match handle_frame(services, frame.freeze(), &host).await {
             Ok(Some(response)) => {
                 wr.write_all(&response).await?;
                 // Pipelined requests already buffered are answered before one flush.
@@ -137,7 +139,12 @@ fn encode_response(
 /// Decodes one request frame (without its length prefix), handles it and
 /// returns the encoded response frame, `None` when the request wants no
 /// response (acks=0 produce), or why the connection must close.
-pub async fn handle_frame(broker: &Broker, mut frame: Bytes) -> Result<Option<Bytes>, FrameError> {
+pub async fn handle_frame(
+    services: &Services,
+    mut frame: Bytes,
+    host: &str,
+) -> Result<Option<Bytes>, FrameError> {
+    let broker = &services.broker;
     if frame.len() < 8 {
         return Err(FrameError::TooShort(frame.len()));
     }
@@ -179,7 +186,15 @@ pub async fn handle_frame(broker: &Broker, mut frame: Bytes) -> Result<Option<By
     };
     broker.metrics.requests.get_or_create(&labels).inc();
     let started = Instant::now();
-    let response = dispatch(broker, &header, request).await;
+    let client = Client {
+        client_id: header
+            .client_id
+            .as_deref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        host: host.to_string(),
+    };
+    let response = dispatch(services, &header, request, &client).await;
     broker
         .metrics
         .request_seconds
@@ -209,12 +224,31 @@ pub(crate) fn api_versions_body(error_code: i16) -> ApiVersionsResponse {
 }
 
 async fn dispatch(
-    broker: &Broker,
+    svc: &Services,
     header: &RequestHeader,
     request: RequestKind,
+    client: &Client,
 ) -> Option<ResponseKind> {
     let v = header.request_api_version;
+    let broker = &svc.broker;
     Some(match request {
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(group::find_coordinator(svc, r, v))
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(group::join_group(svc, r, v, client).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(group::sync_group(svc, r, v).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group::heartbeat(svc, r, v)),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(group::leave_group(svc, r, v)),
+        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(group::offset_commit(svc, r, v)),
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(group::offset_fetch(svc, r, v)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(group::describe_groups(svc, r, v))
+        }
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(group::list_groups(svc, r, v)),
+        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(group::delete_groups(svc, r, v)),
+        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(group::offset_delete(svc, r, v)),
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(0)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, v)),
         RequestKind::DescribeCluster(r) => {

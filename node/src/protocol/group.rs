@@ -1,0 +1,513 @@
+//! Group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+//! OffsetCommit, OffsetFetch, DescribeGroups, ListGroups, DeleteGroups,
+//! OffsetDelete. Decoding and encoding only; the rules live in `group/`.
+
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::ResponseError;
+
+use super::metadata::advertised;
+use super::{str_bytes, Client, Services};
+use crate::group::coordinator::CommitPartition;
+use crate::group::state::{Committed, JoinArgs};
+
+const OPS_NOT_REQUESTED: i32 = i32::MIN;
+
+fn code(r: Result<(), ResponseError>) -> i16 {
+    r.err().map(|e| e.code()).unwrap_or(0)
+}
+
+fn opt(s: &Option<StrBytes>) -> Option<String> {
+    s.as_ref().map(|s| s.to_string())
+}
+
+use kafka_protocol::protocol::StrBytes;
+
+pub fn find_coordinator(
+    svc: &Services,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let (host, port) = advertised(&svc.broker);
+    let me = svc.broker.node_id();
+    let entry = |key: StrBytes| -> CoordinatorEntry {
+        let e = CoordinatorEntry::default().with_key(key);
+        match req.key_type {
+            0 => e
+                .with_node_id(BrokerId(me))
+                .with_host(str_bytes(host.clone()))
+                .with_port(port),
+            1 => e
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+                .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                .with_error_message(Some(str_bytes(
+                    "transactions are not available in this release",
+                ))),
+            other => e
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+                .with_error_code(ResponseError::InvalidRequest.code())
+                .with_error_message(Some(str_bytes(format!(
+                    "unknown coordinator key type {other}"
+                )))),
+        }
+    };
+    if version >= 4 {
+        let coordinators = req.coordinator_keys.iter().cloned().map(entry).collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    let e = entry(req.key.clone());
+    let mut r = FindCoordinatorResponse::default()
+        .with_error_code(e.error_code)
+        .with_node_id(e.node_id)
+        .with_host(e.host)
+        .with_port(e.port);
+    if version >= 1 {
+        r.error_message = e.error_message;
+    }
+    r
+}
+
+pub async fn join_group(
+    svc: &Services,
+    req: JoinGroupRequest,
+    version: i16,
+    client: &Client,
+) -> JoinGroupResponse {
+    let mut resp = JoinGroupResponse::default()
+        .with_generation_id(-1)
+        .with_member_id(req.member_id.clone());
+    if version < 7 {
+        resp.protocol_name = Some(StrBytes::default());
+    }
+    if req.group_id.is_empty() {
+        return resp.with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    let instance_id = opt(&req.group_instance_id);
+    let prefix = instance_id
+        .clone()
+        .unwrap_or_else(|| client.client_id.clone());
+    let args = JoinArgs {
+        member_id: req.member_id.to_string(),
+        instance_id,
+        client_id: client.client_id.clone(),
+        client_host: client.host.clone(),
+        session_timeout_ms: i64::from(req.session_timeout_ms),
+        rebalance_timeout_ms: if version >= 1 {
+            i64::from(req.rebalance_timeout_ms)
+        } else {
+            i64::from(req.session_timeout_ms)
+        },
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
+        require_known_member_id: version >= 4,
+        new_member_id: format!("{prefix}-{}", uuid::Uuid::new_v4()),
+    };
+    let r = svc.groups.join(&req.group_id, args).await;
+    resp.error_code = r.error.map(|e| e.code()).unwrap_or(0);
+    resp.generation_id = r.generation;
+    resp.leader = str_bytes(r.leader);
+    resp.member_id = str_bytes(r.member_id);
+    if version >= 7 {
+        resp.protocol_type = r.protocol_type.map(str_bytes);
+        resp.protocol_name = r.protocol.map(str_bytes);
+    } else {
+        resp.protocol_name = Some(str_bytes(r.protocol.unwrap_or_default()));
+    }
+    resp.members = r
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let mut m = JoinGroupResponseMember::default()
+                .with_member_id(str_bytes(id))
+                .with_metadata(metadata);
+            if version >= 5 {
+                m.group_instance_id = instance.map(str_bytes);
+            }
+            m
+        })
+        .collect();
+    resp
+}
+
+pub async fn sync_group(svc: &Services, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+    if req.group_id.is_empty() {
+        return SyncGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    let assignments = req
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .collect();
+    let r = svc
+        .groups
+        .sync(
+            &req.group_id,
+            &req.member_id,
+            req.generation_id,
+            &opt(&req.group_instance_id),
+            req.protocol_type.as_deref(),
+            req.protocol_name.as_deref(),
+            assignments,
+        )
+        .await;
+    match r {
+        Err(e) => SyncGroupResponse::default().with_error_code(e.code()),
+        Ok(r) => {
+            let mut resp = SyncGroupResponse::default()
+                .with_error_code(r.error.map(|e| e.code()).unwrap_or(0))
+                .with_assignment(r.assignment);
+            if version >= 5 {
+                resp.protocol_type = r.protocol_type.map(str_bytes);
+                resp.protocol_name = r.protocol.map(str_bytes);
+            }
+            resp
+        }
+    }
+}
+
+pub fn heartbeat(svc: &Services, req: HeartbeatRequest, _version: i16) -> HeartbeatResponse {
+    if req.group_id.is_empty() {
+        return HeartbeatResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    let r = svc.groups.heartbeat(
+        &req.group_id,
+        &req.member_id,
+        req.generation_id,
+        &opt(&req.group_instance_id),
+    );
+    HeartbeatResponse::default().with_error_code(code(r))
+}
+
+pub fn leave_group(svc: &Services, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    if req.group_id.is_empty() {
+        return LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    let who: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| (m.member_id.to_string(), opt(&m.group_instance_id)))
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    match svc.groups.leave(&req.group_id, &who) {
+        Err(e) => LeaveGroupResponse::default().with_error_code(e.code()),
+        Ok(results) if version >= 3 => LeaveGroupResponse::default().with_members(
+            who.into_iter()
+                .zip(results)
+                .map(|((id, instance), r)| {
+                    MemberResponse::default()
+                        .with_member_id(str_bytes(id))
+                        .with_group_instance_id(instance.map(str_bytes))
+                        .with_error_code(code(r))
+                })
+                .collect(),
+        ),
+        Ok(results) => LeaveGroupResponse::default().with_error_code(code(results[0])),
+    }
+}
+
+pub fn offset_commit(
+    svc: &Services,
+    req: OffsetCommitRequest,
+    _version: i16,
+) -> OffsetCommitResponse {
+    let group_error = req
+        .group_id
+        .is_empty()
+        .then_some(ResponseError::InvalidGroupId);
+    let parts: Vec<CommitPartition> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| CommitPartition {
+                topic: t.name.to_string(),
+                partition: p.partition_index,
+                offset: p.committed_offset,
+                leader_epoch: p.committed_leader_epoch,
+                metadata: opt(&p.committed_metadata),
+            })
+        })
+        .collect();
+    let results: Vec<i16> = match group_error {
+        Some(e) => vec![e.code(); parts.len()],
+        None => match svc.groups.commit(
+            &req.group_id,
+            &req.member_id,
+            req.generation_id_or_member_epoch,
+            &opt(&req.group_instance_id),
+            parts,
+        ) {
+            Ok(r) => r.into_iter().map(code).collect(),
+            Err(e) => vec![e.code(); req.topics.iter().map(|t| t.partitions.len()).sum()],
+        },
+    };
+    let mut it = results.into_iter();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(it.next().unwrap_or(0))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+type Fetched = Vec<((String, i32), Option<Committed>)>;
+type TopicOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+/// Groups fetched offsets by topic, preserving first-seen topic order.
+fn by_topic(fetched: Fetched) -> TopicOffsets {
+    let mut out: TopicOffsets = vec![];
+    for ((t, p), c) in fetched {
+        match out.iter_mut().find(|(name, _)| *name == t) {
+            Some((_, v)) => v.push((p, c)),
+            None => out.push((t, vec![(p, c)])),
+        }
+    }
+    out
+}
+
+fn committed_fields(c: Option<Committed>) -> (i64, i32, String) {
+    match c {
+        Some(c) => (c.offset, c.leader_epoch, c.metadata.unwrap_or_default()),
+        None => (-1, -1, String::new()),
+    }
+}
+
+pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    if version >= 8 {
+        let groups = req
+            .groups
+            .iter()
+            .map(|g| {
+                let wanted = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
+                        .collect()
+                });
+                let topics = by_topic(svc.groups.fetch_offsets(&g.group_id, wanted))
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(TopicName(str_bytes(t)))
+                            .with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, c)| {
+                                        let (offset, epoch, metadata) = committed_fields(c);
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(offset)
+                                            .with_committed_leader_epoch(epoch)
+                                            .with_metadata(Some(str_bytes(metadata)))
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                OffsetFetchResponseGroup::default()
+                    .with_group_id(g.group_id.clone())
+                    .with_topics(topics)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let wanted = req.topics.as_ref().map(|ts| {
+        ts.iter()
+            .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
+            .collect()
+    });
+    let topics = by_topic(svc.groups.fetch_offsets(&req.group_id, wanted))
+        .into_iter()
+        .map(|(t, parts)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(str_bytes(t)))
+                .with_partitions(
+                    parts
+                        .into_iter()
+                        .map(|(p, c)| {
+                            let (offset, epoch, metadata) = committed_fields(c);
+                            let mut r = OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(offset)
+                                .with_metadata(Some(str_bytes(metadata)));
+                            if version >= 5 {
+                                r.committed_leader_epoch = epoch;
+                            }
+                            r
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+pub fn describe_groups(
+    svc: &Services,
+    req: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let groups = req
+        .groups
+        .iter()
+        .map(|id| {
+            let mut out = DescribedGroup::default().with_group_id(id.clone());
+            if version >= 3 {
+                out.authorized_operations = OPS_NOT_REQUESTED;
+            }
+            if id.is_empty() {
+                return out.with_error_code(ResponseError::InvalidGroupId.code());
+            }
+            let d = svc.groups.describe(id);
+            out.group_state = str_bytes(d.state);
+            out.protocol_type = str_bytes(d.protocol_type);
+            out.protocol_data = str_bytes(d.protocol);
+            out.members = d
+                .members
+                .into_iter()
+                .map(
+                    |(member, instance, client_id, host, metadata, assignment)| {
+                        let mut m = DescribedGroupMember::default()
+                            .with_member_id(str_bytes(member))
+                            .with_client_id(str_bytes(client_id))
+                            .with_client_host(str_bytes(host))
+                            .with_member_metadata(metadata)
+                            .with_member_assignment(assignment);
+                        if version >= 4 {
+                            m.group_instance_id = instance.map(str_bytes);
+                        }
+                        m
+                    },
+                )
+                .collect();
+            out
+        })
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+pub fn list_groups(svc: &Services, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let filter: Vec<String> = if version >= 4 {
+        req.states_filter.iter().map(|s| s.to_lowercase()).collect()
+    } else {
+        vec![]
+    };
+    let groups = svc
+        .groups
+        .list()
+        .into_iter()
+        .filter(|(_, _, state)| filter.is_empty() || filter.contains(&state.to_lowercase()))
+        .map(|(id, protocol_type, state)| {
+            let mut g = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(id)))
+                .with_protocol_type(str_bytes(protocol_type));
+            if version >= 4 {
+                g.group_state = str_bytes(state);
+            }
+            g
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+pub fn delete_groups(
+    svc: &Services,
+    req: DeleteGroupsRequest,
+    _version: i16,
+) -> DeleteGroupsResponse {
+    use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+    let results = req
+        .groups_names
+        .iter()
+        .map(|g| {
+            let r = if g.is_empty() {
+                Err(ResponseError::InvalidGroupId)
+            } else {
+                svc.groups.delete_group(g)
+            };
+            DeletableGroupResult::default()
+                .with_group_id(g.clone())
+                .with_error_code(code(r))
+        })
+        .collect();
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+pub fn offset_delete(
+    svc: &Services,
+    req: OffsetDeleteRequest,
+    _version: i16,
+) -> OffsetDeleteResponse {
+    let parts: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.to_string(), p.partition_index))
+        })
+        .collect();
+    let results = if req.group_id.is_empty() {
+        Err(ResponseError::InvalidGroupId)
+    } else {
+        svc.groups.delete_offsets(&req.group_id, parts)
+    };
+    match results {
+        Err(e) => OffsetDeleteResponse::default().with_error_code(e.code()),
+        Ok(results) => {
+            let mut it = results.into_iter();
+            let topics = req
+                .topics
+                .iter()
+                .map(|t| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    OffsetDeleteResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(it.next().map(code).unwrap_or(0))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            OffsetDeleteResponse::default().with_topics(topics)
+        }
+    }
+}
