@@ -15,8 +15,10 @@ use crate::log::TimestampType;
 pub struct NodeConfig {
     pub node_id: i32,
     pub kafka_listen: SocketAddr,
-    /// Host clients are told to connect to; the bound port is appended.
+    /// Host clients are told to connect to (default: the listen address).
     pub advertised_host: Option<String>,
+    /// Port clients are told to connect to (default: the bound port).
+    pub advertised_port: Option<u16>,
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub rack: Option<String>,
@@ -42,6 +44,7 @@ impl NodeConfig {
             node_id: 0,
             kafka_listen: "127.0.0.1:9092".parse().expect("static address"),
             advertised_host: None,
+            advertised_port: None,
             admin_listen: "127.0.0.1:9644".parse().expect("static address"),
             data_dir,
             rack: None,

@@ -55,9 +55,6 @@ struct ServeArgs {
     /// Kafka listener address.
     #[arg(long, default_value = "0.0.0.0:9092", env = "SLUICE_LISTEN")]
     listen: SocketAddr,
-    /// Host name or address advertised to clients (default: the listen address).
-    #[arg(long, env = "SLUICE_ADVERTISED_HOST")]
-    advertised_host: Option<String>,
     /// Admin HTTP address (/metrics, /healthz, /readyz).
     #[arg(long, default_value = "0.0.0.0:9644", env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
@@ -73,6 +70,11 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct CommonArgs {
+    /// HOST[:PORT] advertised to clients in metadata, when they must reach
+    /// the node through another address (a Service, a proxy). Defaults to
+    /// the listen address and the bound port.
+    #[arg(long, env = "SLUICE_ADVERTISED_ADDRESS", value_parser = parse_advertised)]
+    advertised_address: Option<(String, Option<u16>)>,
     /// Create topics when a client asks for metadata of an unknown one
     /// (auto.create.topics.enable). On by default in dev, off in serve.
     #[arg(long)]
@@ -124,6 +126,10 @@ struct CommonArgs {
 
 impl CommonArgs {
     fn apply(self, c: &mut NodeConfig, dev: bool) {
+        if let Some((host, port)) = self.advertised_address {
+            c.advertised_host = Some(host);
+            c.advertised_port = port;
+        }
         c.auto_create_topics = self.auto_create_topics.unwrap_or(dev);
         c.groups = GroupConfig {
             offsets_topic_partitions: self.offsets_topic_num_partitions,
@@ -155,6 +161,17 @@ impl CommonArgs {
     }
 }
 
+fn parse_advertised(s: &str) -> Result<(String, Option<u16>), String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
+            let port = port.parse().map_err(|_| format!("invalid port in {s:?}"))?;
+            Ok((host.trim_matches(['[', ']']).to_string(), Some(port)))
+        }
+        _ if !s.is_empty() => Ok((s.to_string(), None)),
+        _ => Err("the advertised address is empty".into()),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -176,7 +193,6 @@ fn main() -> anyhow::Result<()> {
             let mut c = NodeConfig::dev(a.data_dir);
             c.node_id = a.node_id;
             c.kafka_listen = a.listen;
-            c.advertised_host = a.advertised_host;
             c.admin_listen = a.admin_listen;
             c.rack = a.rack;
             a.common.apply(&mut c, false);

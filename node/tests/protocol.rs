@@ -954,3 +954,367 @@ fn idempotent_producer_sequences_epochs_and_restart() {
         ResponseError::TransactionalIdAuthorizationFailed.code()
     );
 }
+
+fn join_req(group: &str, member: &str, protocols: &[&str]) -> JoinGroupRequest {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    JoinGroupRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_member_id(s(member))
+        .with_protocol_type(s("consumer"))
+        .with_protocols(
+            protocols
+                .iter()
+                .map(|p| {
+                    JoinGroupRequestProtocol::default()
+                        .with_name(s(p))
+                        .with_metadata(Bytes::from_static(b"meta"))
+                })
+                .collect(),
+        )
+}
+
+/// Joins a one-member group, handling MEMBER_ID_REQUIRED; returns the response.
+fn join_alone(c: &mut Client, group: &str, version: i16) -> JoinGroupResponse {
+    let r = c.send(&join_req(group, "", &["range"]), version);
+    if r.error_code == ResponseError::MemberIdRequired.code() {
+        assert!(version >= 4);
+        let id = r.member_id.to_string();
+        return c.send(&join_req(group, &id, &["range"]), version);
+    }
+    r
+}
+
+fn commit_req(
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    offset: i64,
+) -> OffsetCommitRequest {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    OffsetCommitRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(s(member))
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(offset)])])
+}
+
+#[test]
+fn group_apis_at_every_version() {
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "g-topic", 1, &[]), 0);
+    for v in 0..=9i16 {
+        let group = format!("group-v{v}");
+        let fc = v.min(4);
+        let req = if fc >= 4 {
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![s(&group)])
+        } else {
+            FindCoordinatorRequest::default().with_key(s(&group))
+        };
+        let r = c.send(&req, fc);
+        let port = if fc >= 4 {
+            r.coordinators[0].port
+        } else {
+            r.port
+        };
+        assert_eq!(port, i32::from(n.kafka.port()), "find coordinator v{fc}");
+
+        let j = join_alone(&mut c, &group, v);
+        assert_eq!(j.error_code, 0, "join v{v}");
+        assert_eq!(j.leader, j.member_id);
+        assert_eq!(j.members.len(), 1);
+        let member = j.member_id.to_string();
+        let gen = j.generation_id;
+
+        let sv = v.min(5);
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_generation_id(gen)
+            .with_member_id(s(&member))
+            .with_assignments(vec![SyncGroupRequestAssignment::default()
+                .with_member_id(s(&member))
+                .with_assignment(Bytes::from_static(b"mine"))]);
+        let r = c.send(&sync, sv);
+        assert_eq!(
+            (r.error_code, &r.assignment[..]),
+            (0, &b"mine"[..]),
+            "sync v{sv}"
+        );
+
+        let hv = v.min(4);
+        let hb = HeartbeatRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_generation_id(gen)
+            .with_member_id(s(&member));
+        assert_eq!(c.send(&hb, hv).error_code, 0, "heartbeat v{hv}");
+
+        let cv = v.clamp(2, 8);
+        let r = c.send(
+            &commit_req(&group, gen, &member, "g-topic", 42 + i64::from(v)),
+            cv,
+        );
+        assert_eq!(r.topics[0].partitions[0].error_code, 0, "commit v{cv}");
+
+        let fv = v.clamp(1, 8);
+        let fetched = if fv >= 8 {
+            let req =
+                OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s(&group)))
+                    .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                        .with_name(tn("g-topic"))
+                        .with_partition_indexes(vec![0])]))]);
+            c.send(&req, fv).groups[0].topics[0].partitions[0].committed_offset
+        } else {
+            let req = OffsetFetchRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                    .with_name(tn("g-topic"))
+                    .with_partition_indexes(vec![0])]));
+            c.send(&req, fv).topics[0].partitions[0].committed_offset
+        };
+        assert_eq!(fetched, 42 + i64::from(v), "offset fetch v{fv}");
+
+        let dv = v.min(5);
+        let r = c.send(
+            &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(&group))]),
+            dv,
+        );
+        assert_eq!(r.groups[0].group_state.as_str(), "Stable", "describe v{dv}");
+        assert_eq!(
+            r.groups[0].members[0].member_assignment,
+            Bytes::from_static(b"mine")
+        );
+
+        let lv = v.min(4);
+        let r = c.send(&ListGroupsRequest::default(), lv);
+        assert!(
+            r.groups.iter().any(|g| g.group_id.as_str() == group),
+            "list groups v{lv}"
+        );
+
+        let leave_v = v.min(5);
+        let leave = if leave_v >= 3 {
+            use kafka_protocol::messages::leave_group_request::MemberIdentity;
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_members(vec![MemberIdentity::default().with_member_id(s(&member))])
+        } else {
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_member_id(s(&member))
+        };
+        let r = c.send(&leave, leave_v);
+        assert_eq!(r.error_code, 0, "leave v{leave_v}");
+        if leave_v >= 3 {
+            assert_eq!(r.members[0].error_code, 0);
+        }
+
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        let od = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s(&group)))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(tn("g-topic"))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]);
+        let r = c.send(&od, 0);
+        assert_eq!(
+            (r.error_code, r.topics[0].partitions[0].error_code),
+            (0, 0),
+            "offset delete"
+        );
+
+        let gv = v.min(2);
+        let r = c.send(
+            &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(&group))]),
+            gv,
+        );
+        assert_eq!(r.results[0].error_code, 0, "delete groups v{gv}");
+    }
+}
+
+#[test]
+fn group_bad_input_gets_kafka_errors_and_leaves_other_groups_alone() {
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "bt", 1, &[]), 0);
+    // A healthy group beside the bad requests.
+    let j = join_alone(&mut c, "healthy", 9);
+    let (hm, hg) = (j.member_id.to_string(), j.generation_id);
+    let sync = |member: &str, gen: i32, assignments: Vec<(&str, &'static [u8])>| {
+        SyncGroupRequest::default()
+            .with_group_id(GroupId(s("healthy")))
+            .with_generation_id(gen)
+            .with_member_id(s(member))
+            .with_assignments(
+                assignments
+                    .into_iter()
+                    .map(|(m, a)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(s(m))
+                            .with_assignment(Bytes::from_static(a))
+                    })
+                    .collect(),
+            )
+    };
+    // Malformed assignments: an unknown member, or a member twice.
+    let r = c.send(&sync(&hm, hg, vec![("ghost", b"x")]), 5);
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    let r = c.send(&sync(&hm, hg, vec![(&hm, b"x"), (&hm, b"y")]), 5);
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    // A JoinGroup with no protocols, and one with a bad session timeout.
+    let r = c.send(&join_req("other", "", &[]), 9);
+    assert_eq!(
+        r.error_code,
+        ResponseError::InconsistentGroupProtocol.code()
+    );
+    let r = c.send(
+        &join_req("other", "", &["range"]).with_session_timeout_ms(10),
+        9,
+    );
+    assert_eq!(r.error_code, ResponseError::InvalidSessionTimeout.code());
+    // Empty group ids.
+    assert_eq!(
+        c.send(&join_req("", "", &["range"]), 9).error_code,
+        ResponseError::InvalidGroupId.code()
+    );
+    // Syncing with the wrong generation, heartbeating as a stranger.
+    assert_eq!(
+        c.send(&sync(&hm, hg + 5, vec![]), 5).error_code,
+        ResponseError::IllegalGeneration.code()
+    );
+    let hb = HeartbeatRequest::default()
+        .with_group_id(GroupId(s("healthy")))
+        .with_generation_id(hg)
+        .with_member_id(s("stranger"));
+    assert_eq!(
+        c.send(&hb, 4).error_code,
+        ResponseError::UnknownMemberId.code()
+    );
+    // Commits from unknown members or for another generation.
+    let r = c.send(&commit_req("healthy", hg, "stranger", "bt", 1), 8);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::UnknownMemberId.code()
+    );
+    let r = c.send(&commit_req("healthy", hg + 1, &hm, "bt", 1), 8);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::IllegalGeneration.code()
+    );
+    // Commits while the group waits for its leader's assignment.
+    let r = c.send(&commit_req("healthy", hg, &hm, "bt", 1), 8);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::RebalanceInProgress.code()
+    );
+    // Deleting a group with members, or one that does not exist.
+    let r = c.send(
+        &DeleteGroupsRequest::default()
+            .with_groups_names(vec![GroupId(s("healthy")), GroupId(s("nope"))]),
+        2,
+    );
+    assert_eq!(r.results[0].error_code, ResponseError::NonEmptyGroup.code());
+    assert_eq!(
+        r.results[1].error_code,
+        ResponseError::GroupIdNotFound.code()
+    );
+    // Producing into the offsets topic is refused.
+    assert_eq!(
+        produce(
+            &mut c,
+            "__consumer_offsets",
+            0,
+            batch(1, "x", Compression::None),
+            9
+        )
+        .0,
+        ResponseError::InvalidTopicException.code()
+    );
+    // Transactions are not offered yet and say so.
+    let r = c.send(
+        &FindCoordinatorRequest::default()
+            .with_key_type(1)
+            .with_coordinator_keys(vec![s("tx")]),
+        4,
+    );
+    assert_eq!(
+        r.coordinators[0].error_code,
+        ResponseError::TransactionalIdAuthorizationFailed.code()
+    );
+
+    // The healthy group is untouched: a correct sync and commit still work.
+    let r = c.send(&sync(&hm, hg, vec![(&hm, b"ok")]), 5);
+    assert_eq!((r.error_code, &r.assignment[..]), (0, &b"ok"[..]));
+    let r = c.send(&commit_req("healthy", hg, &hm, "bt", 7), 8);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    // A commit for a partition that does not exist.
+    let r = c.send(&commit_req("healthy", hg, &hm, "no-such-topic", 1), 8);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    let r = c.send(
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("healthy"))]),
+        5,
+    );
+    assert_eq!(
+        (r.groups[0].group_state.as_str(), r.groups[0].members.len()),
+        ("Stable", 1)
+    );
+}
+
+#[test]
+fn group_state_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Node::start(dir.path(), &[]);
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "rt", 1, &[]), 0);
+    let j = join_alone(&mut c, "persist", 9);
+    let (m, g) = (j.member_id.to_string(), j.generation_id);
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("persist")))
+        .with_generation_id(g)
+        .with_member_id(s(&m))
+        .with_assignments(vec![SyncGroupRequestAssignment::default()
+            .with_member_id(s(&m))
+            .with_assignment(Bytes::from_static(b"A"))]);
+    assert_eq!(c.send(&sync, 5).error_code, 0);
+    assert_eq!(
+        c.send(&commit_req("persist", g, &m, "rt", 9), 8).topics[0].partitions[0].error_code,
+        0
+    );
+    drop(c);
+    n.restart();
+    let mut c = n.client();
+    // The member carries on in its generation after the coordinator restarts.
+    let hb = HeartbeatRequest::default()
+        .with_group_id(GroupId(s("persist")))
+        .with_generation_id(g)
+        .with_member_id(s(&m));
+    assert_eq!(c.send(&hb, 4).error_code, 0);
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("persist")))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(tn("rt"))
+            .with_partition_indexes(vec![0])]));
+    assert_eq!(c.send(&req, 7).topics[0].partitions[0].committed_offset, 9);
+}

@@ -31,7 +31,8 @@ pub(crate) fn advertised(broker: &Broker) -> (String, i32) {
             ip.to_string()
         }
     });
-    (host, i32::from(c.kafka_listen.port()))
+    let port = c.advertised_port.unwrap_or(c.kafka_listen.port());
+    (host, i32::from(port))
 }
 
 fn topic_metadata(broker: &Broker, t: &Topic, version: i16) -> MetadataResponseTopic {
