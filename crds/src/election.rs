@@ -1,0 +1,158 @@
+//! Leader election for one partition.
+//!
+//! The leader is the first replica, in assignment order, that is alive and in
+//! the ISR; the first replica is the preferred leader and gets leadership back
+//! once it is in sync again. Only if no in-sync replica is alive and the topic
+//! allows unclean election does an out-of-sync replica lead, with the ISR
+//! reset to itself. Every change of leader bumps the leader epoch.
+
+/// What the cluster metadata says about a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRecord {
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// `None` while the partition is offline.
+    pub leader: Option<i32>,
+    pub leader_epoch: i32,
+}
+
+impl PartitionRecord {
+    /// A new partition: its first replica leads, all replicas in sync, epoch 0.
+    pub fn new(replicas: Vec<i32>) -> PartitionRecord {
+        PartitionRecord {
+            leader: replicas.first().copied(),
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionOptions {
+    /// Allow an out-of-sync replica to lead when no in-sync one is alive
+    /// (`unclean.leader.election.enable`).
+    pub unclean: bool,
+    /// Move leadership back to the preferred replica when it is in sync.
+    pub preferred: bool,
+}
+
+/// The record after an election, or `None` when nothing changes.
+pub fn elect(
+    current: &PartitionRecord,
+    alive: impl Fn(i32) -> bool,
+    opts: ElectionOptions,
+) -> Option<PartitionRecord> {
+    let in_sync_alive = |r: &i32| current.isr.contains(r) && alive(*r);
+    let leader_ok = current.leader.is_some_and(|l| in_sync_alive(&l));
+    let preferred = current.replicas.first().copied();
+    let want_preferred = opts.preferred
+        && preferred.is_some_and(|p| in_sync_alive(&p))
+        && current.leader != preferred;
+    if leader_ok && !want_preferred {
+        return None;
+    }
+    let live_isr: Vec<i32> = current.isr.iter().copied().filter(|r| alive(*r)).collect();
+    let (leader, isr) = match current.replicas.iter().copied().find(|r| in_sync_alive(r)) {
+        Some(l) => (Some(l), live_isr),
+        None if opts.unclean => match current.replicas.iter().copied().find(|r| alive(*r)) {
+            Some(l) => (Some(l), vec![l]),
+            None => (None, current.isr.clone()),
+        },
+        // Nobody may lead: the partition is offline and keeps its ISR so the
+        // last in-sync replica can take over when it returns.
+        None => (None, current.isr.clone()),
+    };
+    if leader == current.leader && isr == current.isr {
+        return None;
+    }
+    Some(PartitionRecord {
+        replicas: current.replicas.clone(),
+        isr,
+        leader,
+        leader_epoch: current.leader_epoch + i32::from(leader != current.leader),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CLEAN: ElectionOptions = ElectionOptions {
+        unclean: false,
+        preferred: true,
+    };
+
+    #[test]
+    fn healthy_leader_stays() {
+        let p = PartitionRecord::new(vec![1, 2, 3]);
+        assert_eq!(elect(&p, |_| true, CLEAN), None);
+    }
+
+    #[test]
+    fn lost_leader_is_replaced_by_next_in_sync_replica() {
+        let p = PartitionRecord::new(vec![1, 2, 3]);
+        let e = elect(&p, |r| r != 1, CLEAN).unwrap();
+        assert_eq!(
+            (e.leader, e.leader_epoch, e.isr.clone()),
+            (Some(2), 1, vec![2, 3])
+        );
+        // Replica 1 comes back but is not in sync yet: 2 keeps leading.
+        assert_eq!(elect(&e, |_| true, CLEAN), None);
+        // Once 1 is back in the ISR it gets leadership back.
+        let caught_up = PartitionRecord {
+            isr: vec![2, 3, 1],
+            ..e
+        };
+        let back = elect(&caught_up, |_| true, CLEAN).unwrap();
+        assert_eq!((back.leader, back.leader_epoch), (Some(1), 2));
+    }
+
+    #[test]
+    fn no_in_sync_replica_means_offline_unless_unclean() {
+        let p = PartitionRecord {
+            replicas: vec![1, 2],
+            isr: vec![1],
+            leader: Some(1),
+            leader_epoch: 4,
+        };
+        let off = elect(&p, |r| r == 2, CLEAN).unwrap();
+        assert_eq!(
+            (off.leader, off.leader_epoch, off.isr.clone()),
+            (None, 5, vec![1])
+        );
+        let unclean = elect(
+            &p,
+            |r| r == 2,
+            ElectionOptions {
+                unclean: true,
+                preferred: true,
+            },
+        )
+        .unwrap();
+        assert_eq!((unclean.leader, unclean.isr), (Some(2), vec![2]));
+    }
+
+    proptest! {
+        #[test]
+        fn elected_leaders_are_alive_replicas_and_epochs_rise(
+            n in 1usize..5, isr_mask in 0u8..16, alive_mask in 0u8..16, leader in 0usize..5, unclean: bool
+        ) {
+            let replicas: Vec<i32> = (0..n as i32).collect();
+            let isr: Vec<i32> = replicas.iter().copied().filter(|r| isr_mask & (1 << r) != 0).collect();
+            let p = PartitionRecord { replicas: replicas.clone(), isr: isr.clone(), leader: replicas.get(leader).copied(), leader_epoch: 7 };
+            let alive = |r: i32| alive_mask & (1 << r) != 0;
+            if let Some(e) = elect(&p, alive, ElectionOptions { unclean, preferred: true }) {
+                prop_assert!(e.leader_epoch >= 7);
+                if e.leader != p.leader { prop_assert_eq!(e.leader_epoch, 8); }
+                if let Some(l) = e.leader {
+                    prop_assert!(alive(l) && replicas.contains(&l));
+                    prop_assert!(e.isr.contains(&l));
+                    if !unclean { prop_assert!(isr.contains(&l)); }
+                }
+                prop_assert!(e.isr.iter().all(|r| replicas.contains(r)));
+            }
+        }
+    }
+}
