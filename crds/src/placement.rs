@@ -43,7 +43,7 @@ pub enum PlacementError {
 /// An assignment: for each partition, its replicas, preferred leader first.
 pub type Assignment = Vec<Vec<i32>>;
 
-fn rack_of<'a>(nodes: &'a [Node], id: i32) -> Option<&'a str> {
+fn rack_of(nodes: &[Node], id: i32) -> Option<&str> {
     nodes
         .iter()
         .find(|n| n.id == id)
