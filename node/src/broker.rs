@@ -81,6 +81,7 @@ impl From<AppendError> for KafkaError {
     fn from(e: AppendError) -> Self {
         match e {
             AppendError::Store(e) => e.into(),
+            AppendError::Replication(m) => KafkaError::new(ResponseError::UnknownServerError, m),
             AppendError::Sequence(e) => {
                 let code = match e {
                     SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
@@ -430,6 +431,8 @@ impl Broker {
         }
         let appended = log.append(b, 0, topic.config.message_timestamp_type, now)?;
         if !appended.duplicate {
+            // A single replica is its own ISR: what it wrote is committed.
+            log.set_high_watermark(appended.last_offset + 1)?;
             self.metrics
                 .record_append(&topic.record.name, i64::from(h.record_count()), b.len());
             self.appended.notify_waiters();

@@ -7,14 +7,20 @@
 //!   handler per API, the advertised versions;
 //! - [`broker`]: topics and partitions, what the handlers call;
 //! - [`log`]: the partition log on RocksDB (record batches stored as produced);
+//! - [`replication`]: followers pulling from leaders over gRPC;
+//! - [`coord`]: cluster metadata (node leases, topics, partition records)
+//!   behind one trait, with an in-memory backend;
+//! - [`group`]: the group coordinator and committed offsets;
 //! - [`config`]: node settings and topic config validation (pure);
 //! - [`metrics`] and [`http`]: Prometheus metrics and health on the admin port.
 
 pub mod broker;
 pub mod config;
+pub mod coord;
 pub mod group;
 pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod replication;

@@ -6,5 +6,5 @@ mod partition;
 pub mod producers;
 mod store;
 
-pub use partition::{AppendError, Appended, PartitionLog, Read, TimestampType};
+pub use partition::{AppendError, Appended, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH};
 pub use store::{Store, StoreError};

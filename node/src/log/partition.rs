@@ -36,12 +36,21 @@ pub enum AppendError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Sequence(#[from] SequenceError),
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 struct Inner {
     state: PartitionState,
     producers: HashMap<i64, ProducerEntry>,
+    /// Leader epoch cache: (epoch, first offset written in it), ascending.
+    epochs: Vec<(i32, i64)>,
 }
+
+/// Answer to "where does epoch E end in this log" (Kafka's
+/// OffsetsForLeaderEpoch): the largest epoch at or below E and the offset
+/// where the next epoch starts (the log end for the latest epoch).
+pub const UNDEFINED_EPOCH: (i32, i64) = (-1, -1);
 
 /// Batches read for a fetch, exactly as stored.
 #[derive(Debug, Default)]
@@ -92,16 +101,20 @@ impl PartitionLog {
             })?;
             producers.insert(id, entry);
         }
+        let epochs = store.load_epochs(&prefix)?;
         Ok(PartitionLog {
             store,
             prefix,
             partition,
             log_start: AtomicI64::new(state.log_start_offset),
             log_end: AtomicI64::new(state.next_offset),
-            // A single replica is its own ISR: everything written is committed.
-            high_watermark: AtomicI64::new(state.next_offset),
+            high_watermark: AtomicI64::new(state.high_watermark),
             size_bytes: AtomicI64::new(state.size_bytes),
-            inner: Mutex::new(Inner { state, producers }),
+            inner: Mutex::new(Inner {
+                state,
+                producers,
+                epochs,
+            }),
         })
     }
 
@@ -179,6 +192,12 @@ impl PartitionLog {
         }
         wb.put_cf(self.store.cf(CF_LOG), key, &b[..]);
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        let new_epoch = inner.epochs.last().is_none_or(|(e, _)| leader_epoch > *e);
+        if new_epoch {
+            let mut epochs = inner.epochs.clone();
+            epochs.push((leader_epoch, base));
+            self.store.put_epochs(&mut wb, &self.prefix, &epochs);
+        }
         let entry = seqs.map(|(epoch, first, last_seq)| {
             let meta = BatchMeta {
                 first_seq: first,
@@ -194,13 +213,14 @@ impl PartitionLog {
         });
         self.store.write(wb)?;
         inner.state = next;
+        if new_epoch {
+            inner.epochs.push((leader_epoch, base));
+        }
         if let Some(e) = entry {
             inner.producers.insert(producer, e);
         }
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.log_end.store(next.next_offset, Ordering::Release);
-        self.high_watermark
-            .store(next.next_offset, Ordering::Release);
         Ok(Appended {
             base_offset: base,
             last_offset: last,
@@ -208,6 +228,256 @@ impl PartitionLog {
             log_start_offset: st.log_start_offset,
             duplicate: false,
         })
+    }
+
+    /// Appends batches copied from the leader, offsets and epochs as the
+    /// leader assigned them. They must continue this log exactly; producer
+    /// state and the epoch cache follow them, so this replica can lead later.
+    /// Returns the new log end offset.
+    pub fn append_replicated(&self, records: &Bytes) -> Result<i64, AppendError> {
+        let batches = batch::split_and_validate(records, usize::MAX)
+            .map_err(|e| AppendError::Replication(format!("leader sent an invalid batch: {e}")))?;
+        let mut inner = self.inner.lock().expect("partition lock");
+        let mut next = inner.state;
+        let mut epochs = inner.epochs.clone();
+        let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
+        let mut wb = WriteBatch::default();
+        for b in &batches {
+            let h = Header::parse(b).expect("validated");
+            if h.base_offset() != next.next_offset {
+                return Err(AppendError::Replication(format!(
+                    "batch at offset {} does not continue the log ending at {}",
+                    h.base_offset(),
+                    next.next_offset
+                )));
+            }
+            let key = batch_key(&self.prefix, h.base_offset());
+            if h.max_timestamp() > next.max_timestamp {
+                next.max_timestamp = h.max_timestamp();
+                wb.put_cf(
+                    self.store.cf(CF_TSIDX),
+                    key,
+                    h.max_timestamp().to_be_bytes(),
+                );
+            }
+            wb.put_cf(self.store.cf(CF_LOG), key, &b[..]);
+            if epochs.last().is_none_or(|(e, _)| h.leader_epoch() > *e) {
+                epochs.push((h.leader_epoch(), h.base_offset()));
+            }
+            let pid = h.producer_id();
+            if pid >= 0 {
+                let first = h.base_sequence();
+                let meta = BatchMeta {
+                    first_seq: first,
+                    last_seq: producers::last_seq(first, h.last_offset_delta()),
+                    base_offset: h.base_offset(),
+                    last_offset: h.last_offset(),
+                };
+                let prev = producers
+                    .iter()
+                    .rev()
+                    .find(|(id, _)| *id == pid)
+                    .map(|(_, e)| e.clone())
+                    .or_else(|| inner.producers.get(&pid).cloned());
+                producers.push((pid, producers::record(prev, h.producer_epoch(), meta)));
+            }
+            next.next_offset = h.last_offset() + 1;
+            next.size_bytes += b.len() as i64;
+        }
+        for (pid, e) in &producers {
+            let json = serde_json::to_vec(e).expect("producer entry serializes");
+            self.store.put_producer(&mut wb, &self.prefix, *pid, &json);
+        }
+        if epochs != inner.epochs {
+            self.store.put_epochs(&mut wb, &self.prefix, &epochs);
+        }
+        self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.write(wb)?;
+        inner.state = next;
+        inner.epochs = epochs;
+        for (pid, e) in producers {
+            inner.producers.insert(pid, e);
+        }
+        self.size_bytes.store(next.size_bytes, Ordering::Release);
+        self.log_end.store(next.next_offset, Ordering::Release);
+        Ok(next.next_offset)
+    }
+
+    /// Sets the high watermark (clamped to the log) and checkpoints it.
+    pub fn set_high_watermark(&self, hw: i64) -> store::Result<()> {
+        let mut inner = self.inner.lock().expect("partition lock");
+        let hw = hw.clamp(inner.state.log_start_offset, inner.state.next_offset);
+        if hw == inner.state.high_watermark {
+            return Ok(());
+        }
+        let mut next = inner.state;
+        next.high_watermark = hw;
+        let mut wb = WriteBatch::default();
+        self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.write(wb)?;
+        inner.state = next;
+        self.high_watermark.store(hw, Ordering::Release);
+        Ok(())
+    }
+
+    /// The latest leader epoch in this log, -1 if none.
+    pub fn latest_epoch(&self) -> i32 {
+        let inner = self.inner.lock().expect("partition lock");
+        inner.epochs.last().map(|(e, _)| *e).unwrap_or(-1)
+    }
+
+    /// Kafka's OffsetsForLeaderEpoch rule on this log.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let inner = self.inner.lock().expect("partition lock");
+        let Some(pos) = inner.epochs.iter().rposition(|(e, _)| *e <= epoch) else {
+            return UNDEFINED_EPOCH;
+        };
+        let found = inner.epochs[pos].0;
+        let end = inner
+            .epochs
+            .get(pos + 1)
+            .map(|(_, start)| *start)
+            .unwrap_or(inner.state.next_offset);
+        (found, end)
+    }
+
+    /// Removes everything at and above `offset` (a follower dropping a
+    /// divergent tail). Cuts at a batch boundary: a batch that straddles
+    /// `offset` goes whole. Returns the new log end offset.
+    pub fn truncate_to(&self, offset: i64) -> store::Result<i64> {
+        let mut inner = self.inner.lock().expect("partition lock");
+        let st = inner.state;
+        if offset >= st.next_offset {
+            return Ok(st.next_offset);
+        }
+        let cf = self.store.cf(CF_LOG);
+        let mut cut = offset.max(st.log_start_offset);
+        let mut removed = 0i64;
+        {
+            let mut it = self
+                .store
+                .db()
+                .raw_iterator_cf_opt(cf, self.read_opts(i64::MAX));
+            it.seek_for_prev(batch_key(&self.prefix, cut));
+            if let Some(v) = it.value() {
+                if let Ok(h) = Header::parse(v) {
+                    if h.base_offset() < cut && h.last_offset() >= cut {
+                        cut = h.base_offset();
+                    }
+                }
+            }
+            it.seek(batch_key(&self.prefix, cut));
+            while let Some(v) = it.value() {
+                removed += v.len() as i64;
+                it.next();
+            }
+            it.status()?;
+        }
+        let mut wb = WriteBatch::default();
+        let from = batch_key(&self.prefix, cut);
+        let to = batch_key(&self.prefix, i64::MAX);
+        wb.delete_range_cf(cf, from, to);
+        wb.delete_range_cf(self.store.cf(CF_TSIDX), from, to);
+        let epochs: Vec<(i32, i64)> = inner
+            .epochs
+            .iter()
+            .copied()
+            .filter(|(_, s)| *s < cut)
+            .collect();
+        self.store.put_epochs(&mut wb, &self.prefix, &epochs);
+        let mut next = st;
+        next.next_offset = cut;
+        next.size_bytes = (st.size_bytes - removed).max(0);
+        next.high_watermark = st.high_watermark.min(cut);
+        // The running max timestamp is the last index entry that remains.
+        next.max_timestamp = {
+            let mut it = self
+                .store
+                .db()
+                .raw_iterator_cf_opt(self.store.cf(CF_TSIDX), self.read_opts(cut));
+            it.seek_to_last();
+            it.value()
+                .map(|v| i64::from_be_bytes(v[..8].try_into().expect("8 bytes")))
+                .unwrap_or(-1)
+        };
+        // Producer state is rebuilt from what remains.
+        let producers = self.scan_producers(cut)?;
+        for pid in inner.producers.keys() {
+            if !producers.contains_key(pid) {
+                self.store.delete_producer(&mut wb, &self.prefix, *pid);
+            }
+        }
+        for (pid, e) in &producers {
+            let json = serde_json::to_vec(e).expect("producer entry serializes");
+            self.store.put_producer(&mut wb, &self.prefix, *pid, &json);
+        }
+        self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.write(wb)?;
+        inner.state = next;
+        inner.epochs = epochs;
+        inner.producers = producers;
+        self.log_end.store(cut, Ordering::Release);
+        self.size_bytes.store(next.size_bytes, Ordering::Release);
+        self.high_watermark
+            .store(next.high_watermark, Ordering::Release);
+        Ok(cut)
+    }
+
+    /// Empties the log and restarts it at `offset` (a follower whose log is
+    /// entirely below the leader's log start).
+    pub fn reset_to(&self, offset: i64) -> store::Result<()> {
+        let mut inner = self.inner.lock().expect("partition lock");
+        let mut wb = WriteBatch::default();
+        self.store.delete_partition(&mut wb, &self.prefix);
+        let next = PartitionState {
+            log_start_offset: offset,
+            next_offset: offset,
+            size_bytes: 0,
+            max_timestamp: -1,
+            high_watermark: offset,
+        };
+        self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.write(wb)?;
+        inner.state = next;
+        inner.epochs.clear();
+        inner.producers.clear();
+        self.log_start.store(offset, Ordering::Release);
+        self.log_end.store(offset, Ordering::Release);
+        self.high_watermark.store(offset, Ordering::Release);
+        self.size_bytes.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Producer state as the batches below `upper` define it.
+    fn scan_producers(&self, upper: i64) -> store::Result<HashMap<i64, ProducerEntry>> {
+        let mut out: HashMap<i64, ProducerEntry> = HashMap::new();
+        let cf = self.store.cf(CF_LOG);
+        let mut it = self
+            .store
+            .db()
+            .raw_iterator_cf_opt(cf, self.read_opts(upper));
+        it.seek_to_first();
+        while let Some(v) = it.value() {
+            if let Ok(h) = Header::parse(v) {
+                if h.producer_id() >= 0 {
+                    let first = h.base_sequence();
+                    let meta = BatchMeta {
+                        first_seq: first,
+                        last_seq: producers::last_seq(first, h.last_offset_delta()),
+                        base_offset: h.base_offset(),
+                        last_offset: h.last_offset(),
+                    };
+                    let prev = out.remove(&h.producer_id());
+                    out.insert(
+                        h.producer_id(),
+                        producers::record(prev, h.producer_epoch(), meta),
+                    );
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     fn read_opts(&self, upper_offset: i64) -> ReadOptions {
@@ -395,10 +665,13 @@ impl PartitionLog {
         let mut next = *st;
         next.log_start_offset = new_start;
         next.size_bytes = size;
+        next.high_watermark = next.high_watermark.max(new_start);
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.write(wb)?;
         *st = next;
         self.log_start.store(new_start, Ordering::Release);
+        self.high_watermark
+            .store(next.high_watermark, Ordering::Release);
         self.size_bytes.store(size, Ordering::Release);
         self.store.compact_partition(&self.prefix, new_start);
         Ok(())
@@ -420,6 +693,19 @@ mod tests {
     use super::*;
     use crate::log::batch::tests::encode;
     use kafka_protocol::records::Compression;
+
+    /// Appends as a lone leader would: the write is committed at once.
+    fn app(
+        log: &PartitionLog,
+        b: &Bytes,
+        epoch: i32,
+        ts: TimestampType,
+        now: i64,
+    ) -> Result<Appended, AppendError> {
+        let a = log.append(b, epoch, ts, now)?;
+        log.set_high_watermark(a.last_offset + 1)?;
+        Ok(a)
+    }
 
     fn open() -> (tempfile::TempDir, Arc<Store>, PartitionLog) {
         let dir = tempfile::tempdir().unwrap();
@@ -465,7 +751,8 @@ mod tests {
         {
             let store = Store::open(dir.path(), false).unwrap();
             let log = PartitionLog::open(store, &id, 3).unwrap();
-            log.append(
+            app(
+                &log,
                 &encode(4, Compression::Zstd),
                 0,
                 TimestampType::CreateTime,
@@ -473,7 +760,8 @@ mod tests {
             )
             .unwrap();
             log.delete_prefix_while(|_, _| true).unwrap();
-            log.append(
+            app(
+                &log,
                 &encode(2, Compression::None),
                 0,
                 TimestampType::CreateTime,
@@ -493,14 +781,16 @@ mod tests {
     fn timestamp_lookup_finds_first_record_at_or_after() {
         let (_d, _s, log) = open();
         // Records carry timestamps 1000..1009 in each batch.
-        log.append(
+        app(
+            &log,
             &encode(10, Compression::Gzip),
             0,
             TimestampType::CreateTime,
             0,
         )
         .unwrap();
-        log.append(
+        app(
+            &log,
             &encode(10, Compression::None),
             0,
             TimestampType::LogAppendTime,
@@ -519,7 +809,7 @@ mod tests {
         let (_d, _s, log) = open();
         let b = encode(10, Compression::None);
         for _ in 0..4 {
-            log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
+            app(&log, &b, 0, TimestampType::CreateTime, 0).unwrap();
         }
         let one = b.len() as i64;
         let limit = 2 * one;
@@ -533,5 +823,117 @@ mod tests {
         // Reading below the start is the caller's error to report; the log
         // itself simply starts at the first remaining batch.
         assert_eq!(r.unwrap().batches, 2);
+    }
+
+    #[test]
+    fn followers_copy_batches_and_truncate_divergent_tails() {
+        let (_d, store, leader) = open();
+        app(
+            &leader,
+            &encode(5, Compression::None),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &leader,
+            &encode(5, Compression::Lz4),
+            1,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &leader,
+            &encode(5, Compression::None),
+            3,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        assert_eq!(leader.end_offset_for_epoch(0), (0, 5));
+        assert_eq!(leader.end_offset_for_epoch(2), (1, 10));
+        assert_eq!(leader.end_offset_for_epoch(3), (3, 15));
+        assert_eq!(leader.end_offset_for_epoch(9), (3, 15));
+
+        let follower = PartitionLog::open(store.clone(), &Uuid::new_v4(), 0).unwrap();
+        let all = leader.read(0, 1 << 20, 15, true).unwrap();
+        assert_eq!(follower.append_replicated(&all.records).unwrap(), 15);
+        assert_eq!(follower.end_offset_for_epoch(1), (1, 10));
+        assert_eq!(follower.latest_epoch(), 3);
+        // A batch that does not continue the log is refused.
+        let again = leader.read(0, 1 << 20, 15, true).unwrap();
+        assert!(matches!(
+            follower.append_replicated(&again.records),
+            Err(AppendError::Replication(_))
+        ));
+
+        // The follower drops its epoch-3 tail as a new leader at epoch 2 says.
+        follower.set_high_watermark(12).unwrap();
+        assert_eq!(follower.truncate_to(10).unwrap(), 10);
+        assert_eq!(follower.log_end_offset(), 10);
+        assert_eq!(follower.high_watermark(), 10);
+        assert_eq!(follower.latest_epoch(), 1);
+        assert_eq!(follower.read(0, 1 << 20, 10, true).unwrap().batches, 2);
+        // Truncating inside a batch cuts at its start.
+        assert_eq!(follower.truncate_to(7).unwrap(), 5);
+        assert_eq!(follower.end_offset_for_epoch(1), (0, 5));
+        assert_eq!(follower.end_offset_for_epoch(-5), UNDEFINED_EPOCH);
+    }
+
+    #[test]
+    fn producer_state_follows_replication_and_truncation() {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+        let idem = |first_seq: i32| {
+            let recs: Vec<Record> = (0..2)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: 77,
+                    producer_epoch: 0,
+                    timestamp_type: kafka_protocol::records::TimestampType::Creation,
+                    offset: i,
+                    sequence: first_seq + i as i32,
+                    timestamp: 1,
+                    key: None,
+                    value: Some(Bytes::from_static(b"v")),
+                    headers: Default::default(),
+                })
+                .collect();
+            let mut b = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut b,
+                &recs,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: Compression::None,
+                },
+            )
+            .unwrap();
+            b.freeze()
+        };
+        let (_d, store, leader) = open();
+        app(&leader, &idem(0), 0, TimestampType::CreateTime, 0).unwrap();
+        app(&leader, &idem(2), 0, TimestampType::CreateTime, 0).unwrap();
+        let follower = PartitionLog::open(store, &Uuid::new_v4(), 0).unwrap();
+        follower
+            .append_replicated(&leader.read(0, 1 << 20, 4, true).unwrap().records)
+            .unwrap();
+        // The follower, leading now, recognises the producer's retry.
+        let dup = follower
+            .append(&idem(2), 1, TimestampType::CreateTime, 0)
+            .unwrap();
+        assert!(dup.duplicate);
+        assert_eq!(dup.base_offset, 2);
+        // After truncating the second batch, the retry is new again.
+        follower.truncate_to(2).unwrap();
+        let again = follower
+            .append(&idem(2), 1, TimestampType::CreateTime, 0)
+            .unwrap();
+        assert!(!again.duplicate);
+        assert_eq!(again.base_offset, 2);
     }
 }

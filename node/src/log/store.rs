@@ -48,19 +48,22 @@ pub struct PartitionState {
     pub next_offset: i64,
     pub size_bytes: i64,
     pub max_timestamp: i64,
+    /// The last high watermark this replica knew (Kafka's HW checkpoint).
+    pub high_watermark: i64,
 }
 
 impl PartitionState {
-    fn encode(&self) -> [u8; 32] {
-        let mut b = [0u8; 32];
+    fn encode(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
         b[0..8].copy_from_slice(&self.log_start_offset.to_be_bytes());
         b[8..16].copy_from_slice(&self.next_offset.to_be_bytes());
         b[16..24].copy_from_slice(&self.size_bytes.to_be_bytes());
         b[24..32].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        b[32..40].copy_from_slice(&self.high_watermark.to_be_bytes());
         b
     }
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != 32 {
+        if b.len() != 40 {
             return None;
         }
         let f = |i: usize| i64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -69,6 +72,7 @@ impl PartitionState {
             next_offset: f(8),
             size_bytes: f(16),
             max_timestamp: f(24),
+            high_watermark: f(32),
         })
     }
 }
@@ -106,6 +110,12 @@ fn producer_prefix(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
 fn producer_key(prefix: &[u8; PREFIX_LEN], producer_id: i64) -> Vec<u8> {
     let mut k = producer_prefix(prefix);
     k.extend_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
+fn epochs_key(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
+    let mut k = b"epochs/".to_vec();
+    k.extend_from_slice(prefix);
     k
 }
 
@@ -195,6 +205,36 @@ impl Store {
         Ok(out)
     }
 
+    /// The leader epoch cache of a partition: (epoch, start offset) pairs.
+    pub fn load_epochs(&self, prefix: &[u8; PREFIX_LEN]) -> Result<Vec<(i32, i64)>> {
+        match self.db.get_cf(self.cf(CF_META), epochs_key(prefix))? {
+            None => Ok(vec![]),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: "epochs".into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn put_epochs(
+        &self,
+        wb: &mut WriteBatch,
+        prefix: &[u8; PREFIX_LEN],
+        epochs: &[(i32, i64)],
+    ) {
+        let json = serde_json::to_vec(epochs).expect("epochs serialize");
+        wb.put_cf(self.cf(CF_META), epochs_key(prefix), json);
+    }
+
+    pub fn delete_producer(
+        &self,
+        wb: &mut WriteBatch,
+        prefix: &[u8; PREFIX_LEN],
+        producer_id: i64,
+    ) {
+        wb.delete_cf(self.cf(CF_META), producer_key(prefix, producer_id));
+    }
+
     pub fn put_producer(
         &self,
         wb: &mut WriteBatch,
@@ -214,6 +254,7 @@ impl Store {
         wb.delete_range_cf(self.cf(CF_TSIDX), from, to);
         wb.delete_cf(self.cf(CF_TSIDX), to);
         wb.delete_cf(self.cf(CF_META), state_key(prefix));
+        wb.delete_cf(self.cf(CF_META), epochs_key(prefix));
         wb.delete_range_cf(
             self.cf(CF_META),
             producer_key(prefix, 0),
@@ -276,6 +317,7 @@ mod tests {
             next_offset: 1 << 40,
             size_bytes: 12345,
             max_timestamp: -1,
+            high_watermark: 3,
         };
         assert_eq!(PartitionState::decode(&s.encode()), Some(s));
         assert_eq!(PartitionState::decode(&[1, 2, 3]), None);

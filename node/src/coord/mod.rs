@@ -1,0 +1,129 @@
+//! The coordination room: the cluster's metadata behind one trait.
+//!
+//! Node leases (liveness and addresses), topics, and one record per partition
+//! (replicas, ISR, leader, leader epoch), each changed only by
+//! compare-and-swap on a version. Two backends implement it: in memory (for
+//! `sluice dev` and in-process tests) and, with the operator, Kubernetes
+//! `Lease` objects whose `resourceVersion` is the version. Both must pass the
+//! contract in [`contract`].
+//!
+//! Steady-state writes are one lease renewal per node per interval; partition
+//! records change only when leadership, ISR or assignment change.
+
+pub mod contract;
+mod memory;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+pub use sluice_api::election::PartitionRecord;
+use uuid::Uuid;
+
+pub use memory::InMemory;
+
+/// What a node announces in its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: i32,
+    /// Host and port Kafka clients connect to.
+    pub kafka_host: String,
+    pub kafka_port: u16,
+    /// `host:port` of the replication (gRPC) endpoint.
+    pub replication_addr: String,
+    pub rack: Option<String>,
+}
+
+/// A node's lease as last renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLease {
+    pub info: NodeInfo,
+    pub renewed_ms: i64,
+    pub duration_ms: i64,
+}
+
+impl NodeLease {
+    pub fn alive(&self, now_ms: i64) -> bool {
+        now_ms < self.renewed_ms + self.duration_ms
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSpec {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PartitionKey {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl PartitionKey {
+    pub fn new(topic: &str, partition: i32) -> PartitionKey {
+        PartitionKey {
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+}
+
+/// A version of a stored object (a Kubernetes resourceVersion).
+pub type Version = u64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordError {
+    #[error("{0} changed since it was read")]
+    Conflict(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("coordination backend: {0}")]
+    Backend(String),
+}
+
+pub type CResult<T> = Result<T, CoordError>;
+
+#[async_trait]
+pub trait Coordination: Send + Sync + 'static {
+    /// Creates or renews this node's lease for `duration_ms` from now.
+    async fn renew_node(&self, info: &NodeInfo, now_ms: i64, duration_ms: i64) -> CResult<()>;
+    /// Every node lease, alive or lapsed.
+    async fn nodes(&self) -> CResult<Vec<NodeLease>>;
+
+    async fn topics(&self) -> CResult<Vec<Versioned<TopicSpec>>>;
+    /// Creates a topic and the records of its partitions.
+    async fn create_topic(&self, spec: TopicSpec, partitions: Vec<PartitionRecord>) -> CResult<()>;
+    /// Replaces a topic's spec if it is still at `expected`.
+    async fn update_topic(&self, spec: TopicSpec, expected: Version) -> CResult<Version>;
+    /// Deletes a topic and its partition records.
+    async fn delete_topic(&self, name: &str) -> CResult<()>;
+
+    async fn partitions(&self) -> CResult<Vec<(PartitionKey, Versioned<PartitionRecord>)>>;
+    async fn create_partition(
+        &self,
+        key: &PartitionKey,
+        record: PartitionRecord,
+    ) -> CResult<Version>;
+    /// Replaces a partition record if it is still at `expected`.
+    async fn update_partition(
+        &self,
+        key: &PartitionKey,
+        record: PartitionRecord,
+        expected: Version,
+    ) -> CResult<Version>;
+
+    /// A counter that moves whenever anything stored changes.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}

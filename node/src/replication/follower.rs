@@ -1,0 +1,142 @@
+//! The follower side: one fetch session against one leader node.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::proto::replication_client::ReplicationClient;
+use super::proto::{FetchError, FetchRequest, PartitionData, PartitionFetch};
+use super::Following;
+
+/// How long a leader may hold a fetch with nothing new.
+pub const MAX_WAIT_MS: u32 = 500;
+const MAX_BYTES: u32 = 8 << 20;
+
+/// Runs until `following` is closed: fetches every partition it lists from
+/// the leader at `leader_addr`, reconnecting after errors.
+pub async fn run(
+    follower_id: i32,
+    leader_addr: String,
+    mut following: watch::Receiver<Vec<Following>>,
+) {
+    let endpoint = format!("http://{leader_addr}");
+    loop {
+        if following.has_changed().is_err() {
+            return;
+        }
+        match session(follower_id, &endpoint, &mut following).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(leader = %leader_addr, error = %e, "replication session ended; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One connected session. `Ok` when there is nothing left to follow.
+async fn session(
+    follower_id: i32,
+    endpoint: &str,
+    following: &mut watch::Receiver<Vec<Following>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut client = ReplicationClient::connect(endpoint.to_string())
+        .await?
+        .max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel(1);
+    let mut responses = client.fetch(ReceiverStream::new(rx)).await?.into_inner();
+    loop {
+        if following.has_changed().is_err() {
+            // Whoever told us what to follow is gone.
+            return Ok(());
+        }
+        let set = following.borrow_and_update().clone();
+        if set.is_empty() {
+            if following.changed().await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        let req = FetchRequest {
+            follower_id,
+            max_wait_ms: MAX_WAIT_MS,
+            max_bytes: MAX_BYTES,
+            partitions: set
+                .iter()
+                .map(|f| PartitionFetch {
+                    topic: f.topic.clone(),
+                    partition: f.partition,
+                    leader_epoch: f.leader_epoch,
+                    fetch_offset: f.log.log_end_offset(),
+                    last_fetched_epoch: f.log.latest_epoch(),
+                })
+                .collect(),
+        };
+        tx.send(req).await?;
+        let Some(resp) = responses.message().await? else {
+            return Err("leader closed the session".into());
+        };
+        let mut idle = true;
+        for d in resp.partitions {
+            if let Some(f) = set
+                .iter()
+                .find(|f| f.topic == d.topic && f.partition == d.partition)
+            {
+                idle &= !apply(f, &d)?;
+            }
+        }
+        if idle {
+            // Errors only (not leader, stale epoch): give metadata time to move.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Applies one partition's answer. Returns whether it made progress.
+fn apply(
+    f: &Following,
+    d: &PartitionData,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    let log = &f.log;
+    match d.error() {
+        FetchError::None => {}
+        FetchError::OffsetOutOfRange => {
+            if log.log_end_offset() < d.log_start_offset {
+                tracing::info!(topic = %f.topic, partition = f.partition, to = d.log_start_offset, "log is behind the leader's start; resetting");
+                log.reset_to(d.log_start_offset)?;
+            } else {
+                let to = log
+                    .log_end_offset()
+                    .min(d.high_watermark.max(log.log_start_offset()));
+                log.truncate_to(to)?;
+            }
+            return Ok(true);
+        }
+        other => {
+            tracing::debug!(topic = %f.topic, partition = f.partition, error = ?other, "leader refused the fetch");
+            return Ok(false);
+        }
+    }
+    if d.diverging {
+        let to = if d.diverging_epoch < 0 {
+            log.log_start_offset()
+        } else {
+            let (epoch, end) = log.end_offset_for_epoch(d.diverging_epoch);
+            if epoch < 0 {
+                log.log_start_offset()
+            } else {
+                end.min(d.diverging_end_offset)
+            }
+        };
+        tracing::info!(topic = %f.topic, partition = f.partition, from = log.log_end_offset(), to, "truncating a divergent tail");
+        log.truncate_to(to)?;
+        return Ok(true);
+    }
+    let progressed = !d.records.is_empty();
+    if progressed {
+        log.append_replicated(&bytes::Bytes::copy_from_slice(&d.records))?;
+    }
+    log.set_high_watermark(d.high_watermark.min(log.log_end_offset()))?;
+    Ok(progressed)
+}

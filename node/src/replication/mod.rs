@@ -1,0 +1,70 @@
+//! The replication room: followers pull record batches from leaders over
+//! gRPC (tonic), one fetch session per follower and leader node carrying all
+//! the partitions it follows there, as Kafka's replica fetchers do.
+//!
+//! - [`leader`]: the gRPC service answering followers' fetches from the
+//!   leader's logs, checking leader epochs and detecting divergent tails;
+//! - [`follower`]: the fetch session a follower runs against one leader,
+//!   appending what it receives, truncating where the leader says its log
+//!   diverged, and taking the high watermark the leader reports.
+//!
+//! Neither side decides who leads: they are told, through the traits here,
+//! by whoever reads the cluster metadata.
+
+pub mod follower;
+pub mod leader;
+
+use std::sync::Arc;
+
+use crate::log::PartitionLog;
+
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("sluice.replication.v1");
+}
+
+pub use proto::FetchError;
+
+/// What the leader side needs from its node.
+pub trait LeaderLogs: Send + Sync + 'static {
+    /// The log of a partition this node leads, if the follower's epoch is
+    /// the current one.
+    fn leader_log(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i32,
+    ) -> Result<Arc<PartitionLog>, FetchError>;
+
+    /// A follower fetched this partition from `fetch_offset` (its log end).
+    /// The leader updates what it knows of the follower, and the ISR and high
+    /// watermark with it.
+    fn follower_fetched(&self, topic: &str, partition: i32, follower: i32, fetch_offset: i64);
+
+    /// Resolves on the next append or high watermark change, so a parked
+    /// fetch can answer early.
+    fn changed(&self) -> tokio::sync::futures::Notified<'_>;
+}
+
+/// What a follower needs to know about one partition it follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Following {
+    pub topic: String,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub log: Arc<PartitionLog>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartitionLog({})", self.partition)
+    }
+}
+
+impl PartialEq for PartitionLog {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for PartitionLog {}
