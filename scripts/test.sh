@@ -12,6 +12,7 @@ step() { printf '\n==> %s\n' "$*"; }
 # --- system packages (Debian) -------------------------------------------------
 APT_PACKAGES=(
   clang libclang-dev            # bindgen for the rocksdb crate
+  protobuf-compiler             # protoc, for the replication gRPC service
   kcat                          # librdkafka's command-line client
   librdkafka-dev                # librdkafka for client tests and tools
   python3-confluent-kafka       # librdkafka from Python

@@ -119,9 +119,13 @@ struct CommonArgs {
     /// (offsets.topic.num.partitions).
     #[arg(long, default_value_t = 50)]
     offsets_topic_num_partitions: i32,
-    /// How long offsets of an empty group are kept (offsets.retention.minutes).
-    #[arg(long, default_value_t = 10_080)]
-    offsets_retention_minutes: i64,
+    /// How long offsets of an empty group are kept (offsets.retention.minutes;
+    /// fractions allowed).
+    #[arg(long, default_value_t = 10_080.0)]
+    offsets_retention_minutes: f64,
+    /// How often expired offsets are removed (offsets.retention.check.interval.ms).
+    #[arg(long, default_value_t = 600_000)]
+    offsets_retention_check_interval_ms: u64,
 }
 
 impl CommonArgs {
@@ -140,7 +144,8 @@ impl CommonArgs {
                     .group_initial_rebalance_delay_ms
                     .unwrap_or(if dev { 0 } else { 3_000 }),
             },
-            offsets_retention_ms: self.offsets_retention_minutes.saturating_mul(60_000),
+            offsets_retention_ms: (self.offsets_retention_minutes * 60_000.0) as i64,
+            offsets_retention_check_interval_ms: self.offsets_retention_check_interval_ms,
             ..GroupConfig::default()
         };
         c.num_partitions = self.num_partitions;

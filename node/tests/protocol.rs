@@ -1318,3 +1318,44 @@ fn group_state_survives_restart() {
             .with_partition_indexes(vec![0])]));
     assert_eq!(c.send(&req, 7).topics[0].partitions[0].committed_offset, 9);
 }
+
+#[test]
+fn offsets_of_empty_groups_expire() {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let dir = tempfile::tempdir().unwrap();
+    // 0.005 minutes = 300 ms of retention, checked every 50 ms.
+    let n = Node::start(
+        dir.path(),
+        &[
+            "--offsets-retention-minutes",
+            "0.005",
+            "--offsets-retention-check-interval-ms",
+            "50",
+        ],
+    );
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "exp", 1, &[]), 0);
+    // A standalone commit (no generation) into a group with no members.
+    let r = c.send(&commit_req("short-lived", -1, "", "exp", 5), 8);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let fetch = |c: &mut Client| {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(s("short-lived")))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(tn("exp"))
+                .with_partition_indexes(vec![0])]));
+        c.send(&req, 7).topics[0].partitions[0].committed_offset
+    };
+    assert_eq!(fetch(&mut c), 5);
+    wait_for(Duration::from_secs(10), || {
+        (fetch(&mut c) == -1).then_some(())
+    });
+    // The group itself is forgotten once it holds nothing.
+    wait_for(Duration::from_secs(10), || {
+        let r = c.send(&ListGroupsRequest::default(), 4);
+        (!r.groups
+            .iter()
+            .any(|g| g.group_id.as_str() == "short-lived"))
+        .then_some(())
+    });
+}

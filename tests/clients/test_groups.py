@@ -221,3 +221,39 @@ def test_committed_offsets_survive_kill9_and_new_groups_start_at_earliest(fresh_
         more += [m.value().decode() for m in c.consume(100, 1.0) if not m.error()]
     c.close()
     assert sorted(more) == sorted(f"e{i}" for i in range(10))
+
+
+def test_static_member_restart_keeps_its_partitions_without_a_rebalance(node):
+    topic, group = "grp-static", "grp-static"
+    create(node, topic, 4)
+    revokes = {"static-a": 0, "static-b": 0}
+
+    def member(instance):
+        def on_revoke(consumer, partitions):
+            if partitions:
+                revokes[instance] += 1
+        c = Consumer({"bootstrap.servers": node.bootstrap, "group.id": group,
+                      "group.instance.id": instance, "session.timeout.ms": 10000,
+                      "auto.offset.reset": "earliest"})
+        c.subscribe([topic], on_revoke=on_revoke)
+        return c
+
+    def assignment(c):
+        c.poll(0.1)
+        return {tp.partition for tp in c.assignment()}
+
+    a, b = member("static-a"), member("static-b")
+    wait_for(lambda: len(assignment(a)) == 2 and len(assignment(b)) == 2, timeout=60)
+    before_a, before_b = assignment(a), assignment(b)
+    settled = revokes["static-a"]
+    # b restarts: a static member's close does not leave the group, and the
+    # new process with the same instance id takes its place and partitions.
+    b.close()
+    b = member("static-b")
+    wait_for(lambda: assignment(b) == before_b, timeout=30)
+    for _ in range(20):
+        assert assignment(a) == before_a
+    # The other member never saw a rebalance.
+    assert revokes["static-a"] == settled
+    a.close()
+    b.close()

@@ -33,6 +33,8 @@ pub struct GroupConfig {
     pub offsets_retention_ms: i64,
     /// `offset.metadata.max.bytes`
     pub offset_metadata_max_bytes: usize,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -42,6 +44,7 @@ impl Default for GroupConfig {
             limits: Limits::default(),
             offsets_retention_ms: 7 * 24 * 3_600_000,
             offset_metadata_max_bytes: 4096,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 }
@@ -705,8 +708,7 @@ impl Coordinator {
         Ok(results)
     }
 
-    /// Expires sessions and rebalance deadlines; every `expire_every` ticks,
-    /// offsets of long-empty groups too.
+    /// Expires sessions and rebalance deadlines.
     pub fn tick(&self) {
         let mut inner = self.inner.lock().expect("coordinator lock");
         let now = now_ms();
@@ -759,15 +761,18 @@ impl Coordinator {
         }
     }
 
+    /// Session and rebalance deadlines every 100 ms; offset retention every
+    /// `offsets_retention_check_interval_ms`.
     pub async fn run_timers(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut n = 0u64;
+        let every = Duration::from_millis(self.config.offsets_retention_check_interval_ms.max(10));
+        let mut next_expiry = tokio::time::Instant::now() + every;
         loop {
             tick.tick().await;
             self.tick();
-            n += 1;
-            if n % 600 == 0 {
+            if tokio::time::Instant::now() >= next_expiry {
                 self.expire_offsets();
+                next_expiry = tokio::time::Instant::now() + every;
             }
         }
     }
