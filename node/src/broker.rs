@@ -490,6 +490,26 @@ impl Broker {
         self.append(&t, partition, Some(&buf.freeze()))
     }
 
+    /// DeleteRecords on one partition: `offset` -1 means the high watermark.
+    /// Returns the new log start offset (the low watermark).
+    pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> KResult<i64> {
+        let t = self.topic(topic).ok_or_else(|| {
+            KafkaError::new(ResponseError::UnknownTopicOrPartition, format!("topic {topic} does not exist"))
+        })?;
+        let log = t.partition(partition).ok_or_else(|| {
+            KafkaError::new(ResponseError::UnknownTopicOrPartition, format!("{topic}-{partition} does not exist"))
+        })?;
+        let hw = log.high_watermark();
+        let offset = if offset == -1 { hw } else { offset };
+        if offset < 0 || offset > hw {
+            return Err(KafkaError::new(
+                ResponseError::OffsetOutOfRange,
+                format!("offset {offset} is outside [0, {hw}] (the high watermark)"),
+            ));
+        }
+        Ok(log.delete_records_before(offset)?)
+    }
+
     /// Reads from a partition for a consumer, checking the offset range.
     pub fn read(
         &self,

@@ -647,6 +647,43 @@ impl PartitionLog {
         Ok(deleted)
     }
 
+    /// DeleteRecords: moves the log start offset to `offset` (at most the
+    /// high watermark). Batches wholly below it are deleted; a batch that
+    /// straddles it stays, and reads below the new start are refused.
+    pub fn delete_records_before(&self, offset: i64) -> store::Result<i64> {
+        let mut inner = self.inner.lock().expect("partition lock");
+        let st = &mut inner.state;
+        if offset <= st.log_start_offset {
+            return Ok(st.log_start_offset);
+        }
+        let cf = self.store.cf(CF_LOG);
+        let mut it = self.store.db().raw_iterator_cf_opt(cf, self.read_opts(st.next_offset));
+        it.seek(batch_key(&self.prefix, st.log_start_offset));
+        let mut size = st.size_bytes;
+        let mut cut = st.log_start_offset;
+        while let Some(v) = it.value() {
+            let Ok(h) = Header::parse(v) else { break };
+            if h.last_offset() >= offset {
+                break;
+            }
+            size -= v.len() as i64;
+            cut = h.last_offset() + 1;
+            it.next();
+        }
+        it.status()?;
+        drop(it);
+        // Delete the whole batches, then place the start exactly.
+        self.advance_start(st, cut, size)?;
+        let mut next = *st;
+        next.log_start_offset = offset;
+        let mut wb = WriteBatch::default();
+        self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.write(wb)?;
+        *st = next;
+        self.log_start.store(offset, Ordering::Release);
+        Ok(offset)
+    }
+
     /// Moves the log start offset to `new_start` (DeleteRecords, retention),
     /// deleting every batch that ends before it.
     fn advance_start(

@@ -196,3 +196,37 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
     }
     ListOffsetsResponse::default().with_topics(topics)
 }
+
+/// OffsetForLeaderEpoch: where a leader epoch ends in this log, so a client
+/// (or a follower) can tell whether its position survived a leader change.
+pub fn offset_for_leader_epoch(
+    broker: &Broker,
+    req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
+    _version: i16,
+) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+    use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.topic.0.to_string();
+            let topic = broker.topic(&name);
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let r = EpochEndOffset::default().with_partition(p.partition);
+                    match find(topic.as_ref(), &name, p.partition).and_then(|log| {
+                        check_epoch(p.current_leader_epoch)?;
+                        Ok(log.end_offset_for_epoch(p.leader_epoch))
+                    }) {
+                        Ok((epoch, end)) => r.with_leader_epoch(epoch).with_end_offset(end),
+                        Err(e) => r.with_error_code(e.code()).with_leader_epoch(-1).with_end_offset(-1),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default().with_topic(t.topic).with_partitions(partitions)
+        })
+        .collect();
+    kafka_protocol::messages::OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
