@@ -494,10 +494,16 @@ impl Broker {
     /// Returns the new log start offset (the low watermark).
     pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> KResult<i64> {
         let t = self.topic(topic).ok_or_else(|| {
-            KafkaError::new(ResponseError::UnknownTopicOrPartition, format!("topic {topic} does not exist"))
+            KafkaError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {topic} does not exist"),
+            )
         })?;
         let log = t.partition(partition).ok_or_else(|| {
-            KafkaError::new(ResponseError::UnknownTopicOrPartition, format!("{topic}-{partition} does not exist"))
+            KafkaError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("{topic}-{partition} does not exist"),
+            )
         })?;
         let hw = log.high_watermark();
         let offset = if offset == -1 { hw } else { offset };

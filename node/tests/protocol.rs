@@ -142,7 +142,8 @@ fn api_versions_lists_every_handled_api_at_every_version() {
         assert_eq!(r.error_code, 0, "v{v}");
         let keys: Vec<i16> = r.api_keys.iter().map(|k| k.api_key).collect();
         for api in [
-            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 32, 37, 42, 47, 60,
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 23, 32, 37, 42, 47,
+            60,
         ] {
             assert!(keys.contains(&api), "v{v} lacks api {api}");
         }
@@ -1362,8 +1363,12 @@ fn offsets_of_empty_groups_expire() {
 
 #[test]
 fn delete_records_and_offset_for_leader_epoch() {
-    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
-    use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
     let (_d, n) = node();
     let mut c = n.client();
     assert_eq!(create(&mut c, "dr", 1, &[]), 0);
@@ -1371,48 +1376,86 @@ fn delete_records_and_offset_for_leader_epoch() {
         produce(&mut c, "dr", 0, batch(5, "x", Compression::None), 9);
     }
     let del = |offset: i64| {
-        DeleteRecordsRequest::default().with_timeout_ms(5000).with_topics(vec![DeleteRecordsTopic::default()
-            .with_name(tn("dr"))
-            .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(0).with_offset(offset)])])
+        DeleteRecordsRequest::default()
+            .with_timeout_ms(5000)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(tn("dr"))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(offset)])])
     };
     // Past the high watermark: refused, nothing changes.
     let r = c.send(&del(21), 2);
-    assert_eq!(r.topics[0].partitions[0].error_code, ResponseError::OffsetOutOfRange.code());
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
     assert_eq!(list_offset(&mut c, "dr", 0, -2, 7).offset, 0);
     let mut start = 0;
     for (v, offset) in [(0i16, 3i64), (1, 7), (2, 12)] {
         let r = c.send(&del(offset), v);
         let p = &r.topics[0].partitions[0];
-        assert_eq!((p.error_code, p.low_watermark), (0, offset), "delete records v{v}");
+        assert_eq!(
+            (p.error_code, p.low_watermark),
+            (0, offset),
+            "delete records v{v}"
+        );
         assert!(offset > start);
         start = offset;
     }
     // The start sits inside a batch: below it is out of range, at it reads work.
     assert_eq!(list_offset(&mut c, "dr", 0, -2, 7).offset, 12);
-    assert_eq!(fetch(&mut c, "dr", 0, 11, 12).error_code, ResponseError::OffsetOutOfRange.code());
+    assert_eq!(
+        fetch(&mut c, "dr", 0, 11, 12).error_code,
+        ResponseError::OffsetOutOfRange.code()
+    );
     let f = fetch(&mut c, "dr", 0, 12, 12);
     assert_eq!((f.error_code, f.log_start_offset), (0, 12));
-    assert!(values(f.records.as_ref().unwrap()).iter().any(|(o, _)| *o == 12));
+    assert!(values(f.records.as_ref().unwrap())
+        .iter()
+        .any(|(o, _)| *o == 12));
     // -1 means "up to the high watermark".
     let r = c.send(&del(-1), 2);
     assert_eq!(r.topics[0].partitions[0].low_watermark, 20);
     let r = c.send(&del(5), 2);
-    assert_eq!(r.topics[0].partitions[0].low_watermark, 20, "the start never moves back");
+    assert_eq!(
+        r.topics[0].partitions[0].low_watermark, 20,
+        "the start never moves back"
+    );
     let unknown = DeleteRecordsRequest::default().with_topics(vec![DeleteRecordsTopic::default()
         .with_name(tn("nope"))
-        .with_partitions(vec![DeleteRecordsPartition::default().with_partition_index(0).with_offset(1)])]);
-    assert_eq!(c.send(&unknown, 2).topics[0].partitions[0].error_code, ResponseError::UnknownTopicOrPartition.code());
+        .with_partitions(vec![DeleteRecordsPartition::default()
+            .with_partition_index(0)
+            .with_offset(1)])]);
+    assert_eq!(
+        c.send(&unknown, 2).topics[0].partitions[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
 
     for v in 2..=4 {
-        let req = OffsetForLeaderEpochRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![OffsetForLeaderTopic::default()
-            .with_topic(tn("dr"))
-            .with_partitions(vec![
-                OffsetForLeaderPartition::default().with_partition(0).with_current_leader_epoch(-1).with_leader_epoch(0),
-                OffsetForLeaderPartition::default().with_partition(3).with_leader_epoch(0),
-            ])]);
+        let req = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(tn("dr"))
+                .with_partitions(vec![
+                    OffsetForLeaderPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(-1)
+                        .with_leader_epoch(0),
+                    OffsetForLeaderPartition::default()
+                        .with_partition(3)
+                        .with_leader_epoch(0),
+                ])]);
         let r = c.send(&req, v);
         let p = &r.topics[0].partitions;
-        assert_eq!((p[0].error_code, p[0].leader_epoch, p[0].end_offset), (0, 0, 20), "offset for leader epoch v{v}");
-        assert_eq!(p[1].error_code, ResponseError::UnknownTopicOrPartition.code());
+        assert_eq!(
+            (p[0].error_code, p[0].leader_epoch, p[0].end_offset),
+            (0, 0, 20),
+            "offset for leader epoch v{v}"
+        );
+        assert_eq!(
+            p[1].error_code,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
     }
 }

@@ -657,7 +657,10 @@ impl PartitionLog {
             return Ok(st.log_start_offset);
         }
         let cf = self.store.cf(CF_LOG);
-        let mut it = self.store.db().raw_iterator_cf_opt(cf, self.read_opts(st.next_offset));
+        let mut it = self
+            .store
+            .db()
+            .raw_iterator_cf_opt(cf, self.read_opts(st.next_offset));
         it.seek(batch_key(&self.prefix, st.log_start_offset));
         let mut size = st.size_bytes;
         let mut cut = st.log_start_offset;

@@ -12,9 +12,9 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::{
     create_partitions_response::CreatePartitionsTopicResult, CreatePartitionsRequest,
-    DeleteRecordsRequest, DeleteRecordsResponse,
-    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
+    DescribeConfigsResponse, TopicName,
 };
 use kafka_protocol::ResponseError;
 
@@ -384,8 +384,14 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
-pub fn delete_records(broker: &Broker, req: DeleteRecordsRequest, _version: i16) -> DeleteRecordsResponse {
-    use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+pub fn delete_records(
+    broker: &Broker,
+    req: DeleteRecordsRequest,
+    _version: i16,
+) -> DeleteRecordsResponse {
+    use kafka_protocol::messages::delete_records_response::{
+        DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+    };
     let topics = req
         .topics
         .into_iter()
@@ -395,14 +401,17 @@ pub fn delete_records(broker: &Broker, req: DeleteRecordsRequest, _version: i16)
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let r = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+                    let r = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index);
                     match broker.delete_records(&name, p.partition_index, p.offset) {
                         Ok(low) => r.with_low_watermark(low),
                         Err(e) => r.with_low_watermark(-1).with_error_code(e.code()),
                     }
                 })
                 .collect();
-            DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions)
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     DeleteRecordsResponse::default().with_topics(topics)

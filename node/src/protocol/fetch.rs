@@ -204,7 +204,9 @@ pub fn offset_for_leader_epoch(
     req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
     _version: i16,
 ) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
-    use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+    use kafka_protocol::messages::offset_for_leader_epoch_response::{
+        EpochEndOffset, OffsetForLeaderTopicResult,
+    };
     let topics = req
         .topics
         .into_iter()
@@ -221,11 +223,16 @@ pub fn offset_for_leader_epoch(
                         Ok(log.end_offset_for_epoch(p.leader_epoch))
                     }) {
                         Ok((epoch, end)) => r.with_leader_epoch(epoch).with_end_offset(end),
-                        Err(e) => r.with_error_code(e.code()).with_leader_epoch(-1).with_end_offset(-1),
+                        Err(e) => r
+                            .with_error_code(e.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1),
                     }
                 })
                 .collect();
-            OffsetForLeaderTopicResult::default().with_topic(t.topic).with_partitions(partitions)
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic)
+                .with_partitions(partitions)
         })
         .collect();
     kafka_protocol::messages::OffsetForLeaderEpochResponse::default().with_topics(topics)

@@ -255,7 +255,9 @@ async fn dispatch(
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
         }
         RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v)?),
-        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(admin::delete_records(broker, r, v)),
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(admin::delete_records(broker, r, v))
+        }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(fetch::offset_for_leader_epoch(broker, r, v))
         }
