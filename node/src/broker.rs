@@ -490,6 +490,42 @@ impl Broker {
         self.append(&t, partition, Some(&buf.freeze()))
     }
 
+    /// Replaces a topic's dynamic configs as a whole (AlterConfigs, and
+    /// IncrementalAlterConfigs after its operations are applied). Validated
+    /// first; nothing changes unless everything is valid. Takes effect at once:
+    /// appends, fetches and retention read the topic's config on every use.
+    pub fn alter_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> KResult<()> {
+        let mut topics = self.topics.write().expect("topics lock");
+        let topic = topics.get(name).cloned().ok_or_else(|| {
+            KafkaError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {name} does not exist"),
+            )
+        })?;
+        let config = self.config.defaults.resolve(&configs)?;
+        if validate_only {
+            return Ok(());
+        }
+        let mut record = topic.record.clone();
+        record.configs = configs;
+        self.persist(&record)?;
+        tracing::info!(topic = name, configs = ?record.configs, "topic configs changed");
+        topics.insert(
+            name.to_string(),
+            Arc::new(Topic {
+                record,
+                config,
+                partitions: topic.partitions.clone(),
+            }),
+        );
+        Ok(())
+    }
+
     /// DeleteRecords on one partition: `offset` -1 means the high watermark.
     /// Returns the new log start offset (the low watermark).
     pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> KResult<i64> {

@@ -1459,3 +1459,239 @@ fn delete_records_and_offset_for_leader_epoch() {
         );
     }
 }
+
+fn alter(c: &mut Client, topic: &str, configs: &[(&str, &str)], validate_only: bool) -> i16 {
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let req = AlterConfigsRequest::default()
+        .with_validate_only(validate_only)
+        .with_resources(vec![AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        AlterableConfig::default()
+                            .with_name(s(k))
+                            .with_value(Some(s(v)))
+                    })
+                    .collect(),
+            )]);
+    c.send(&req, 2).responses[0].error_code
+}
+
+fn incremental(c: &mut Client, topic: &str, ops: &[(&str, i8, Option<&str>)], version: i16) -> i16 {
+    use kafka_protocol::messages::incremental_alter_configs_request::{
+        AlterConfigsResource, AlterableConfig,
+    };
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configs(
+                ops.iter()
+                    .map(|(k, op, v)| {
+                        AlterableConfig::default()
+                            .with_name(s(k))
+                            .with_config_operation(*op)
+                            .with_value(v.map(s))
+                    })
+                    .collect(),
+            ),
+    ]);
+    c.send(&req, version).responses[0].error_code
+}
+
+fn topic_config(c: &mut Client, topic: &str, key: &str) -> (String, i8) {
+    let req =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(s(topic))
+            .with_configuration_keys(Some(vec![s(key)]))]);
+    let r = c.send(&req, 4);
+    let e = &r.results[0].configs[0];
+    (e.value.as_ref().unwrap().to_string(), e.config_source)
+}
+
+#[test]
+fn topic_configs_change_at_once_and_all_or_nothing() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "cfg", 1, &[]), 0);
+    let big = batch(50, "0123456789", Compression::None);
+    assert_eq!(produce(&mut c, "cfg", 0, big.clone(), 9).0, 0);
+    // Lowering max.message.bytes applies to the very next produce.
+    assert_eq!(
+        alter(&mut c, "cfg", &[("max.message.bytes", "500")], false),
+        0
+    );
+    assert_eq!(
+        produce(&mut c, "cfg", 0, big.clone(), 9).0,
+        ResponseError::MessageTooLarge.code()
+    );
+    assert_eq!(
+        topic_config(&mut c, "cfg", "max.message.bytes"),
+        ("500".into(), 1)
+    );
+    // validate_only checks and changes nothing.
+    assert_eq!(
+        alter(&mut c, "cfg", &[("max.message.bytes", "100000")], true),
+        0
+    );
+    assert_eq!(topic_config(&mut c, "cfg", "max.message.bytes").0, "500");
+    // One bad key refuses the whole request.
+    assert_eq!(
+        alter(
+            &mut c,
+            "cfg",
+            &[("retention.ms", "5"), ("bogus.key", "1")],
+            false
+        ),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        alter(&mut c, "cfg", &[("retention.ms", "soon")], false),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(topic_config(&mut c, "cfg", "max.message.bytes").0, "500");
+    assert_eq!(
+        topic_config(&mut c, "cfg", "retention.ms"),
+        ("604800000".into(), 5)
+    );
+    // AlterConfigs replaces the set: unnamed keys go back to their defaults.
+    assert_eq!(
+        alter(
+            &mut c,
+            "cfg",
+            &[("message.timestamp.type", "LogAppendTime")],
+            false
+        ),
+        0
+    );
+    assert_eq!(
+        topic_config(&mut c, "cfg", "max.message.bytes"),
+        ("1048588".into(), 5)
+    );
+    assert_eq!(produce(&mut c, "cfg", 0, big.clone(), 9).0, 0);
+    let r = c.send(
+        &produce_req("cfg", 0, batch_at(1, "t", Compression::None, 5), -1),
+        9,
+    );
+    assert!(
+        r.responses[0].partition_responses[0].log_append_time_ms > 0,
+        "LogAppendTime applies at once"
+    );
+    assert_eq!(
+        alter(&mut c, "nope", &[], false),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+
+    // IncrementalAlterConfigs: SET, DELETE, APPEND, SUBTRACT, at v0 and v1.
+    for v in 0..=1 {
+        assert_eq!(
+            incremental(&mut c, "cfg", &[("retention.bytes", 0, Some("4096"))], v),
+            0
+        );
+        assert_eq!(
+            topic_config(&mut c, "cfg", "retention.bytes"),
+            ("4096".into(), 1)
+        );
+        assert_eq!(
+            topic_config(&mut c, "cfg", "message.timestamp.type").0,
+            "LogAppendTime",
+            "SET keeps the others"
+        );
+        assert_eq!(
+            incremental(&mut c, "cfg", &[("retention.bytes", 1, None)], v),
+            0
+        );
+        assert_eq!(
+            topic_config(&mut c, "cfg", "retention.bytes"),
+            ("-1".into(), 5)
+        );
+    }
+    assert_eq!(
+        incremental(
+            &mut c,
+            "cfg",
+            &[
+                ("cleanup.policy", 3, Some("delete")),
+                ("cleanup.policy", 2, Some("delete"))
+            ],
+            1
+        ),
+        0
+    );
+    assert_eq!(topic_config(&mut c, "cfg", "cleanup.policy").0, "delete");
+    assert_eq!(
+        incremental(&mut c, "cfg", &[("retention.ms", 2, Some("5"))], 1),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        incremental(
+            &mut c,
+            "cfg",
+            &[
+                ("retention.ms", 0, Some("1")),
+                ("unknown.key", 0, Some("1"))
+            ],
+            1
+        ),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        topic_config(&mut c, "cfg", "retention.ms").0,
+        "604800000",
+        "nothing half-applied"
+    );
+    assert_eq!(
+        incremental(&mut c, "cfg", &[("retention.ms", 9, Some("1"))], 1),
+        ResponseError::InvalidRequest.code()
+    );
+}
+
+#[test]
+fn describe_log_dirs_and_producers() {
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    use kafka_protocol::messages::describe_producers_request::TopicRequest;
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "ld", 2, &[]), 0);
+    let b = batch(10, "x", Compression::None);
+    produce(&mut c, "ld", 0, b.clone(), 9);
+    for v in 1..=4 {
+        let req = DescribeLogDirsRequest::default().with_topics(Some(vec![
+            DescribableLogDirTopic::default()
+                .with_topic(tn("ld"))
+                .with_partitions(vec![0, 1]),
+        ]));
+        let r = c.send(&req, v);
+        let parts = &r.results[0].topics[0].partitions;
+        assert_eq!(
+            parts[0].partition_size,
+            b.len() as i64,
+            "describe log dirs v{v}"
+        );
+        assert_eq!(parts[1].partition_size, 0);
+    }
+    let pid = c
+        .send(
+            &InitProducerIdRequest::default().with_transactional_id(None),
+            4,
+        )
+        .producer_id
+        .0;
+    produce(&mut c, "ld", 1, idempotent_batch(3, "i", pid, 0, 0), 9);
+    let req = DescribeProducersRequest::default().with_topics(vec![TopicRequest::default()
+        .with_name(tn("ld"))
+        .with_partition_indexes(vec![0, 1, 9])]);
+    let r = c.send(&req, 0);
+    let p = &r.topics[0].partitions;
+    assert!(p[0].active_producers.is_empty());
+    assert_eq!(p[1].active_producers[0].producer_id.0, pid);
+    assert_eq!(p[1].active_producers[0].last_sequence, 2);
+    assert_eq!(
+        p[2].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+}

@@ -1,5 +1,6 @@
 """librdkafka through confluent-kafka-python against `sluice dev`."""
 import time
+import warnings
 import zlib
 from collections import defaultdict
 
@@ -145,3 +146,47 @@ def test_kill9_keeps_every_acknowledged_record(fresh_node):
     fresh_node.restart()
     msgs = read_all(fresh_node, "durable", 2, 20_000)
     assert sorted(int(m.value()) for m in msgs) == sorted(acked)
+
+
+def test_alter_and_describe_topic_configs(node):
+    from confluent_kafka.admin import ConfigResource
+    create(node, "cfg-topic", 1)
+    admin = AdminClient({"bootstrap.servers": node.bootstrap})
+    res = ConfigResource("topic", "cfg-topic", set_config={"retention.ms": "3600000"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        admin.alter_configs([res])[res].result(30)
+    described = admin.describe_configs([ConfigResource("topic", "cfg-topic")])
+    configs = list(described.values())[0].result(30)
+    assert configs["retention.ms"].value == "3600000"
+    assert configs["retention.ms"].source == 1  # DYNAMIC_TOPIC_CONFIG
+    assert configs["max.message.bytes"].source == 5  # DEFAULT_CONFIG
+    bad = ConfigResource("topic", "cfg-topic", set_config={"retention.ms": "soon"})
+    with pytest.raises(KafkaException) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            admin.alter_configs([bad])[bad].result(30)
+    assert "INVALID_CONFIG" in str(e.value)
+    configs = list(admin.describe_configs([ConfigResource("topic", "cfg-topic")]).values())[0].result(30)
+    assert configs["retention.ms"].value == "3600000"
+
+
+def test_incremental_alter_configs(node):
+    from confluent_kafka import admin as kadmin
+    if not hasattr(kadmin, "ConfigEntry") or not hasattr(AdminClient, "incremental_alter_configs"):
+        pytest.skip("this confluent-kafka predates incremental_alter_configs (added in 2.2)")
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+    create(node, "incr-topic", 1)
+    admin = AdminClient({"bootstrap.servers": node.bootstrap})
+    res = ConfigResource("topic", "incr-topic", incremental_configs=[
+        ConfigEntry("retention.bytes", "65536", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET),
+    ])
+    admin.incremental_alter_configs([res])[res].result(30)
+    res = ConfigResource("topic", "incr-topic", incremental_configs=[
+        ConfigEntry("retention.bytes", None, incremental_operation=AlterConfigOpType.DELETE),
+    ])
+    admin.incremental_alter_configs([res])[res].result(30)
+    configs = list(admin.describe_configs([ConfigResource("topic", "incr-topic")]).values())[0].result(30)
+    assert configs["retention.bytes"].value == "-1"
+    assert configs["message.timestamp.type"].value == "LogAppendTime"

@@ -54,3 +54,14 @@ def test_admin_and_metadata(node):
     consumer.close()
     admin.delete_topics(["kp-admin"])
     assert "kp-admin" not in admin.list_topics()
+
+
+def test_alter_and_describe_configs(node):
+    from kafka.admin import ConfigResource, ConfigResourceType
+    admin = KafkaAdminClient(bootstrap_servers=node.bootstrap)
+    admin.create_topics([NewTopic("kp-cfg", 1, 1)])
+    admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-cfg",
+                                        configs={"retention.bytes": "123456"})])
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-cfg")])
+    text = repr(described)
+    assert "retention.bytes" in text and "123456" in text

@@ -320,6 +320,24 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Idempotent producers with state here: (id, epoch, last sequence).
+    pub fn producers(&self) -> Vec<(i64, i16, i32)> {
+        let inner = self.inner.lock().expect("partition lock");
+        let mut out: Vec<(i64, i16, i32)> = inner
+            .producers
+            .iter()
+            .map(|(id, e)| {
+                (
+                    *id,
+                    e.epoch,
+                    e.batches.back().map(|b| b.last_seq).unwrap_or(-1),
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The latest leader epoch in this log, -1 if none.
     pub fn latest_epoch(&self) -> i32 {
         let inner = self.inner.lock().expect("partition lock");

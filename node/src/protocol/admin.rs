@@ -16,6 +16,12 @@ use kafka_protocol::messages::{
     DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
     DescribeConfigsResponse, TopicName,
 };
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
+    DescribeProducersRequest, DescribeProducersResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
@@ -415,4 +421,291 @@ pub fn delete_records(
         })
         .collect();
     DeleteRecordsResponse::default().with_topics(topics)
+}
+
+fn alter_response<R: Default>(
+    name: StrBytes,
+    resource_type: i8,
+    result: Result<(), KafkaError>,
+    make: impl FnOnce(i16, Option<StrBytes>, i8, StrBytes) -> R,
+) -> R {
+    match result {
+        Ok(()) => make(0, None, resource_type, name),
+        Err(e) => make(e.code(), Some(str_bytes(e.message)), resource_type, name),
+    }
+}
+
+fn broker_configs_are_static() -> KafkaError {
+    KafkaError::new(
+        ResponseError::InvalidRequest,
+        "broker configs are static in this release: set them on the command line",
+    )
+}
+
+fn unsupported_resource(t: i8) -> KafkaError {
+    KafkaError::new(
+        ResponseError::InvalidRequest,
+        format!("resource type {t} cannot be altered; topics (2) can"),
+    )
+}
+
+/// AlterConfigs: the given set replaces the topic's dynamic configs.
+pub fn alter_configs(
+    broker: &Broker,
+    req: AlterConfigsRequest,
+    _version: i16,
+) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let result = match r.resource_type {
+                RESOURCE_TOPIC => {
+                    let configs = r
+                        .configs
+                        .iter()
+                        .filter_map(|c| {
+                            c.value
+                                .as_ref()
+                                .map(|v| (c.name.to_string(), v.to_string()))
+                        })
+                        .collect();
+                    broker.alter_topic_configs(&r.resource_name, configs, req.validate_only)
+                }
+                RESOURCE_BROKER => Err(broker_configs_are_static()),
+                other => Err(unsupported_resource(other)),
+            };
+            alter_response(
+                r.resource_name,
+                r.resource_type,
+                result,
+                |code, msg, t, name| {
+                    AlterConfigsResourceResponse::default()
+                        .with_error_code(code)
+                        .with_error_message(msg)
+                        .with_resource_type(t)
+                        .with_resource_name(name)
+                },
+            )
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// List-valued topic configs (comma separated), the only ones APPEND and
+/// SUBTRACT apply to.
+const LIST_CONFIGS: &[&str] = &["cleanup.policy"];
+
+/// Applies one IncrementalAlterConfigs operation to a topic's dynamic configs.
+fn apply_op(
+    broker: &Broker,
+    configs: &mut BTreeMap<String, String>,
+    op: i8,
+    key: &str,
+    value: Option<&str>,
+) -> Result<(), KafkaError> {
+    let bad = |m: &str| KafkaError::new(ResponseError::InvalidConfig, format!("{key}: {m}"));
+    match op {
+        OP_SET => {
+            let v = value.ok_or_else(|| bad("SET needs a value"))?;
+            configs.insert(key.to_string(), v.to_string());
+        }
+        OP_DELETE => {
+            configs.remove(key);
+        }
+        OP_APPEND | OP_SUBTRACT => {
+            if !LIST_CONFIGS.contains(&key) {
+                return Err(bad("APPEND and SUBTRACT apply to list configs only"));
+            }
+            let v = value.ok_or_else(|| bad("a value is required"))?;
+            let current = configs.get(key).cloned().unwrap_or_else(|| {
+                broker
+                    .config
+                    .defaults
+                    .default_value(key)
+                    .map(|(v, _)| v)
+                    .unwrap_or_default()
+            });
+            let mut items: Vec<String> = current
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            for item in v.split(',').filter(|s| !s.is_empty()) {
+                if op == OP_SUBTRACT {
+                    items.retain(|i| i != item);
+                } else if !items.iter().any(|i| i == item) {
+                    items.push(item.to_string());
+                }
+            }
+            configs.insert(key.to_string(), items.join(","));
+        }
+        other => {
+            return Err(KafkaError::new(
+                ResponseError::InvalidRequest,
+                format!("unknown config operation {other}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT applied to the
+/// topic's current dynamic configs, all or nothing.
+pub fn incremental_alter_configs(
+    broker: &Broker,
+    req: IncrementalAlterConfigsRequest,
+    _version: i16,
+) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let responses = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let result = match r.resource_type {
+                RESOURCE_TOPIC => match broker.topic(&r.resource_name) {
+                    None => Err(KafkaError::new(
+                        ResponseError::UnknownTopicOrPartition,
+                        format!("topic {} does not exist", r.resource_name.as_str()),
+                    )),
+                    Some(t) => {
+                        let mut configs = t.record.configs.clone();
+                        let outcome = r.configs.iter().try_for_each(|c| {
+                            apply_op(
+                                broker,
+                                &mut configs,
+                                c.config_operation,
+                                &c.name,
+                                c.value.as_deref(),
+                            )
+                        });
+                        outcome.and_then(|_| {
+                            broker.alter_topic_configs(&r.resource_name, configs, req.validate_only)
+                        })
+                    }
+                },
+                RESOURCE_BROKER => Err(broker_configs_are_static()),
+                other => Err(unsupported_resource(other)),
+            };
+            alter_response(
+                r.resource_name,
+                r.resource_type,
+                result,
+                |code, msg, t, name| {
+                    AlterConfigsResourceResponse::default()
+                        .with_error_code(code)
+                        .with_error_message(msg)
+                        .with_resource_type(t)
+                        .with_resource_name(name)
+                },
+            )
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// DescribeLogDirs: one log directory (the node's RocksDB), with each
+/// partition's size.
+pub fn describe_log_dirs(
+    broker: &Broker,
+    req: DescribeLogDirsRequest,
+    _version: i16,
+) -> DescribeLogDirsResponse {
+    use kafka_protocol::messages::describe_log_dirs_response::{
+        DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+    };
+    let wanted: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions))
+            .collect()
+    });
+    let topics = broker
+        .topics()
+        .into_iter()
+        .filter_map(|t| {
+            let parts: Vec<i32> = match &wanted {
+                None => (0..t.record.partitions).collect(),
+                Some(w) => w.iter().find(|(n, _)| *n == t.record.name)?.1.clone(),
+            };
+            let partitions = parts
+                .into_iter()
+                .filter_map(|p| t.partition(p))
+                .map(|log| {
+                    DescribeLogDirsPartition::default()
+                        .with_partition_index(log.partition)
+                        .with_partition_size(log.size_bytes())
+                        .with_offset_lag(0)
+                })
+                .collect();
+            Some(
+                DescribeLogDirsTopic::default()
+                    .with_name(TopicName(str_bytes(t.record.name.clone())))
+                    .with_partitions(partitions),
+            )
+        })
+        .collect();
+    let dir = broker.config.data_dir.join("rocksdb").display().to_string();
+    DescribeLogDirsResponse::default().with_results(vec![DescribeLogDirsResult::default()
+        .with_log_dir(str_bytes(dir))
+        .with_topics(topics)
+        .with_total_bytes(-1)
+        .with_usable_bytes(-1)])
+}
+
+/// DescribeProducers: the idempotent producers each partition knows.
+pub fn describe_producers(
+    broker: &Broker,
+    req: DescribeProducersRequest,
+    _version: i16,
+) -> DescribeProducersResponse {
+    use kafka_protocol::messages::describe_producers_response::{
+        PartitionResponse, ProducerState, TopicResponse,
+    };
+    use kafka_protocol::messages::ProducerId;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = broker.topic(&t.name);
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|p| {
+                    let r = PartitionResponse::default().with_partition_index(*p);
+                    match topic.as_ref().and_then(|tp| tp.partition(*p)) {
+                        None => r
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_error_message(Some(str_bytes(format!(
+                                "{}-{p} does not exist",
+                                t.name.as_str()
+                            )))),
+                        Some(log) => r.with_active_producers(
+                            log.producers()
+                                .into_iter()
+                                .map(|(id, epoch, seq)| {
+                                    ProducerState::default()
+                                        .with_producer_id(ProducerId(id))
+                                        .with_producer_epoch(i32::from(epoch))
+                                        .with_last_sequence(seq)
+                                        .with_last_timestamp(-1)
+                                        .with_coordinator_epoch(-1)
+                                        .with_current_txn_start_offset(-1)
+                                })
+                                .collect(),
+                        ),
+                    }
+                })
+                .collect();
+            TopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
 }

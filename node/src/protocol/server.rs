@@ -255,6 +255,18 @@ async fn dispatch(
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
         }
         RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v)?),
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v))
+        }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(broker, r, v))
+        }
+        RequestKind::DescribeLogDirs(r) => {
+            ResponseKind::DescribeLogDirs(admin::describe_log_dirs(broker, r, v))
+        }
+        RequestKind::DescribeProducers(r) => {
+            ResponseKind::DescribeProducers(admin::describe_producers(broker, r, v))
+        }
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(admin::delete_records(broker, r, v))
         }
