@@ -116,6 +116,14 @@ impl From<BatchError> for KafkaError {
 
 pub type KResult<T> = Result<T, KafkaError>;
 
+/// UNKNOWN_TOPIC_OR_PARTITION for a topic name.
+pub fn no_such_topic(name: &str) -> KafkaError {
+    KafkaError::new(
+        ResponseError::UnknownTopicOrPartition,
+        format!("topic {name} does not exist"),
+    )
+}
+
 /// A topic creation request, after defaults are applied by the caller.
 pub struct NewTopic {
     pub name: String,
@@ -327,12 +335,7 @@ impl Broker {
     pub fn delete_topic(&self, name: &str) -> KResult<Uuid> {
         let topic = {
             let mut topics = self.topics.write().expect("topics lock");
-            let topic = topics.remove(name).ok_or_else(|| {
-                KafkaError::new(
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("topic {name} does not exist"),
-                )
-            })?;
+            let topic = topics.remove(name).ok_or_else(|| no_such_topic(name))?;
             let mut wb = rocksdb::WriteBatch::default();
             self.store.delete_topic(&mut wb, name);
             self.store.write(wb)?;
@@ -350,12 +353,10 @@ impl Broker {
     /// Grows a topic to `count` partitions (CreatePartitions).
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> KResult<()> {
         let mut topics = self.topics.write().expect("topics lock");
-        let topic = topics.get(name).cloned().ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            )
-        })?;
+        let topic = topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| no_such_topic(name))?;
         let have = topic.record.partitions;
         if count <= have || count > MAX_PARTITIONS_PER_TOPIC {
             return Err(KafkaError::new(
@@ -449,45 +450,15 @@ impl Broker {
         partition: i32,
         records: Vec<(Bytes, Option<Bytes>)>,
     ) -> KResult<Appended> {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions,
-        };
-        let t = self
-            .topic(topic)
-            .ok_or_else(|| KafkaError::new(ResponseError::UnknownTopicOrPartition, topic))?;
-        let now = now_ms();
-        let recs: Vec<Record> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: kafka_protocol::records::TimestampType::Creation,
-                offset: i as i64,
-                // Base sequence -1 (not idempotent); the encoder keeps records
-                // with a constant offset - sequence in one batch.
-                sequence: i as i32 - 1,
-                timestamp: now,
-                key: Some(key),
-                value,
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
+        let t = self.topic(topic).ok_or_else(|| no_such_topic(topic))?;
+        let records = records.into_iter().map(|(k, v)| (Some(k), v)).collect();
+        let batch = batch::encode_records(
+            records,
+            now_ms(),
+            kafka_protocol::records::Compression::None,
         )
         .map_err(|e| KafkaError::new(ResponseError::UnknownServerError, e.to_string()))?;
-        self.append(&t, partition, Some(&buf.freeze()))
+        self.append(&t, partition, Some(&batch))
     }
 
     /// Replaces a topic's dynamic configs as a whole (AlterConfigs, and
@@ -501,12 +472,10 @@ impl Broker {
         validate_only: bool,
     ) -> KResult<()> {
         let mut topics = self.topics.write().expect("topics lock");
-        let topic = topics.get(name).cloned().ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {name} does not exist"),
-            )
-        })?;
+        let topic = topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| no_such_topic(name))?;
         let config = self.config.defaults.resolve(&configs)?;
         if validate_only {
             return Ok(());
@@ -529,12 +498,7 @@ impl Broker {
     /// DeleteRecords on one partition: `offset` -1 means the high watermark.
     /// Returns the new log start offset (the low watermark).
     pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> KResult<i64> {
-        let t = self.topic(topic).ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {topic} does not exist"),
-            )
-        })?;
+        let t = self.topic(topic).ok_or_else(|| no_such_topic(topic))?;
         let log = t.partition(partition).ok_or_else(|| {
             KafkaError::new(
                 ResponseError::UnknownTopicOrPartition,

@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use sluice_node::log::{PartitionLog, Store, TimestampType as Ts};
 use sluice_node::replication::{follower, leader, FetchError, Following, LeaderLogs};
 use tokio::sync::{watch, Notify};
@@ -64,36 +62,11 @@ impl LeaderLogs for TestLeader {
 }
 
 fn batch(values: &[&str]) -> Bytes {
-    let records: Vec<Record> = values
+    let records = values
         .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: 1_000,
-            key: None,
-            value: Some(Bytes::copy_from_slice(v.as_bytes())),
-            headers: Default::default(),
-        })
+        .map(|v| (None, Some(Bytes::copy_from_slice(v.as_bytes()))))
         .collect();
-    let mut b = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut b,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::Lz4,
-        },
-    )
-    .unwrap();
-    b.freeze()
+    sluice_node::log::batch::encode_records(records, 1_000, Compression::Lz4).unwrap()
 }
 
 fn contents(log: &PartitionLog) -> Vec<String> {

@@ -109,6 +109,14 @@ fn key_bytes(k: &RecordKey) -> Bytes {
     Bytes::from(serde_json::to_vec(k).expect("keys serialize"))
 }
 
+fn offset_key(group: &str, topic: &str, partition: i32) -> Bytes {
+    key_bytes(&RecordKey::Offset {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+    })
+}
+
 fn group_value(g: &Group) -> Option<Bytes> {
     if g.state == GroupState::Dead {
         return None;
@@ -515,11 +523,7 @@ impl Coordinator {
                 commit_timestamp: now,
             };
             records.push((
-                key_bytes(&RecordKey::Offset {
-                    group: group.to_string(),
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                }),
+                offset_key(group, &p.topic, p.partition),
                 Some(Bytes::from(serde_json::to_vec(&value).expect("serializes"))),
             ));
             accepted.push((results.len(), p, now));
@@ -644,16 +648,7 @@ impl Coordinator {
         let mut records: Vec<(Bytes, Option<Bytes>)> = g
             .offsets
             .keys()
-            .map(|(t, p)| {
-                (
-                    key_bytes(&RecordKey::Offset {
-                        group: group.to_string(),
-                        topic: t.clone(),
-                        partition: *p,
-                    }),
-                    None,
-                )
-            })
+            .map(|(t, p)| (offset_key(group, t, *p), None))
             .collect();
         records.push((
             key_bytes(&RecordKey::Group {
@@ -689,14 +684,7 @@ impl Coordinator {
                 continue;
             }
             if g.offsets.remove(&(t.clone(), p)).is_some() {
-                records.push((
-                    key_bytes(&RecordKey::Offset {
-                        group: group.to_string(),
-                        topic: t,
-                        partition: p,
-                    }),
-                    None,
-                ));
+                records.push((offset_key(group, &t, p), None));
             }
             results.push(Ok(()));
         }
@@ -733,16 +721,7 @@ impl Coordinator {
             }
             let records = expired
                 .into_iter()
-                .map(|(t, p)| {
-                    (
-                        key_bytes(&RecordKey::Offset {
-                            group: g.id.clone(),
-                            topic: t,
-                            partition: p,
-                        }),
-                        None,
-                    )
-                })
+                .map(|(t, p)| (offset_key(&g.id, &t, p), None))
                 .collect();
             if let Err(e) = self.broker.append_internal(
                 OFFSETS_TOPIC,

@@ -222,6 +222,47 @@ pub fn stamp_log_append_time(batch: &mut BytesMut, now_ms: i64) {
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Encodes (key, value) records as one v2 batch with `kafka-protocol`, the
+/// way a non-idempotent client would: offsets from 0, one timestamp.
+pub fn encode_records(
+    records: Vec<(Option<Bytes>, Option<Bytes>)>,
+    timestamp: i64,
+    compression: kafka_protocol::records::Compression,
+) -> anyhow::Result<Bytes> {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let recs: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // Base sequence -1 (not idempotent); the encoder keeps records
+            // with a constant offset - sequence in one batch.
+            sequence: i as i32 - 1,
+            timestamp,
+            key,
+            value,
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &recs,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )?;
+    Ok(buf.freeze())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -40,6 +40,17 @@ pub enum AppendError {
     Replication(String),
 }
 
+/// The sequence range and offsets of an idempotent producer's batch.
+fn batch_meta(h: &Header<'_>) -> BatchMeta {
+    let first = h.base_sequence();
+    BatchMeta {
+        first_seq: first,
+        last_seq: producers::last_seq(first, h.last_offset_delta()),
+        base_offset: h.base_offset(),
+        last_offset: h.last_offset(),
+    }
+}
+
 struct Inner {
     state: PartitionState,
     producers: HashMap<i64, ProducerEntry>,
@@ -266,13 +277,7 @@ impl PartitionLog {
             }
             let pid = h.producer_id();
             if pid >= 0 {
-                let first = h.base_sequence();
-                let meta = BatchMeta {
-                    first_seq: first,
-                    last_seq: producers::last_seq(first, h.last_offset_delta()),
-                    base_offset: h.base_offset(),
-                    last_offset: h.last_offset(),
-                };
+                let meta = batch_meta(&h);
                 let prev = producers
                     .iter()
                     .rev()
@@ -478,13 +483,7 @@ impl PartitionLog {
         while let Some(v) = it.value() {
             if let Ok(h) = Header::parse(v) {
                 if h.producer_id() >= 0 {
-                    let first = h.base_sequence();
-                    let meta = BatchMeta {
-                        first_seq: first,
-                        last_seq: producers::last_seq(first, h.last_offset_delta()),
-                        base_offset: h.base_offset(),
-                        last_offset: h.last_offset(),
-                    };
+                    let meta = batch_meta(&h);
                     let prev = out.remove(&h.producer_id());
                     out.insert(
                         h.producer_id(),
