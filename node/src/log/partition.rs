@@ -641,7 +641,8 @@ impl PartitionLog {
             .store
             .db()
             .raw_iterator_cf_opt(cf, self.read_opts(st.next_offset));
-        it.seek(batch_key(&self.prefix, st.log_start_offset));
+        // The first stored batch may straddle the log start (DeleteRecords).
+        it.seek_to_first();
         let mut size = st.size_bytes;
         let mut new_start = st.log_start_offset;
         let mut deleted = 0;
@@ -651,7 +652,7 @@ impl PartitionLog {
                 break;
             }
             size -= v.len() as i64;
-            new_start = h.last_offset() + 1;
+            new_start = new_start.max(h.last_offset() + 1);
             deleted += 1;
             it.next();
         }
@@ -678,7 +679,7 @@ impl PartitionLog {
             .store
             .db()
             .raw_iterator_cf_opt(cf, self.read_opts(st.next_offset));
-        it.seek(batch_key(&self.prefix, st.log_start_offset));
+        it.seek_to_first();
         let mut size = st.size_bytes;
         let mut cut = st.log_start_offset;
         while let Some(v) = it.value() {
@@ -712,7 +713,7 @@ impl PartitionLog {
         new_start: i64,
         size: i64,
     ) -> store::Result<()> {
-        let from = batch_key(&self.prefix, st.log_start_offset.min(new_start));
+        let from = batch_key(&self.prefix, 0);
         let to = batch_key(&self.prefix, new_start);
         let mut wb = WriteBatch::default();
         // Batches are keyed by base offset; every batch below new_start is wholly
@@ -992,5 +993,36 @@ mod tests {
             .unwrap();
         assert!(!again.duplicate);
         assert_eq!(again.base_offset, 2);
+    }
+
+    #[test]
+    fn delete_records_inside_a_batch_then_retention_reclaims_it() {
+        let (_d, _s, log) = open();
+        let b = encode(10, Compression::None);
+        for _ in 0..3 {
+            app(&log, &b, 0, TimestampType::CreateTime, 0).unwrap();
+        }
+        assert_eq!(log.delete_records_before(15).unwrap(), 15);
+        assert_eq!(log.log_start_offset(), 15);
+        assert_eq!(log.size_bytes(), 2 * b.len() as i64);
+        // The straddling batch is still what a read at 15 returns.
+        let h = Header::parse(&log.read(15, 1 << 20, 30, true).unwrap().records)
+            .unwrap()
+            .base_offset();
+        assert_eq!(h, 10);
+        // Retention that drops one batch removes the straddling one, and the
+        // size follows.
+        let mut n = 0;
+        assert_eq!(
+            log.delete_prefix_while(|_, _| {
+                n += 1;
+                n == 1
+            })
+            .unwrap(),
+            1
+        );
+        assert_eq!(log.log_start_offset(), 20);
+        assert_eq!(log.size_bytes(), b.len() as i64);
+        assert_eq!(log.read(20, 1 << 20, 30, true).unwrap().batches, 1);
     }
 }
