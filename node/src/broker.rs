@@ -117,6 +117,22 @@ impl From<BatchError> for KafkaError {
 pub type KResult<T> = Result<T, KafkaError>;
 
 /// UNKNOWN_TOPIC_OR_PARTITION for a topic name.
+/// Internal topics (`__consumer_offsets`) are the node's own state: admin
+/// operations that would delete, move or reshape their data are refused.
+pub fn refuse_internal(name: &str) -> KResult<()> {
+    if is_internal(name) {
+        return Err(KafkaError::new(
+            ResponseError::InvalidTopicException,
+            format!("{name} is an internal topic and cannot be changed this way"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn is_internal(name: &str) -> bool {
+    name == crate::group::OFFSETS_TOPIC
+}
+
 pub fn no_such_topic(name: &str) -> KafkaError {
     KafkaError::new(
         ResponseError::UnknownTopicOrPartition,
@@ -177,6 +193,11 @@ impl Broker {
             let partitions = (0..record.partitions)
                 .map(|p| PartitionLog::open(store.clone(), &record.id, p).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
+            // Alone, this node is every partition's whole ISR: what its log
+            // holds is committed, even if a crash beat the last checkpoint.
+            for log in &partitions {
+                log.set_high_watermark(log.log_end_offset())?;
+            }
             topics.insert(
                 name,
                 Arc::new(Topic {
@@ -333,6 +354,7 @@ impl Broker {
     }
 
     pub fn delete_topic(&self, name: &str) -> KResult<Uuid> {
+        refuse_internal(name)?;
         let topic = {
             let mut topics = self.topics.write().expect("topics lock");
             let topic = topics.remove(name).ok_or_else(|| no_such_topic(name))?;
@@ -352,6 +374,7 @@ impl Broker {
 
     /// Grows a topic to `count` partitions (CreatePartitions).
     pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> KResult<()> {
+        refuse_internal(name)?;
         let mut topics = self.topics.write().expect("topics lock");
         let topic = topics
             .get(name)
@@ -431,9 +454,11 @@ impl Broker {
             }
         }
         let appended = log.append(b, 0, topic.config.message_timestamp_type, now)?;
+        // A single replica is its own ISR: what it wrote is committed. A
+        // duplicate also moves it, in case a crash came between the append and
+        // the checkpoint of the first attempt.
+        log.set_high_watermark(log.log_end_offset())?;
         if !appended.duplicate {
-            // A single replica is its own ISR: what it wrote is committed.
-            log.set_high_watermark(appended.last_offset + 1)?;
             self.metrics
                 .record_append(&topic.record.name, i64::from(h.record_count()), b.len());
             self.appended.notify_waiters();
@@ -471,6 +496,7 @@ impl Broker {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> KResult<()> {
+        refuse_internal(name)?;
         let mut topics = self.topics.write().expect("topics lock");
         let topic = topics
             .get(name)
@@ -498,6 +524,7 @@ impl Broker {
     /// DeleteRecords on one partition: `offset` -1 means the high watermark.
     /// Returns the new log start offset (the low watermark).
     pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> KResult<i64> {
+        refuse_internal(topic)?;
         let t = self.topic(topic).ok_or_else(|| no_such_topic(topic))?;
         let log = t.partition(partition).ok_or_else(|| {
             KafkaError::new(
@@ -525,15 +552,17 @@ impl Broker {
         at_least_one: bool,
     ) -> KResult<Read> {
         let hw = log.high_watermark();
-        if offset < log.log_start_offset() || offset > hw {
+        let end = log.log_end_offset();
+        if offset < log.log_start_offset() || offset > end {
             return Err(KafkaError::new(
                 ResponseError::OffsetOutOfRange,
                 format!(
-                    "offset {offset} is outside [{}, {hw}]",
+                    "offset {offset} is outside [{}, {end}]",
                     log.log_start_offset()
                 ),
             ));
         }
+        // Between the high watermark and the log end: nothing visible yet.
         Ok(log.read(offset, max_bytes, hw, at_least_one)?)
     }
 
@@ -549,7 +578,9 @@ impl Broker {
         let mut deleted = 0;
         for topic in self.topics() {
             let (ms, bytes) = (topic.config.retention_ms, topic.config.retention_bytes);
-            if ms < 0 && bytes < 0 {
+            // Committed offsets must never age out with the log; they go when
+            // their group does (offset retention) until compaction lands.
+            if (ms < 0 && bytes < 0) || is_internal(&topic.record.name) {
                 continue;
             }
             for log in &topic.partitions {

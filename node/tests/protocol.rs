@@ -1695,3 +1695,49 @@ fn describe_log_dirs_and_producers() {
         ResponseError::UnknownTopicOrPartition.code()
     );
 }
+
+#[test]
+fn the_offsets_topic_cannot_be_deleted_or_reshaped() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    let (_d, n) = node();
+    let mut c = n.client();
+    let t = "__consumer_offsets";
+    let r = c.send(
+        &DeleteTopicsRequest::default().with_topic_names(vec![tn(t)]),
+        5,
+    );
+    assert_eq!(
+        r.responses[0].error_code,
+        ResponseError::InvalidTopicException.code()
+    );
+    let req = CreatePartitionsRequest::default()
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(tn(t))
+            .with_count(60)]);
+    assert_eq!(
+        c.send(&req, 3).results[0].error_code,
+        ResponseError::InvalidTopicException.code()
+    );
+    assert_eq!(
+        alter(&mut c, t, &[("retention.ms", "1")], false),
+        ResponseError::InvalidTopicException.code()
+    );
+    let req = DeleteRecordsRequest::default().with_topics(vec![DeleteRecordsTopic::default()
+        .with_name(tn(t))
+        .with_partitions(vec![DeleteRecordsPartition::default()
+            .with_partition_index(0)
+            .with_offset(-1)])]);
+    assert_eq!(
+        c.send(&req, 2).topics[0].partitions[0].error_code,
+        ResponseError::InvalidTopicException.code()
+    );
+    let md = c.send(
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(tn(t)))
+        ])),
+        12,
+    );
+    assert_eq!(md.topics[0].partitions.len(), 50);
+}

@@ -308,11 +308,15 @@ impl PartitionLog {
         Ok(next.next_offset)
     }
 
-    /// Sets the high watermark (clamped to the log) and checkpoints it.
+    /// Raises the high watermark (bounded by the log end) and checkpoints it.
+    /// It never moves back here: only truncation and reset lower it, so
+    /// concurrent appends finishing out of order cannot hide committed data.
     pub fn set_high_watermark(&self, hw: i64) -> store::Result<()> {
         let mut inner = self.inner.lock().expect("partition lock");
-        let hw = hw.clamp(inner.state.log_start_offset, inner.state.next_offset);
-        if hw == inner.state.high_watermark {
+        let hw = hw
+            .min(inner.state.next_offset)
+            .max(inner.state.log_start_offset);
+        if hw <= inner.state.high_watermark {
             return Ok(());
         }
         let mut next = inner.state;

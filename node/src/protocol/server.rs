@@ -101,11 +101,10 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<()>
         rd.read_exact(&mut frame).await?;
         match handle_frame(services, frame.freeze(), &host).await {
             Ok(Some(response)) => {
+                // Flushed at once: a pipelined request behind this one may be
+                // a long poll, and this answer must not wait for it.
                 wr.write_all(&response).await?;
-                // Pipelined requests already buffered are answered before one flush.
-                if rd.buffer().is_empty() {
-                    wr.flush().await?;
-                }
+                wr.flush().await?;
             }
             Ok(None) => {}
             Err(e) => {
