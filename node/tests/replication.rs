@@ -286,3 +286,46 @@ async fn a_follower_behind_the_leaders_log_start_resets() {
     assert_eq!(follower_log.log_start_offset(), 6);
     assert_eq!(contents(&follower_log), vec!["r6", "r7", "r8", "r9"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_resets_to_a_log_start_inside_a_batch() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let topic_id = Uuid::new_v4();
+    let leader_log = Arc::new(
+        PartitionLog::open(Store::open(dirs.0.path(), false).unwrap(), &topic_id, 0).unwrap(),
+    );
+    let follower_log = Arc::new(
+        PartitionLog::open(Store::open(dirs.1.path(), false).unwrap(), &topic_id, 0).unwrap(),
+    );
+    for i in 0..3 {
+        let values: Vec<String> = (0..10).map(|j| format!("v{}", i * 10 + j)).collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        leader_log
+            .append(&batch(&refs), 0, Ts::CreateTime, 0)
+            .unwrap();
+    }
+    leader_log.set_high_watermark(30).unwrap();
+    // DeleteRecords put the leader's start inside its second batch.
+    leader_log.delete_records_before(15).unwrap();
+    let leader = Arc::new(TestLeader {
+        log: leader_log.clone(),
+        epoch: AtomicI32::new(0),
+        fetched: Mutex::new(HashMap::new()),
+        changed: Notify::new(),
+    });
+    let addr = serve(leader).await;
+    let (_tx, rx) = watch::channel(vec![Following {
+        topic: "t".into(),
+        partition: 0,
+        leader_epoch: 0,
+        log: follower_log.clone(),
+    }]);
+    tokio::spawn(follower::run(2, addr, rx));
+    until(
+        "the follower to take the straddling batch and the rest",
+        || follower_log.log_end_offset() == 30,
+    )
+    .await;
+    assert_eq!(follower_log.log_start_offset(), 15);
+    assert_eq!(contents(&follower_log), contents(&leader_log));
+}

@@ -255,7 +255,13 @@ impl PartitionLog {
         let mut wb = WriteBatch::default();
         for b in &batches {
             let h = Header::parse(b).expect("validated");
-            if h.base_offset() != next.next_offset {
+            // An empty log whose start lies inside the leader's first batch
+            // (after DeleteRecords there) takes that whole batch.
+            let straddles_start = next.size_bytes == 0
+                && next.next_offset == next.log_start_offset
+                && h.base_offset() < next.next_offset
+                && h.last_offset() >= next.next_offset;
+            if h.base_offset() != next.next_offset && !straddles_start {
                 return Err(AppendError::Replication(format!(
                     "batch at offset {} does not continue the log ending at {}",
                     h.base_offset(),
@@ -399,6 +405,13 @@ impl PartitionLog {
                 it.next();
             }
             it.status()?;
+        }
+        if cut < st.log_start_offset {
+            // The batch to cut straddles the log start: nothing below the
+            // start may come back, so the log restarts empty at its start.
+            drop(inner);
+            self.reset_to(st.log_start_offset)?;
+            return Ok(st.log_start_offset);
         }
         let mut wb = WriteBatch::default();
         let from = batch_key(&self.prefix, cut);

@@ -27,7 +27,8 @@ fn answer(
     logs: &impl LeaderLogs,
     follower: i32,
     pf: &PartitionFetch,
-    max_bytes: usize,
+    budget: &mut usize,
+    first: bool,
 ) -> (PartitionData, bool) {
     let mut d = PartitionData {
         topic: pf.topic.clone(),
@@ -64,9 +65,12 @@ fn answer(
     logs.follower_fetched(&pf.topic, pf.partition, follower, pf.fetch_offset);
     d.high_watermark = log.high_watermark();
     // Followers read up to the log end, not the high watermark.
-    match log.read(pf.fetch_offset, max_bytes, end, true) {
+    // One byte budget for the whole response; only the first partition with
+    // data may exceed it, by one batch, so a follower always progresses.
+    match log.read(pf.fetch_offset, *budget, end, first) {
         Ok(r) => {
             let has_data = r.batches > 0;
+            *budget = budget.saturating_sub(r.records.len());
             d.records = r.records.to_vec();
             (d, has_data)
         }
@@ -88,9 +92,11 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
         tokio::pin!(notified);
         notified.as_mut().enable();
         let mut urgent = false;
+        let mut budget = max_bytes;
         let mut parts = Vec::with_capacity(req.partitions.len());
         for pf in &req.partitions {
-            let (d, now) = answer(logs, req.follower_id, pf, max_bytes);
+            let first = budget == max_bytes;
+            let (d, now) = answer(logs, req.follower_id, pf, &mut budget, first);
             urgent |= now;
             parts.push(d);
         }
