@@ -19,18 +19,7 @@ APT_PACKAGES=(
   python3-kafka                 # kafka-python
   python3-pytest
 )
-if [ -z "${SLUICE_SKIP_INSTALL:-}" ]; then
-  missing=()
-  for p in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    step "installing ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
-fi
+bash scripts/ensure-packages.sh "${APT_PACKAGES[@]}"
 
 # --- Rust: format, lints, unit and integration tests -------------------------
 step "cargo fmt --check"
