@@ -737,9 +737,11 @@ impl PartitionLog {
         // below it because new_start is always a batch boundary here.
         wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
         wb.delete_range_cf(self.store.cf(CF_TSIDX), batch_key(&self.prefix, 0), to);
+        let max_timestamp = self.reindex_after_prefix_delete(&mut wb, new_start, st.next_offset)?;
         let mut next = *st;
         next.log_start_offset = new_start;
         next.size_bytes = size;
+        next.max_timestamp = max_timestamp;
         next.high_watermark = next.high_watermark.max(new_start);
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.write(wb)?;
@@ -750,6 +752,61 @@ impl PartitionLog {
         self.size_bytes.store(size, Ordering::Release);
         self.store.compact_partition(&self.prefix, new_start);
         Ok(())
+    }
+
+    /// The timestamp index holds an entry only where a batch raised the
+    /// running maximum. Once a prefix is gone, the surviving batches before
+    /// the first remaining entry may raise the maximum counted from the new
+    /// start: index them. From that entry on, the old entries stay right (each
+    /// exceeds everything before it). Returns the log's max timestamp.
+    fn reindex_after_prefix_delete(
+        &self,
+        wb: &mut WriteBatch,
+        new_start: i64,
+        end: i64,
+    ) -> store::Result<i64> {
+        let first_entry = {
+            let mut it = self
+                .store
+                .db()
+                .raw_iterator_cf_opt(self.store.cf(CF_TSIDX), self.read_opts(end));
+            it.seek(batch_key(&self.prefix, new_start));
+            it.key().map(offset_of_key)
+        };
+        let upto = first_entry.unwrap_or(end);
+        let mut running = -1i64;
+        {
+            let mut it = self
+                .store
+                .db()
+                .raw_iterator_cf_opt(self.store.cf(CF_LOG), self.read_opts(upto));
+            it.seek(batch_key(&self.prefix, new_start));
+            while let Some(v) = it.value() {
+                if let Ok(h) = Header::parse(v) {
+                    if h.max_timestamp() > running {
+                        running = h.max_timestamp();
+                        wb.put_cf(
+                            self.store.cf(CF_TSIDX),
+                            batch_key(&self.prefix, h.base_offset()),
+                            running.to_be_bytes(),
+                        );
+                    }
+                }
+                it.next();
+            }
+            it.status()?;
+        }
+        // The last remaining entry (if any) is the maximum of the whole log.
+        let mut it = self
+            .store
+            .db()
+            .raw_iterator_cf_opt(self.store.cf(CF_TSIDX), self.read_opts(end));
+        it.seek_to_last();
+        let last = it
+            .value()
+            .filter(|_| first_entry.is_some())
+            .map(|v| i64::from_be_bytes(v[..8].try_into().expect("8 bytes")));
+        Ok(last.unwrap_or(running).max(running))
     }
 
     /// Removes the whole partition from the store (topic deletion).
@@ -1041,5 +1098,42 @@ mod tests {
         assert_eq!(log.log_start_offset(), 20);
         assert_eq!(log.size_bytes(), b.len() as i64);
         assert_eq!(log.read(20, 1 << 20, 30, true).unwrap().batches, 1);
+    }
+
+    #[test]
+    fn timestamp_lookup_survives_retention_of_the_maximum() {
+        use crate::log::batch::encode_records;
+        let (_d, _s, log) = open();
+        let at = |ts: i64| {
+            encode_records(
+                vec![(None, Some(Bytes::from_static(b"v")))],
+                ts,
+                Compression::None,
+            )
+            .unwrap()
+        };
+        // A (ts 1000) raises the maximum; B (900) and C (950) do not; D (2000) does.
+        for ts in [1_000, 900, 950, 2_000] {
+            app(&log, &at(ts), 0, TimestampType::CreateTime, 0).unwrap();
+        }
+        // Retention drops A: B and C must become findable again.
+        let mut n = 0;
+        log.delete_prefix_while(|_, _| {
+            n += 1;
+            n == 1
+        })
+        .unwrap();
+        assert_eq!(log.offset_for_timestamp(800).unwrap(), Some((1, 900)));
+        assert_eq!(log.offset_for_timestamp(920).unwrap(), Some((2, 950)));
+        assert_eq!(log.offset_for_timestamp(1_500).unwrap(), Some((3, 2_000)));
+        // Dropping D's predecessors and then D itself leaves an empty index.
+        let mut n = 0;
+        log.delete_prefix_while(|_, _| {
+            n += 1;
+            n <= 2
+        })
+        .unwrap();
+        assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((3, 2_000)));
+        assert_eq!(log.max_timestamp_offset().unwrap(), Some((3, 2_000)));
     }
 }
