@@ -576,7 +576,11 @@ impl Broker {
     pub fn enforce_retention(&self) -> KResult<usize> {
         let now = now_ms();
         let mut deleted = 0;
+        let idle_before = now.saturating_sub(self.config.producer_id_expiration_ms);
         for topic in self.topics() {
+            for log in &topic.partitions {
+                log.expire_producers(idle_before)?;
+            }
             let (ms, bytes) = (topic.config.retention_ms, topic.config.retention_bytes);
             // Committed offsets must never age out with the log; they go when
             // their group does (offset retention) until compaction lands.

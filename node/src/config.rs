@@ -36,6 +36,9 @@ pub struct NodeConfig {
     pub sync_writes: bool,
     /// Group coordinator settings.
     pub groups: crate::group::GroupConfig,
+    /// How long an idle idempotent producer's state is kept
+    /// (`producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl NodeConfig {
@@ -56,6 +59,7 @@ impl NodeConfig {
             retention_check_interval_ms: 300_000,
             sync_writes: false,
             groups: crate::group::GroupConfig::default(),
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }

@@ -119,6 +119,10 @@ struct CommonArgs {
     /// (offsets.topic.num.partitions).
     #[arg(long, default_value_t = 50)]
     offsets_topic_num_partitions: i32,
+    /// How long an idle idempotent producer's state is kept, checked with
+    /// retention (producer.id.expiration.ms).
+    #[arg(long, default_value_t = 86_400_000)]
+    producer_id_expiration_ms: i64,
     /// How long offsets of an empty group are kept (offsets.retention.minutes;
     /// fractions allowed).
     #[arg(long, default_value_t = 10_080.0)]
@@ -151,6 +155,7 @@ impl CommonArgs {
         c.num_partitions = self.num_partitions;
         c.socket_request_max_bytes = self.socket_request_max_bytes;
         c.retention_check_interval_ms = self.log_retention_check_interval_ms;
+        c.producer_id_expiration_ms = self.producer_id_expiration_ms;
         c.sync_writes = self.sync_writes;
         c.defaults = BrokerDefaults {
             retention_ms: self.log_retention_ms,

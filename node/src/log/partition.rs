@@ -48,6 +48,7 @@ fn batch_meta(h: &Header<'_>) -> BatchMeta {
         last_seq: producers::last_seq(first, h.last_offset_delta()),
         base_offset: h.base_offset(),
         last_offset: h.last_offset(),
+        max_timestamp: h.max_timestamp(),
     }
 }
 
@@ -215,6 +216,7 @@ impl PartitionLog {
                 last_seq,
                 base_offset: base,
                 last_offset: last,
+                max_timestamp: max_ts,
             };
             let e = producers::record(inner.producers.get(&producer).cloned(), epoch, meta);
             let json = serde_json::to_vec(&e).expect("producer entry serializes");
@@ -335,22 +337,44 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Idempotent producers with state here: (id, epoch, last sequence).
-    pub fn producers(&self) -> Vec<(i64, i16, i32)> {
+    /// Idempotent producers with state here: (id, epoch, last sequence,
+    /// last timestamp).
+    pub fn producers(&self) -> Vec<(i64, i16, i32, i64)> {
         let inner = self.inner.lock().expect("partition lock");
-        let mut out: Vec<(i64, i16, i32)> = inner
+        let mut out: Vec<(i64, i16, i32, i64)> = inner
             .producers
             .iter()
             .map(|(id, e)| {
-                (
-                    *id,
-                    e.epoch,
-                    e.batches.back().map(|b| b.last_seq).unwrap_or(-1),
-                )
+                let seq = e.batches.back().map(|b| b.last_seq).unwrap_or(-1);
+                (*id, e.epoch, seq, producers::last_timestamp(e))
             })
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// Forgets producers that have not written since `before` (Kafka's
+    /// `producer.id.expiration.ms`). Returns how many went.
+    pub fn expire_producers(&self, before: i64) -> store::Result<usize> {
+        let mut inner = self.inner.lock().expect("partition lock");
+        let old: Vec<i64> = inner
+            .producers
+            .iter()
+            .filter(|(_, e)| producers::last_timestamp(e) < before)
+            .map(|(id, _)| *id)
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let mut wb = WriteBatch::default();
+        for id in &old {
+            self.store.delete_producer(&mut wb, &self.prefix, *id);
+        }
+        self.store.write(wb)?;
+        for id in &old {
+            inner.producers.remove(id);
+        }
+        Ok(old.len())
     }
 
     /// The latest leader epoch in this log, -1 if none.
@@ -1135,5 +1159,50 @@ mod tests {
         .unwrap();
         assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((3, 2_000)));
         assert_eq!(log.max_timestamp_offset().unwrap(), Some((3, 2_000)));
+    }
+
+    #[test]
+    fn idle_producers_expire() {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+        let (_d, _s, log) = open();
+        let idem = |pid: i64, ts: i64| {
+            let r = Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: pid,
+                producer_epoch: 0,
+                timestamp_type: kafka_protocol::records::TimestampType::Creation,
+                offset: 0,
+                sequence: 0,
+                timestamp: ts,
+                key: None,
+                value: None,
+                headers: Default::default(),
+            };
+            let mut b = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut b,
+                [&r],
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: Compression::None,
+                },
+            )
+            .unwrap();
+            b.freeze()
+        };
+        app(&log, &idem(1, 1_000), 0, TimestampType::CreateTime, 0).unwrap();
+        app(&log, &idem(2, 5_000), 0, TimestampType::CreateTime, 0).unwrap();
+        assert_eq!(log.expire_producers(2_000).unwrap(), 1);
+        let left: Vec<i64> = log.producers().into_iter().map(|p| p.0).collect();
+        assert_eq!(left, vec![2]);
+        // The expired producer is unknown again: it must restart at sequence 0.
+        assert!(
+            !log.append(&idem(1, 6_000), 0, TimestampType::CreateTime, 0)
+                .unwrap()
+                .duplicate
+        );
     }
 }

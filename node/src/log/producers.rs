@@ -16,6 +16,9 @@ pub struct BatchMeta {
     pub last_seq: i32,
     pub base_offset: i64,
     pub last_offset: i64,
+    /// The batch's max timestamp: a producer's last activity, for expiry.
+    #[serde(default)]
+    pub max_timestamp: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +107,11 @@ pub fn check(
     Ok(Verdict::Append)
 }
 
+/// When the producer last wrote, by its latest batch's timestamp.
+pub fn last_timestamp(entry: &ProducerEntry) -> i64 {
+    entry.batches.back().map(|b| b.max_timestamp).unwrap_or(-1)
+}
+
 /// The entry after appending `batch` under `epoch`.
 pub fn record(entry: Option<ProducerEntry>, epoch: i16, batch: BatchMeta) -> ProducerEntry {
     let mut e = match entry {
@@ -131,6 +139,7 @@ mod tests {
             last_seq: last_seq(first, n - 1),
             base_offset: base,
             last_offset: base + i64::from(n) - 1,
+            max_timestamp: base,
         }
     }
 

@@ -688,12 +688,12 @@ pub fn describe_producers(
                         Some(log) => r.with_active_producers(
                             log.producers()
                                 .into_iter()
-                                .map(|(id, epoch, seq)| {
+                                .map(|(id, epoch, seq, ts)| {
                                     ProducerState::default()
                                         .with_producer_id(ProducerId(id))
                                         .with_producer_epoch(i32::from(epoch))
                                         .with_last_sequence(seq)
-                                        .with_last_timestamp(-1)
+                                        .with_last_timestamp(ts)
                                         .with_coordinator_epoch(-1)
                                         .with_current_txn_start_offset(-1)
                                 })
