@@ -193,11 +193,6 @@ impl Broker {
             let partitions = (0..record.partitions)
                 .map(|p| PartitionLog::open(store.clone(), &record.id, p).map(Arc::new))
                 .collect::<Result<Vec<_>, _>>()?;
-            // Alone, this node is every partition's whole ISR: what its log
-            // holds is committed, even if a crash beat the last checkpoint.
-            for log in &partitions {
-                log.set_high_watermark(log.log_end_offset())?;
-            }
             topics.insert(
                 name,
                 Arc::new(Topic {
@@ -453,11 +448,8 @@ impl Broker {
                 }
             }
         }
-        let appended = log.append(b, 0, topic.config.message_timestamp_type, now)?;
-        // A single replica is its own ISR: what it wrote is committed. A
-        // duplicate also moves it, in case a crash came between the append and
-        // the checkpoint of the first attempt.
-        log.set_high_watermark(log.log_end_offset())?;
+        // A single replica is its own ISR: what it writes is committed.
+        let appended = log.append_committed(b, 0, topic.config.message_timestamp_type, now)?;
         if !appended.duplicate {
             self.metrics
                 .record_append(&topic.record.name, i64::from(h.record_count()), b.len());

@@ -165,6 +165,18 @@ pub struct GroupDescription {
     pub members: Vec<(String, Option<String>, String, String, Bytes, Bytes)>,
 }
 
+/// The group named `id`, created empty if it is new.
+fn group_entry<'a>(
+    groups: &'a mut HashMap<String, Group>,
+    id: &str,
+    limits: Limits,
+    now: i64,
+) -> &'a mut Group {
+    groups
+        .entry(id.to_string())
+        .or_insert_with(|| Group::new(id, limits, now))
+}
+
 #[derive(Default)]
 struct Inner {
     groups: HashMap<String, Group>,
@@ -259,10 +271,7 @@ impl Coordinator {
                 topic,
                 partition,
             } => {
-                let g = inner
-                    .groups
-                    .entry(group.clone())
-                    .or_insert_with(|| Group::new(&group, limits, now));
+                let g = group_entry(&mut inner.groups, &group, limits, now);
                 match value.and_then(|v| serde_json::from_slice::<OffsetValue>(v).ok()) {
                     Some(v) => {
                         g.offsets.insert(
@@ -374,11 +383,7 @@ impl Coordinator {
         let rx = {
             let mut inner = self.inner.lock().expect("coordinator lock");
             let now = now_ms();
-            let limits = self.config.limits;
-            let g = inner
-                .groups
-                .entry(group.to_string())
-                .or_insert_with(|| Group::new(group, limits, now));
+            let g = group_entry(&mut inner.groups, group, self.config.limits, now);
             match g.join(args, now) {
                 Outcome::Now(r) => {
                     self.deliver(&mut inner, group);
@@ -486,11 +491,7 @@ impl Coordinator {
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
         let mut inner = self.inner.lock().expect("coordinator lock");
         let now = now_ms();
-        let limits = self.config.limits;
-        let g = inner
-            .groups
-            .entry(group.to_string())
-            .or_insert_with(|| Group::new(group, limits, now));
+        let g = group_entry(&mut inner.groups, group, self.config.limits, now);
         if let Err(e) = g.validate_commit(member, generation, instance_id) {
             if g.members.is_empty() && g.offsets.is_empty() {
                 inner.groups.remove(group);

@@ -146,13 +146,36 @@ impl PartitionLog {
     /// Appends one validated batch: checks an idempotent producer's sequence,
     /// assigns offsets from the log end, stamps LogAppendTime when asked, and
     /// writes batch, index entry, producer state and counters in one atomic
-    /// RocksDB write.
+    /// RocksDB write. The high watermark waits for the followers.
     pub fn append(
         &self,
         batch_bytes: &Bytes,
         leader_epoch: i32,
         ts_type: TimestampType,
         now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, false)
+    }
+
+    /// [`append`](Self::append) on a replica that is its partition's whole
+    /// ISR: the high watermark moves to the new log end in the same write.
+    pub fn append_committed(
+        &self,
+        batch_bytes: &Bytes,
+        leader_epoch: i32,
+        ts_type: TimestampType,
+        now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, true)
+    }
+
+    fn append_with(
+        &self,
+        batch_bytes: &Bytes,
+        leader_epoch: i32,
+        ts_type: TimestampType,
+        now_ms: i64,
+        commit: bool,
     ) -> Result<Appended, AppendError> {
         let header = Header::parse(batch_bytes).expect("validated before append");
         let producer = header.producer_id();
@@ -196,6 +219,9 @@ impl PartitionLog {
         let mut next = st;
         next.next_offset = last + 1;
         next.size_bytes += b.len() as i64;
+        if commit {
+            next.high_watermark = next.next_offset;
+        }
         let key = batch_key(&self.prefix, base);
         let mut wb = WriteBatch::default();
         if max_ts > st.max_timestamp {
@@ -234,6 +260,8 @@ impl PartitionLog {
         }
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.log_end.store(next.next_offset, Ordering::Release);
+        self.high_watermark
+            .store(next.high_watermark, Ordering::Release);
         Ok(Appended {
             base_offset: base,
             last_offset: last,
@@ -858,9 +886,7 @@ mod tests {
         ts: TimestampType,
         now: i64,
     ) -> Result<Appended, AppendError> {
-        let a = log.append(b, epoch, ts, now)?;
-        log.set_high_watermark(a.last_offset + 1)?;
-        Ok(a)
+        log.append_committed(b, epoch, ts, now)
     }
 
     fn open() -> (tempfile::TempDir, Arc<Store>, PartitionLog) {
@@ -1100,6 +1126,7 @@ mod tests {
         for _ in 0..3 {
             app(&log, &b, 0, TimestampType::CreateTime, 0).unwrap();
         }
+        assert_eq!(log.high_watermark(), 30);
         assert_eq!(log.delete_records_before(15).unwrap(), 15);
         assert_eq!(log.log_start_offset(), 15);
         assert_eq!(log.size_bytes(), 2 * b.len() as i64);
