@@ -7,7 +7,7 @@
 //! reset to itself. Every change of leader bumps the leader epoch.
 
 /// What the cluster metadata says about a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionRecord {
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
@@ -74,6 +74,28 @@ pub fn elect(
     })
 }
 
+/// Removes followers on nodes that are gone from the ISR of a partition
+/// whose leader is alive, as Kafka's controller does when a broker's session
+/// ends, so `acks=all` writes need not wait `replica.lag.time.max.ms` for
+/// them. The leader stays; a partition without a live leader is left to
+/// [`elect`]. The leader epoch does not change.
+pub fn without_dead_followers(
+    current: &PartitionRecord,
+    alive: impl Fn(i32) -> bool,
+) -> Option<PartitionRecord> {
+    let leader = current.leader.filter(|l| alive(*l))?;
+    let isr: Vec<i32> = current
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| *r == leader || alive(*r))
+        .collect();
+    (isr != current.isr).then(|| PartitionRecord {
+        isr,
+        ..current.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +154,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!((unclean.leader, unclean.isr), (Some(2), vec![2]));
+    }
+
+    #[test]
+    fn dead_followers_leave_the_isr_of_a_live_leader() {
+        let p = PartitionRecord::new(vec![1, 2, 3]);
+        let d = without_dead_followers(&p, |r| r != 3).unwrap();
+        assert_eq!((d.isr, d.leader, d.leader_epoch), (vec![1, 2], Some(1), 0));
+        assert_eq!(without_dead_followers(&p, |_| true), None);
+        // A dead leader is for election to handle.
+        assert_eq!(without_dead_followers(&p, |r| r != 1), None);
     }
 
     proptest! {

@@ -1,16 +1,22 @@
-//! The node's topics and partitions: creation, deletion, growth, appends,
-//! reads, and retention. Protocol handlers call in here; nothing in this
-//! module knows about the wire format of requests.
+//! The node's topics and partitions: creation, deletion, growth (through
+//! the cluster's metadata), appends as leader, reads, and retention.
+//! Protocol handlers call in here; nothing in this module knows about the
+//! wire format of requests.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use serde::{Deserialize, Serialize};
+use sluice_api::{isr, placement};
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+use crate::cluster::View;
+use crate::coord::{CoordError, Coordination, PartitionKey, PartitionRecord, TopicSpec};
+use crate::replication::replica::{Replica, Role, Transition};
 
 use crate::config::{validate_topic_name, ConfigError, NodeConfig, TopicConfig};
 use crate::log::batch::{self, BatchError, Header};
@@ -25,27 +31,42 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// What a topic is, as persisted in the `meta` column family.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TopicRecord {
-    pub name: String,
-    pub id: Uuid,
-    pub partitions: i32,
-    pub replication_factor: i16,
-    #[serde(default)]
-    pub configs: BTreeMap<String, String>,
+/// What a topic is, as persisted in the `meta` column family: the
+/// coordination's topic spec as this node last applied it.
+pub type TopicRecord = TopicSpec;
+
+/// One partition on this node: its log and its replica role.
+pub struct Partition {
+    pub log: Arc<PartitionLog>,
+    pub replica: Arc<Replica>,
+}
+
+impl std::ops::Deref for Partition {
+    type Target = PartitionLog;
+    fn deref(&self) -> &PartitionLog {
+        &self.log
+    }
+}
+
+impl Partition {
+    fn open(store: &Arc<Store>, id: &Uuid, p: i32) -> Result<Arc<Partition>, StoreError> {
+        Ok(Arc::new(Partition {
+            log: Arc::new(PartitionLog::open(store.clone(), id, p)?),
+            replica: Arc::new(Replica::default()),
+        }))
+    }
 }
 
 /// A live topic. Immutable: changes replace the whole value in the registry,
-/// sharing the partition logs that stay.
+/// sharing the partitions that stay.
 pub struct Topic {
     pub record: TopicRecord,
     pub config: TopicConfig,
-    pub partitions: Vec<Arc<PartitionLog>>,
+    pub partitions: Vec<Arc<Partition>>,
 }
 
 impl Topic {
-    pub fn partition(&self, p: i32) -> Option<&Arc<PartitionLog>> {
+    pub fn partition(&self, p: i32) -> Option<&Arc<Partition>> {
         usize::try_from(p).ok().and_then(|i| self.partitions.get(i))
     }
 }
@@ -146,17 +167,37 @@ pub struct NewTopic {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// A manual replica assignment (CreateTopics with assignments).
+    pub assignment: Option<Vec<Vec<i32>>>,
 }
+
+/// How long admin requests wait for this node to see their own change.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Broker {
     pub config: NodeConfig,
     pub cluster_id: String,
     pub metrics: Arc<Metrics>,
+    pub coord: Arc<dyn Coordination>,
     store: Arc<Store>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Woken after every append, so long-polling fetches re-check.
+    view: RwLock<Arc<View>>,
+    /// Woken after every append, high watermark move and role change, so
+    /// long-polling fetches and waiting produces re-check.
     appended: Notify,
+    /// Woken after every view applied.
+    applied: Notify,
     producer_ids: std::sync::Mutex<ProducerIdBlock>,
+    /// Until when (ms on [`mono_ms`]'s clock) this node may act as a leader:
+    /// a little less than a lease after its last successful renewal began.
+    lease_valid_until: AtomicI64,
+    me: std::sync::Weak<Broker>,
+}
+
+/// Milliseconds on a monotonic clock local to this process.
+pub fn mono_ms() -> i64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
 /// Producer ids are the node id in the high bits and a counter below, so they
@@ -172,14 +213,54 @@ const PRODUCER_ID_NODE_SHIFT: u32 = 40;
 
 const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
 
+fn not_leader(topic: &str, partition: i32, role: &Role) -> KafkaError {
+    let who = match role {
+        Role::Follower { leader, .. } => format!("node {leader} leads it"),
+        Role::Leader { .. } => "this node's lease is not current".to_string(),
+        Role::None => "it has no leader on this node".to_string(),
+    };
+    KafkaError::new(
+        ResponseError::NotLeaderOrFollower,
+        format!("this node does not lead {topic}-{partition}: {who}"),
+    )
+}
+
+fn no_partition(topic: &str, partition: i32) -> KafkaError {
+    KafkaError::new(
+        ResponseError::UnknownTopicOrPartition,
+        format!("{topic}-{partition} does not exist"),
+    )
+}
+
+fn coord_error(e: CoordError) -> KafkaError {
+    match e {
+        CoordError::AlreadyExists(m) => KafkaError::new(ResponseError::TopicAlreadyExists, m),
+        CoordError::NotFound(m) => KafkaError::new(ResponseError::UnknownTopicOrPartition, m),
+        CoordError::Conflict(m) => {
+            KafkaError::new(ResponseError::ConcurrentTransactions, format!("{m}; retry"))
+        }
+        CoordError::Backend(m) => KafkaError::new(ResponseError::UnknownServerError, m),
+    }
+}
+
+fn invalid_assignment(m: String) -> KafkaError {
+    KafkaError::new(ResponseError::InvalidReplicaAssignment, m)
+}
+
 impl Broker {
-    /// Opens the node's store and loads every topic it holds.
-    pub fn open(config: NodeConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Broker>> {
+    /// Opens the node's store and loads every topic it holds. Roles come
+    /// with the first view of the cluster ([`apply_view`](Self::apply_view)).
+    pub fn open(
+        config: NodeConfig,
+        metrics: Arc<Metrics>,
+        coord: Arc<dyn Coordination>,
+    ) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("rocksdb"), config.sync_writes)?;
-        let cluster_id = match store.get_meta("cluster_id")? {
-            Some(v) => String::from_utf8_lossy(&v).into_owned(),
-            None => {
+        let cluster_id = match (&config.cluster_id, store.get_meta("cluster_id")?) {
+            (Some(id), _) => id.clone(),
+            (None, Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+            (None, None) => {
                 let id = Uuid::new_v4().simple().to_string()[..22].to_string();
                 store.put_meta("cluster_id", id.as_bytes())?;
                 id
@@ -189,33 +270,48 @@ impl Broker {
         for (name, json) in store.list_topics()? {
             let record: TopicRecord = serde_json::from_slice(&json)
                 .map_err(|e| anyhow::anyhow!("topic {name} has unreadable metadata: {e}"))?;
-            let config = config.defaults.resolve(&record.configs)?;
+            let tc = config.defaults.resolve(&record.configs)?;
             let partitions = (0..record.partitions)
-                .map(|p| PartitionLog::open(store.clone(), &record.id, p).map(Arc::new))
+                .map(|p| Partition::open(&store, &record.id, p))
                 .collect::<Result<Vec<_>, _>>()?;
             topics.insert(
                 name,
                 Arc::new(Topic {
                     record,
-                    config,
+                    config: tc,
                     partitions,
                 }),
             );
         }
         tracing::info!(topics = topics.len(), cluster_id, "store opened");
-        Ok(Arc::new(Broker {
+        Ok(Arc::new_cyclic(|me| Broker {
+            me: me.clone(),
             config,
             cluster_id,
             metrics,
+            coord,
             store,
             topics: RwLock::new(topics),
+            view: RwLock::new(Arc::new(View::default())),
             appended: Notify::new(),
+            applied: Notify::new(),
             producer_ids: std::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
+            lease_valid_until: AtomicI64::new(i64::MIN),
         }))
     }
 
     pub fn node_id(&self) -> i32 {
         self.config.node_id
+    }
+
+    /// This broker as an `Arc`, for tasks it starts.
+    pub fn me(&self) -> Option<Arc<Broker>> {
+        self.me.upgrade()
+    }
+
+    /// Wakes long-polling fetches and waiting produces to re-check.
+    pub fn wake(&self) {
+        self.appended.notify_waiters();
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -240,6 +336,25 @@ impl Broker {
             .collect()
     }
 
+    /// The cluster as this node last read it.
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().expect("view lock").clone()
+    }
+
+    /// A renewal of this node's lease that began at `sent_mono_ms`
+    /// succeeded: leading is allowed until 60% of a lease after it, well
+    /// before the lease can lapse and a controller can elect someone else.
+    pub fn lease_renewed(&self, sent_mono_ms: i64) {
+        let until = sent_mono_ms + self.config.lease_duration_ms * 3 / 5;
+        self.lease_valid_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether this node must not act as a leader now: its lease may be
+    /// about to lapse (self-fencing).
+    pub fn fenced(&self) -> bool {
+        mono_ms() >= self.lease_valid_until.load(Ordering::Acquire)
+    }
+
     /// A new producer id, unique across the cluster and across restarts.
     pub fn allocate_producer_id(&self) -> KResult<i64> {
         let mut block = self.producer_ids.lock().expect("producer id lock");
@@ -258,9 +373,18 @@ impl Broker {
         Ok((i64::from(self.node_id()) << PRODUCER_ID_NODE_SHIFT) | counter)
     }
 
-    /// Number of nodes replicas can be placed on. One until replication lands.
-    pub fn live_nodes(&self) -> i32 {
-        1
+    /// Nodes replicas can be placed on: those with a live lease.
+    pub fn live_nodes(&self) -> Vec<placement::Node> {
+        let now = now_ms();
+        self.view()
+            .nodes
+            .iter()
+            .filter(|n| n.alive(now))
+            .map(|n| placement::Node {
+                id: n.info.id,
+                rack: n.info.rack.clone(),
+            })
+            .collect()
     }
 
     fn persist(&self, record: &TopicRecord) -> KResult<()> {
@@ -271,11 +395,123 @@ impl Broker {
         Ok(())
     }
 
-    /// Checks a creation request without changing anything.
-    pub fn validate_new_topic(&self, t: &NewTopic) -> KResult<TopicConfig> {
+    /// Makes this node's topics and replica roles match the cluster's
+    /// metadata: creates, grows, reconfigures and deletes local topics, then
+    /// applies every partition record. Returns the role changes.
+    pub fn apply_view(&self, view: View) -> KResult<Vec<(String, i32, Transition)>> {
+        let me = self.node_id();
+        // The view first: whoever sees a topic change below also sees the
+        // metadata it came from (the versions the next change is based on).
+        let view = Arc::new(view);
+        *self.view.write().expect("view lock") = view.clone();
+        let mut removed = vec![];
+        {
+            let mut topics = self.topics.write().expect("topics lock");
+            let gone: Vec<String> = topics
+                .iter()
+                .filter(|(name, t)| {
+                    view.topics
+                        .get(*name)
+                        .is_none_or(|v| v.value.id != t.record.id)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                let t = topics.remove(&name).expect("listed");
+                let mut wb = rocksdb::WriteBatch::default();
+                self.store.delete_topic(&mut wb, &name);
+                self.store.write(wb)?;
+                tracing::info!(topic = %name, "topic deleted");
+                removed.push(t);
+            }
+            for (name, spec) in &view.topics {
+                let spec = &spec.value;
+                let current = topics.get(name).cloned();
+                if current.as_ref().is_some_and(|t| t.record == *spec) {
+                    continue;
+                }
+                let config = self.config.defaults.resolve(&spec.configs).unwrap_or_else(|e| {
+                    tracing::warn!(topic = %name, error = %e, "stored topic configs are invalid here; using defaults");
+                    self.config
+                        .defaults
+                        .resolve(&BTreeMap::new())
+                        .expect("defaults are valid")
+                });
+                let mut partitions = current
+                    .as_ref()
+                    .map(|t| t.partitions.clone())
+                    .unwrap_or_default();
+                for p in partitions.len() as i32..spec.partitions {
+                    partitions.push(Partition::open(&self.store, &spec.id, p)?);
+                }
+                self.persist(spec)?;
+                match &current {
+                    None => {
+                        tracing::info!(topic = %name, partitions = spec.partitions, "topic created")
+                    }
+                    Some(_) => {
+                        tracing::info!(topic = %name, partitions = spec.partitions, configs = ?spec.configs, "topic changed")
+                    }
+                }
+                topics.insert(
+                    name.clone(),
+                    Arc::new(Topic {
+                        record: spec.clone(),
+                        config,
+                        partitions,
+                    }),
+                );
+            }
+        }
+        for t in removed {
+            for p in &t.partitions {
+                p.replica.apply(me, None, 0);
+                p.log.destroy()?;
+            }
+        }
+        let now = now_ms();
+        let mut transitions = vec![];
+        for t in self.topics() {
+            let records = view.topic_records(&t.record.name);
+            for (i, p) in t.partitions.iter().enumerate() {
+                let rec = records
+                    .and_then(|r| r.get(i))
+                    .and_then(|r| r.as_ref())
+                    .map(|v| (&v.value, v.version));
+                let tr = p.replica.apply(me, rec, now);
+                if tr != Transition::Unchanged {
+                    tracing::info!(topic = %t.record.name, partition = i, transition = ?tr, role = ?p.replica.role(), "replica role changed");
+                    transitions.push((t.record.name.clone(), i as i32, tr));
+                }
+            }
+        }
+        self.applied.notify_waiters();
+        self.appended.notify_waiters();
+        Ok(transitions)
+    }
+
+    /// Waits until this node has applied a view in which `done` holds.
+    async fn until_applied(&self, what: &str, done: impl Fn(&Broker) -> bool) -> KResult<()> {
+        let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;
+        loop {
+            let notified = self.applied.notified();
+            if done(self) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(KafkaError::new(
+                    ResponseError::RequestTimedOut,
+                    format!("{what} was stored but this node has not seen it yet"),
+                ));
+            }
+        }
+    }
+
+    /// Checks a creation request and places its replicas, changing nothing.
+    pub fn plan_new_topic(&self, t: &NewTopic) -> KResult<(TopicConfig, Vec<Vec<i32>>)> {
         validate_topic_name(&t.name)
             .map_err(|m| KafkaError::new(ResponseError::InvalidTopicException, m))?;
-        if self.topic(&t.name).is_some() {
+        if self.topic(&t.name).is_some() || self.view().topics.contains_key(&t.name) {
             return Err(KafkaError::new(
                 ResponseError::TopicAlreadyExists,
                 format!("topic {} already exists", t.name),
@@ -290,137 +526,281 @@ impl Broker {
                 ),
             ));
         }
-        if t.replication_factor < 1 || i32::from(t.replication_factor) > self.live_nodes() {
+        let nodes = self.live_nodes();
+        if t.replication_factor < 1 || usize::from(t.replication_factor as u16) > nodes.len() {
             return Err(KafkaError::new(
                 ResponseError::InvalidReplicationFactor,
                 format!(
                     "replication factor {} is not possible with {} live node(s)",
                     t.replication_factor,
-                    self.live_nodes()
+                    nodes.len()
                 ),
             ));
         }
-        Ok(self.config.defaults.resolve(&t.configs)?)
+        let config = self.config.defaults.resolve(&t.configs)?;
+        let assignment = match &t.assignment {
+            Some(a) => {
+                self.check_assignment(a, &nodes)?;
+                a.clone()
+            }
+            None => placement::assign(
+                &nodes,
+                &[],
+                t.partitions as usize,
+                t.replication_factor as usize,
+            )
+            .map_err(|e| KafkaError::new(ResponseError::InvalidReplicationFactor, e.to_string()))?,
+        };
+        Ok((config, assignment))
     }
 
-    pub fn create_topic(&self, t: NewTopic) -> KResult<Arc<Topic>> {
-        let config = self.validate_new_topic(&t)?;
-        let mut topics = self.topics.write().expect("topics lock");
-        if topics.contains_key(&t.name) {
-            return Err(KafkaError::new(
-                ResponseError::TopicAlreadyExists,
-                format!("topic {} already exists", t.name),
-            ));
+    fn check_assignment(&self, a: &[Vec<i32>], nodes: &[placement::Node]) -> KResult<()> {
+        for (p, replicas) in a.iter().enumerate() {
+            let mut seen = replicas.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if replicas.is_empty() || seen.len() != replicas.len() {
+                return Err(invalid_assignment(format!(
+                    "partition {p}: replicas {replicas:?} must be distinct and not empty"
+                )));
+            }
+            if let Some(r) = replicas.iter().find(|r| !nodes.iter().any(|n| n.id == **r)) {
+                return Err(invalid_assignment(format!(
+                    "partition {p}: node {r} is not a live node ({:?})",
+                    nodes.iter().map(|n| n.id).collect::<Vec<_>>()
+                )));
+            }
         }
-        let record = TopicRecord {
+        Ok(())
+    }
+
+    /// Creates a topic: places its replicas, stores it in the cluster's
+    /// metadata and returns once this node serves it.
+    pub async fn create_topic(&self, t: NewTopic) -> KResult<Arc<Topic>> {
+        let (_, assignment) = self.plan_new_topic(&t)?;
+        let spec = TopicSpec {
             name: t.name.clone(),
             id: Uuid::new_v4(),
             partitions: t.partitions,
             replication_factor: t.replication_factor,
             configs: t.configs,
         };
-        let partitions = (0..record.partitions)
-            .map(|p| PartitionLog::open(self.store.clone(), &record.id, p).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.persist(&record)?;
-        tracing::info!(topic = %record.name, partitions = record.partitions, "topic created");
-        let topic = Arc::new(Topic {
-            record,
-            config,
-            partitions,
-        });
-        topics.insert(t.name, topic.clone());
-        Ok(topic)
+        let id = spec.id;
+        let records = assignment.into_iter().map(PartitionRecord::new).collect();
+        self.coord
+            .create_topic(spec, records)
+            .await
+            .map_err(coord_error)?;
+        self.until_applied("the new topic", |b| {
+            b.topic(&t.name).is_some_and(|x| x.record.id == id)
+        })
+        .await?;
+        self.topic(&t.name).ok_or_else(|| no_such_topic(&t.name))
     }
 
     /// Creates a topic with the node's defaults when auto-creation is on.
-    pub fn auto_create(&self, name: &str) -> KResult<Arc<Topic>> {
-        match self.create_topic(NewTopic {
-            name: name.to_string(),
-            partitions: self.config.num_partitions,
-            replication_factor: self.config.default_replication_factor,
-            configs: BTreeMap::new(),
-        }) {
-            Err(e) if e.code == ResponseError::TopicAlreadyExists => self
-                .topic(name)
-                .ok_or_else(|| KafkaError::new(ResponseError::UnknownTopicOrPartition, name)),
+    pub async fn auto_create(&self, name: &str) -> KResult<Arc<Topic>> {
+        let rf = self
+            .config
+            .default_replication_factor
+            .min(self.live_nodes().len().max(1) as i16);
+        match self
+            .create_topic(NewTopic {
+                name: name.to_string(),
+                partitions: self.config.num_partitions,
+                replication_factor: rf,
+                configs: BTreeMap::new(),
+                assignment: None,
+            })
+            .await
+        {
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => {
+                self.until_applied("the topic", |b| b.topic(name).is_some())
+                    .await?;
+                self.topic(name).ok_or_else(|| no_such_topic(name))
+            }
             other => other,
         }
     }
 
-    pub fn delete_topic(&self, name: &str) -> KResult<Uuid> {
+    pub async fn delete_topic(&self, name: &str) -> KResult<Uuid> {
         refuse_internal(name)?;
-        let topic = {
-            let mut topics = self.topics.write().expect("topics lock");
-            let topic = topics.remove(name).ok_or_else(|| no_such_topic(name))?;
-            let mut wb = rocksdb::WriteBatch::default();
-            self.store.delete_topic(&mut wb, name);
-            self.store.write(wb)?;
-            topic
-        };
-        for p in &topic.partitions {
-            p.destroy()?;
-        }
-        // Fetches waiting on the deleted partitions re-check and see it gone.
-        self.appended.notify_waiters();
-        tracing::info!(topic = name, "topic deleted");
-        Ok(topic.record.id)
+        let id = self
+            .view()
+            .topics
+            .get(name)
+            .map(|t| t.value.id)
+            .ok_or_else(|| no_such_topic(name))?;
+        self.coord.delete_topic(name).await.map_err(coord_error)?;
+        self.until_applied("the deletion", |b| {
+            b.topic(name).is_none_or(|t| t.record.id != id)
+        })
+        .await?;
+        Ok(id)
     }
 
-    /// Grows a topic to `count` partitions (CreatePartitions).
-    pub fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> KResult<()> {
+    /// A topic's spec as stored now (not as last applied here), for a
+    /// compare-and-swap based on it.
+    async fn stored_topic(&self, name: &str) -> KResult<crate::coord::Versioned<TopicSpec>> {
+        self.coord
+            .topics()
+            .await
+            .map_err(coord_error)?
+            .into_iter()
+            .find(|t| t.value.name == name)
+            .ok_or_else(|| no_such_topic(name))
+    }
+
+    /// Grows a topic to `count` partitions (CreatePartitions), placing the
+    /// new ones with the placement rules or as `assignment` says.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignment: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+    ) -> KResult<()> {
         refuse_internal(name)?;
-        let mut topics = self.topics.write().expect("topics lock");
-        let topic = topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| no_such_topic(name))?;
-        let have = topic.record.partitions;
+        let view = self.view();
+        let spec = &self.stored_topic(name).await?;
+        let have = spec.value.partitions;
         if count <= have || count > MAX_PARTITIONS_PER_TOPIC {
             return Err(KafkaError::new(
                 ResponseError::InvalidPartitions,
                 format!("topic {name} has {have} partitions; the new count must be larger (and at most {MAX_PARTITIONS_PER_TOPIC}), got {count}"),
             ));
         }
+        let nodes = self.live_nodes();
+        let existing: Vec<Vec<i32>> = view
+            .topic_records(name)
+            .map(|r| {
+                r.iter()
+                    .map(|p| {
+                        p.as_ref()
+                            .map(|v| v.value.replicas.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let added: Vec<Vec<i32>> = match assignment {
+            Some(a) => {
+                if a.len() != (count - have) as usize {
+                    return Err(invalid_assignment(format!(
+                        "{} assignments given for {} new partitions",
+                        a.len(),
+                        count - have
+                    )));
+                }
+                self.check_assignment(&a, &nodes)?;
+                a
+            }
+            None => {
+                let rf = usize::from(spec.value.replication_factor as u16);
+                let all =
+                    placement::assign(&nodes, &existing, count as usize, rf).map_err(|e| {
+                        KafkaError::new(ResponseError::InvalidReplicationFactor, e.to_string())
+                    })?;
+                all[have as usize..].to_vec()
+            }
+        };
         if validate_only {
             return Ok(());
         }
-        let mut record = topic.record.clone();
-        record.partitions = count;
-        let mut partitions = topic.partitions.clone();
-        for p in have..count {
-            partitions.push(Arc::new(PartitionLog::open(
-                self.store.clone(),
-                &record.id,
-                p,
-            )?));
+        for (i, replicas) in added.into_iter().enumerate() {
+            let key = PartitionKey::new(name, have + i as i32);
+            match self
+                .coord
+                .create_partition(&key, PartitionRecord::new(replicas))
+                .await
+            {
+                Ok(_) | Err(CoordError::AlreadyExists(_)) => {}
+                Err(e) => return Err(coord_error(e)),
+            }
         }
-        self.persist(&record)?;
-        tracing::info!(topic = name, from = have, to = count, "partitions added");
-        topics.insert(
-            name.to_string(),
-            Arc::new(Topic {
-                record,
-                config: topic.config.clone(),
-                partitions,
-            }),
-        );
-        Ok(())
+        let mut next = spec.value.clone();
+        next.partitions = count;
+        self.coord
+            .update_topic(next, spec.version)
+            .await
+            .map_err(coord_error)?;
+        self.until_applied("the new partitions", |b| {
+            b.topic(name).is_some_and(|t| t.record.partitions == count)
+        })
+        .await
     }
 
-    /// Validates and appends the `records` of one produce partition.
+    /// Replaces a topic's dynamic configs as a whole (AlterConfigs, and
+    /// IncrementalAlterConfigs after its operations are applied). Validated
+    /// first; nothing changes unless everything is valid. Takes effect at once:
+    /// appends, fetches and retention read the topic's config on every use.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> KResult<()> {
+        refuse_internal(name)?;
+        let spec = self.stored_topic(name).await?;
+        self.config.defaults.resolve(&configs)?;
+        if validate_only {
+            return Ok(());
+        }
+        let mut next = spec.value.clone();
+        next.configs = configs.clone();
+        self.coord
+            .update_topic(next, spec.version)
+            .await
+            .map_err(coord_error)?;
+        self.until_applied("the new configs", |b| {
+            b.topic(name).is_some_and(|t| t.record.configs == configs)
+        })
+        .await
+    }
+
+    /// A partition this node leads, for a client at `current_leader_epoch`
+    /// (-1 when the client does not know it).
+    pub fn leader_partition(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> KResult<Arc<Partition>> {
+        let name = &topic.record.name;
+        let p = topic
+            .partition(partition)
+            .ok_or_else(|| no_partition(name, partition))?;
+        let role = p.replica.role();
+        let Role::Leader { epoch, .. } = role else {
+            return Err(not_leader(name, partition, &role));
+        };
+        match current_leader_epoch {
+            e if e < 0 || e == epoch => Ok(p.clone()),
+            e if e < epoch => Err(KafkaError::new(
+                ResponseError::FencedLeaderEpoch,
+                format!("leader epoch {e} of {name}-{partition} is older than {epoch}"),
+            )),
+            e => Err(KafkaError::new(
+                ResponseError::UnknownLeaderEpoch,
+                format!("leader epoch {e} of {name}-{partition} is newer than {epoch}"),
+            )),
+        }
+    }
+
+    /// Validates and appends the `records` of one produce partition as its
+    /// leader. With `acks=all` the ISR must hold `min.insync.replicas`
+    /// first; the caller then waits with [`wait_replicated`](Self::wait_replicated).
     pub fn append(
         &self,
         topic: &Topic,
         partition: i32,
         records: Option<&Bytes>,
+        acks: i16,
     ) -> KResult<Appended> {
-        let log = topic.partition(partition).ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {} has no partition {partition}", topic.record.name),
-            )
-        })?;
+        let name = &topic.record.name;
+        let p = topic
+            .partition(partition)
+            .ok_or_else(|| no_partition(name, partition))?;
         let records = records.ok_or_else(|| {
             KafkaError::new(
                 ResponseError::InvalidRecord,
@@ -448,19 +828,90 @@ impl Broker {
                 }
             }
         }
-        // A single replica is its own ISR: what it writes is committed.
-        let appended = log.append_committed(b, 0, topic.config.message_timestamp_type, now)?;
+        if self.fenced() {
+            return Err(not_leader(name, partition, &p.replica.role()));
+        }
+        let me = self.node_id();
+        let min_isr = topic.config.min_insync_replicas;
+        let appended = p
+            .replica
+            .with_leader(me, |v| {
+                if acks == -1 && !isr::enough_replicas(v.isr_len, min_isr) {
+                    return Err(KafkaError::new(
+                        ResponseError::NotEnoughReplicas,
+                        format!(
+                            "{name}-{partition} has {} in-sync replica(s); min.insync.replicas is {min_isr}",
+                            v.isr_len
+                        ),
+                    ));
+                }
+                let ts = topic.config.message_timestamp_type;
+                // A replica that is its partition's whole ISR commits at once.
+                let r = if v.alone {
+                    p.log.append_committed(b, v.epoch, ts, now)
+                } else {
+                    p.log.append(b, v.epoch, ts, now)
+                };
+                r.map_err(KafkaError::from)
+            })
+            .map_err(|role| not_leader(name, partition, &role))??;
         if !appended.duplicate {
             self.metrics
-                .record_append(&topic.record.name, i64::from(h.record_count()), b.len());
+                .record_append(name, i64::from(h.record_count()), b.len());
+            p.replica.leader_appended(me, &p.log)?;
             self.appended.notify_waiters();
         }
         Ok(appended)
     }
 
+    /// Waits until `offset` is below the high watermark of a partition this
+    /// node leads (an `acks=all` produce), then checks the ISR still holds
+    /// `min.insync.replicas`.
+    pub async fn wait_replicated(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        offset: i64,
+        timeout: Duration,
+    ) -> KResult<()> {
+        let name = &topic.record.name;
+        let p = topic
+            .partition(partition)
+            .ok_or_else(|| no_partition(name, partition))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.appended.notified();
+            let role = p.replica.role();
+            let Role::Leader { isr, .. } = &role else {
+                return Err(not_leader(name, partition, &role));
+            };
+            if p.log.high_watermark() > offset {
+                let min_isr = topic.config.min_insync_replicas;
+                if !isr::enough_replicas(isr.len(), min_isr) {
+                    return Err(KafkaError::new(
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                        format!(
+                            "written, but {name}-{partition} has {} in-sync replica(s) now; min.insync.replicas is {min_isr}",
+                            isr.len()
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(KafkaError::new(
+                    ResponseError::RequestTimedOut,
+                    format!(
+                        "{name}-{partition}: offset {offset} not replicated to the ISR in time"
+                    ),
+                ));
+            }
+        }
+    }
+
     /// Appends records written by the node itself (group coordinator state)
     /// as one uncompressed batch: (key, value) pairs, `None` values being
-    /// tombstones.
+    /// tombstones. Like `acks=all`: wait with [`wait_replicated`](Self::wait_replicated).
     pub fn append_internal(
         &self,
         topic: &str,
@@ -475,55 +926,17 @@ impl Broker {
             kafka_protocol::records::Compression::None,
         )
         .map_err(|e| KafkaError::new(ResponseError::UnknownServerError, e.to_string()))?;
-        self.append(&t, partition, Some(&batch))
+        self.append(&t, partition, Some(&batch), -1)
     }
 
-    /// Replaces a topic's dynamic configs as a whole (AlterConfigs, and
-    /// IncrementalAlterConfigs after its operations are applied). Validated
-    /// first; nothing changes unless everything is valid. Takes effect at once:
-    /// appends, fetches and retention read the topic's config on every use.
-    pub fn alter_topic_configs(
-        &self,
-        name: &str,
-        configs: BTreeMap<String, String>,
-        validate_only: bool,
-    ) -> KResult<()> {
-        refuse_internal(name)?;
-        let mut topics = self.topics.write().expect("topics lock");
-        let topic = topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| no_such_topic(name))?;
-        let config = self.config.defaults.resolve(&configs)?;
-        if validate_only {
-            return Ok(());
-        }
-        let mut record = topic.record.clone();
-        record.configs = configs;
-        self.persist(&record)?;
-        tracing::info!(topic = name, configs = ?record.configs, "topic configs changed");
-        topics.insert(
-            name.to_string(),
-            Arc::new(Topic {
-                record,
-                config,
-                partitions: topic.partitions.clone(),
-            }),
-        );
-        Ok(())
-    }
-
-    /// DeleteRecords on one partition: `offset` -1 means the high watermark.
-    /// Returns the new log start offset (the low watermark).
+    /// DeleteRecords on one partition this node leads: `offset` -1 means
+    /// the high watermark. Returns the new log start offset (the low
+    /// watermark). Followers keep their own prefix until retention or a
+    /// reset moves it; the leader's start offset is what clients see.
     pub fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> KResult<i64> {
         refuse_internal(topic)?;
         let t = self.topic(topic).ok_or_else(|| no_such_topic(topic))?;
-        let log = t.partition(partition).ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("{topic}-{partition} does not exist"),
-            )
-        })?;
+        let log = self.leader_partition(&t, partition, -1)?;
         let hw = log.high_watermark();
         let offset = if offset == -1 { hw } else { offset };
         if offset < 0 || offset > hw {
@@ -534,7 +947,6 @@ impl Broker {
         }
         Ok(log.delete_records_before(offset)?)
     }
-
     /// Reads from a partition for a consumer, checking the offset range.
     pub fn read(
         &self,

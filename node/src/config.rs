@@ -39,6 +39,22 @@ pub struct NodeConfig {
     /// How long an idle idempotent producer's state is kept
     /// (`producer.id.expiration.ms`).
     pub producer_id_expiration_ms: i64,
+    /// Where followers fetch from this node (gRPC); port 0 picks one.
+    pub replication_listen: SocketAddr,
+    /// Host followers are told to connect to (default: the listen address).
+    pub replication_advertised_host: Option<String>,
+    /// How long a node lease lasts; renewed every fifth of it. A node stops
+    /// leading when 60% of it passed without a successful renewal.
+    pub lease_duration_ms: i64,
+    /// A follower that has not caught up for this long leaves the ISR
+    /// (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: i64,
+    /// How long `acks=all` produces and commits wait for the ISR when the
+    /// request sets no timeout.
+    pub replication_timeout_ms: i64,
+    /// The cluster's id, shared by its nodes; `None` keeps (or makes) one
+    /// in the node's store.
+    pub cluster_id: Option<String>,
 }
 
 impl NodeConfig {
@@ -60,6 +76,12 @@ impl NodeConfig {
             sync_writes: false,
             groups: crate::group::GroupConfig::default(),
             producer_id_expiration_ms: 86_400_000,
+            replication_listen: "127.0.0.1:0".parse().expect("static address"),
+            replication_advertised_host: None,
+            lease_duration_ms: 10_000,
+            replica_lag_time_max_ms: 30_000,
+            replication_timeout_ms: 30_000,
+            cluster_id: None,
         }
     }
 }

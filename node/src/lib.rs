@@ -10,11 +10,15 @@
 //! - [`replication`]: followers pulling from leaders over gRPC;
 //! - [`coord`]: cluster metadata (node leases, topics, partition records)
 //!   behind one trait, with an in-memory backend;
+//! - [`cluster`]: the node's lease and self-fencing, applying the metadata
+//!   (topics, replica roles, follower sessions, ISR changes), and the
+//!   controller that elects leaders;
 //! - [`group`]: the group coordinator and committed offsets;
 //! - [`config`]: node settings and topic config validation (pure);
 //! - [`metrics`] and [`http`]: Prometheus metrics and health on the admin port.
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod coord;
 pub mod group;

@@ -43,6 +43,12 @@ struct DevArgs {
     /// Directory holding the node's RocksDB data; created if missing.
     #[arg(long, default_value = "sluice-data", env = "SLUICE_DATA_DIR")]
     data_dir: PathBuf,
+    /// Run a cluster of this many nodes in one process: node i listens on
+    /// the base ports plus i and keeps its data in <data-dir>/node-i. Lines
+    /// `stop I` and `start I` on stdin stop (as a crash would) and restart
+    /// node I; `stats` prints the coordination write count.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    nodes: u16,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -64,6 +70,13 @@ struct ServeArgs {
     /// Rack (zone) of this node, reported to clients.
     #[arg(long, env = "SLUICE_RACK")]
     rack: Option<String>,
+    /// Replication (gRPC) listener address followers fetch from.
+    #[arg(
+        long,
+        default_value = "0.0.0.0:9095",
+        env = "SLUICE_REPLICATION_LISTEN"
+    )]
+    replication_listen: SocketAddr,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -130,6 +143,21 @@ struct CommonArgs {
     /// How often expired offsets are removed (offsets.retention.check.interval.ms).
     #[arg(long, default_value_t = 600_000)]
     offsets_retention_check_interval_ms: u64,
+    /// Default replication factor of new topics (default.replication.factor);
+    /// `sluice dev --nodes N` raises it to min(N, 3).
+    #[arg(long, default_value_t = 1)]
+    default_replication_factor: i16,
+    /// Default min.insync.replicas of topics.
+    #[arg(long, default_value_t = 1)]
+    min_insync_replicas: i32,
+    /// How long a node's lease lasts, in ms; renewed every fifth of it. A node
+    /// that cannot renew stops leading after 60% of it.
+    #[arg(long, default_value_t = 10_000)]
+    lease_duration_ms: i64,
+    /// A follower that has not caught up for this long leaves the ISR
+    /// (replica.lag.time.max.ms).
+    #[arg(long, default_value_t = 30_000)]
+    replica_lag_time_max_ms: i64,
 }
 
 impl CommonArgs {
@@ -157,6 +185,9 @@ impl CommonArgs {
         c.retention_check_interval_ms = self.log_retention_check_interval_ms;
         c.producer_id_expiration_ms = self.producer_id_expiration_ms;
         c.sync_writes = self.sync_writes;
+        c.default_replication_factor = self.default_replication_factor;
+        c.lease_duration_ms = self.lease_duration_ms.max(100);
+        c.replica_lag_time_max_ms = self.replica_lag_time_max_ms.max(10);
         c.defaults = BrokerDefaults {
             retention_ms: self.log_retention_ms,
             retention_bytes: self.log_retention_bytes,
@@ -166,6 +197,7 @@ impl CommonArgs {
             } else {
                 TimestampType::CreateTime
             },
+            min_insync_replicas: self.min_insync_replicas,
             ..BrokerDefaults::default()
         };
     }
@@ -191,11 +223,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let mut nodes = 1;
     let config = match cli.command {
         Command::Dev(a) => {
             let mut c = NodeConfig::dev(a.data_dir);
             c.kafka_listen = a.listen;
             c.admin_listen = a.admin_listen;
+            c.replication_listen = SocketAddr::new(a.listen.ip(), 0);
+            nodes = usize::from(a.nodes);
             a.common.apply(&mut c, true);
             c
         }
@@ -205,12 +240,17 @@ fn main() -> anyhow::Result<()> {
             c.kafka_listen = a.listen;
             c.admin_listen = a.admin_listen;
             c.rack = a.rack;
+            c.replication_listen = a.replication_listen;
             a.common.apply(&mut c, false);
             c
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(sluice_node::node::run(config))
+        .build()?;
+    if nodes > 1 {
+        runtime.block_on(sluice_node::node::dev_cluster(config, nodes))
+    } else {
+        runtime.block_on(sluice_node::node::run(config))
+    }
 }

@@ -1,57 +1,171 @@
-//! Starting a node: bind the listeners, open the store, run the servers.
+//! Starting nodes: bind the listeners, open the store, join the cluster,
+//! run the servers. [`run`] is one standalone node (its own metadata and
+//! controller); [`dev_cluster`] runs several nodes in one process, each on
+//! its own runtime so one can be stopped and restarted alone.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
-use crate::broker::Broker;
+use crate::broker::{mono_ms, now_ms, Broker};
+use crate::cluster::controller::{self, ControllerConfig};
+use crate::cluster::{self, Fetchers};
 use crate::config::NodeConfig;
+use crate::coord::{Coordination, InMemory, NodeInfo, PartitionRecord};
 use crate::group::Coordinator;
 use crate::metrics::Metrics;
 use crate::protocol::Services;
+use crate::replication::leader;
 
-/// Binds both listeners, opens storage and serves until the process ends.
-/// Prints `sluice ready kafka=ADDR admin=ADDR` on stdout once it accepts
+/// The addresses a started node actually bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub kafka: SocketAddr,
+    pub admin: SocketAddr,
+    pub replication: SocketAddr,
+}
+
+fn controller_config(config: &NodeConfig, expected_nodes: usize) -> ControllerConfig {
+    ControllerConfig {
+        expected_nodes,
+        offsets_partitions: config.groups.offsets_topic_partitions,
+        offsets_replication_factor: 3,
+        lease_duration_ms: config.lease_duration_ms,
+        preferred_leader_interval_ms: 300_000,
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
+}
+
+/// One standalone node: metadata kept in `<data-dir>/cluster.json`, its own
+/// controller, serving until SIGINT or SIGTERM. Prints
+/// `sluice ready kafka=ADDR admin=ADDR` on stdout once it accepts
 /// connections, with the ports actually bound (useful with port 0).
-pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
-    let kafka = TcpListener::bind(config.kafka_listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen for Kafka clients on {}: {e}",
-            config.kafka_listen
-        )
-    })?;
-    let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen for admin HTTP on {}: {e}",
-            config.admin_listen
-        )
-    })?;
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let coord: Arc<dyn Coordination> =
+        Arc::new(InMemory::persistent(config.data_dir.join("cluster.json"))?);
+    tokio::spawn(controller::run(
+        coord.clone(),
+        controller_config(&config, 1),
+    ));
+    let (tx, rx) = oneshot::channel();
+    let mut node = tokio::spawn(serve(config, coord, true, tx));
+    let ready = tokio::select! {
+        r = rx => r?,
+        r = &mut node => anyhow::bail!("node stopped while starting: {:?}", r?.err()),
+    };
+    println!("sluice ready kafka={} admin={}", ready.kafka, ready.admin);
+    tokio::select! {
+        r = node => anyhow::bail!("node stopped: {:?}", r?.err()),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+/// Topics this node holds but the metadata does not know (a data directory
+/// from before metadata was kept apart): stored with this node as their
+/// only replica, so nothing is deleted.
+async fn import_local_topics(broker: &Broker) -> anyhow::Result<()> {
+    let known = broker.coord.topics().await?;
+    for t in broker.topics() {
+        if known.iter().any(|k| k.value.name == t.record.name) {
+            continue;
+        }
+        let records = (0..t.record.partitions)
+            .map(|_| PartitionRecord::new(vec![broker.node_id()]))
+            .collect();
+        broker.coord.create_topic(t.record.clone(), records).await?;
+        tracing::info!(topic = %t.record.name, "local topic added to the cluster metadata");
+    }
+    Ok(())
+}
+
+/// Runs one node against `coord` until its runtime stops. Sends the bound
+/// addresses on `ready` once it serves.
+pub async fn serve(
+    mut config: NodeConfig,
+    coord: Arc<dyn Coordination>,
+    import_local: bool,
+    ready: oneshot::Sender<Ready>,
+) -> anyhow::Result<()> {
+    let kafka = bind("Kafka clients", config.kafka_listen).await?;
+    let admin = bind("admin HTTP", config.admin_listen).await?;
+    let replication = bind("replication", config.replication_listen).await?;
     config.kafka_listen = kafka.local_addr()?;
     config.admin_listen = admin.local_addr()?;
-    let (kafka_addr, admin_addr) = (config.kafka_listen, config.admin_listen);
-    let (broker, groups) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || {
-            let broker = Broker::open(config.clone(), Arc::new(Metrics::new()))?;
-            let groups = Coordinator::open(broker.clone(), config.groups.clone())?;
-            Ok::<_, anyhow::Error>((broker, groups))
-        })
-        .await??
+    config.replication_listen = replication.local_addr()?;
+    let addrs = Ready {
+        kafka: config.kafka_listen,
+        admin: config.admin_listen,
+        replication: config.replication_listen,
     };
+    let broker = {
+        let config = config.clone();
+        let coord = coord.clone();
+        tokio::task::spawn_blocking(move || Broker::open(config, Arc::new(Metrics::new()), coord))
+            .await??
+    };
+    if import_local {
+        import_local_topics(&broker).await?;
+    }
+    let groups = Coordinator::new(broker.clone(), config.groups.clone());
+    let repl_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(leader::Service::new(broker.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(replication)),
+    );
+    let (kafka_host, kafka_port) = crate::protocol::advertised(&broker);
+    let repl_host = config
+        .replication_advertised_host
+        .clone()
+        .unwrap_or_else(|| {
+            let ip = addrs.replication.ip();
+            if ip.is_unspecified() {
+                kafka_host.clone()
+            } else {
+                ip.to_string()
+            }
+        });
+    let info = NodeInfo {
+        id: config.node_id,
+        kafka_host,
+        kafka_port: kafka_port as u16,
+        replication_addr: format!("{repl_host}:{}", addrs.replication.port()),
+        rack: config.rack.clone(),
+    };
+    let sent = mono_ms();
+    coord
+        .renew_node(&info, now_ms(), config.lease_duration_ms)
+        .await?;
+    broker.lease_renewed(sent);
+    tokio::spawn(cluster::run_lease(broker.clone(), info));
+    let mut fetchers = Fetchers::default();
+    cluster::refresh(&broker, &groups, &mut fetchers).await;
+    tokio::spawn(cluster::run_sync(broker.clone(), groups.clone(), fetchers));
+    tokio::spawn(cluster::run_isr_checks(broker.clone()));
     tokio::spawn(broker.clone().retention_loop());
     tokio::spawn(groups.clone().run_timers());
     let http = tokio::spawn(crate::http::serve(broker.clone(), admin));
     let services = Arc::new(Services { broker, groups });
     let kafka_server = tokio::spawn(crate::protocol::serve(services, kafka));
-    tracing::info!(%kafka_addr, %admin_addr, data_dir = %config.data_dir.display(), node_id = config.node_id, "sluice node ready");
-    println!("sluice ready kafka={kafka_addr} admin={admin_addr}");
+    tracing::info!(kafka = %addrs.kafka, admin = %addrs.admin, replication = %addrs.replication, data_dir = %config.data_dir.display(), node_id = config.node_id, "sluice node ready");
+    let _ = ready.send(addrs);
     tokio::select! {
         r = http => anyhow::bail!("admin HTTP server stopped: {r:?}"),
         r = kafka_server => anyhow::bail!("Kafka listener stopped: {r:?}"),
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
-        }
+        r = repl_server => anyhow::bail!("replication server stopped: {r:?}"),
     }
 }
 
@@ -62,4 +176,157 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// A node of a dev cluster: its runtime (dropping it stops the node, as a
+/// crash would) and its settings, with the ports it bound first so a
+/// restart comes back on the same addresses.
+struct DevNode {
+    config: NodeConfig,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn offset_port(addr: SocketAddr, by: usize) -> SocketAddr {
+    let mut a = addr;
+    if a.port() != 0 {
+        a.set_port(a.port() + by as u16);
+    }
+    a
+}
+
+impl DevNode {
+    async fn start(&mut self, coord: Arc<dyn Coordination>) -> anyhow::Result<Ready> {
+        let id = self.config.node_id;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("sluice-node-{id}"))
+            .enable_all()
+            .build()?;
+        let (tx, rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let config = self.config.clone();
+        runtime.spawn(async move {
+            let r = serve(config, coord, false, tx).await;
+            let _ = done_tx.send(r);
+        });
+        self.runtime = Some(runtime);
+        let ready = tokio::select! {
+            r = rx => r,
+            r = done_rx => {
+                let e = r.map(|r| r.err()).unwrap_or(None);
+                self.stop().await;
+                anyhow::bail!("node {id} stopped while starting: {e:?}");
+            }
+        }?;
+        self.config.kafka_listen = ready.kafka;
+        self.config.admin_listen = ready.admin;
+        self.config.replication_listen = ready.replication;
+        Ok(ready)
+    }
+
+    /// Stops the node at once, as a crash would: every task ends, nothing
+    /// is handed over. Its lease lapses on its own.
+    async fn stop(&mut self) -> bool {
+        let Some(rt) = self.runtime.take() else {
+            return false;
+        };
+        let _ =
+            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(10))).await;
+        true
+    }
+}
+
+/// `sluice dev --nodes N`: N nodes in one process sharing in-memory
+/// metadata (kept in `<data-dir>/cluster.json`), node i in
+/// `<data-dir>/node-i` on the base ports plus i, and the controller. Lines
+/// on stdin drive faults: `stop I` stops node I as a crash would, `start I`
+/// brings it back, `stats` prints the coordination write count.
+pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&base.data_dir)?;
+    let memory = Arc::new(InMemory::persistent(base.data_dir.join("cluster.json"))?);
+    let coord: Arc<dyn Coordination> = memory.clone();
+    let id_file = base.data_dir.join("cluster-id");
+    let cluster_id = match std::fs::read_to_string(&id_file) {
+        Ok(id) => id.trim().to_string(),
+        Err(_) => {
+            let id = uuid::Uuid::new_v4().simple().to_string()[..22].to_string();
+            std::fs::write(&id_file, &id)?;
+            id
+        }
+    };
+    tokio::spawn(controller::run(
+        coord.clone(),
+        controller_config(&base, nodes),
+    ));
+    let mut cluster: BTreeMap<i32, DevNode> = BTreeMap::new();
+    let mut kafka = vec![];
+    let mut admin = vec![];
+    for i in 0..nodes {
+        let mut c = base.clone();
+        c.node_id = i as i32;
+        c.data_dir = base.data_dir.join(format!("node-{i}"));
+        c.kafka_listen = offset_port(base.kafka_listen, i);
+        c.admin_listen = offset_port(base.admin_listen, i);
+        c.replication_listen = SocketAddr::new(base.kafka_listen.ip(), 0);
+        c.default_replication_factor = base.default_replication_factor.max(nodes.min(3) as i16);
+        c.cluster_id = Some(cluster_id.clone());
+        let mut n = DevNode {
+            config: c,
+            runtime: None,
+        };
+        let ready = n.start(coord.clone()).await?;
+        kafka.push(ready.kafka.to_string());
+        admin.push(ready.admin.to_string());
+        cluster.insert(i as i32, n);
+    }
+    println!(
+        "sluice ready kafka={} admin={}",
+        kafka.join(","),
+        admin.join(",")
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    loop {
+        let line = tokio::select! {
+            l = lines.next_line(), if stdin_open => l,
+            _ = shutdown_signal() => break,
+        };
+        let line = match line {
+            Ok(Some(l)) => l,
+            _ => {
+                stdin_open = false;
+                continue;
+            }
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let node = words.get(1).and_then(|w| w.parse::<i32>().ok());
+        match (words.first().copied(), node) {
+            (Some("stop"), Some(id)) => match cluster.get_mut(&id) {
+                Some(n) => {
+                    let was = n.stop().await;
+                    tracing::warn!(node = id, "node stopped");
+                    println!(
+                        "stopped {id}{}",
+                        if was { "" } else { " (was not running)" }
+                    );
+                }
+                None => println!("error: no node {id}"),
+            },
+            (Some("start"), Some(id)) => match cluster.get_mut(&id) {
+                Some(n) if n.runtime.is_some() => println!("error: node {id} is running"),
+                Some(n) => match n.start(coord.clone()).await {
+                    Ok(r) => println!("started {id} kafka={} admin={}", r.kafka, r.admin),
+                    Err(e) => println!("error: {e}"),
+                },
+                None => println!("error: no node {id}"),
+            },
+            (Some("stats"), _) => println!("coordination writes={}", memory.writes()),
+            _ => println!("error: expected `stop N`, `start N` or `stats`"),
+        }
+    }
+    tracing::info!("shutting down");
+    for n in cluster.values_mut() {
+        n.stop().await;
+    }
+    Ok(())
 }

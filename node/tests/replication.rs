@@ -126,6 +126,7 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
         partition: 0,
         leader_epoch: 1,
         log: follower_log.clone(),
+        replica: None,
     }]);
     let session = tokio::spawn(follower::run(2, addr, rx));
 
@@ -167,6 +168,7 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
         partition: 0,
         leader_epoch: 2,
         log: follower_log.clone(),
+        replica: None,
     }]);
     until("the epoch-2 batch", || follower_log.log_end_offset() == 41).await;
     assert_eq!(follower_log.latest_epoch(), 2);
@@ -225,6 +227,7 @@ async fn a_former_leaders_unreplicated_tail_is_truncated() {
         partition: 0,
         leader_epoch: 2,
         log: old_leader_log.clone(),
+        replica: None,
     }]);
     tokio::spawn(follower::run(2, addr, rx));
     until("the old leader to converge", || {
@@ -277,6 +280,7 @@ async fn a_follower_behind_the_leaders_log_start_resets() {
         partition: 0,
         leader_epoch: 0,
         log: follower_log.clone(),
+        replica: None,
     }]);
     tokio::spawn(follower::run(2, addr, rx));
     until("the follower to reset and catch up", || {
@@ -319,6 +323,7 @@ async fn a_follower_resets_to_a_log_start_inside_a_batch() {
         partition: 0,
         leader_epoch: 0,
         log: follower_log.clone(),
+        replica: None,
     }]);
     tokio::spawn(follower::run(2, addr, rx));
     until(

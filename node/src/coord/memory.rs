@@ -1,7 +1,11 @@
 //! In-memory coordination, for `sluice dev` and tests: one process, shared by
 //! all nodes in it, with the same compare-and-swap semantics as the API server.
+//! Optionally kept in a JSON file (topics and partition records, not leases),
+//! so a dev cluster's topics survive restarts.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -20,6 +24,8 @@ struct State {
 pub struct InMemory {
     state: Mutex<State>,
     changes: watch::Sender<u64>,
+    file: Option<PathBuf>,
+    writes: AtomicU64,
 }
 
 impl Default for InMemory {
@@ -27,13 +33,70 @@ impl Default for InMemory {
         InMemory {
             state: Mutex::new(State::default()),
             changes: watch::channel(0).0,
+            file: None,
+            writes: AtomicU64::new(0),
         }
     }
+}
+
+/// What the file holds.
+#[derive(Serialize, Deserialize, Default)]
+struct Saved {
+    version: Version,
+    topics: Vec<(TopicSpec, Version)>,
+    partitions: Vec<(PartitionKey, PartitionRecord, Version)>,
 }
 
 impl InMemory {
     pub fn new() -> InMemory {
         InMemory::default()
+    }
+
+    /// Coordination kept in `file`: loaded if it exists, rewritten (through a
+    /// temporary file and a rename) after every change to topics or
+    /// partition records.
+    pub fn persistent(file: PathBuf) -> anyhow::Result<InMemory> {
+        let mut st = State::default();
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let saved: Saved = serde_json::from_slice(&bytes).map_err(|e| {
+                    anyhow::anyhow!("cluster metadata in {} is unreadable: {e}", file.display())
+                })?;
+                st.version = saved.version;
+                for (t, v) in saved.topics {
+                    st.topics.insert(
+                        t.name.clone(),
+                        Versioned {
+                            value: t,
+                            version: v,
+                        },
+                    );
+                }
+                for (k, r, v) in saved.partitions {
+                    st.partitions.insert(
+                        k,
+                        Versioned {
+                            value: r,
+                            version: v,
+                        },
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => anyhow::bail!("reading {}: {e}", file.display()),
+        }
+        Ok(InMemory {
+            changes: watch::channel(st.version).0,
+            state: Mutex::new(st),
+            file: Some(file),
+            writes: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes accepted so far (lease renewals included): what the API server
+    /// would have received.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     fn bump(&self, st: &mut State) -> Version {
@@ -42,11 +105,36 @@ impl InMemory {
         self.changes.send_replace(v);
         v
     }
+
+    fn save(&self, st: &State) -> CResult<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let saved = Saved {
+            version: st.version,
+            topics: st
+                .topics
+                .values()
+                .map(|t| (t.value.clone(), t.version))
+                .collect(),
+            partitions: st
+                .partitions
+                .iter()
+                .map(|(k, p)| (k.clone(), p.value.clone(), p.version))
+                .collect(),
+        };
+        let json = serde_json::to_vec(&saved).expect("metadata serializes");
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, file))
+            .map_err(|e| CoordError::Backend(format!("saving {}: {e}", file.display())))
+    }
 }
 
 #[async_trait]
 impl Coordination for InMemory {
     async fn renew_node(&self, info: &NodeInfo, now_ms: i64, duration_ms: i64) -> CResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
         let changed = st
             .nodes
@@ -90,6 +178,7 @@ impl Coordination for InMemory {
     }
 
     async fn create_topic(&self, spec: TopicSpec, partitions: Vec<PartitionRecord>) -> CResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
         if st.topics.contains_key(&spec.name) {
             return Err(CoordError::AlreadyExists(format!("topic {}", spec.name)));
@@ -111,10 +200,12 @@ impl Coordination for InMemory {
                 version: v,
             },
         );
+        self.save(&st)?;
         Ok(())
     }
 
     async fn update_topic(&self, spec: TopicSpec, expected: Version) -> CResult<Version> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
         match st.topics.get(&spec.name) {
             None => return Err(CoordError::NotFound(format!("topic {}", spec.name))),
@@ -131,16 +222,19 @@ impl Coordination for InMemory {
                 version: v,
             },
         );
+        self.save(&st)?;
         Ok(v)
     }
 
     async fn delete_topic(&self, name: &str) -> CResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
         if st.topics.remove(name).is_none() {
             return Err(CoordError::NotFound(format!("topic {name}")));
         }
         st.partitions.retain(|k, _| k.topic != name);
         self.bump(&mut st);
+        self.save(&st)?;
         Ok(())
     }
 
@@ -158,6 +252,7 @@ impl Coordination for InMemory {
         key: &PartitionKey,
         record: PartitionRecord,
     ) -> CResult<Version> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
         if st.partitions.contains_key(key) {
             return Err(CoordError::AlreadyExists(format!(
@@ -173,6 +268,7 @@ impl Coordination for InMemory {
                 version: v,
             },
         );
+        self.save(&st)?;
         Ok(v)
     }
 
@@ -182,6 +278,7 @@ impl Coordination for InMemory {
         record: PartitionRecord,
         expected: Version,
     ) -> CResult<Version> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
         let name = format!("partition {}-{}", key.topic, key.partition);
         match st.partitions.get(key) {
@@ -197,6 +294,7 @@ impl Coordination for InMemory {
                 version: v,
             },
         );
+        self.save(&st)?;
         Ok(v)
     }
 

@@ -4,10 +4,13 @@
 //!
 //! The coordinator of a group is the leader of partition
 //! `java_hash(group) mod N` of `__consumer_offsets` (Kafka's rule), so group
-//! state lives, replicates and fails over with that partition. On start the
-//! coordinator replays the topic to rebuild every group it coordinates.
+//! state lives, replicates and fails over with that partition. When this
+//! node becomes the leader of an offsets partition, the coordinator replays
+//! it to rebuild that partition's groups; when it stops leading, it drops
+//! them. Requests for groups it does not own answer NOT_COORDINATOR, and
+//! writes wait for the partition's ISR (`acks=all`) before answering.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +23,9 @@ use tokio::sync::oneshot;
 use super::state::{
     Committed, Group, GroupState, JoinArgs, JoinResult, Limits, Member, Outcome, Reply, SyncResult,
 };
-use crate::broker::{now_ms, Broker, KafkaError, NewTopic};
+use crate::broker::{now_ms, Broker, KafkaError};
+use crate::log::Appended;
+use crate::replication::replica::Transition;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -179,6 +184,8 @@ fn group_entry<'a>(
 
 #[derive(Default)]
 struct Inner {
+    /// Offsets partitions this node leads and has loaded.
+    owned: HashSet<i32>,
     groups: HashMap<String, Group>,
     join_waiters: HashMap<(String, String), oneshot::Sender<JoinResult>>,
     sync_waiters: HashMap<(String, String), oneshot::Sender<SyncResult>>,
@@ -191,28 +198,14 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Creates `__consumer_offsets` if needed and rebuilds every group from it.
-    pub fn open(broker: Arc<Broker>, config: GroupConfig) -> anyhow::Result<Arc<Coordinator>> {
-        if broker.topic(OFFSETS_TOPIC).is_none() {
-            let configs = [("retention.ms".to_string(), "-1".to_string())]
-                .into_iter()
-                .collect();
-            broker
-                .create_topic(NewTopic {
-                    name: OFFSETS_TOPIC.to_string(),
-                    partitions: config.offsets_topic_partitions,
-                    replication_factor: 1,
-                    configs,
-                })
-                .map_err(|e| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}"))?;
-        }
-        let c = Arc::new(Coordinator {
+    /// A coordinator owning no groups yet: they arrive with leadership of
+    /// offsets partitions ([`leadership_changed`](Self::leadership_changed)).
+    pub fn new(broker: Arc<Broker>, config: GroupConfig) -> Arc<Coordinator> {
+        Arc::new(Coordinator {
             broker,
             config,
             inner: Mutex::new(Inner::default()),
-        });
-        c.replay()?;
-        Ok(c)
+        })
     }
 
     fn partitions(&self) -> i32 {
@@ -226,37 +219,146 @@ impl Coordinator {
         partition_for(group, self.partitions())
     }
 
-    fn replay(&self) -> anyhow::Result<()> {
-        let topic = self.broker.topic(OFFSETS_TOPIC).expect("created in open");
+    /// NOT_COORDINATOR unless this node owns the group's offsets partition.
+    fn check_owner(&self, inner: &Inner, group: &str) -> Result<(), ResponseError> {
+        if inner.owned.contains(&self.partition_for(group)) {
+            Ok(())
+        } else {
+            Err(ResponseError::NotCoordinator)
+        }
+    }
+
+    /// Loads the groups of offsets partitions this node now leads and drops
+    /// those of partitions it no longer leads.
+    pub fn leadership_changed(&self, transitions: &[(String, i32, Transition)]) {
+        for (topic, p, t) in transitions {
+            if topic != OFFSETS_TOPIC {
+                continue;
+            }
+            match t {
+                Transition::BecameLeader(_) => {
+                    if let Err(e) = self.load(*p) {
+                        tracing::error!(partition = p, error = %e, "loading groups failed");
+                    }
+                }
+                _ => self.unload(*p),
+            }
+        }
+    }
+
+    /// Replays one offsets partition, to its log end (a new leader's tail
+    /// above the high watermark was written by the previous leader and is
+    /// committed as soon as the ISR has it).
+    fn load(&self, partition: i32) -> anyhow::Result<()> {
+        let topic = self
+            .broker
+            .topic(OFFSETS_TOPIC)
+            .ok_or_else(|| anyhow::anyhow!("{OFFSETS_TOPIC} does not exist"))?;
+        let log = topic
+            .partition(partition)
+            .ok_or_else(|| anyhow::anyhow!("{OFFSETS_TOPIC}-{partition} does not exist"))?;
         let now = now_ms();
         let mut inner = self.inner.lock().expect("coordinator lock");
+        self.drop_groups(&mut inner, partition);
         let mut records = 0usize;
-        for log in &topic.partitions {
-            let mut offset = log.log_start_offset();
-            let hw = log.high_watermark();
-            while offset < hw {
-                let read = self.broker.read(log, offset, 4 << 20, true)?;
-                if read.batches == 0 {
-                    break;
-                }
-                let mut buf = read.records.clone();
-                for set in RecordBatchDecoder::decode_all(&mut buf)? {
-                    for r in set.records {
-                        offset = r.offset + 1;
-                        records += 1;
-                        if let Some(k) = r.key {
-                            self.apply(&mut inner, &k, r.value.as_ref(), now);
-                        }
+        let mut offset = log.log_start_offset();
+        let end = log.log_end_offset();
+        while offset < end {
+            let read = log.read(offset, 4 << 20, end, true)?;
+            if read.batches == 0 {
+                break;
+            }
+            let mut buf = read.records.clone();
+            for set in RecordBatchDecoder::decode_all(&mut buf)? {
+                for r in set.records {
+                    offset = r.offset + 1;
+                    records += 1;
+                    if let Some(k) = r.key {
+                        self.apply(&mut inner, &k, r.value.as_ref(), now);
                     }
                 }
             }
         }
-        tracing::info!(
-            groups = inner.groups.len(),
-            records,
-            "group coordinator state loaded"
-        );
+        inner.owned.insert(partition);
+        let groups = inner
+            .groups
+            .keys()
+            .filter(|g| self.partition_for(g) == partition)
+            .count();
+        if records > 0 {
+            tracing::info!(partition, groups, records, "groups loaded");
+        }
         Ok(())
+    }
+
+    fn unload(&self, partition: i32) {
+        let mut inner = self.inner.lock().expect("coordinator lock");
+        if inner.owned.remove(&partition) {
+            self.drop_groups(&mut inner, partition);
+            tracing::info!(partition, "groups unloaded: no longer the coordinator");
+        }
+    }
+
+    /// Forgets the groups of one partition; parked requests answer
+    /// NOT_COORDINATOR so their clients find the new coordinator.
+    fn drop_groups(&self, inner: &mut Inner, partition: i32) {
+        let mine = |g: &str| self.partition_for(g) == partition;
+        inner.groups.retain(|g, _| !mine(g));
+        let joins: Vec<_> = inner
+            .join_waiters
+            .keys()
+            .filter(|(g, _)| mine(g))
+            .cloned()
+            .collect();
+        for k in joins {
+            if let Some(tx) = inner.join_waiters.remove(&k) {
+                let _ = tx.send(JoinResult::error(ResponseError::NotCoordinator, &k.1));
+            }
+        }
+        let syncs: Vec<_> = inner
+            .sync_waiters
+            .keys()
+            .filter(|(g, _)| mine(g))
+            .cloned()
+            .collect();
+        for k in syncs {
+            if let Some(tx) = inner.sync_waiters.remove(&k) {
+                let _ = tx.send(SyncResult::error(ResponseError::NotCoordinator));
+            }
+        }
+    }
+
+    /// Appends a group's records to its offsets partition.
+    fn append(
+        &self,
+        group: &str,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<Appended, KafkaError> {
+        self.broker
+            .append_internal(OFFSETS_TOPIC, self.partition_for(group), records)
+    }
+
+    /// Waits until an append to a group's partition is replicated to the ISR.
+    pub async fn wait_replicated(
+        &self,
+        group: &str,
+        last_offset: i64,
+    ) -> Result<(), ResponseError> {
+        let Some(topic) = self.broker.topic(OFFSETS_TOPIC) else {
+            return Err(ResponseError::NotCoordinator);
+        };
+        let timeout =
+            Duration::from_millis(self.broker.config.replication_timeout_ms.max(1) as u64);
+        self.broker
+            .wait_replicated(&topic, self.partition_for(group), last_offset, timeout)
+            .await
+            .map_err(|e| match e.code {
+                ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
+                ResponseError::NotEnoughReplicasAfterAppend | ResponseError::NotEnoughReplicas => {
+                    ResponseError::CoordinatorNotAvailable
+                }
+                other => other,
+            })
     }
 
     fn apply(&self, inner: &mut Inner, key: &[u8], value: Option<&Bytes>, now: i64) {
@@ -346,11 +448,7 @@ impl Coordinator {
         let key = key_bytes(&RecordKey::Group {
             group: g.id.clone(),
         });
-        self.broker.append_internal(
-            OFFSETS_TOPIC,
-            self.partition_for(&g.id),
-            vec![(key, group_value(g))],
-        )?;
+        self.append(&g.id, vec![(key, group_value(g))])?;
         Ok(())
     }
 
@@ -382,6 +480,9 @@ impl Coordinator {
         let member_hint = args.member_id.clone();
         let rx = {
             let mut inner = self.inner.lock().expect("coordinator lock");
+            if let Err(e) = self.check_owner(&inner, group) {
+                return JoinResult::error(e, &member_hint);
+            }
             let now = now_ms();
             let g = group_entry(&mut inner.groups, group, self.config.limits, now);
             match g.join(args, now) {
@@ -416,6 +517,7 @@ impl Coordinator {
     ) -> Result<SyncResult, ResponseError> {
         let rx = {
             let mut inner = self.inner.lock().expect("coordinator lock");
+            self.check_owner(&inner, group)?;
             let Some(g) = inner.groups.get_mut(group) else {
                 return Err(ResponseError::UnknownMemberId);
             };
@@ -456,6 +558,7 @@ impl Coordinator {
         instance_id: &Option<String>,
     ) -> Result<(), ResponseError> {
         let mut inner = self.inner.lock().expect("coordinator lock");
+        self.check_owner(&inner, group)?;
         let g = inner
             .groups
             .get_mut(group)
@@ -471,6 +574,7 @@ impl Coordinator {
         who: &[(String, Option<String>)],
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
         let mut inner = self.inner.lock().expect("coordinator lock");
+        self.check_owner(&inner, group)?;
         let g = inner
             .groups
             .get_mut(group)
@@ -480,8 +584,9 @@ impl Coordinator {
         Ok(r)
     }
 
-    /// Commits offsets for a group; per-partition results in request order.
-    pub fn commit(
+    /// Commits offsets for a group and waits until the ISR of its offsets
+    /// partition has them; per-partition results in request order.
+    pub async fn commit(
         &self,
         group: &str,
         member: &str,
@@ -489,7 +594,31 @@ impl Coordinator {
         instance_id: &Option<String>,
         parts: Vec<CommitPartition>,
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
+        let (mut results, written) =
+            self.commit_locally(group, member, generation, instance_id, parts)?;
+        if let Some((last, accepted)) = written {
+            if let Err(e) = self.wait_replicated(group, last).await {
+                for i in accepted {
+                    results[i] = Err(e);
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Validates and appends a commit; returns the results and, when
+    /// something was written, its last offset and the accepted indexes.
+    #[allow(clippy::type_complexity)]
+    fn commit_locally(
+        &self,
+        group: &str,
+        member: &str,
+        generation: i32,
+        instance_id: &Option<String>,
+        parts: Vec<CommitPartition>,
+    ) -> Result<(Vec<Result<(), ResponseError>>, Option<(i64, Vec<usize>)>), ResponseError> {
         let mut inner = self.inner.lock().expect("coordinator lock");
+        self.check_owner(&inner, group)?;
         let now = now_ms();
         let g = group_entry(&mut inner.groups, group, self.config.limits, now);
         if let Err(e) = g.validate_commit(member, generation, instance_id) {
@@ -530,16 +659,24 @@ impl Coordinator {
             accepted.push((results.len(), p, now));
             results.push(Ok(()));
         }
+        let mut written = None;
         if !records.is_empty() {
-            if let Err(e) =
-                self.broker
-                    .append_internal(OFFSETS_TOPIC, self.partition_for(group), records)
-            {
-                tracing::error!(group, error = %e, "could not persist offsets");
-                for (i, _, _) in &accepted {
-                    results[*i] = Err(ResponseError::CoordinatorNotAvailable);
+            match self.append(group, records) {
+                Ok(a) => {
+                    written = Some((a.last_offset, accepted.iter().map(|a| a.0).collect()));
                 }
-                return Ok(results);
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "could not persist offsets");
+                    let code = if e.code == ResponseError::NotLeaderOrFollower {
+                        ResponseError::NotCoordinator
+                    } else {
+                        ResponseError::CoordinatorNotAvailable
+                    };
+                    for (i, _, _) in &accepted {
+                        results[*i] = Err(code);
+                    }
+                    return Ok((results, None));
+                }
             }
         }
         let g = inner.groups.get_mut(group).expect("present");
@@ -554,7 +691,7 @@ impl Coordinator {
                 },
             );
         }
-        Ok(results)
+        Ok((results, written))
     }
 
     /// Committed offsets of a group: for the partitions asked, or all of them.
@@ -562,10 +699,11 @@ impl Coordinator {
         &self,
         group: &str,
         wanted: Option<Vec<(String, i32)>>,
-    ) -> Vec<((String, i32), Option<Committed>)> {
+    ) -> Result<Vec<((String, i32), Option<Committed>)>, ResponseError> {
         let inner = self.inner.lock().expect("coordinator lock");
+        self.check_owner(&inner, group)?;
         let g = inner.groups.get(group);
-        match wanted {
+        Ok(match wanted {
             Some(list) => list
                 .into_iter()
                 .map(|k| {
@@ -581,12 +719,13 @@ impl Coordinator {
                         .collect()
                 })
                 .unwrap_or_default(),
-        }
+        })
     }
 
-    pub fn describe(&self, group: &str) -> GroupDescription {
+    pub fn describe(&self, group: &str) -> Result<GroupDescription, ResponseError> {
         let inner = self.inner.lock().expect("coordinator lock");
-        match inner.groups.get(group) {
+        self.check_owner(&inner, group)?;
+        Ok(match inner.groups.get(group) {
             None => GroupDescription {
                 state: GroupState::Dead.name(),
                 protocol_type: String::new(),
@@ -615,10 +754,10 @@ impl Coordinator {
                         .collect(),
                 }
             }
-        }
+        })
     }
 
-    /// (group id, protocol type, state) of every group.
+    /// (group id, protocol type, state) of every group this node coordinates.
     pub fn list(&self) -> Vec<(String, String, &'static str)> {
         let inner = self.inner.lock().expect("coordinator lock");
         let mut out: Vec<_> = inner
@@ -639,6 +778,7 @@ impl Coordinator {
     /// Deletes an empty group with its offsets (DeleteGroups).
     pub fn delete_group(&self, group: &str) -> Result<(), ResponseError> {
         let mut inner = self.inner.lock().expect("coordinator lock");
+        self.check_owner(&inner, group)?;
         let g = inner
             .groups
             .get(group)
@@ -657,8 +797,7 @@ impl Coordinator {
             }),
             None,
         ));
-        self.broker
-            .append_internal(OFFSETS_TOPIC, self.partition_for(group), records)
+        self.append(group, records)
             .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
         inner.groups.remove(group);
         Ok(())
@@ -672,6 +811,7 @@ impl Coordinator {
         parts: Vec<(String, i32)>,
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
         let mut inner = self.inner.lock().expect("coordinator lock");
+        self.check_owner(&inner, group)?;
         let g = inner
             .groups
             .get_mut(group)
@@ -690,8 +830,7 @@ impl Coordinator {
             results.push(Ok(()));
         }
         if !records.is_empty() {
-            self.broker
-                .append_internal(OFFSETS_TOPIC, self.partition_for(group), records)
+            self.append(group, records)
                 .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
         }
         Ok(results)
@@ -724,11 +863,7 @@ impl Coordinator {
                 .into_iter()
                 .map(|(t, p)| (offset_key(&g.id, &t, p), None))
                 .collect();
-            if let Err(e) = self.broker.append_internal(
-                OFFSETS_TOPIC,
-                partition_for(&g.id, self.partitions()),
-                records,
-            ) {
+            if let Err(e) = self.append(&g.id, records) {
                 tracing::warn!(group = %g.id, error = %e, "could not write expired offsets");
             }
             if g.offsets.is_empty() && g.members.is_empty() {

@@ -157,7 +157,7 @@ pub struct SyncResult {
 }
 
 impl SyncResult {
-    fn error(error: ResponseError) -> SyncResult {
+    pub fn error(error: ResponseError) -> SyncResult {
         SyncResult {
             error: Some(error),
             protocol_type: None,

@@ -74,25 +74,32 @@ fn new_topic(
         }
         let rf = ct.assignments[0].broker_ids.len();
         for a in &ct.assignments {
-            if a.broker_ids.len() != rf || a.broker_ids.iter().any(|b| b.0 != broker.node_id()) {
+            if a.broker_ids.len() != rf {
                 return Err(KafkaError::new(
                     ResponseError::InvalidReplicaAssignment,
                     format!(
-                        "partition {} is assigned to {:?}; every partition must have the same number of replicas, on live nodes ({})",
+                        "partition {} is assigned to {:?}; every partition must have the same number of replicas",
                         a.partition_index,
                         a.broker_ids.iter().map(|b| b.0).collect::<Vec<_>>(),
-                        broker.node_id()
                     ),
                 ));
             }
         }
         (ct.assignments.len() as i32, rf as i16)
     };
+    let assignment = (!ct.assignments.is_empty()).then(|| {
+        let mut a: Vec<_> = ct.assignments.iter().collect();
+        a.sort_by_key(|a| a.partition_index);
+        a.iter()
+            .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+            .collect()
+    });
     Ok(NewTopic {
         name,
         partitions,
         replication_factor,
         configs,
+        assignment,
     })
 }
 
@@ -119,7 +126,7 @@ fn topic_value(broker: &Broker, t: &Topic, key: &str) -> (String, ConfigSource) 
     }
 }
 
-pub fn create_topics(
+pub async fn create_topics(
     broker: &Broker,
     req: CreateTopicsRequest,
     version: i16,
@@ -137,14 +144,11 @@ pub fn create_topics(
                 format!("topic {name} appears more than once in the request"),
             ))
         } else {
-            new_topic(broker, ct).and_then(|nt| {
-                if req.validate_only {
-                    broker.validate_new_topic(&nt)?;
-                    Ok(None)
-                } else {
-                    broker.create_topic(nt).map(Some)
-                }
-            })
+            match new_topic(broker, ct) {
+                Err(e) => Err(e),
+                Ok(nt) if req.validate_only => broker.plan_new_topic(&nt).map(|_| None),
+                Ok(nt) => broker.create_topic(nt).await.map(Some),
+            }
         };
         let mut r = CreatableTopicResult::default().with_name(ct.name.clone());
         match outcome {
@@ -181,7 +185,7 @@ pub fn create_topics(
     CreateTopicsResponse::default().with_topics(results)
 }
 
-pub fn delete_topics(
+pub async fn delete_topics(
     broker: &Broker,
     req: DeleteTopicsRequest,
     version: i16,
@@ -198,9 +202,9 @@ pub fn delete_topics(
             .map(|n| (Some(n), uuid::Uuid::nil()))
             .collect()
     };
-    let responses = wanted
-        .into_iter()
-        .map(|(name, id)| {
+    let mut responses = Vec::with_capacity(wanted.len());
+    for (name, id) in wanted {
+        responses.push({
             let resolved = match &name {
                 Some(n) => Ok(n.0.to_string()),
                 None => broker
@@ -213,7 +217,10 @@ pub fn delete_topics(
                         )
                     }),
             };
-            let result = resolved.and_then(|n| broker.delete_topic(&n).map(|id| (n, id)));
+            let result = match resolved {
+                Ok(n) => broker.delete_topic(&n).await.map(|id| (n, id)),
+                Err(e) => Err(e),
+            };
             let mut r = DeletableTopicResult::default();
             match result {
                 Ok((n, deleted_id)) => {
@@ -234,44 +241,34 @@ pub fn delete_topics(
                 }
             }
             r
-        })
-        .collect();
+        });
+    }
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub fn create_partitions(
+pub async fn create_partitions(
     broker: &Broker,
     req: CreatePartitionsRequest,
     _version: i16,
 ) -> CreatePartitionsResponse {
-    let results = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let name = t.name.0.to_string();
-            let bad_assignment = t.assignments.as_ref().is_some_and(|a| {
-                a.iter()
-                    .any(|p| p.broker_ids.iter().any(|b| b.0 != broker.node_id()))
-            });
-            let result = if bad_assignment {
-                Err(KafkaError::new(
-                    ResponseError::InvalidReplicaAssignment,
-                    format!(
-                        "new partitions may only be assigned to live nodes ({})",
-                        broker.node_id()
-                    ),
-                ))
-            } else {
-                broker.create_partitions(&name, t.count, req.validate_only)
-            };
-            let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
-            if let Err(e) = result {
-                r.error_code = e.code();
-                r.error_message = Some(str_bytes(e.message));
-            }
-            r
-        })
-        .collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let assignment = t.assignments.as_ref().filter(|a| !a.is_empty()).map(|a| {
+            a.iter()
+                .map(|p| p.broker_ids.iter().map(|b| b.0).collect())
+                .collect()
+        });
+        let result = broker
+            .create_partitions(&name, t.count, assignment, req.validate_only)
+            .await;
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
+        if let Err(e) = result {
+            r.error_code = e.code();
+            r.error_message = Some(str_bytes(e.message));
+        }
+        results.push(r);
+    }
     CreatePartitionsResponse::default().with_results(results)
 }
 
@@ -450,16 +447,15 @@ fn unsupported_resource(t: i8) -> KafkaError {
 }
 
 /// AlterConfigs: the given set replaces the topic's dynamic configs.
-pub fn alter_configs(
+pub async fn alter_configs(
     broker: &Broker,
     req: AlterConfigsRequest,
     _version: i16,
 ) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|r| {
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        responses.push({
             let result = match r.resource_type {
                 RESOURCE_TOPIC => {
                     let configs = r
@@ -471,7 +467,9 @@ pub fn alter_configs(
                                 .map(|v| (c.name.to_string(), v.to_string()))
                         })
                         .collect();
-                    broker.alter_topic_configs(&r.resource_name, configs, req.validate_only)
+                    broker
+                        .alter_topic_configs(&r.resource_name, configs, req.validate_only)
+                        .await
                 }
                 RESOURCE_BROKER => Err(broker_configs_are_static()),
                 other => Err(unsupported_resource(other)),
@@ -488,8 +486,8 @@ pub fn alter_configs(
                         .with_resource_name(name)
                 },
             )
-        })
-        .collect();
+        });
+    }
     AlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -558,16 +556,15 @@ fn apply_op(
 
 /// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT applied to the
 /// topic's current dynamic configs, all or nothing.
-pub fn incremental_alter_configs(
+pub async fn incremental_alter_configs(
     broker: &Broker,
     req: IncrementalAlterConfigsRequest,
     _version: i16,
 ) -> IncrementalAlterConfigsResponse {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|r| {
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        responses.push({
             let result = match r.resource_type {
                 RESOURCE_TOPIC => match broker.topic(&r.resource_name) {
                     None => Err(KafkaError::new(
@@ -585,9 +582,18 @@ pub fn incremental_alter_configs(
                                 c.value.as_deref(),
                             )
                         });
-                        outcome.and_then(|_| {
-                            broker.alter_topic_configs(&r.resource_name, configs, req.validate_only)
-                        })
+                        match outcome {
+                            Ok(()) => {
+                                broker
+                                    .alter_topic_configs(
+                                        &r.resource_name,
+                                        configs,
+                                        req.validate_only,
+                                    )
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                 },
                 RESOURCE_BROKER => Err(broker_configs_are_static()),
@@ -605,8 +611,8 @@ pub fn incremental_alter_configs(
                         .with_resource_name(name)
                 },
             )
-        })
-        .collect();
+        });
+    }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 

@@ -11,41 +11,26 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
-use crate::broker::{Broker, KafkaError, Topic};
-use crate::log::PartitionLog;
+use std::sync::Arc;
 
-/// The leader epoch every partition has until replication elects leaders.
-const LEADER_EPOCH: i32 = 0;
+use crate::broker::{Broker, KafkaError, Partition, Topic};
 
-/// Kafka's check of a client's view of the leader epoch (-1 = not known).
-fn check_epoch(current: i32) -> Result<(), KafkaError> {
-    match current {
-        e if e < 0 || e == LEADER_EPOCH => Ok(()),
-        e if e < LEADER_EPOCH => Err(KafkaError::new(
-            ResponseError::FencedLeaderEpoch,
-            format!("leader epoch {e} is older than {LEADER_EPOCH}"),
-        )),
-        e => Err(KafkaError::new(
-            ResponseError::UnknownLeaderEpoch,
-            format!("leader epoch {e} is newer than {LEADER_EPOCH}"),
-        )),
-    }
-}
-
-fn find<'a>(
-    topic: Option<&'a std::sync::Arc<Topic>>,
+/// The partition if this node leads it, checking the client's view of the
+/// leader epoch (-1 = not known).
+fn leader(
+    broker: &Broker,
+    topic: Option<&Arc<Topic>>,
     name: &str,
     partition: i32,
-) -> Result<&'a PartitionLog, KafkaError> {
-    topic
-        .and_then(|t| t.partition(partition))
-        .map(|p| p.as_ref())
-        .ok_or_else(|| {
-            KafkaError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("{name}-{partition} does not exist"),
-            )
-        })
+    current_leader_epoch: i32,
+) -> Result<Arc<Partition>, KafkaError> {
+    let t = topic.ok_or_else(|| {
+        KafkaError::new(
+            ResponseError::UnknownTopicOrPartition,
+            format!("{name}-{partition} does not exist"),
+        )
+    })?;
+    broker.leader_partition(t, partition, current_leader_epoch)
 }
 
 struct Collected {
@@ -69,12 +54,18 @@ fn collect(broker: &Broker, req: &FetchRequest, version: i16) -> Collected {
         let mut parts = Vec::with_capacity(ft.partitions.len());
         for fp in &ft.partitions {
             let mut pd = PartitionData::default().with_partition_index(fp.partition);
-            let result = find(topic.as_ref(), &name, fp.partition).and_then(|log| {
-                check_epoch(fp.current_leader_epoch)?;
+            let result = leader(
+                broker,
+                topic.as_ref(),
+                &name,
+                fp.partition,
+                fp.current_leader_epoch,
+            )
+            .and_then(|log| {
                 let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                 // KIP-74: only the first non-empty partition may exceed the limits.
                 let read = if total == 0 || limit > 0 {
-                    broker.read(log, fp.fetch_offset, limit, total == 0)?
+                    broker.read(&log, fp.fetch_offset, limit, total == 0)?
                 } else {
                     Default::default()
                 };
@@ -152,32 +143,37 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
         let topic = broker.topic(&name);
         let mut parts = Vec::with_capacity(lt.partitions.len());
         for lp in lt.partitions {
-            let result = find(topic.as_ref(), &name, lp.partition_index).and_then(|log| {
-                if version >= 4 {
-                    check_epoch(lp.current_leader_epoch)?;
-                }
-                Ok(match lp.timestamp {
-                    -2 => Some((log.log_start_offset(), -1)),
-                    -1 => Some((log.high_watermark(), -1)),
-                    -3 if version >= 7 => log.max_timestamp_offset()?,
-                    ts if ts >= 0 => log.offset_for_timestamp(ts)?,
-                    ts => {
-                        return Err(KafkaError::new(
-                            ResponseError::InvalidRequest,
-                            format!("timestamp {ts} is not a time or a known sentinel"),
-                        ))
-                    }
-                })
-            });
+            let epoch = if version >= 4 {
+                lp.current_leader_epoch
+            } else {
+                -1
+            };
+            let result =
+                leader(broker, topic.as_ref(), &name, lp.partition_index, epoch).and_then(|log| {
+                    let leader_epoch = log.replica.leader_epoch().unwrap_or(-1);
+                    let found = match lp.timestamp {
+                        -2 => Some((log.log_start_offset(), -1)),
+                        -1 => Some((log.high_watermark(), -1)),
+                        -3 if version >= 7 => log.max_timestamp_offset()?,
+                        ts if ts >= 0 => log.offset_for_timestamp(ts)?,
+                        ts => {
+                            return Err(KafkaError::new(
+                                ResponseError::InvalidRequest,
+                                format!("timestamp {ts} is not a time or a known sentinel"),
+                            ))
+                        }
+                    };
+                    Ok((found, leader_epoch))
+                });
             let mut r =
                 ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
             match result {
-                Ok(found) => {
+                Ok((found, leader_epoch)) => {
                     let (offset, ts) = found.unwrap_or((-1, -1));
                     r.offset = offset;
                     r.timestamp = ts;
                     if version >= 4 {
-                        r.leader_epoch = LEADER_EPOCH;
+                        r.leader_epoch = leader_epoch;
                     }
                 }
                 Err(e) => {
@@ -218,10 +214,15 @@ pub fn offset_for_leader_epoch(
                 .into_iter()
                 .map(|p| {
                     let r = EpochEndOffset::default().with_partition(p.partition);
-                    match find(topic.as_ref(), &name, p.partition).and_then(|log| {
-                        check_epoch(p.current_leader_epoch)?;
-                        Ok(log.end_offset_for_epoch(p.leader_epoch))
-                    }) {
+                    match leader(
+                        broker,
+                        topic.as_ref(),
+                        &name,
+                        p.partition,
+                        p.current_leader_epoch,
+                    )
+                    .map(|log| log.end_offset_for_epoch(p.leader_epoch))
+                    {
                         Ok((epoch, end)) => r.with_leader_epoch(epoch).with_end_offset(end),
                         Err(e) => r
                             .with_error_code(e.code())

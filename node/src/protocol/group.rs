@@ -20,7 +20,6 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::ResponseError;
 
-use super::metadata::advertised;
 use super::{str_bytes, Client, Services};
 use crate::group::coordinator::CommitPartition;
 use crate::group::state::{Committed, JoinArgs};
@@ -42,15 +41,34 @@ pub fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let (host, port) = advertised(&svc.broker);
-    let me = svc.broker.node_id();
+    let view = svc.broker.view();
+    let now = crate::broker::now_ms();
     let entry = |key: StrBytes| -> CoordinatorEntry {
-        let e = CoordinatorEntry::default().with_key(key);
+        let e = CoordinatorEntry::default().with_key(key.clone());
         match req.key_type {
-            0 => e
-                .with_node_id(BrokerId(me))
-                .with_host(str_bytes(host.clone()))
-                .with_port(port),
+            // The leader of the group's offsets partition.
+            0 => {
+                let p = svc.groups.partition_for(&key);
+                let leader = view
+                    .record(crate::group::OFFSETS_TOPIC, p)
+                    .and_then(|r| r.value.leader)
+                    .and_then(|l| view.node(l))
+                    .filter(|n| n.alive(now));
+                match leader {
+                    Some(n) => e
+                        .with_node_id(BrokerId(n.info.id))
+                        .with_host(str_bytes(n.info.kafka_host.clone()))
+                        .with_port(i32::from(n.info.kafka_port)),
+                    None => e
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                        .with_error_message(Some(str_bytes(format!(
+                            "{}-{p} has no leader yet",
+                            crate::group::OFFSETS_TOPIC
+                        )))),
+                }
+            }
             1 => e
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)
@@ -227,7 +245,7 @@ pub fn leave_group(svc: &Services, req: LeaveGroupRequest, version: i16) -> Leav
     }
 }
 
-pub fn offset_commit(
+pub async fn offset_commit(
     svc: &Services,
     req: OffsetCommitRequest,
     _version: i16,
@@ -251,13 +269,17 @@ pub fn offset_commit(
         .collect();
     let results: Vec<i16> = match group_error {
         Some(e) => vec![e.code(); parts.len()],
-        None => match svc.groups.commit(
-            &req.group_id,
-            &req.member_id,
-            req.generation_id_or_member_epoch,
-            &opt(&req.group_instance_id),
-            parts,
-        ) {
+        None => match svc
+            .groups
+            .commit(
+                &req.group_id,
+                &req.member_id,
+                req.generation_id_or_member_epoch,
+                &opt(&req.group_instance_id),
+                parts,
+            )
+            .await
+        {
             Ok(r) => r.into_iter().map(code).collect(),
             Err(e) => vec![e.code(); req.topics.iter().map(|t| t.partitions.len()).sum()],
         },
@@ -317,7 +339,15 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
                         .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
                         .collect()
                 });
-                let topics = by_topic(svc.groups.fetch_offsets(&g.group_id, wanted))
+                let fetched = match svc.groups.fetch_offsets(&g.group_id, wanted) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return OffsetFetchResponseGroup::default()
+                            .with_group_id(g.group_id.clone())
+                            .with_error_code(e.code());
+                    }
+                };
+                let topics = by_topic(fetched)
                     .into_iter()
                     .map(|(t, parts)| {
                         OffsetFetchResponseTopics::default()
@@ -349,7 +379,39 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
             .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
             .collect()
     });
-    let topics = by_topic(svc.groups.fetch_offsets(&req.group_id, wanted))
+    let fetched = match svc.groups.fetch_offsets(&req.group_id, wanted) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut r = OffsetFetchResponse::default();
+            if version >= 2 {
+                r.error_code = e.code();
+            } else {
+                // v1 has only per-partition errors.
+                r.topics = req
+                    .topics
+                    .iter()
+                    .flatten()
+                    .map(|t| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partition_indexes
+                                    .iter()
+                                    .map(|p| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(*p)
+                                            .with_committed_offset(-1)
+                                            .with_error_code(e.code())
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+            }
+            return r;
+        }
+    };
+    let topics = by_topic(fetched)
         .into_iter()
         .map(|(t, parts)| {
             OffsetFetchResponseTopic::default()
@@ -391,7 +453,10 @@ pub fn describe_groups(
             if id.is_empty() {
                 return out.with_error_code(ResponseError::InvalidGroupId.code());
             }
-            let d = svc.groups.describe(id);
+            let d = match svc.groups.describe(id) {
+                Ok(d) => d,
+                Err(e) => return out.with_error_code(e.code()),
+            };
             out.group_state = str_bytes(d.state);
             out.protocol_type = str_bytes(d.protocol_type);
             out.protocol_data = str_bytes(d.protocol);

@@ -11,8 +11,11 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+
 use super::str_bytes;
-use crate::broker::{Broker, Topic};
+use crate::broker::{now_ms, Broker, Topic};
+use crate::cluster::View;
 use crate::config::validate_topic_name;
 
 /// Kafka's "authorized operations not requested" sentinel.
@@ -35,19 +38,37 @@ pub(crate) fn advertised(broker: &Broker) -> (String, i32) {
     (host, i32::from(port))
 }
 
-fn topic_metadata(broker: &Broker, t: &Topic, version: i16) -> MetadataResponseTopic {
-    let me = BrokerId(broker.node_id());
-    let partitions = t
-        .partitions
-        .iter()
-        .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p.partition)
-                .with_leader_id(me)
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![me])
-                .with_isr_nodes(vec![me])
-                .with_offline_replicas(vec![])
+fn topic_metadata(view: &View, t: &Topic, version: i16, now: i64) -> MetadataResponseTopic {
+    let ids = |v: &[i32]| v.iter().map(|r| BrokerId(*r)).collect::<Vec<_>>();
+    let partitions = (0..t.record.partitions)
+        .map(|i| {
+            let p = MetadataResponsePartition::default().with_partition_index(i);
+            match view.record(&t.record.name, i) {
+                Some(r) => {
+                    let r = &r.value;
+                    let offline: Vec<i32> = r
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|n| !view.alive(*n, now))
+                        .collect();
+                    let p = p
+                        .with_leader_id(BrokerId(r.leader.unwrap_or(-1)))
+                        .with_leader_epoch(r.leader_epoch)
+                        .with_replica_nodes(ids(&r.replicas))
+                        .with_isr_nodes(ids(&r.isr))
+                        .with_offline_replicas(ids(&offline));
+                    if r.leader.is_none() {
+                        p.with_error_code(ResponseError::LeaderNotAvailable.code())
+                    } else {
+                        p
+                    }
+                }
+                None => p
+                    .with_error_code(ResponseError::LeaderNotAvailable.code())
+                    .with_leader_id(BrokerId(-1))
+                    .with_leader_epoch(-1),
+            }
         })
         .collect();
     let mut out = MetadataResponseTopic::default()
@@ -57,6 +78,30 @@ fn topic_metadata(broker: &Broker, t: &Topic, version: i16) -> MetadataResponseT
     if version >= 10 {
         out.topic_id = t.record.id;
     }
+    out
+}
+
+/// The live nodes as Metadata lists them (this node alone before it has
+/// read the cluster).
+fn brokers(broker: &Broker, view: &View, now: i64) -> Vec<(i32, String, i32, Option<String>)> {
+    let mut out: Vec<_> = view
+        .nodes
+        .iter()
+        .filter(|n| n.alive(now))
+        .map(|n| {
+            (
+                n.info.id,
+                n.info.kafka_host.clone(),
+                i32::from(n.info.kafka_port),
+                n.info.rack.clone(),
+            )
+        })
+        .collect();
+    if !out.iter().any(|b| b.0 == broker.node_id()) {
+        let (host, port) = advertised(broker);
+        out.push((broker.node_id(), host, port, broker.config.rack.clone()));
+    }
+    out.sort();
     out
 }
 
@@ -75,13 +120,18 @@ fn topic_error(
     t
 }
 
-pub fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let (host, port) = advertised(broker);
-    let brokers = vec![MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id()))
-        .with_host(str_bytes(host))
-        .with_port(port)
-        .with_rack(broker.config.rack.clone().map(str_bytes))];
+pub async fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let now = now_ms();
+    let listed = brokers(broker, &broker.view(), now)
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(str_bytes(host))
+                .with_port(port)
+                .with_rack(rack.map(str_bytes))
+        })
+        .collect();
     // v0: an empty list means all topics; v1+: null means all topics.
     let requested = match req.topics {
         None => None,
@@ -91,60 +141,31 @@ pub fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> Metadata
     // Before v4 the request had no flag: brokers auto-created on metadata.
     let allow_auto = version < 4 || req.allow_auto_topic_creation;
     let topics = match requested {
-        None => broker
-            .topics()
-            .iter()
-            .map(|t| topic_metadata(broker, t, version))
-            .collect(),
-        Some(list) => list
-            .into_iter()
-            .map(|rt| {
-                let by_name = rt.name.clone().map(|n| n.0.to_string());
-                match by_name {
-                    Some(name) => {
-                        if let Some(t) = broker.topic(&name) {
-                            return topic_metadata(broker, &t, version);
-                        }
-                        if validate_topic_name(&name).is_err() {
-                            return topic_error(
-                                rt.name,
-                                Uuid::nil(),
-                                ResponseError::InvalidTopicException,
-                                version,
-                            );
-                        }
-                        if allow_auto && broker.config.auto_create_topics {
-                            match broker.auto_create(&name) {
-                                Ok(t) => return topic_metadata(broker, &t, version),
-                                Err(e) => {
-                                    return topic_error(rt.name, Uuid::nil(), e.code, version)
-                                }
-                            }
-                        }
-                        topic_error(
-                            rt.name,
-                            Uuid::nil(),
-                            ResponseError::UnknownTopicOrPartition,
-                            version,
-                        )
-                    }
-                    None => match broker.topic_by_id(&rt.topic_id) {
-                        Some(t) => topic_metadata(broker, &t, version),
-                        None => {
-                            topic_error(None, rt.topic_id, ResponseError::UnknownTopicId, version)
-                        }
-                    },
-                }
-            })
-            .collect(),
+        None => {
+            let view = broker.view();
+            broker
+                .topics()
+                .iter()
+                .map(|t| topic_metadata(&view, t, version, now))
+                .collect()
+        }
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for rt in list {
+                out.push(requested_topic(broker, rt, allow_auto, version, now).await);
+            }
+            out
+        }
     };
     let mut resp = MetadataResponse::default()
-        .with_brokers(brokers)
+        .with_brokers(listed)
         .with_topics(topics);
     if version >= 2 {
         resp.cluster_id = Some(str_bytes(broker.cluster_id.clone()));
     }
     if version >= 1 {
+        // Any node carries out admin requests; clients that send them to
+        // "the controller" reach this one.
         resp.controller_id = BrokerId(broker.node_id());
     }
     for t in resp.topics.iter_mut() {
@@ -154,12 +175,54 @@ pub fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> Metadata
     resp
 }
 
+/// One topic a Metadata request names, auto-created when allowed.
+async fn requested_topic(
+    broker: &Broker,
+    rt: MetadataRequestTopic,
+    allow_auto: bool,
+    version: i16,
+    now: i64,
+) -> MetadataResponseTopic {
+    let by_name = rt.name.clone().map(|n| n.0.to_string());
+    match by_name {
+        Some(name) => {
+            if let Some(t) = broker.topic(&name) {
+                return topic_metadata(&broker.view(), &t, version, now);
+            }
+            if validate_topic_name(&name).is_err() {
+                return topic_error(
+                    rt.name,
+                    Uuid::nil(),
+                    ResponseError::InvalidTopicException,
+                    version,
+                );
+            }
+            if allow_auto && broker.config.auto_create_topics {
+                match broker.auto_create(&name).await {
+                    Ok(t) => return topic_metadata(&broker.view(), &t, version, now),
+                    Err(e) => return topic_error(rt.name, Uuid::nil(), e.code, version),
+                }
+            }
+            topic_error(
+                rt.name,
+                Uuid::nil(),
+                ResponseError::UnknownTopicOrPartition,
+                version,
+            )
+        }
+        None => match broker.topic_by_id(&rt.topic_id) {
+            Some(t) => topic_metadata(&broker.view(), &t, version, now),
+            None => topic_error(None, rt.topic_id, ResponseError::UnknownTopicId, version),
+        },
+    }
+}
+
 pub fn describe_cluster(
     broker: &Broker,
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
-    let (host, port) = advertised(broker);
+    let now = now_ms();
     let mut resp = DescribeClusterResponse::default();
     if version >= 1 {
         resp.endpoint_type = req.endpoint_type;
@@ -174,9 +237,16 @@ pub fn describe_cluster(
     resp.with_cluster_id(str_bytes(broker.cluster_id.clone()))
         .with_controller_id(BrokerId(broker.node_id()))
         .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(broker.node_id()))
-            .with_host(str_bytes(host))
-            .with_port(port)
-            .with_rack(broker.config.rack.clone().map(str_bytes))])
+        .with_brokers(
+            brokers(broker, &broker.view(), now)
+                .into_iter()
+                .map(|(id, host, port, rack)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(id))
+                        .with_host(str_bytes(host))
+                        .with_port(port)
+                        .with_rack(rack.map(str_bytes))
+                })
+                .collect(),
+        )
 }

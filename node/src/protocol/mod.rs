@@ -12,6 +12,7 @@ mod produce;
 mod server;
 pub mod versions;
 
+pub(crate) use metadata::advertised;
 pub use server::{handle_frame, serve, FrameError};
 
 use std::sync::Arc;

@@ -37,7 +37,13 @@ fn check_producer(records: Option<&bytes::Bytes>) -> Result<(), KafkaError> {
 }
 
 /// Returns `None` for acks=0: the client expects no response at all.
-pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+/// Every partition is appended first; with `acks=all` the response then
+/// waits, up to the request's timeout, for each to reach its ISR.
+pub async fn produce(
+    broker: &Broker,
+    req: ProduceRequest,
+    version: i16,
+) -> Option<ProduceResponse> {
     let acks = req.acks;
     let acks_error = (!matches!(acks, -1..=1)).then(|| {
         KafkaError::new(
@@ -45,12 +51,12 @@ pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<Pro
             format!("acks must be -1, 0 or 1, got {acks}"),
         )
     });
-    let mut responses = Vec::with_capacity(req.topic_data.len());
-    for td in req.topic_data {
+    let mut results = Vec::with_capacity(req.topic_data.len());
+    for td in &req.topic_data {
         let name = td.name.0.to_string();
         let topic = broker.topic(&name);
         let mut partitions = Vec::with_capacity(td.partition_data.len());
-        for pd in td.partition_data {
+        for pd in &td.partition_data {
             let result = match (&acks_error, &topic) {
                 (Some(e), _) => Err(e.clone()),
                 (None, None) => Err(KafkaError::new(
@@ -64,9 +70,43 @@ pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<Pro
                     ))
                 }
                 (None, Some(t)) => check_producer(pd.records.as_ref())
-                    .and_then(|_| broker.append(t, pd.index, pd.records.as_ref())),
+                    .and_then(|_| broker.append(t, pd.index, pd.records.as_ref(), acks)),
             };
-            partitions.push(match result {
+            partitions.push(result);
+        }
+        results.push((topic, partitions));
+    }
+    if acks == 0 {
+        return None;
+    }
+    if acks == -1 {
+        let ms = if req.timeout_ms > 0 {
+            i64::from(req.timeout_ms)
+        } else {
+            broker.config.replication_timeout_ms
+        };
+        let timeout = std::time::Duration::from_millis(ms as u64);
+        for ((topic, partitions), td) in results.iter_mut().zip(&req.topic_data) {
+            let Some(t) = topic else { continue };
+            for (r, pd) in partitions.iter_mut().zip(&td.partition_data) {
+                if let Ok(a) = r {
+                    if let Err(e) = broker
+                        .wait_replicated(t, pd.index, a.last_offset, timeout)
+                        .await
+                    {
+                        *r = Err(e);
+                    }
+                }
+            }
+        }
+    }
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    for ((_, partitions), td) in results.into_iter().zip(req.topic_data) {
+        let name = td.name.0.to_string();
+        let partitions = partitions
+            .into_iter()
+            .zip(&td.partition_data)
+            .map(|(result, pd)| match result {
                 Ok(a) => {
                     let mut r = PartitionProduceResponse::default()
                         .with_index(pd.index)
@@ -81,16 +121,13 @@ pub fn produce(broker: &Broker, req: ProduceRequest, version: i16) -> Option<Pro
                     tracing::debug!(topic = %name, partition = pd.index, error = %e, "produce refused");
                     partition_error(pd.index, &e, version)
                 }
-            });
-        }
+            })
+            .collect();
         responses.push(
             TopicProduceResponse::default()
                 .with_name(td.name)
                 .with_partition_responses(partitions),
         );
-    }
-    if acks == 0 {
-        return None;
     }
     Some(ProduceResponse::default().with_responses(responses))
 }

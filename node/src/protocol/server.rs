@@ -240,7 +240,9 @@ async fn dispatch(
         RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(group::sync_group(svc, r, v).await),
         RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group::heartbeat(svc, r, v)),
         RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(group::leave_group(svc, r, v)),
-        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(group::offset_commit(svc, r, v)),
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(group::offset_commit(svc, r, v).await)
+        }
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(group::offset_fetch(svc, r, v)),
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(group::describe_groups(svc, r, v))
@@ -249,17 +251,17 @@ async fn dispatch(
         RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(group::delete_groups(svc, r, v)),
         RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(group::offset_delete(svc, r, v)),
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(0)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, v)),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, v).await),
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
         }
-        RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v)?),
+        RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v).await?),
         RequestKind::AlterConfigs(r) => {
-            ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v))
+            ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v).await)
         }
-        RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(broker, r, v))
-        }
+        RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
+            admin::incremental_alter_configs(broker, r, v).await,
+        ),
         RequestKind::DescribeLogDirs(r) => {
             ResponseKind::DescribeLogDirs(admin::describe_log_dirs(broker, r, v))
         }
@@ -278,13 +280,13 @@ async fn dispatch(
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, v).await),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(broker, r, v)),
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(broker, r, v))
+            ResponseKind::CreateTopics(admin::create_topics(broker, r, v).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, v))
+            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, v).await)
         }
         RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(admin::create_partitions(broker, r, v))
+            ResponseKind::CreatePartitions(admin::create_partitions(broker, r, v).await)
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(admin::describe_configs(broker, r, v))

@@ -99,6 +99,10 @@ fn apply(
     d: &PartitionData,
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
     let log = &f.log;
+    if !f.current() {
+        // This node moved on (leads now, or follows another epoch).
+        return Ok(false);
+    }
     match d.error() {
         FetchError::None => {}
         FetchError::OffsetOutOfRange => {

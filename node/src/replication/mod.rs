@@ -6,13 +6,16 @@
 //!   leader's logs, checking leader epochs and detecting divergent tails;
 //! - [`follower`]: the fetch session a follower runs against one leader,
 //!   appending what it receives, truncating where the leader says its log
-//!   diverged, and taking the high watermark the leader reports.
+//!   diverged, and taking the high watermark the leader reports;
+//! - [`replica`]: one partition's role on this node and, while it leads, its
+//!   followers' progress, the ISR and the high watermark.
 //!
 //! Neither side decides who leads: they are told, through the traits here,
 //! by whoever reads the cluster metadata.
 
 pub mod follower;
 pub mod leader;
+pub mod replica;
 
 use std::sync::Arc;
 
@@ -53,7 +56,33 @@ pub struct Following {
     pub partition: i32,
     pub leader_epoch: i32,
     pub log: Arc<PartitionLog>,
+    /// The replica's role on this node, when there is one: answers arriving
+    /// after it stopped following this leader epoch are dropped.
+    pub replica: Option<Arc<replica::Replica>>,
 }
+
+impl Following {
+    /// Whether this node still follows the partition at this epoch.
+    pub fn current(&self) -> bool {
+        self.replica.as_ref().is_none_or(|r| {
+            matches!(r.role(), replica::Role::Follower { epoch, .. } if epoch == self.leader_epoch)
+        })
+    }
+}
+
+impl std::fmt::Debug for replica::Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replica({:?})", self.role())
+    }
+}
+
+impl PartialEq for replica::Replica {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for replica::Replica {}
 
 impl std::fmt::Debug for PartitionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -131,6 +131,115 @@ fn spawn(
     (child, kafka.unwrap(), admin.unwrap())
 }
 
+/// `sluice dev --nodes N` on ephemeral loopback ports, with its stdin
+/// control (`stop I`, `start I`, `stats`).
+pub struct Cluster {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+    pub kafka: Vec<SocketAddr>,
+    pub admin: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn start(data_dir: &Path, nodes: usize, extra: &[&str]) -> Cluster {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("dev")
+            .args(["--nodes", &nodes.to_string()])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let ready = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("sluice did not report ready");
+            if let Some(rest) = line.strip_prefix("sluice ready ") {
+                break rest.to_string();
+            }
+        };
+        let list = |key: &str| -> Vec<SocketAddr> {
+            ready
+                .split_whitespace()
+                .find_map(|p| p.strip_prefix(key))
+                .unwrap()
+                .split(',')
+                .map(|a| a.parse().unwrap())
+                .collect()
+        };
+        Cluster {
+            kafka: list("kafka="),
+            admin: list("admin="),
+            child,
+            stdin,
+            lines: rx,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// Sends a control line and returns the answer.
+    pub fn control(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("no answer from the control input")
+    }
+
+    /// Stops node `id` as a crash would.
+    pub fn stop(&mut self, id: usize) {
+        let a = self.control(&format!("stop {id}"));
+        assert!(a.starts_with(&format!("stopped {id}")), "{a}");
+    }
+
+    pub fn start_node(&mut self, id: usize) {
+        let a = self.control(&format!("start {id}"));
+        assert!(a.starts_with(&format!("started {id}")), "{a}");
+    }
+
+    /// Coordination writes so far.
+    pub fn writes(&mut self) -> u64 {
+        let a = self.control("stats");
+        a.strip_prefix("coordination writes=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected stats answer {a}"))
+    }
+
+    pub fn client(&self, id: usize) -> Client {
+        Client::connect(self.kafka[id])
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.kafka
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,307 @@
+//! The cluster glue: what ties a node to the cluster's metadata.
+//!
+//! - the node's lease, renewed every fifth of its duration, and the
+//!   self-fencing that stops a node leading before its lease can lapse;
+//! - the sync loop: reads the metadata from [`Coordination`] when it changes,
+//!   has the broker apply it (topics and replica roles), tells the group
+//!   coordinator which offsets partitions it now leads, and points the
+//!   follower fetch sessions at the right leaders;
+//! - the leader's side of the ISR: follower progress from replication
+//!   fetches, periodic shrink checks, and storing ISR changes by
+//!   compare-and-swap;
+//! - [`controller`]: elections and the offsets topic, run by one process
+//!   for the whole cluster (in process in `sluice dev`, the operator later).
+
+pub mod controller;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::broker::{mono_ms, now_ms, Broker};
+use crate::coord::{
+    CResult, Coordination, NodeInfo, NodeLease, PartitionKey, PartitionRecord, TopicSpec, Versioned,
+};
+use crate::group::Coordinator;
+use crate::log::PartitionLog;
+use crate::replication::replica::{IsrChange, Role};
+use crate::replication::{follower, FetchError, Following, LeaderLogs};
+
+/// The cluster's metadata as one node last read it.
+#[derive(Debug, Default)]
+pub struct View {
+    pub nodes: Vec<NodeLease>,
+    pub topics: BTreeMap<String, Versioned<TopicSpec>>,
+    /// Per topic, the record of each partition by index.
+    pub records: HashMap<String, Vec<Option<Versioned<PartitionRecord>>>>,
+}
+
+impl View {
+    pub fn topic_records(&self, topic: &str) -> Option<&Vec<Option<Versioned<PartitionRecord>>>> {
+        self.records.get(topic)
+    }
+
+    pub fn record(&self, topic: &str, partition: i32) -> Option<&Versioned<PartitionRecord>> {
+        self.records
+            .get(topic)?
+            .get(usize::try_from(partition).ok()?)?
+            .as_ref()
+    }
+
+    pub fn node(&self, id: i32) -> Option<&NodeLease> {
+        self.nodes.iter().find(|n| n.info.id == id)
+    }
+
+    pub fn alive(&self, id: i32, now_ms: i64) -> bool {
+        self.node(id).is_some_and(|n| n.alive(now_ms))
+    }
+
+    /// Reads everything from the coordination backend.
+    pub async fn read(coord: &dyn Coordination) -> CResult<View> {
+        let nodes = coord.nodes().await?;
+        let topics = coord
+            .topics()
+            .await?
+            .into_iter()
+            .map(|t| (t.value.name.clone(), t))
+            .collect::<BTreeMap<_, _>>();
+        let mut records: HashMap<String, Vec<Option<Versioned<PartitionRecord>>>> = HashMap::new();
+        for (key, rec) in coord.partitions().await? {
+            let Ok(i) = usize::try_from(key.partition) else {
+                continue;
+            };
+            let list = records.entry(key.topic).or_default();
+            if list.len() <= i {
+                list.resize(i + 1, None);
+            }
+            list[i] = Some(rec);
+        }
+        Ok(View {
+            nodes,
+            topics,
+            records,
+        })
+    }
+}
+
+/// Renews this node's lease forever. Each success extends how long the node
+/// may lead (see [`Broker::lease_renewed`]).
+pub async fn run_lease(broker: Arc<Broker>, info: NodeInfo) {
+    let duration = broker.config.lease_duration_ms;
+    let every = Duration::from_millis((duration / 5).max(10) as u64);
+    loop {
+        let sent = mono_ms();
+        match broker.coord.renew_node(&info, now_ms(), duration).await {
+            Ok(()) => broker.lease_renewed(sent),
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The follower fetch sessions of this node, one per leader node.
+#[derive(Default)]
+pub struct Fetchers {
+    sessions: HashMap<(i32, String), watch::Sender<Vec<Following>>>,
+}
+
+impl Fetchers {
+    /// Points sessions at the leaders of the partitions this node follows:
+    /// starts sessions for new leaders, updates the partitions of existing
+    /// ones, and ends sessions nobody needs (dropping the sender ends them).
+    pub fn update(&mut self, broker: &Broker) {
+        let view = broker.view();
+        let mut want: HashMap<(i32, String), Vec<Following>> = HashMap::new();
+        for t in broker.topics() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                let Role::Follower { leader, epoch } = p.replica.role() else {
+                    continue;
+                };
+                let Some(node) = view.node(leader) else {
+                    continue;
+                };
+                want.entry((leader, node.info.replication_addr.clone()))
+                    .or_default()
+                    .push(Following {
+                        topic: t.record.name.clone(),
+                        partition: i as i32,
+                        leader_epoch: epoch,
+                        log: p.log.clone(),
+                        replica: Some(p.replica.clone()),
+                    });
+            }
+        }
+        self.sessions.retain(|k, _| want.contains_key(k));
+        for (key, set) in want {
+            match self.sessions.get(&key) {
+                Some(tx) => {
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != set;
+                        if changed {
+                            *cur = set;
+                        }
+                        changed
+                    });
+                }
+                None => {
+                    tracing::info!(leader = key.0, addr = %key.1, partitions = set.len(), "following a leader");
+                    let (tx, rx) = watch::channel(set);
+                    tokio::spawn(follower::run(broker.node_id(), key.1.clone(), rx));
+                    self.sessions.insert(key, tx);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the metadata, applies it, and tells everyone who cares.
+pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut Fetchers) {
+    let view = match View::read(broker.coord.as_ref()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading cluster metadata failed");
+            return;
+        }
+    };
+    let b = broker.clone();
+    let applied = tokio::task::spawn_blocking(move || b.apply_view(view)).await;
+    match applied {
+        Ok(Ok(transitions)) => groups.leadership_changed(&transitions),
+        Ok(Err(e)) => tracing::error!(error = %e, "applying cluster metadata failed"),
+        Err(e) => tracing::error!(error = %e, "applying cluster metadata panicked"),
+    }
+    fetchers.update(broker);
+}
+
+/// Follows the metadata: on every change, and every half second (leases
+/// lapse without anything being written).
+pub async fn run_sync(broker: Arc<Broker>, groups: Arc<Coordinator>, mut fetchers: Fetchers) {
+    let mut changes = broker.coord.changes();
+    loop {
+        changes.borrow_and_update();
+        refresh(&broker, &groups, &mut fetchers).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
+    }
+}
+
+/// Stores an ISR change the leader proposed; on a conflict the record moved
+/// on and the next view decides.
+async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: IsrChange) {
+    let view = broker.view();
+    let current = view
+        .record(&topic, partition)
+        .filter(|r| r.version == change.expected);
+    let replica = broker
+        .topic(&topic)
+        .and_then(|t| t.partition(partition).map(|p| p.replica.clone()));
+    let Some(current) = current else {
+        if let Some(r) = replica {
+            r.isr_change_failed();
+        }
+        return;
+    };
+    let next = PartitionRecord {
+        isr: change.isr.clone(),
+        ..current.value.clone()
+    };
+    let key = PartitionKey::new(&topic, partition);
+    match broker
+        .coord
+        .update_partition(&key, next, change.expected)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(topic, partition, isr = ?change.isr, "ISR changed");
+        }
+        Err(e) => {
+            tracing::debug!(topic, partition, error = %e, "ISR change not stored");
+            if let Some(r) = replica {
+                r.isr_change_failed();
+            }
+        }
+    }
+}
+
+/// The leader's periodic ISR check: followers that have not caught up for
+/// `replica.lag.time.max.ms` leave the ISR.
+pub async fn run_isr_checks(broker: Arc<Broker>) {
+    let lag = broker.config.replica_lag_time_max_ms;
+    let every = Duration::from_millis((lag / 4).clamp(50, 5_000) as u64);
+    let me = broker.node_id();
+    loop {
+        tokio::time::sleep(every).await;
+        if broker.fenced() {
+            continue;
+        }
+        let now = now_ms();
+        for t in broker.topics() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if let Some(change) = p.replica.check_isr(me, &p.log, now, lag) {
+                    tokio::spawn(store_isr(
+                        broker.clone(),
+                        t.record.name.clone(),
+                        i as i32,
+                        change,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl LeaderLogs for Broker {
+    fn leader_log(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i32,
+    ) -> Result<Arc<PartitionLog>, FetchError> {
+        let p = self
+            .topic(topic)
+            .and_then(|t| t.partition(partition).cloned())
+            .ok_or(FetchError::UnknownPartition)?;
+        match p.replica.role() {
+            Role::Leader { epoch: e, .. } if e == epoch => Ok(p.log.clone()),
+            Role::Leader { epoch: e, .. } if epoch < e => Err(FetchError::FencedLeaderEpoch),
+            Role::Leader { .. } => Err(FetchError::UnknownLeaderEpoch),
+            _ => Err(FetchError::NotLeader),
+        }
+    }
+
+    fn follower_fetched(&self, topic: &str, partition: i32, follower: i32, fetch_offset: i64) {
+        let Some(p) = self
+            .topic(topic)
+            .and_then(|t| t.partition(partition).cloned())
+        else {
+            return;
+        };
+        match p.replica.follower_fetched(
+            self.node_id(),
+            &p.log,
+            follower,
+            fetch_offset,
+            now_ms(),
+            self.config.replica_lag_time_max_ms,
+        ) {
+            Ok((moved, change)) => {
+                if moved {
+                    self.wake();
+                }
+                if let Some(change) = change {
+                    if let Some(me) = self.me() {
+                        tokio::spawn(store_isr(me, topic.to_string(), partition, change));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(topic, partition, error = %e, "storing the high watermark failed")
+            }
+        }
+    }
+
+    fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended()
+    }
+}

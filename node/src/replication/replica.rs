@@ -1,0 +1,397 @@
+//! One partition's replica on this node: its role, read from the
+//! partition's record (leader at an epoch, follower of another node, or
+//! neither), and, while it leads, what it knows of its followers. The rules
+//! themselves (high watermark, ISR shrink and expand) are the pure functions
+//! of `sluice_api::isr`; this type holds their inputs and applies their
+//! answers to the log.
+
+use std::sync::Mutex;
+
+use sluice_api::election::PartitionRecord;
+use sluice_api::isr::{self, Follower};
+
+use crate::coord::Version;
+use crate::log::{PartitionLog, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Not a replica, or a replica without a leader (offline).
+    #[default]
+    None,
+    Leader {
+        epoch: i32,
+        /// The ISR as stored in the partition record.
+        isr: Vec<i32>,
+        replicas: Vec<i32>,
+        /// Version of the partition record, for compare-and-swap.
+        version: Version,
+    },
+    Follower {
+        leader: i32,
+        epoch: i32,
+    },
+}
+
+/// What changed when a record was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Unchanged,
+    /// Now leading at this epoch (after not leading, or at a new epoch).
+    BecameLeader(i32),
+    /// Led before, does not lead now.
+    StoppedLeading,
+    /// Follows a (new) leader or epoch.
+    Following,
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    f: Follower,
+    /// Leader's log end and time at this follower's previous fetch: a
+    /// follower that fetched up to the log end as it was then was caught up
+    /// at that time (Kafka's `lastCaughtUpTimeMs` rule).
+    prev_fetch_leo: i64,
+    prev_fetch_ms: i64,
+}
+
+#[derive(Default)]
+struct State {
+    role: Role,
+    followers: Vec<Progress>,
+    /// An ISR this leader asked to store and has not seen stored yet.
+    pending_isr: Option<Vec<i32>>,
+}
+
+impl State {
+    /// The ISR the high watermark must respect: the stored one together
+    /// with a pending one, so a follower being added counts before its
+    /// addition is visible (KIP-497's "maximal ISR") and a follower being
+    /// removed still counts until its removal is stored.
+    fn maximal_isr(&self) -> Vec<i32> {
+        let Role::Leader { isr, .. } = &self.role else {
+            return vec![];
+        };
+        let mut all = isr.clone();
+        for r in self.pending_isr.iter().flatten() {
+            if !all.contains(r) {
+                all.push(*r);
+            }
+        }
+        all
+    }
+
+    fn progress(&self) -> Vec<Follower> {
+        self.followers.iter().map(|p| p.f).collect()
+    }
+}
+
+/// A proposed ISR change: the record to store if the stored one is still at
+/// `expected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub isr: Vec<i32>,
+    pub expected: Version,
+}
+
+/// What the leader may do for one append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    pub epoch: i32,
+    /// Size of the stored ISR (what `min.insync.replicas` is checked against).
+    pub isr_len: usize,
+    /// This replica is the whole ISR, pending changes included: what it
+    /// writes is committed at once.
+    pub alone: bool,
+}
+
+#[derive(Default)]
+pub struct Replica {
+    state: Mutex<State>,
+}
+
+impl Replica {
+    pub fn role(&self) -> Role {
+        self.state.lock().expect("replica lock").role.clone()
+    }
+
+    /// The leader epoch if this replica leads.
+    pub fn leader_epoch(&self) -> Option<i32> {
+        match self.state.lock().expect("replica lock").role {
+            Role::Leader { epoch, .. } => Some(epoch),
+            _ => None,
+        }
+    }
+
+    /// Applies the partition's record as stored at `version`.
+    pub fn apply(
+        &self,
+        me: i32,
+        record: Option<(&PartitionRecord, Version)>,
+        now_ms: i64,
+    ) -> Transition {
+        let mut st = self.state.lock().expect("replica lock");
+        let was_leading = matches!(st.role, Role::Leader { .. });
+        let next = match record {
+            Some((r, version)) if r.leader == Some(me) => Role::Leader {
+                epoch: r.leader_epoch,
+                isr: r.isr.clone(),
+                replicas: r.replicas.clone(),
+                version,
+            },
+            Some((r, _)) if r.replicas.contains(&me) => match r.leader {
+                Some(leader) => Role::Follower {
+                    leader,
+                    epoch: r.leader_epoch,
+                },
+                None => Role::None,
+            },
+            _ => Role::None,
+        };
+        if next == st.role {
+            return Transition::Unchanged;
+        }
+        let prev = std::mem::replace(&mut st.role, next.clone());
+        match (&prev, &next) {
+            (
+                Role::Leader {
+                    epoch: old_epoch, ..
+                },
+                Role::Leader { epoch, isr, .. },
+            ) if old_epoch == epoch => {
+                // Same leadership, a new record (an ISR change stored).
+                if st.pending_isr.as_ref() == Some(isr) {
+                    st.pending_isr = None;
+                }
+                Transition::Unchanged
+            }
+            (
+                _,
+                Role::Leader {
+                    epoch, replicas, ..
+                },
+            ) => {
+                // Followers get the grace Kafka gives them at election: they
+                // count as caught up now, and must fetch to stay so.
+                st.followers = replicas
+                    .iter()
+                    .filter(|r| **r != me)
+                    .map(|id| Progress {
+                        f: Follower {
+                            id: *id,
+                            log_end: -1,
+                            last_caught_up_ms: now_ms,
+                        },
+                        prev_fetch_leo: i64::MAX,
+                        prev_fetch_ms: now_ms,
+                    })
+                    .collect();
+                st.pending_isr = None;
+                Transition::BecameLeader(*epoch)
+            }
+            _ => {
+                st.followers.clear();
+                st.pending_isr = None;
+                if was_leading {
+                    Transition::StoppedLeading
+                } else if matches!(next, Role::Follower { .. }) {
+                    Transition::Following
+                } else {
+                    Transition::Unchanged
+                }
+            }
+        }
+    }
+
+    /// Runs `f` while this replica leads at `epoch` (any epoch if `None`),
+    /// holding its state so the ISR cannot change meanwhile: an append made
+    /// by `f` is judged against the ISR it was made under.
+    pub fn with_leader<R>(&self, me: i32, f: impl FnOnce(&LeaderView) -> R) -> Result<R, Role> {
+        let st = self.state.lock().expect("replica lock");
+        let Role::Leader { epoch, isr, .. } = &st.role else {
+            return Err(st.role.clone());
+        };
+        let maximal = st.maximal_isr();
+        let view = LeaderView {
+            epoch: *epoch,
+            isr_len: isr.len(),
+            alone: maximal == [me],
+        };
+        Ok(f(&view))
+    }
+
+    /// Size of the stored ISR while leading.
+    pub fn isr_len(&self) -> Option<usize> {
+        match &self.state.lock().expect("replica lock").role {
+            Role::Leader { isr, .. } => Some(isr.len()),
+            _ => None,
+        }
+    }
+
+    /// A follower fetched from `fetch_offset`, which is its log end. Moves
+    /// the high watermark when it can (returns whether it moved) and
+    /// proposes adding the follower to the ISR once it has caught up.
+    pub fn follower_fetched(
+        &self,
+        me: i32,
+        log: &PartitionLog,
+        follower: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+        lag_max_ms: i64,
+    ) -> Result<(bool, Option<IsrChange>), StoreError> {
+        let mut st = self.state.lock().expect("replica lock");
+        let Role::Leader { isr, version, .. } = &st.role else {
+            return Ok((false, None));
+        };
+        let (isr, version) = (isr.clone(), *version);
+        let leo = log.log_end_offset();
+        let Some(p) = st.followers.iter_mut().find(|p| p.f.id == follower) else {
+            // Not a replica of this partition: ignored.
+            return Ok((false, None));
+        };
+        if fetch_offset >= leo {
+            p.f.last_caught_up_ms = now_ms;
+        } else if fetch_offset >= p.prev_fetch_leo {
+            p.f.last_caught_up_ms = p.f.last_caught_up_ms.max(p.prev_fetch_ms);
+        }
+        p.prev_fetch_leo = leo;
+        p.prev_fetch_ms = now_ms;
+        p.f.log_end = fetch_offset;
+        let caught_up_ms = p.f.last_caught_up_ms;
+        let before = log.high_watermark();
+        let hw = isr::high_watermark(me, leo, &st.progress(), &st.maximal_isr(), before);
+        if hw > before {
+            log.set_high_watermark(hw)?;
+        }
+        let mut change = None;
+        if st.pending_isr.is_none()
+            && !isr.contains(&follower)
+            && fetch_offset >= log.high_watermark()
+            && now_ms - caught_up_ms <= lag_max_ms
+        {
+            let mut next = isr;
+            next.push(follower);
+            st.pending_isr = Some(next.clone());
+            change = Some(IsrChange {
+                isr: next,
+                expected: version,
+            });
+        }
+        Ok((hw > before, change))
+    }
+
+    /// After an append by the leader: the high watermark may move when the
+    /// leader's own log end was the slowest of the ISR.
+    pub fn leader_appended(&self, me: i32, log: &PartitionLog) -> Result<bool, StoreError> {
+        let st = self.state.lock().expect("replica lock");
+        if !matches!(st.role, Role::Leader { .. }) {
+            return Ok(false);
+        }
+        let before = log.high_watermark();
+        let hw = isr::high_watermark(
+            me,
+            log.log_end_offset(),
+            &st.progress(),
+            &st.maximal_isr(),
+            before,
+        );
+        if hw > before {
+            log.set_high_watermark(hw)?;
+        }
+        Ok(hw > before)
+    }
+
+    /// The periodic ISR check: proposes removing followers that have not
+    /// caught up within `lag_max_ms` (and adding caught-up ones).
+    pub fn check_isr(
+        &self,
+        me: i32,
+        log: &PartitionLog,
+        now_ms: i64,
+        lag_max_ms: i64,
+    ) -> Option<IsrChange> {
+        let mut st = self.state.lock().expect("replica lock");
+        let Role::Leader { isr, version, .. } = &st.role else {
+            return None;
+        };
+        if st.pending_isr.is_some() {
+            return None;
+        }
+        let version = *version;
+        let next = isr::next_isr(
+            me,
+            isr,
+            &st.progress(),
+            log.high_watermark(),
+            now_ms,
+            lag_max_ms,
+        )?;
+        st.pending_isr = Some(next.clone());
+        Some(IsrChange {
+            isr: next,
+            expected: version,
+        })
+    }
+
+    /// The proposed ISR change was not stored (the record moved on); the
+    /// next record applied tells the truth.
+    pub fn isr_change_failed(&self) {
+        self.state.lock().expect("replica lock").pending_isr = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(replicas: &[i32], isr: &[i32], leader: i32, epoch: i32) -> PartitionRecord {
+        PartitionRecord {
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            leader: Some(leader),
+            leader_epoch: epoch,
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_record() {
+        let r = Replica::default();
+        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2, 3], 1, 0), 5)), 0);
+        assert_eq!(t, Transition::BecameLeader(0));
+        // An ISR change stored: same leadership.
+        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2], 1, 0), 6)), 0);
+        assert_eq!(t, Transition::Unchanged);
+        assert_eq!(r.isr_len(), Some(2));
+        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[2], 2, 1), 7)), 0);
+        assert_eq!(t, Transition::StoppedLeading);
+        assert_eq!(
+            r.role(),
+            Role::Follower {
+                leader: 2,
+                epoch: 1
+            }
+        );
+        assert_eq!(r.apply(4, Some((&rec(&[1, 2, 3], &[2], 2, 1), 7)), 0), {
+            Transition::Unchanged
+        });
+        let offline = PartitionRecord {
+            leader: None,
+            ..rec(&[1, 2, 3], &[2], 2, 2)
+        };
+        r.apply(1, Some((&offline, 8)), 0);
+        assert_eq!(r.role(), Role::None);
+    }
+
+    #[test]
+    fn alone_only_when_the_maximal_isr_is_this_replica() {
+        let r = Replica::default();
+        r.apply(1, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0);
+        assert!(r.with_leader(1, |v| v.alone).unwrap());
+        r.state.lock().unwrap().pending_isr = Some(vec![1, 2]);
+        assert!(!r.with_leader(1, |v| v.alone).unwrap());
+        let f = Replica::default();
+        f.apply(2, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0);
+        assert!(f.with_leader(2, |_| ()).is_err());
+    }
+}
