@@ -198,7 +198,6 @@ impl CommonArgs {
                 TimestampType::CreateTime
             },
             min_insync_replicas: self.min_insync_replicas,
-            ..BrokerDefaults::default()
         };
     }
 }

@@ -72,6 +72,74 @@ class SluiceNode:
                 self.kill9()
 
 
+class SluiceCluster:
+    """`sluice dev --nodes N`: N nodes in one process, on free loopback
+    ports, with its control input (`stop I`, `start I`, `stats`)."""
+
+    def __init__(self, data_dir, nodes=3, extra=()):
+        self.data_dir = data_dir
+        self.nodes = nodes
+        self.extra = list(extra)
+        self.proc = None
+        self.kafka = []
+
+    @property
+    def bootstrap(self):
+        return ",".join(self.kafka)
+
+    def start(self):
+        binary = os.environ.get("SLUICE_BIN", "sluice")
+        self.proc = subprocess.Popen(
+            [binary, "dev", "--nodes", str(self.nodes), "--listen", "127.0.0.1:0",
+             "--admin-listen", "127.0.0.1:0", "--data-dir", self.data_dir, *self.extra],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, text=True,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"sluice exited with {self.proc.wait()}")
+            if line.startswith("sluice ready "):
+                fields = dict(kv.split("=", 1) for kv in line.split()[2:])
+                self.kafka = fields["kafka"].split(",")
+                return self
+
+    def control(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def stop_node(self, i):
+        answer = self.control(f"stop {i}")
+        assert answer.startswith(f"stopped {i}"), answer
+
+    def start_node(self, i):
+        answer = self.control(f"start {i}")
+        assert answer.startswith(f"started {i}"), answer
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# Short leases and replica lag, so failures are noticed within seconds.
+FAST_CLUSTER = ("--lease-duration-ms", "2000", "--replica-lag-time-max-ms", "2000")
+
+
+@pytest.fixture
+def cluster():
+    d = tempfile.mkdtemp(prefix="sluice-cluster-")
+    c = SluiceCluster(d, 3, FAST_CLUSTER).start()
+    yield c
+    c.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def node():
     d = tempfile.mkdtemp(prefix="sluice-test-")

@@ -170,6 +170,7 @@ pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut 
     match applied {
         Ok(Ok(transitions)) => groups.leadership_changed(&transitions),
         Ok(Err(e)) => tracing::error!(error = %e, "applying cluster metadata failed"),
+        Err(e) if e.is_cancelled() => {} // the node is stopping
         Err(e) => tracing::error!(error = %e, "applying cluster metadata panicked"),
     }
     fetchers.update(broker);
@@ -196,7 +197,16 @@ async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: I
     let replica = broker
         .topic(&topic)
         .and_then(|t| t.partition(partition).map(|p| p.replica.clone()));
-    let Some(current) = current else {
+    // Only nodes with a live lease may join: a stopped follower's last
+    // fetch must not bring it back.
+    let now = now_ms();
+    let joining_alive = current.is_some_and(|c| {
+        change
+            .isr
+            .iter()
+            .all(|r| c.value.isr.contains(r) || view.alive(*r, now))
+    });
+    let Some(current) = current.filter(|_| joining_alive) else {
         if let Some(r) = replica {
             r.isr_change_failed();
         }

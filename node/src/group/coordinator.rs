@@ -29,6 +29,9 @@ use crate::replication::replica::Transition;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Committed offsets by (topic, partition); `None` where nothing is committed.
+pub type FetchedOffsets = Vec<((String, i32), Option<Committed>)>;
+
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
     /// `offsets.topic.num.partitions`
@@ -699,7 +702,7 @@ impl Coordinator {
         &self,
         group: &str,
         wanted: Option<Vec<(String, i32)>>,
-    ) -> Result<Vec<((String, i32), Option<Committed>)>, ResponseError> {
+    ) -> Result<FetchedOffsets, ResponseError> {
         let inner = self.inner.lock().expect("coordinator lock");
         self.check_owner(&inner, group)?;
         let g = inner.groups.get(group);

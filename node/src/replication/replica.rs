@@ -303,7 +303,9 @@ impl Replica {
     }
 
     /// The periodic ISR check: proposes removing followers that have not
-    /// caught up within `lag_max_ms` (and adding caught-up ones).
+    /// caught up within `lag_max_ms`. Additions happen only on a fetch
+    /// ([`follower_fetched`](Self::follower_fetched)), so a follower that
+    /// stopped cannot be re-added from its last progress.
     pub fn check_isr(
         &self,
         me: i32,
@@ -319,14 +321,20 @@ impl Replica {
             return None;
         }
         let version = *version;
-        let next = isr::next_isr(
+        let next: Vec<i32> = isr::next_isr(
             me,
             isr,
             &st.progress(),
             log.high_watermark(),
             now_ms,
             lag_max_ms,
-        )?;
+        )?
+        .into_iter()
+        .filter(|r| isr.contains(r))
+        .collect();
+        if next == *isr {
+            return None;
+        }
         st.pending_isr = Some(next.clone());
         Some(IsrChange {
             isr: next,

@@ -1,0 +1,201 @@
+"""Leader failover under load with librdkafka, checked against a history.
+
+Idempotent producers with acks=all write to a replicated topic (RF=3,
+min.insync.replicas=2) on `sluice dev --nodes 3` while the partition's leader
+is stopped (as a crash would) twice and brought back. Afterwards every
+acknowledged record must be read back exactly once, in the order its producer
+wrote it, at the offset it was acknowledged with."""
+import threading
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import wait_for
+
+RECORDS = 200_000
+PRODUCERS = 2
+TOPIC = "history"
+
+
+def partition_info(admin, topic, partition=0):
+    md = admin.list_topics(topic=topic, timeout=10)
+    p = md.topics[topic].partitions.get(partition)
+    return p
+
+
+def java_hash(s):
+    h = 0
+    for ch in s:  # ASCII group ids: one UTF-16 unit per character
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= (1 << 31) else h
+
+
+def coordinator_of(admin, group, partitions=50):
+    """The node leading the group's __consumer_offsets partition (Kafka's rule)."""
+    h = java_hash(group)
+    p = 0 if h == -(1 << 31) else abs(h) % partitions
+    return partition_info(admin, "__consumer_offsets", p).leader
+
+
+class History:
+    """What each producer was told about each record."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.acked = {}  # value -> offset
+        self.failed = {}  # value -> error
+
+    def callback(self, err, msg):
+        value = msg.value().decode()
+        with self.lock:
+            if err is None:
+                self.acked[value] = msg.offset()
+            else:
+                self.failed[value] = err
+
+    def count(self):
+        with self.lock:
+            return len(self.acked) + len(self.failed)
+
+
+def failover_time(bootstrap, history, stopped_at, n):
+    """From the leader's loss to the acknowledgement of a record produced
+    after it: only the new leader can have written that record."""
+    probe = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                      "acks": "all", "message.timeout.ms": 120000})
+    probe.produce(TOPIC, value=f"probe:{n}".encode(), partition=0, on_delivery=history.callback)
+    assert probe.flush(120) == 0
+    return time.monotonic() - stopped_at
+
+
+def produce_all(bootstrap, history, index, count):
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": 120000,
+        "topic.metadata.refresh.interval.ms": 1000,
+    })
+    for seq in range(count):
+        value = f"{index}:{seq}".encode()
+        while True:
+            try:
+                p.produce(TOPIC, value=value, partition=0, on_delivery=history.callback)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(180) == 0
+
+
+def test_acknowledged_records_survive_two_leader_failovers(cluster):
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    futures = admin.create_topics([NewTopic(
+        TOPIC, num_partitions=1, replication_factor=3,
+        config={"min.insync.replicas": "2"})])
+    futures[TOPIC].result(30)
+    wait_for(lambda: len(partition_info(admin, TOPIC).isrs) == 3)
+
+    history = History()
+    per_producer = RECORDS // PRODUCERS
+    producers = [threading.Thread(target=produce_all,
+                                  args=(cluster.bootstrap, history, i, per_producer))
+                 for i in range(PRODUCERS)]
+    for t in producers:
+        t.start()
+
+    failovers = []
+    for n, threshold in enumerate((RECORDS // 4, RECORDS // 2)):
+        wait_for(lambda: history.count() >= threshold, timeout=300, interval=0.01)
+        leader = partition_info(admin, TOPIC).leader
+        cluster.stop_node(leader)
+        stopped_at = time.monotonic()
+        failovers.append(failover_time(cluster.bootstrap, history, stopped_at, n))
+        new_leader = partition_info(admin, TOPIC).leader
+        assert new_leader not in (leader, -1)
+        cluster.start_node(leader)
+        # The old leader catches up from the new one and rejoins the ISR.
+        wait_for(lambda: len(partition_info(admin, TOPIC).isrs) == 3, timeout=120)
+
+    for t in producers:
+        t.join(300)
+    print(f"\nfailover times (leader lost -> first acks=all write acknowledged): "
+          f"{', '.join(f'{f:.2f} s' for f in failovers)}")
+
+    assert not history.failed, f"{len(history.failed)} records failed: {list(history.failed.items())[:3]}"
+    assert len(history.acked) == RECORDS + len(failovers)
+
+    # Read everything back from the current leader.
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "history-check",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    _, high = c.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=10)
+    c.assign([TopicPartition(TOPIC, 0, 0)])
+    seen = []
+    while len(seen) < high:
+        for m in c.consume(10000, timeout=5):
+            assert m.error() is None, m.error()
+            seen.append((m.offset(), m.value().decode()))
+    c.close()
+
+    values = [v for _, v in seen]
+    assert len(values) == len(set(values)), "a record appears twice"
+    assert set(values) == set(history.acked), "acknowledged records are missing"
+    for offset, value in seen:
+        assert history.acked[value] == offset, f"{value} read at {offset}, acked at {history.acked[value]}"
+    # Each producer's records in the order it sent them.
+    last = {}
+    for _, value in seen:
+        if value.startswith("probe:"):
+            continue
+        producer, seq = map(int, value.split(":"))
+        assert seq == last.get(producer, -1) + 1, f"producer {producer}: {seq} after {last.get(producer)}"
+        last[producer] = seq
+
+
+def test_group_keeps_working_across_a_coordinator_failover(cluster):
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic("orders", num_partitions=6, replication_factor=3,
+                                  config={"min.insync.replicas": "2"})])["orders"].result(30)
+    wait_for(lambda: all(len(p.isrs) == 3 for p in
+                         admin.list_topics(topic="orders", timeout=10).topics["orders"].partitions.values()))
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(1000):
+        p.produce("orders", key=str(i).encode(), value=str(i).encode())
+    assert p.flush(60) == 0
+
+    group = "billing"
+    wait_for(lambda: coordinator_of(admin, group) >= 0)
+    coordinator = coordinator_of(admin, group)
+    consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe(["orders"])
+    seen = set()
+
+    def consume_until(n):
+        deadline = time.monotonic() + 120
+        while len(seen) < n and time.monotonic() < deadline:
+            batch = consumer.consume(50, timeout=1)
+            if not batch:
+                continue
+            for m in batch:
+                assert m.error() is None, m.error()
+                seen.add(m.value().decode())
+            consumer.commit(asynchronous=False)
+
+    consume_until(500)
+    assert len(seen) >= 500
+    cluster.stop_node(coordinator)
+    wait_for(lambda: coordinator_of(admin, group) not in (coordinator, -1), timeout=60)
+    consume_until(1000)
+    assert seen == {str(i) for i in range(1000)}
+    # The commits made through the new coordinator are there for the group.
+    committed = consumer.committed([TopicPartition("orders", i) for i in range(6)], timeout=30)
+    total = 0
+    for tp in committed:
+        _, high = consumer.get_watermark_offsets(tp, timeout=10)
+        assert tp.offset == high, f"partition {tp.partition}: committed {tp.offset}, end {high}"
+        total += high
+    assert total == 1000
+    consumer.close()
