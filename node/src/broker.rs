@@ -490,6 +490,11 @@ impl Broker {
         Ok(transitions)
     }
 
+    /// Resolves when the next view has been applied.
+    pub fn next_view(&self) -> tokio::sync::futures::Notified<'_> {
+        self.applied.notified()
+    }
+
     /// Waits until this node has applied a view in which `done` holds.
     async fn until_applied(&self, what: &str, done: impl Fn(&Broker) -> bool) -> KResult<()> {
         let deadline = tokio::time::Instant::now() + APPLY_TIMEOUT;

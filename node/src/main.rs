@@ -46,7 +46,8 @@ struct DevArgs {
     /// Run a cluster of this many nodes in one process: node i listens on
     /// the base ports plus i and keeps its data in <data-dir>/node-i. Lines
     /// `stop I` and `start I` on stdin stop (as a crash would) and restart
-    /// node I; `stats` prints the coordination write count.
+    /// node I; `isolate I` and `heal I` cut node I off from the cluster
+    /// metadata and reconnect it; `stats` prints the coordination write count.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     nodes: u16,
     #[command(flatten)]

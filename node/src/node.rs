@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,10 @@ use crate::broker::{mono_ms, now_ms, Broker};
 use crate::cluster::controller::{self, ControllerConfig};
 use crate::cluster::{self, Fetchers};
 use crate::config::NodeConfig;
-use crate::coord::{Coordination, InMemory, NodeInfo, PartitionRecord};
+use crate::coord::{
+    CResult, CoordError, Coordination, InMemory, NodeInfo, NodeLease, PartitionKey,
+    PartitionRecord, TopicSpec, Version, Versioned,
+};
 use crate::group::Coordinator;
 use crate::metrics::Metrics;
 use crate::protocol::Services;
@@ -178,12 +182,84 @@ async fn shutdown_signal() {
     }
 }
 
+/// The cluster's metadata as one dev node reaches it: `isolate I` cuts node
+/// I off (every call fails, as in a network partition from the API server)
+/// while it keeps serving clients and followers; `heal I` reconnects it.
+struct Reachable {
+    inner: Arc<dyn Coordination>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Reachable {
+    fn check(&self) -> CResult<()> {
+        if self.cut.load(Ordering::Acquire) {
+            return Err(CoordError::Backend(
+                "this node is isolated from the cluster metadata".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Coordination for Reachable {
+    async fn renew_node(&self, info: &NodeInfo, now_ms: i64, duration_ms: i64) -> CResult<()> {
+        self.check()?;
+        self.inner.renew_node(info, now_ms, duration_ms).await
+    }
+    async fn nodes(&self) -> CResult<Vec<NodeLease>> {
+        self.check()?;
+        self.inner.nodes().await
+    }
+    async fn topics(&self) -> CResult<Vec<Versioned<TopicSpec>>> {
+        self.check()?;
+        self.inner.topics().await
+    }
+    async fn create_topic(&self, spec: TopicSpec, partitions: Vec<PartitionRecord>) -> CResult<()> {
+        self.check()?;
+        self.inner.create_topic(spec, partitions).await
+    }
+    async fn update_topic(&self, spec: TopicSpec, expected: Version) -> CResult<Version> {
+        self.check()?;
+        self.inner.update_topic(spec, expected).await
+    }
+    async fn delete_topic(&self, name: &str) -> CResult<()> {
+        self.check()?;
+        self.inner.delete_topic(name).await
+    }
+    async fn partitions(&self) -> CResult<Vec<(PartitionKey, Versioned<PartitionRecord>)>> {
+        self.check()?;
+        self.inner.partitions().await
+    }
+    async fn create_partition(
+        &self,
+        key: &PartitionKey,
+        record: PartitionRecord,
+    ) -> CResult<Version> {
+        self.check()?;
+        self.inner.create_partition(key, record).await
+    }
+    async fn update_partition(
+        &self,
+        key: &PartitionKey,
+        record: PartitionRecord,
+        expected: Version,
+    ) -> CResult<Version> {
+        self.check()?;
+        self.inner.update_partition(key, record, expected).await
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes()
+    }
+}
+
 /// A node of a dev cluster: its runtime (dropping it stops the node, as a
 /// crash would) and its settings, with the ports it bound first so a
 /// restart comes back on the same addresses.
 struct DevNode {
     config: NodeConfig,
     runtime: Option<tokio::runtime::Runtime>,
+    cut: Arc<AtomicBool>,
 }
 
 fn offset_port(addr: SocketAddr, by: usize) -> SocketAddr {
@@ -197,6 +273,10 @@ fn offset_port(addr: SocketAddr, by: usize) -> SocketAddr {
 impl DevNode {
     async fn start(&mut self, coord: Arc<dyn Coordination>) -> anyhow::Result<Ready> {
         let id = self.config.node_id;
+        let coord: Arc<dyn Coordination> = Arc::new(Reachable {
+            inner: coord,
+            cut: self.cut.clone(),
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name(format!("sluice-node-{id}"))
@@ -240,7 +320,9 @@ impl DevNode {
 /// metadata (kept in `<data-dir>/cluster.json`), node i in
 /// `<data-dir>/node-i` on the base ports plus i, and the controller. Lines
 /// on stdin drive faults: `stop I` stops node I as a crash would, `start I`
-/// brings it back, `stats` prints the coordination write count.
+/// brings it back, `isolate I` cuts it off from the metadata (it keeps
+/// serving), `heal I` reconnects it, `stats` prints the coordination write
+/// count.
 pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&base.data_dir)?;
     let memory = Arc::new(InMemory::persistent(base.data_dir.join("cluster.json"))?);
@@ -273,6 +355,7 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
         let mut n = DevNode {
             config: c,
             runtime: None,
+            cut: Arc::new(AtomicBool::new(false)),
         };
         let ready = n.start(coord.clone()).await?;
         kafka.push(ready.kafka.to_string());
@@ -320,8 +403,18 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
                 },
                 None => println!("error: no node {id}"),
             },
+            (Some(cmd @ ("isolate" | "heal")), Some(id)) => match cluster.get(&id) {
+                Some(n) => {
+                    let isolate = cmd == "isolate";
+                    n.cut.store(isolate, Ordering::Release);
+                    let done = if isolate { "isolated" } else { "healed" };
+                    tracing::warn!(node = id, "node {done}");
+                    println!("{done} {id}");
+                }
+                None => println!("error: no node {id}"),
+            },
             (Some("stats"), _) => println!("coordination writes={}", memory.writes()),
-            _ => println!("error: expected `stop N`, `start N` or `stats`"),
+            _ => println!("error: expected `stop N`, `start N`, `isolate N`, `heal N` or `stats`"),
         }
     }
     tracing::info!("shutting down");

@@ -260,3 +260,75 @@ fn steady_state_coordination_writes_do_not_grow_with_partitions() {
         "writes per window {rates:?}"
     );
 }
+
+#[test]
+fn an_isolated_leader_stops_writing_before_its_lease_can_lapse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(
+        dir.path(),
+        3,
+        &[
+            "--lease-duration-ms",
+            "4000",
+            "--replica-lag-time-max-ms",
+            "2000",
+        ],
+    );
+    let mut c0 = cluster.client(0);
+    assert_eq!(
+        create(&mut c0, "f", 1, 3, &[("min.insync.replicas", "2")]),
+        0
+    );
+    let (leader, epoch, _, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut c0, "f");
+        (p.3.len() == 3).then_some(p)
+    });
+    let leader = leader as usize;
+    let other = (leader + 1) % 3;
+    let mut cl = cluster.client(leader);
+    let mut co = cluster.client(other);
+    assert_eq!(
+        produce(&mut cl, "f", batch(4, "a", Compression::None), -1),
+        (0, 0)
+    );
+    // Cut off from the metadata, the leader cannot renew its lease. It
+    // stops taking writes on its own...
+    let a = cluster.control(&format!("isolate {leader}"));
+    assert_eq!(a, format!("isolated {leader}"));
+    let mut accepted = 0;
+    wait_for(Duration::from_secs(10), || {
+        let (code, _) = produce(&mut cl, "f", batch(1, "z", Compression::None), 1);
+        accepted += i64::from(code == 0);
+        (code == ResponseError::NotLeaderOrFollower.code()).then_some(())
+    });
+    // ...while the rest of the cluster still has it as the leader: its
+    // lease has not lapsed, so no one else can be leading yet.
+    let (still, still_epoch, _, _, _) = partition0(&mut co, "f");
+    assert_eq!((still as usize, still_epoch), (leader, epoch));
+    // Once the lease lapses, another replica is elected and takes writes.
+    let (new_leader, new_epoch, _, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut co, "f");
+        (p.0 >= 0 && p.0 as usize != leader).then_some(p)
+    });
+    assert_eq!(new_epoch, epoch + 1);
+    let mut cn = cluster.client(new_leader as usize);
+    let (code, _) = wait_for(Duration::from_secs(10), || {
+        let r = produce(&mut cn, "f", batch(2, "b", Compression::None), -1);
+        (r.0 != ResponseError::NotLeaderOrFollower.code()).then_some(r)
+    });
+    assert_eq!(code, 0);
+    // Reconnected, the old leader learns it follows now and rejoins the ISR.
+    let a = cluster.control(&format!("heal {leader}"));
+    assert_eq!(a, format!("healed {leader}"));
+    wait_for(Duration::from_secs(20), || {
+        (partition0(&mut cn, "f").3.len() == 3).then_some(())
+    });
+    let (code, _) = produce(&mut cl, "f", batch(1, "z", Compression::None), 1);
+    assert_eq!(code, ResponseError::NotLeaderOrFollower.code());
+    // Every acknowledged record (those the old leader took before fencing
+    // itself had reached its followers), and nothing it refused.
+    let total = 4 + accepted + 2;
+    let d = fetch(&mut cn, "f", 0, -1);
+    assert_eq!(d.high_watermark, total);
+    assert_eq!(count_records(&d.records) as i64, total);
+}

@@ -94,7 +94,15 @@ pub async fn run_lease(broker: Arc<Broker>, info: NodeInfo) {
     loop {
         let sent = mono_ms();
         match broker.coord.renew_node(&info, now_ms(), duration).await {
-            Ok(()) => broker.lease_renewed(sent),
+            Ok(()) => {
+                if broker.fenced() {
+                    // Back after a gap: leadership may have moved meanwhile.
+                    // Lead again only once a fresh view has been applied.
+                    tracing::info!("lease renewed after a gap; waiting for fresh metadata");
+                    let _ = tokio::time::timeout(every * 2, broker.next_view()).await;
+                }
+                broker.lease_renewed(sent);
+            }
             Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
         }
         tokio::time::sleep(every).await;
