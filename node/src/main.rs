@@ -78,6 +78,19 @@ struct ServeArgs {
         env = "SLUICE_REPLICATION_LISTEN"
     )]
     replication_listen: SocketAddr,
+    /// Where the cluster's metadata lives: `local` (this node alone, in its
+    /// data directory) or `kubernetes` (Lease objects in --namespace).
+    #[arg(long, default_value = "local", value_parser = ["local", "kubernetes"], env = "SLUICE_METADATA")]
+    metadata: String,
+    /// Namespace of the Lease objects (with --metadata kubernetes).
+    #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Name of the cluster, prefixing its Lease objects.
+    #[arg(long, default_value = "sluice", env = "SLUICE_CLUSTER_NAME")]
+    cluster_name: String,
+    /// Nodes the cluster is meant to have (the StatefulSet's replicas).
+    #[arg(long, default_value_t = 3, env = "SLUICE_EXPECTED_NODES")]
+    expected_nodes: usize,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -224,6 +237,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let mut nodes = 1;
+    let mut metadata = sluice_node::node::Metadata::Local;
     let config = match cli.command {
         Command::Dev(a) => {
             let mut c = NodeConfig::dev(a.data_dir);
@@ -241,6 +255,14 @@ fn main() -> anyhow::Result<()> {
             c.admin_listen = a.admin_listen;
             c.rack = a.rack;
             c.replication_listen = a.replication_listen;
+            if a.metadata == "kubernetes" {
+                c.cluster_id = Some(a.cluster_name.clone());
+                metadata = sluice_node::node::Metadata::Kubernetes {
+                    namespace: a.namespace,
+                    cluster: a.cluster_name,
+                    expected_nodes: a.expected_nodes,
+                };
+            }
             a.common.apply(&mut c, false);
             c
         }
@@ -251,6 +273,6 @@ fn main() -> anyhow::Result<()> {
     if nodes > 1 {
         runtime.block_on(sluice_node::node::dev_cluster(config, nodes))
     } else {
-        runtime.block_on(sluice_node::node::run(config))
+        runtime.block_on(sluice_node::node::run(config, metadata))
     }
 }

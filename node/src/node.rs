@@ -50,20 +50,57 @@ async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for {what} on {addr}: {e}"))
 }
 
-/// One standalone node: metadata kept in `<data-dir>/cluster.json`, its own
-/// controller, serving until SIGINT or SIGTERM. Prints
-/// `sluice ready kafka=ADDR admin=ADDR` on stdout once it accepts
+/// Where a node keeps the cluster's metadata.
+#[derive(Debug, Clone)]
+pub enum Metadata {
+    /// Its own, in `<data-dir>/cluster.json`: a standalone node.
+    Local,
+    /// Lease objects in a Kubernetes namespace, shared by the cluster's
+    /// nodes (`expected_nodes` of them, the StatefulSet's replicas).
+    Kubernetes {
+        namespace: String,
+        cluster: String,
+        expected_nodes: usize,
+    },
+}
+
+/// One node, serving until SIGINT or SIGTERM, with the controller beside it.
+/// Prints `sluice ready kafka=ADDR admin=ADDR` on stdout once it accepts
 /// connections, with the ports actually bound (useful with port 0).
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+///
+/// On Kubernetes every node runs the controller: its rules write by
+/// compare-and-swap, so concurrent controllers agree (one write wins, the
+/// others see a conflict and re-read) and any surviving node keeps elections
+/// going. The operator takes this over when it lands.
+pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
-    let coord: Arc<dyn Coordination> =
-        Arc::new(InMemory::persistent(config.data_dir.join("cluster.json"))?);
+    let (coord, expected, import_local): (Arc<dyn Coordination>, usize, bool) = match &metadata {
+        Metadata::Local => (
+            Arc::new(InMemory::persistent(config.data_dir.join("cluster.json"))?),
+            1,
+            true,
+        ),
+        Metadata::Kubernetes {
+            namespace,
+            cluster,
+            expected_nodes,
+        } => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("no Kubernetes API server reachable: {e}"))?;
+            (
+                Arc::new(crate::coord::Kubernetes::new(client, namespace, cluster).await?),
+                *expected_nodes,
+                false,
+            )
+        }
+    };
     tokio::spawn(controller::run(
         coord.clone(),
-        controller_config(&config, 1),
+        controller_config(&config, expected),
     ));
     let (tx, rx) = oneshot::channel();
-    let mut node = tokio::spawn(serve(config, coord, true, tx));
+    let mut node = tokio::spawn(serve(config, coord, import_local, tx));
     let ready = tokio::select! {
         r = rx => r?,
         r = &mut node => anyhow::bail!("node stopped while starting: {:?}", r?.err()),

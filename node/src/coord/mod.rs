@@ -11,6 +11,7 @@
 //! records change only when leadership, ISR or assignment change.
 
 pub mod contract;
+mod kubernetes;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use sluice_api::election::PartitionRecord;
 use uuid::Uuid;
 
+pub use kubernetes::Kubernetes;
 pub use memory::InMemory;
 
 /// What a node announces in its lease.
