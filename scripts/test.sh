@@ -29,6 +29,26 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+# The Kubernetes coordination backend runs its contract against an API
+# server: the one SLUICE_TEST_KUBECONFIG names (kind, a real cluster), or
+# else localkube, started here.
+if [ -n "${SLUICE_TEST_KUBECONFIG:-}" ]; then
+  step "Kubernetes coordination contract (API server from SLUICE_TEST_KUBECONFIG)"
+  cargo test --locked -p sluice-node --test kube_contract -- --ignored
+else
+  step "Kubernetes coordination contract against localkube"
+  cargo build --locked -q -p localkube
+  LK_DIR=$(mktemp -d)
+  "$CARGO_TARGET_DIR/debug/localkube" --kubeconfig "$LK_DIR/kubeconfig" > "$LK_DIR/out" 2> "$LK_DIR/err" &
+  LK_PID=$!
+  trap 'kill $LK_PID 2>/dev/null || true; rm -rf "$LK_DIR"' EXIT
+  for _ in $(seq 100); do grep -q "localkube ready" "$LK_DIR/out" && break; sleep 0.1; done
+  grep -q "localkube ready" "$LK_DIR/out" || { cat "$LK_DIR/err"; exit 1; }
+  SLUICE_TEST_KUBECONFIG="$LK_DIR/kubeconfig" \
+    cargo test --locked -p sluice-node --test kube_contract -- --ignored
+  kill $LK_PID 2>/dev/null || true
+fi
+
 # --- real Kafka clients against the real binary ---------------------------------
 # `cargo test` built the binary the client tests run.
 export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"

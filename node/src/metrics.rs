@@ -34,6 +34,10 @@ pub struct Metrics {
     pub produced_records: Family<TopicLabels, Counter>,
     pub produced_bytes: Family<TopicLabels, Counter>,
     pub fetched_bytes: Counter,
+    pub partitions_led: Gauge,
+    pub under_replicated_partitions: Gauge,
+    pub fenced: Gauge,
+    pub lease_renewal_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,30 @@ impl Metrics {
         let produced_records = Family::<TopicLabels, Counter>::default();
         let produced_bytes = Family::<TopicLabels, Counter>::default();
         let fetched_bytes = Counter::default();
+        let partitions_led = Gauge::default();
+        let under_replicated_partitions = Gauge::default();
+        let fenced = Gauge::default();
+        let lease_renewal_failures = Counter::default();
+        registry.register(
+            "partitions_led",
+            "Partitions this node leads",
+            partitions_led.clone(),
+        );
+        registry.register(
+            "under_replicated_partitions",
+            "Partitions this node leads whose ISR is smaller than their replica set",
+            under_replicated_partitions.clone(),
+        );
+        registry.register(
+            "lease_fenced",
+            "1 while this node may not lead: its lease may be about to lapse",
+            fenced.clone(),
+        );
+        registry.register(
+            "lease_renewal_failures",
+            "Node lease renewals that failed",
+            lease_renewal_failures.clone(),
+        );
         registry.register(
             "kafka_requests",
             "Kafka requests handled, by API",
@@ -105,6 +133,10 @@ impl Metrics {
             produced_records,
             produced_bytes,
             fetched_bytes,
+            partitions_led,
+            under_replicated_partitions,
+            fenced,
+            lease_renewal_failures,
         }
     }
 

@@ -103,7 +103,10 @@ pub async fn run_lease(broker: Arc<Broker>, info: NodeInfo) {
                 }
                 broker.lease_renewed(sent);
             }
-            Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+            Err(e) => {
+                broker.metrics.lease_renewal_failures.inc();
+                tracing::warn!(error = %e, "lease renewal failed");
+            }
         }
         tokio::time::sleep(every).await;
     }
@@ -243,14 +246,28 @@ async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: I
 }
 
 /// The leader's periodic ISR check: followers that have not caught up for
-/// `replica.lag.time.max.ms` leave the ISR.
+/// `replica.lag.time.max.ms` leave the ISR. Also refreshes the leadership
+/// gauges in `/metrics`.
 pub async fn run_isr_checks(broker: Arc<Broker>) {
     let lag = broker.config.replica_lag_time_max_ms;
     let every = Duration::from_millis((lag / 4).clamp(50, 5_000) as u64);
     let me = broker.node_id();
     loop {
         tokio::time::sleep(every).await;
-        if broker.fenced() {
+        let fenced = broker.fenced();
+        broker.metrics.fenced.set(i64::from(fenced));
+        let (mut led, mut under) = (0, 0);
+        for t in broker.topics() {
+            for p in &t.partitions {
+                if let Role::Leader { isr, replicas, .. } = p.replica.role() {
+                    led += 1;
+                    under += i64::from(isr.len() < replicas.len());
+                }
+            }
+        }
+        broker.metrics.partitions_led.set(led);
+        broker.metrics.under_replicated_partitions.set(under);
+        if fenced {
             continue;
         }
         let now = now_ms();

@@ -142,5 +142,12 @@ fn apply(
         log.append_replicated(&bytes::Bytes::copy_from_slice(&d.records))?;
     }
     log.set_high_watermark(d.high_watermark.min(log.log_end_offset()))?;
+    // The leader's log start moved (DeleteRecords, retention): follow it up
+    // to what this replica has committed, so records deleted on the leader
+    // never come back if this replica leads later.
+    let start = d.log_start_offset.min(log.high_watermark());
+    if start > log.log_start_offset() {
+        log.delete_records_before(start)?;
+    }
     Ok(progressed)
 }

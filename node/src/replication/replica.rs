@@ -402,4 +402,50 @@ mod tests {
         f.apply(2, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0);
         assert!(f.with_leader(2, |_| ()).is_err());
     }
+
+    #[test]
+    fn high_watermark_follows_the_isr_and_laggards_leave() {
+        use crate::log::{Store, TimestampType};
+        use kafka_protocol::records::Compression;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let log = PartitionLog::open(store, &uuid::Uuid::new_v4(), 0).unwrap();
+        let r = Replica::default();
+        r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2, 3], 1, 0), 1)), 0);
+        let b = crate::log::batch::tests::encode(10, Compression::None);
+        log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
+        assert!(!r.leader_appended(1, &log).unwrap());
+        assert_eq!(log.high_watermark(), 0);
+        // One follower caught up: not enough, the ISR has three.
+        let (moved, change) = r.follower_fetched(1, &log, 2, 10, 100, 1_000).unwrap();
+        assert!(!moved && change.is_none());
+        let (moved, _) = r.follower_fetched(1, &log, 3, 4, 100, 1_000).unwrap();
+        assert!(moved);
+        assert_eq!(log.high_watermark(), 4);
+        // Follower 3 stops fetching: after the lag limit it is proposed out.
+        assert_eq!(r.check_isr(1, &log, 900, 1_000), None);
+        r.follower_fetched(1, &log, 2, 10, 1_500, 1_000).unwrap();
+        let out = r.check_isr(1, &log, 1_500, 1_000).unwrap();
+        assert_eq!(
+            out,
+            IsrChange {
+                isr: vec![1, 2],
+                expected: 1
+            }
+        );
+        // Only one proposal at a time; once stored, the HW counts 1 and 2.
+        assert_eq!(r.check_isr(1, &log, 1_600, 1_000), None);
+        r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2], 1, 0), 2)), 1_600);
+        r.leader_appended(1, &log).unwrap();
+        assert_eq!(log.high_watermark(), 10);
+        // Follower 3 comes back and catches up to the HW: proposed in.
+        let (_, back) = r.follower_fetched(1, &log, 3, 10, 1_700, 1_000).unwrap();
+        assert_eq!(
+            back,
+            Some(IsrChange {
+                isr: vec![1, 2, 3],
+                expected: 2
+            })
+        );
+    }
 }
