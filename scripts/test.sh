@@ -29,6 +29,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+cargo build --locked -q -p localkube
+
 # The Kubernetes coordination backend runs its contract against an API
 # server: the one SLUICE_TEST_KUBECONFIG names (kind, a real cluster), or
 # else localkube, started here.
@@ -37,7 +39,6 @@ if [ -n "${SLUICE_TEST_KUBECONFIG:-}" ]; then
   cargo test --locked -p sluice-node --test kube_contract -- --ignored
 else
   step "Kubernetes coordination contract against localkube"
-  cargo build --locked -q -p localkube
   LK_DIR=$(mktemp -d)
   "$CARGO_TARGET_DIR/debug/localkube" --kubeconfig "$LK_DIR/kubeconfig" > "$LK_DIR/out" 2> "$LK_DIR/err" &
   LK_PID=$!
@@ -52,6 +53,7 @@ fi
 # --- real Kafka clients against the real binary ---------------------------------
 # `cargo test` built the binary the client tests run.
 export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
+export LOCALKUBE_BIN="$CARGO_TARGET_DIR/debug/localkube"
 cd "$ROOT/tests/clients"
 step "client tests with Debian's clients (librdkafka 2.0, kafka-python 2.0, kcat)"
 /usr/bin/python3 -m pytest -q -p no:cacheprovider "$@"

@@ -165,7 +165,19 @@ pub async fn serve(
     let repl_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(leader::Service::new(broker.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(replication)),
+            .serve_with_incoming(
+                // Small messages both ways: Nagle's algorithm would hold each
+                // answer for a delayed ACK.
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(replication),
+                    |s| {
+                        if let Ok(s) = &s {
+                            let _ = s.set_nodelay(true);
+                        }
+                        s
+                    },
+                ),
+            ),
     );
     let (kafka_host, kafka_port) = crate::protocol::advertised(&broker);
     let repl_host = config

@@ -41,9 +41,11 @@ async fn session(
     endpoint: &str,
     following: &mut watch::Receiver<Vec<Following>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = ReplicationClient::connect(endpoint.to_string())
-        .await?
-        .max_decoding_message_size(64 << 20);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = ReplicationClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(1);
     let mut responses = client.fetch(ReceiverStream::new(rx)).await?.into_inner();
     loop {
@@ -77,31 +79,43 @@ async fn session(
         let Some(resp) = responses.message().await? else {
             return Err("leader closed the session".into());
         };
-        let mut idle = true;
+        let mut refused = true;
         for d in resp.partitions {
             if let Some(f) = set
                 .iter()
                 .find(|f| f.topic == d.topic && f.partition == d.partition)
             {
-                idle &= !apply(f, &d)?;
+                refused &= apply(f, &d)? == Applied::Refused;
             }
         }
-        if idle {
-            // Errors only (not leader, stale epoch): give metadata time to move.
+        if refused {
+            // Errors only (not leader, stale epoch): give metadata time to
+            // move. An empty answer (a moved high watermark, the wait over)
+            // is followed by the next fetch at once.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-/// Applies one partition's answer. Returns whether it made progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Records appended, or the log truncated or reset.
+    Progress,
+    /// Nothing new.
+    Nothing,
+    /// The leader (or this node's own state) refused the fetch.
+    Refused,
+}
+
+/// Applies one partition's answer.
 fn apply(
     f: &Following,
     d: &PartitionData,
-) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Applied, Box<dyn std::error::Error + Send + Sync>> {
     let log = &f.log;
     if !f.current() {
         // This node moved on (leads now, or follows another epoch).
-        return Ok(false);
+        return Ok(Applied::Refused);
     }
     match d.error() {
         FetchError::None => {}
@@ -115,11 +129,11 @@ fn apply(
                     .min(d.high_watermark.max(log.log_start_offset()));
                 log.truncate_to(to)?;
             }
-            return Ok(true);
+            return Ok(Applied::Progress);
         }
         other => {
             tracing::debug!(topic = %f.topic, partition = f.partition, error = ?other, "leader refused the fetch");
-            return Ok(false);
+            return Ok(Applied::Refused);
         }
     }
     if d.diverging {
@@ -135,7 +149,7 @@ fn apply(
         };
         tracing::info!(topic = %f.topic, partition = f.partition, from = log.log_end_offset(), to, "truncating a divergent tail");
         log.truncate_to(to)?;
-        return Ok(true);
+        return Ok(Applied::Progress);
     }
     let progressed = !d.records.is_empty();
     if progressed {
@@ -149,5 +163,9 @@ fn apply(
     if start > log.log_start_offset() {
         log.delete_records_before(start)?;
     }
-    Ok(progressed)
+    Ok(if progressed {
+        Applied::Progress
+    } else {
+        Applied::Nothing
+    })
 }
