@@ -373,18 +373,23 @@ impl Broker {
         Ok((i64::from(self.node_id()) << PRODUCER_ID_NODE_SHIFT) | counter)
     }
 
-    /// Nodes replicas can be placed on: those with a live lease.
-    pub fn live_nodes(&self) -> Vec<placement::Node> {
+    /// Nodes replicas can be placed on: those with a live lease, read from
+    /// the metadata now (this node's view may not have seen a node that
+    /// just joined).
+    pub async fn live_nodes(&self) -> KResult<Vec<placement::Node>> {
         let now = now_ms();
-        self.view()
-            .nodes
+        Ok(self
+            .coord
+            .nodes()
+            .await
+            .map_err(coord_error)?
             .iter()
             .filter(|n| n.alive(now))
             .map(|n| placement::Node {
                 id: n.info.id,
                 rack: n.info.rack.clone(),
             })
-            .collect()
+            .collect())
     }
 
     fn persist(&self, record: &TopicRecord) -> KResult<()> {
@@ -513,7 +518,7 @@ impl Broker {
     }
 
     /// Checks a creation request and places its replicas, changing nothing.
-    pub fn plan_new_topic(&self, t: &NewTopic) -> KResult<(TopicConfig, Vec<Vec<i32>>)> {
+    pub async fn plan_new_topic(&self, t: &NewTopic) -> KResult<(TopicConfig, Vec<Vec<i32>>)> {
         validate_topic_name(&t.name)
             .map_err(|m| KafkaError::new(ResponseError::InvalidTopicException, m))?;
         if self.topic(&t.name).is_some() || self.view().topics.contains_key(&t.name) {
@@ -531,7 +536,7 @@ impl Broker {
                 ),
             ));
         }
-        let nodes = self.live_nodes();
+        let nodes = self.live_nodes().await?;
         if t.replication_factor < 1 || usize::from(t.replication_factor as u16) > nodes.len() {
             return Err(KafkaError::new(
                 ResponseError::InvalidReplicationFactor,
@@ -582,7 +587,7 @@ impl Broker {
     /// Creates a topic: places its replicas, stores it in the cluster's
     /// metadata and returns once this node serves it.
     pub async fn create_topic(&self, t: NewTopic) -> KResult<Arc<Topic>> {
-        let (_, assignment) = self.plan_new_topic(&t)?;
+        let (_, assignment) = self.plan_new_topic(&t).await?;
         let spec = TopicSpec {
             name: t.name.clone(),
             id: Uuid::new_v4(),
@@ -608,7 +613,7 @@ impl Broker {
         let rf = self
             .config
             .default_replication_factor
-            .min(self.live_nodes().len().max(1) as i16);
+            .min(self.live_nodes().await?.len().max(1) as i16);
         match self
             .create_topic(NewTopic {
                 name: name.to_string(),
@@ -675,7 +680,7 @@ impl Broker {
                 format!("topic {name} has {have} partitions; the new count must be larger (and at most {MAX_PARTITIONS_PER_TOPIC}), got {count}"),
             ));
         }
-        let nodes = self.live_nodes();
+        let nodes = self.live_nodes().await?;
         let existing: Vec<Vec<i32>> = view
             .topic_records(name)
             .map(|r| {

@@ -146,7 +146,7 @@ pub async fn create_topics(
         } else {
             match new_topic(broker, ct) {
                 Err(e) => Err(e),
-                Ok(nt) if req.validate_only => broker.plan_new_topic(&nt).map(|_| None),
+                Ok(nt) if req.validate_only => broker.plan_new_topic(&nt).await.map(|_| None),
                 Ok(nt) => broker.create_topic(nt).await.map(Some),
             }
         };
