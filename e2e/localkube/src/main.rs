@@ -2,16 +2,21 @@
 //! container engine (where kind cannot run). Test infrastructure, not a
 //! product: kind remains the reference.
 //!
-//! This first part is the API server core the coordination backend needs:
-//! objects of any resource stored as JSON, keyed by group/version, resource,
-//! namespace and name; one global, monotonically increasing resourceVersion;
-//! create (409 AlreadyExists), get, list with label and field selectors,
-//! replace with optimistic concurrency (409 Conflict on a stale
-//! resourceVersion), delete, deletecollection, and watch (from a
-//! resourceVersion, with bookmarks when asked, 410 Gone when too old). It
-//! writes a kubeconfig that kube-rs and kubectl can use. Discovery, patches,
-//! subresources, CRD validation, garbage collection and the process kubelet
-//! come later (see e2e/README.md).
+//! The API server: objects stored as JSON, keyed by group/version,
+//! resource, namespace and name; one global, monotonically increasing
+//! resourceVersion; create (409 AlreadyExists), get, list with label and
+//! field selectors, replace with optimistic concurrency (409 Conflict),
+//! patches (merge, JSON, strategic and apply as merge), status and scale
+//! subresources, delete with finalizers and owner-reference garbage
+//! collection, deletecollection, watch (from a resourceVersion, bookmarks,
+//! 410 Gone when too old), discovery documents, CRDs served at once with
+//! their schema enforced. It writes a kubeconfig that kube-rs and kubectl
+//! can use. See e2e/README.md for what it does not do.
+
+mod discovery;
+mod patch;
+mod proto;
+mod schema;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -29,8 +34,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-/// How many past events a watch may resume from.
-const HISTORY: usize = 10_000;
+use discovery::Resource;
 
 #[derive(Parser)]
 #[command(name = "localkube", about = "A Kubernetes API stand-in for tests")]
@@ -41,6 +45,10 @@ struct Cli {
     /// Where to write a kubeconfig pointing at this server.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// How many past events a watch may resume from; older resource
+    /// versions answer 410 Expired.
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
 }
 
 /// Where an object lives: (group/version, resource, namespace, name).
@@ -66,6 +74,10 @@ struct Store {
 struct Server {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
+    /// host:port, for `/api`'s serverAddressByClientCIDRs.
+    addr: String,
+    /// How many past events a watch may resume from.
+    history: usize,
 }
 
 /// The parts of a request path: `/api/v1/...` or `/apis/<group>/<version>/...`.
@@ -74,6 +86,8 @@ struct Target {
     resource: String,
     namespace: String,
     name: Option<String>,
+    /// `status`, `scale` or `log`.
+    sub: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -83,19 +97,16 @@ fn parse_path(path: &str) -> Option<Target> {
         ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
         _ => return None,
     };
+    let target = |ns: &str, res: &str, more: &[&str]| Target {
+        gv: gv.clone(),
+        resource: res.to_string(),
+        namespace: ns.to_string(),
+        name: more.first().map(|s| s.to_string()),
+        sub: more.get(1).map(|s| s.to_string()),
+    };
     match rest {
-        ["namespaces", ns, res, more @ ..] if more.len() <= 1 => Some(Target {
-            gv,
-            resource: res.to_string(),
-            namespace: ns.to_string(),
-            name: more.first().map(|s| s.to_string()),
-        }),
-        [res, more @ ..] if more.len() <= 1 => Some(Target {
-            gv,
-            resource: res.to_string(),
-            namespace: String::new(),
-            name: more.first().map(|s| s.to_string()),
-        }),
+        ["namespaces", ns, res, more @ ..] if more.len() <= 2 => Some(target(ns, res, more)),
+        [res, more @ ..] if !res.is_empty() && more.len() <= 2 => Some(target("", res, more)),
         _ => None,
     }
 }
@@ -186,18 +197,58 @@ fn matches_fields(obj: &Value, selector: Option<&str>) -> bool {
     })
 }
 
+/// How an update treats `.status` when the resource has a status
+/// subresource: the main resource keeps the stored status, the status
+/// subresource changes nothing else.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Main,
+    Status,
+}
+
+fn set_meta(obj: &mut Value, key: &str, v: Value) {
+    if let Some(m) = obj
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    {
+        m.insert(key.into(), v);
+    }
+}
+
+fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.get("metadata")?.get(key)?.as_str()
+}
+
 impl Server {
-    fn record(&self, st: &mut Store, t: &Target, kind: &'static str, object: Value) {
+    /// Built-in resources and those of every stored CRD.
+    fn resources(&self, st: &Store) -> Vec<Resource> {
+        let mut all = discovery::builtin();
+        for ((gv, res, _, _), crd) in &st.objects {
+            if gv == "apiextensions.k8s.io/v1" && res == "customresourcedefinitions" {
+                all.extend(discovery::from_crd(crd));
+            }
+        }
+        all
+    }
+
+    fn resource(&self, st: &Store, t: &Target) -> Option<Resource> {
+        self.resources(st)
+            .into_iter()
+            .find(|r| r.gv == t.gv && r.plural == t.resource)
+    }
+
+    fn record(&self, st: &mut Store, key: &Key, kind: &'static str, object: Value) {
         let e = Event {
             rv: st.rv,
-            gv: t.gv.clone(),
-            resource: t.resource.clone(),
-            namespace: t.namespace.clone(),
+            gv: key.0.clone(),
+            resource: key.1.clone(),
+            namespace: key.2.clone(),
             kind,
             object,
         };
         st.history.push_back(e.clone());
-        if st.history.len() > HISTORY {
+        if st.history.len() > self.history {
             st.history.pop_front();
         }
         let _ = self.events.send(e);
@@ -212,8 +263,7 @@ impl Server {
         )
     }
 
-    fn list(&self, t: &Target, q: &HashMap<String, String>) -> Response {
-        let st = self.store.lock().expect("store lock");
+    fn list(&self, st: &Store, t: &Target, r: &Resource, q: &HashMap<String, String>) -> Response {
         let items: Vec<Value> = st
             .objects
             .iter()
@@ -226,78 +276,113 @@ impl Server {
             .cloned()
             .collect();
         axum::Json(json!({
-            "kind": "List", "apiVersion": t.gv,
+            "kind": format!("{}List", r.kind), "apiVersion": t.gv,
             "metadata": {"resourceVersion": st.rv.to_string()},
             "items": items,
         }))
         .into_response()
     }
 
-    fn create(&self, t: &Target, mut obj: Value) -> Response {
-        let mut st = self.store.lock().expect("store lock");
-        let name = match obj.pointer("/metadata/name").and_then(Value::as_str) {
+    /// Schema checks of custom resources: 422 Invalid naming the field.
+    fn check(&self, r: &Resource, obj: &Value) -> Result<(), Box<Response>> {
+        if let Some(schema) = &r.schema {
+            if let Err(e) = schema::validate_object(obj, schema) {
+                let name = meta_str(obj, "name").unwrap_or_default();
+                return Err(Box::new(status(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{}.{} \"{name}\" is invalid: {e}",
+                        r.plural,
+                        r.gv.split('/').next().unwrap_or_default()
+                    ),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn create(&self, st: &mut Store, t: &Target, r: &Resource, mut obj: Value) -> Response {
+        if !obj.is_object() {
+            return status(400, "BadRequest", "the body must be a JSON object".into());
+        }
+        let name = match meta_str(&obj, "name") {
             Some(n) if !n.is_empty() => n.to_string(),
-            _ => match obj
-                .pointer("/metadata/generateName")
-                .and_then(Value::as_str)
-            {
+            _ => match meta_str(&obj, "generateName") {
                 Some(prefix) => format!(
                     "{prefix}{}",
                     &uuid::Uuid::new_v4().simple().to_string()[..5]
                 ),
-                None => return status(422, "Invalid", "metadata.name: Required value".into()),
+                None => {
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("{}: metadata.name: Required value", r.kind),
+                    )
+                }
             },
         };
+        if r.namespaced && t.namespace.is_empty() {
+            return status(400, "BadRequest", "a namespace is required".into());
+        }
         let key = Self::key(t, &name);
         if st.objects.contains_key(&key) {
             return status(
                 409,
                 "AlreadyExists",
-                format!("{} \"{name}\" already exists", t.resource),
+                format!(
+                    "{}.{} \"{name}\" already exists",
+                    t.resource,
+                    t.gv.split('/').next().unwrap_or_default()
+                ),
             );
         }
-        st.rv += 1;
-        let meta = obj
-            .as_object_mut()
-            .and_then(|o| {
-                o.entry("metadata")
-                    .or_insert_with(|| json!({}))
-                    .as_object_mut()
-            })
-            .expect("objects are JSON objects");
-        meta.insert("name".into(), json!(name));
-        if !t.namespace.is_empty() {
-            meta.insert("namespace".into(), json!(t.namespace));
+        let o = obj.as_object_mut().expect("checked");
+        o.insert("apiVersion".into(), json!(t.gv));
+        o.insert("kind".into(), json!(r.kind));
+        if let Err(resp) = self.check(r, &obj) {
+            return *resp;
         }
-        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("resourceVersion".into(), json!(st.rv.to_string()));
-        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        meta.insert("generation".into(), json!(1));
-        st.objects.insert(key, obj.clone());
-        self.record(&mut st, t, "ADDED", obj.clone());
+        st.rv += 1;
+        set_meta(&mut obj, "name", json!(name));
+        if r.namespaced {
+            set_meta(&mut obj, "namespace", json!(t.namespace));
+        }
+        set_meta(&mut obj, "uid", json!(uuid::Uuid::new_v4().to_string()));
+        set_meta(&mut obj, "resourceVersion", json!(st.rv.to_string()));
+        set_meta(&mut obj, "creationTimestamp", json!(now_rfc3339()));
+        set_meta(&mut obj, "generation", json!(1));
+        if r.plural == "customresourcedefinitions" {
+            // Served at once: established, its names accepted.
+            let names = obj["spec"]["names"].clone();
+            obj["status"] = json!({"acceptedNames": names, "conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts"},
+                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted"}]});
+        }
+        st.objects.insert(key.clone(), obj.clone());
+        self.record(st, &key, "ADDED", obj.clone());
         (StatusCode::CREATED, axum::Json(obj)).into_response()
     }
 
-    fn get(&self, t: &Target, name: &str) -> Response {
-        let st = self.store.lock().expect("store lock");
-        match st.objects.get(&Self::key(t, name)) {
-            Some(o) => axum::Json(o.clone()).into_response(),
-            None => not_found(t, name),
-        }
-    }
-
-    fn replace(&self, t: &Target, name: &str, mut obj: Value) -> Response {
-        let mut st = self.store.lock().expect("store lock");
+    /// Stores `obj` as the new state of an existing object.
+    fn update(
+        &self,
+        st: &mut Store,
+        t: &Target,
+        r: &Resource,
+        name: &str,
+        mut obj: Value,
+        part: Part,
+    ) -> Response {
         let key = Self::key(t, name);
         let Some(current) = st.objects.get(&key).cloned() else {
             return not_found(t, name);
         };
-        let cur_rv = current.pointer("/metadata/resourceVersion").cloned();
-        if let Some(rv) = obj
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-        {
-            if Some(&json!(rv)) != cur_rv.as_ref() {
+        if !obj.is_object() {
+            return status(400, "BadRequest", "the body must be a JSON object".into());
+        }
+        if let Some(rv) = meta_str(&obj, "resourceVersion") {
+            if Some(rv) != meta_str(&current, "resourceVersion") {
                 return status(
                     409,
                     "Conflict",
@@ -308,48 +393,223 @@ impl Server {
                 );
             }
         }
+        if r.status || part == Part::Status {
+            match part {
+                Part::Main => match current.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => {
+                        obj.as_object_mut().expect("checked").remove("status");
+                    }
+                },
+                Part::Status => {
+                    let status_only = obj.get("status").cloned();
+                    obj = current.clone();
+                    match status_only {
+                        Some(s) => obj["status"] = s,
+                        None => {
+                            obj.as_object_mut().expect("checked").remove("status");
+                        }
+                    }
+                }
+            }
+        }
+        let o = obj.as_object_mut().expect("checked");
+        o.insert("apiVersion".into(), json!(t.gv));
+        o.insert("kind".into(), json!(r.kind));
+        if let Err(resp) = self.check(r, &obj) {
+            return *resp;
+        }
         st.rv += 1;
-        let spec_changed = obj.get("spec") != current.get("spec");
-        let meta = obj
-            .as_object_mut()
-            .and_then(|o| {
-                o.entry("metadata")
-                    .or_insert_with(|| json!({}))
-                    .as_object_mut()
-            })
-            .expect("objects are JSON objects");
-        for k in ["uid", "creationTimestamp", "namespace", "name"] {
-            if let Some(v) = current.pointer(&format!("/metadata/{k}")) {
-                meta.insert(k.into(), v.clone());
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+        ] {
+            match current.get("metadata").and_then(|m| m.get(k)) {
+                Some(v) => set_meta(&mut obj, k, v.clone()),
+                None => {
+                    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove(k);
+                    }
+                }
             }
         }
         let generation = current
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(1)
-            + i64::from(spec_changed);
-        meta.insert("generation".into(), json!(generation));
-        meta.insert("resourceVersion".into(), json!(st.rv.to_string()));
-        st.objects.insert(key, obj.clone());
-        self.record(&mut st, t, "MODIFIED", obj.clone());
+            + i64::from(obj.get("spec") != current.get("spec"));
+        set_meta(&mut obj, "generation", json!(generation));
+        set_meta(&mut obj, "resourceVersion", json!(st.rv.to_string()));
+        // A deleted object waits for its finalizers; the last one removed
+        // lets it go.
+        let finalizers_left = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if meta_str(&obj, "deletionTimestamp").is_some() && !finalizers_left {
+            st.objects.remove(&key);
+            self.record(st, &key, "DELETED", obj.clone());
+            self.collect_garbage(st, &obj);
+            return axum::Json(obj).into_response();
+        }
+        st.objects.insert(key.clone(), obj.clone());
+        self.record(st, &key, "MODIFIED", obj.clone());
         axum::Json(obj).into_response()
     }
 
-    fn delete(&self, t: &Target, name: &str) -> Response {
-        let mut st = self.store.lock().expect("store lock");
-        let Some(mut obj) = st.objects.remove(&Self::key(t, name)) else {
+    #[allow(clippy::too_many_arguments)]
+    fn patch(
+        &self,
+        st: &mut Store,
+        t: &Target,
+        r: &Resource,
+        name: &str,
+        content_type: &str,
+        body: &Bytes,
+        part: Part,
+    ) -> Response {
+        let patch: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return status(400, "BadRequest", format!("the patch is not JSON: {e}")),
+        };
+        let key = Self::key(t, name);
+        let current = st.objects.get(&key).cloned();
+        let ct = content_type.split(';').next().unwrap_or_default().trim();
+        let next = match (ct, current) {
+            // Server-side apply creates what does not exist yet.
+            ("application/apply-patch+yaml", None) => return self.create(st, t, r, patch),
+            (_, None) => return not_found(t, name),
+            ("application/json-patch+json", Some(cur)) => match patch::json_patch(&cur, &patch) {
+                Ok(v) => v,
+                Err(e) => {
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("the JSON patch does not apply: {e}"),
+                    )
+                }
+            },
+            (
+                "application/merge-patch+json"
+                | "application/strategic-merge-patch+json"
+                | "application/apply-patch+yaml",
+                Some(mut cur),
+            ) => {
+                let mut patch = patch;
+                // A patch names no version to check unless it says so.
+                if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+                    if ct == "application/apply-patch+yaml" {
+                        m.remove("resourceVersion");
+                    }
+                }
+                patch::merge(&mut cur, &patch);
+                cur
+            }
+            (other, _) => {
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("patch type {other:?} is not supported"),
+                )
+            }
+        };
+        self.update(st, t, r, name, next, part)
+    }
+
+    /// Deletes an object, or marks it for deletion while finalizers remain.
+    fn delete(&self, st: &mut Store, t: &Target, name: &str, orphan: bool) -> Response {
+        let key = Self::key(t, name);
+        let Some(mut obj) = st.objects.get(&key).cloned() else {
             return not_found(t, name);
         };
         st.rv += 1;
-        if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.insert("resourceVersion".into(), json!(st.rv.to_string()));
+        set_meta(&mut obj, "resourceVersion", json!(st.rv.to_string()));
+        let finalizers = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if finalizers {
+            if meta_str(&obj, "deletionTimestamp").is_none() {
+                set_meta(&mut obj, "deletionTimestamp", json!(now_rfc3339()));
+            }
+            st.objects.insert(key.clone(), obj.clone());
+            self.record(st, &key, "MODIFIED", obj.clone());
+            return axum::Json(obj).into_response();
         }
-        self.record(&mut st, t, "DELETED", obj.clone());
+        st.objects.remove(&key);
+        self.record(st, &key, "DELETED", obj.clone());
+        if orphan {
+            self.orphan(st, &obj);
+        } else {
+            self.collect_garbage(st, &obj);
+        }
         axum::Json(obj).into_response()
     }
 
-    fn delete_collection(&self, t: &Target, q: &HashMap<String, String>) -> Response {
-        let mut st = self.store.lock().expect("store lock");
+    /// Owner-reference garbage collection: dependents of a deleted object go
+    /// too (background and foreground alike: at once, dependents first in
+    /// effect since the owner is already gone).
+    fn collect_garbage(&self, st: &mut Store, owner: &Value) {
+        let Some(uid) = meta_str(owner, "uid").map(str::to_string) else {
+            return;
+        };
+        let dependents: Vec<Key> = st
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"].as_str() == Some(&uid)))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in dependents {
+            let t = Target {
+                gv: k.0.clone(),
+                resource: k.1.clone(),
+                namespace: k.2.clone(),
+                name: None,
+                sub: None,
+            };
+            let _ = self.delete(st, &t, &k.3, false);
+        }
+    }
+
+    /// `propagationPolicy: Orphan`: dependents stay, without the reference.
+    fn orphan(&self, st: &mut Store, owner: &Value) {
+        let Some(uid) = meta_str(owner, "uid").map(str::to_string) else {
+            return;
+        };
+        let keys: Vec<Key> = st.objects.keys().cloned().collect();
+        for k in keys {
+            let mut o = st.objects[&k].clone();
+            let Some(refs) = o
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            let before = refs.len();
+            refs.retain(|r| r["uid"].as_str() != Some(&uid));
+            if refs.len() != before {
+                st.rv += 1;
+                set_meta(&mut o, "resourceVersion", json!(st.rv.to_string()));
+                st.objects.insert(k.clone(), o.clone());
+                self.record(st, &k, "MODIFIED", o);
+            }
+        }
+    }
+
+    fn delete_collection(
+        &self,
+        st: &mut Store,
+        t: &Target,
+        r: &Resource,
+        q: &HashMap<String, String>,
+    ) -> Response {
         let keys: Vec<Key> = st
             .objects
             .iter()
@@ -364,16 +624,20 @@ impl Server {
             .collect();
         let mut items = vec![];
         for k in keys {
-            let mut obj = st.objects.remove(&k).expect("listed");
-            st.rv += 1;
-            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.insert("resourceVersion".into(), json!(st.rv.to_string()));
+            let t = Target {
+                gv: k.0.clone(),
+                resource: k.1.clone(),
+                namespace: k.2.clone(),
+                name: None,
+                sub: None,
+            };
+            if let Some(o) = st.objects.get(&k).cloned() {
+                let _ = self.delete(st, &t, &k.3, false);
+                items.push(o);
             }
-            self.record(&mut st, t, "DELETED", obj.clone());
-            items.push(obj);
         }
         axum::Json(json!({
-            "kind": "List", "apiVersion": t.gv,
+            "kind": format!("{}List", r.kind), "apiVersion": t.gv,
             "metadata": {"resourceVersion": st.rv.to_string()}, "items": items,
         }))
         .into_response()
@@ -420,11 +684,6 @@ impl Server {
                     let b: Vec<Event> = st
                         .objects
                         .iter()
-                        .filter(|((gv, res, ns, _), _)| {
-                            *gv == t.gv
-                                && *res == t.resource
-                                && (t.namespace.is_empty() || *ns == t.namespace)
-                        })
                         .map(|((gv, res, ns, _), o)| Event {
                             rv: st.rv,
                             gv: gv.clone(),
@@ -512,40 +771,180 @@ fn not_found(t: &Target, name: &str) -> Response {
     )
 }
 
+/// The Scale view of an object with replicas.
+fn scale_of(obj: &Value) -> Value {
+    json!({
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"],
+            "resourceVersion": obj["metadata"]["resourceVersion"], "uid": obj["metadata"]["uid"]},
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0)},
+    })
+}
+
 async fn handle(
     State(server): State<Arc<Server>>,
     method: Method,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    if uri.path() == "/version" {
-        return axum::Json(json!({
-            "major": "1", "minor": "30", "gitVersion": "v1.30.0-localkube",
-            "platform": "linux/amd64"
-        }))
-        .into_response();
+    let path = uri.path().trim_end_matches('/');
+    tracing::debug!(%method, %uri, content_type = ?headers.get("content-type"), "request");
+    match path {
+        "/version" => {
+            return axum::Json(json!({
+                "major": "1", "minor": "30", "gitVersion": "v1.30.0-localkube",
+                "platform": "linux/amd64"
+            }))
+            .into_response()
+        }
+        "/healthz" | "/readyz" | "/livez" => return "ok".into_response(),
+        "/api" => return axum::Json(discovery::core_versions(&server.addr)).into_response(),
+        _ => {}
     }
-    let Some(t) = parse_path(uri.path()) else {
-        return status(404, "NotFound", format!("no route for {}", uri.path()));
+    {
+        let st = server.store.lock().expect("store lock");
+        let all = server.resources(&st);
+        if path == "/apis" {
+            return axum::Json(discovery::group_list(&all)).into_response();
+        }
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let gv = match segs.as_slice() {
+            ["api", v] => Some(v.to_string()),
+            ["apis", g, v] => Some(format!("{g}/{v}")),
+            _ => None,
+        };
+        if let Some(gv) = gv {
+            return match discovery::resource_list(&gv, &all) {
+                Some(l) => axum::Json(l).into_response(),
+                None => status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                ),
+            };
+        }
+    }
+    let Some(t) = parse_path(path) else {
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
     };
-    let parse = |body: &Bytes| serde_json::from_slice::<Value>(body);
+    if q.contains_key("dryRun") {
+        return status(
+            400,
+            "BadRequest",
+            "dry run is not supported by localkube".into(),
+        );
+    }
     let watching = q.get("watch").is_some_and(|v| v == "true" || v == "1");
-    match (method, t.name.clone()) {
-        (Method::GET, None) if watching => server.watch(t, q),
-        (Method::GET, None) => server.list(&t, &q),
-        (Method::GET, Some(n)) => server.get(&t, &n),
-        (Method::POST, None) => match parse(&body) {
-            Ok(v) => server.create(&t, v),
+    if method == Method::GET && t.name.is_none() && watching {
+        let known = {
+            let st = server.store.lock().expect("store lock");
+            server.resource(&st, &t).is_some()
+        };
+        if !known {
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+            );
+        }
+        return server.watch(t, q);
+    }
+    let mut st = server.store.lock().expect("store lock");
+    let Some(r) = server.resource(&st, &t) else {
+        return status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    };
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let protobuf = content_type.starts_with("application/vnd.kubernetes.protobuf");
+    let parse = |body: &Bytes| -> Result<Value, String> {
+        if protobuf {
+            proto::decode(body)
+        } else {
+            serde_json::from_slice::<Value>(body).map_err(|e| e.to_string())
+        }
+    };
+    let sub = t.sub.clone();
+    match (method, t.name.clone(), sub.as_deref()) {
+        (Method::GET, None, None) => server.list(&st, &t, &r, &q),
+        (Method::GET, Some(n), None | Some("status")) => match st.objects.get(&Server::key(&t, &n))
+        {
+            Some(o) => axum::Json(o.clone()).into_response(),
+            None => not_found(&t, &n),
+        },
+        (Method::GET, Some(n), Some("scale")) if r.scale => {
+            match st.objects.get(&Server::key(&t, &n)) {
+                Some(o) => axum::Json(scale_of(o)).into_response(),
+                None => not_found(&t, &n),
+            }
+        }
+        (Method::POST, None, None) => match parse(&body) {
+            Ok(v) => server.create(&mut st, &t, &r, v),
             Err(e) => status(400, "BadRequest", format!("invalid JSON: {e}")),
         },
-        (Method::PUT, Some(n)) => match parse(&body) {
-            Ok(v) => server.replace(&t, &n, v),
+        (Method::PUT, Some(n), None) => match parse(&body) {
+            Ok(v) => server.update(&mut st, &t, &r, &n, v, Part::Main),
             Err(e) => status(400, "BadRequest", format!("invalid JSON: {e}")),
         },
-        (Method::DELETE, Some(n)) => server.delete(&t, &n),
-        (Method::DELETE, None) => server.delete_collection(&t, &q),
-        (m, _) => status(
+        (Method::PUT, Some(n), Some("status")) => match parse(&body) {
+            Ok(v) => server.update(&mut st, &t, &r, &n, v, Part::Status),
+            Err(e) => status(400, "BadRequest", format!("invalid JSON: {e}")),
+        },
+        (Method::PATCH, Some(n), None) => {
+            server.patch(&mut st, &t, &r, &n, &content_type, &body, Part::Main)
+        }
+        (Method::PATCH, Some(n), Some("status")) => {
+            server.patch(&mut st, &t, &r, &n, &content_type, &body, Part::Status)
+        }
+        (m @ (Method::PUT | Method::PATCH), Some(n), Some("scale")) if r.scale => {
+            let Some(cur) = st.objects.get(&Server::key(&t, &n)).cloned() else {
+                return not_found(&t, &n);
+            };
+            let requested = match parse(&body) {
+                Ok(v) => v,
+                Err(e) => return status(400, "BadRequest", format!("invalid JSON: {e}")),
+            };
+            let mut scale = scale_of(&cur);
+            if m == Method::PATCH {
+                patch::merge(&mut scale, &requested);
+            } else {
+                scale = requested;
+            }
+            let Some(replicas) = scale["spec"]["replicas"].as_i64() else {
+                return status(422, "Invalid", "spec.replicas: Required value".into());
+            };
+            let mut next = cur.clone();
+            next["spec"]["replicas"] = json!(replicas);
+            let resp = server.update(&mut st, &t, &r, &n, next, Part::Main);
+            if resp.status().is_success() {
+                let o = st.objects[&Server::key(&t, &n)].clone();
+                return axum::Json(scale_of(&o)).into_response();
+            }
+            resp
+        }
+        (Method::DELETE, Some(n), None) => {
+            let orphan = parse(&body)
+                .ok()
+                .and_then(|b| b["propagationPolicy"].as_str().map(str::to_string))
+                .or_else(|| q.get("propagationPolicy").cloned())
+                .is_some_and(|p| p == "Orphan");
+            server.delete(&mut st, &t, &n, orphan)
+        }
+        (Method::DELETE, None, None) => server.delete_collection(&mut st, &t, &r, &q),
+        (m, _, _) => status(
             405,
             "MethodNotAllowed",
             format!("{m} is not supported here"),
@@ -579,6 +978,8 @@ async fn main() -> anyhow::Result<()> {
     let server = Arc::new(Server {
         store: Mutex::new(Store::default()),
         events: broadcast::channel(4096).0,
+        addr: url.trim_start_matches("http://").to_string(),
+        history: cli.watch_history.max(1),
     });
     let app = Router::new().fallback(handle).with_state(server);
     println!(
@@ -607,6 +1008,11 @@ mod tests {
         );
         let t = parse_path("/api/v1/namespaces").unwrap();
         assert_eq!((t.resource.as_str(), t.name), ("namespaces", None));
+        let t = parse_path("/apis/apps/v1/namespaces/a/statefulsets/s/scale").unwrap();
+        assert_eq!(
+            (t.name.as_deref(), t.sub.as_deref()),
+            (Some("s"), Some("scale"))
+        );
         assert!(parse_path("/healthz").is_none());
     }
 
