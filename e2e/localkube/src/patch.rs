@@ -1,7 +1,7 @@
 //! Patches as the API server applies them: JSON merge patch (RFC 7386, also
-//! used here for strategic merge patches and server-side apply, which is
-//! close enough for the suite: lists are replaced, not merged by key), and
-//! JSON patch (RFC 6902).
+//! used for server-side apply, which is close enough for the suite), a
+//! strategic merge patch that merges lists of named objects (containers,
+//! env, volumes, ports...) by their merge key, and JSON patch (RFC 6902).
 
 use serde_json::Value;
 
@@ -21,6 +21,75 @@ pub fn merge(target: &mut Value, patch: &Value) {
             t.remove(k);
         } else {
             merge(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// The merge key of a list element, for strategic merge: `name` (containers,
+/// env, volumes, volumeMounts), `containerPort` (ports), `type` (conditions).
+fn merge_key(v: &Value) -> Option<(&'static str, Value)> {
+    for k in ["name", "containerPort", "mountPath", "type"] {
+        if let Some(x) = v.get(k) {
+            return Some((k, x.clone()));
+        }
+    }
+    None
+}
+
+/// A strategic merge patch, as far as kubectl's patches need: objects merge
+/// as in a merge patch; lists of objects that all carry a merge key merge
+/// element by element (`$patch: delete` removes one); directives kubectl
+/// adds (`$setElementOrder/...`, `$retainKeys`) are dropped.
+pub fn strategic_merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let t = target.as_object_mut().expect("made an object");
+    for (k, v) in p {
+        if k.starts_with('$') {
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        match (t.get_mut(k), v) {
+            (Some(Value::Array(cur)), Value::Array(items))
+                if items.iter().all(|i| merge_key(i).is_some())
+                    && cur.iter().all(|i| merge_key(i).is_some()) =>
+            {
+                for item in items {
+                    let (key, id) = merge_key(item).expect("checked");
+                    let pos = cur.iter().position(|c| c.get(key) == Some(&id));
+                    let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                    match (pos, delete) {
+                        (Some(i), true) => {
+                            cur.remove(i);
+                        }
+                        (None, true) => {}
+                        (Some(i), false) => strategic_merge(&mut cur[i], item),
+                        (None, false) => {
+                            let mut fresh = Value::Null;
+                            strategic_merge(&mut fresh, item);
+                            cur.push(fresh);
+                        }
+                    }
+                }
+            }
+            (Some(cur), _) => strategic_merge(cur, v),
+            (None, _) => {
+                let mut fresh = Value::Null;
+                if v.is_object() {
+                    strategic_merge(&mut fresh, v);
+                } else {
+                    fresh = v.clone();
+                }
+                t.insert(k.clone(), fresh);
+            }
         }
     }
 }
@@ -141,6 +210,23 @@ mod tests {
         let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
         merge(&mut doc, &json!({"a": "z", "c": {"f": null}}));
         assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+    }
+
+    #[test]
+    fn strategic_merge_merges_named_lists() {
+        let mut doc = json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "env": [{"name": "G", "value": "hello"}, {"name": "H", "value": "1"}]}]}});
+        strategic_merge(
+            &mut doc,
+            &json!({"spec": {
+            "$setElementOrder/containers": [{"name": "a"}],
+            "containers": [{"name": "a", "env": [{"name": "G", "value": "bonjour"}, {"name": "H", "$patch": "delete"}]}]}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "env": [{"name": "G", "value": "bonjour"}]}]}})
+        );
     }
 
     #[test]

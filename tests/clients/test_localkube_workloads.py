@@ -1,0 +1,184 @@
+"""localkube's controllers and process kubelet with the real kubectl and
+helm: a StatefulSet of a tiny test server (e2e/testserver/server.py) whose
+pods get distinct loopback IPs and keep their volumes across deletion and
+scaling; `kubectl logs`; a Deployment's rolling update; `helm install
+--wait` returning once pods are Ready."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+import pytest
+
+from conftest import wait_for
+
+LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
+pytestmark = pytest.mark.skipif(
+    not LOCALKUBE, reason="LOCALKUBE_BIN is not set (scripts/test.sh sets it)")
+
+SERVER = os.path.join(os.path.dirname(__file__), "..", "..", "e2e", "testserver", "server.py")
+
+POD_ENV = """
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        readinessProbe:
+          httpGet: {path: /healthz, port: http}
+          periodSeconds: 1
+        ports: [{name: http, containerPort: 8080}]
+"""
+
+STATEFULSET = """
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  replicas: 3
+  serviceName: web
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: server
+        image: example/server:1.0
+        args: [--data, /var/lib/web]
+        volumeMounts: [{name: data, mountPath: /var/lib/web}]
+""" + POD_ENV + """
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def kube():
+    work = tempfile.mkdtemp(prefix="localkube-workloads-")
+    kubeconfig = os.path.join(work, "kubeconfig")
+    images = os.path.join(work, "images.json")
+    with open(images, "w") as f:
+        json.dump({"example/server": [sys.executable, os.path.abspath(SERVER)]}, f)
+    proc = subprocess.Popen([LOCALKUBE, "--kubeconfig", kubeconfig, "--images", images],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().startswith("localkube ready ")
+    yield kubeconfig, work
+    proc.terminate()
+    proc.wait(30)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def kubectl(kc, *args, stdin=None):
+    r = subprocess.run(["kubectl", "--kubeconfig", kc, *args], input=stdin,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def pods(kc, selector):
+    return json.loads(kubectl(kc, "get", "pods", "-l", selector, "-o", "json"))["items"]
+
+
+def ask(pod):
+    ip = pod["status"]["podIP"]
+    with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as r:
+        return json.load(r)
+
+
+def ready_replicas(kc, kind, name):
+    return json.loads(kubectl(kc, "get", kind, name, "-o", "json")).get("status", {}).get("readyReplicas", 0)
+
+
+def test_statefulset_pods_have_addresses_and_keep_their_volumes(kube):
+    kc, _ = kube
+    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=STATEFULSET)
+    kubectl(kc, "wait", "--for=jsonpath={.status.readyReplicas}=3", "statefulset/web", "--timeout=90s")
+    ps = sorted(pods(kc, "app=web"), key=lambda p: p["metadata"]["name"])
+    assert [p["metadata"]["name"] for p in ps] == ["web-0", "web-1", "web-2"]
+    ips = [p["status"]["podIP"] for p in ps]
+    assert len(set(ips)) == 3 and all(ip.startswith("127.") for ip in ips)
+    for p in ps:
+        answer = ask(p)
+        assert answer["pod"] == p["metadata"]["name"] and answer["ip"] == p["status"]["podIP"]
+        assert answer["starts"] == 1
+    assert "serving web-0" in kubectl(kc, "logs", "web-0")
+    pvcs = kubectl(kc, "get", "pvc", "-o", "name").split()
+    assert sorted(pvcs) == [f"persistentvolumeclaim/data-web-{i}" for i in range(3)]
+
+    # A deleted pod comes back with its name, address and volume.
+    kubectl(kc, "delete", "pod", "web-1")
+    wait_for(lambda: any(p["metadata"]["name"] == "web-1" and p["status"].get("podIP")
+                         and ask_ok(p) and ask(p)["starts"] == 2 for p in pods(kc, "app=web")), timeout=90)
+    back = [p for p in pods(kc, "app=web") if p["metadata"]["name"] == "web-1"][0]
+    assert back["status"]["podIP"] == ips[1]
+
+    # Scale 3 -> 1 -> 3: ordinals and volumes are kept.
+    kubectl(kc, "scale", "statefulset", "web", "--replicas=1")
+    wait_for(lambda: [p["metadata"]["name"] for p in pods(kc, "app=web")] == ["web-0"], timeout=90)
+    assert len(kubectl(kc, "get", "pvc", "-o", "name").split()) == 3, "claims outlive their pods"
+    kubectl(kc, "scale", "statefulset", "web", "--replicas=3")
+    kubectl(kc, "wait", "--for=jsonpath={.status.readyReplicas}=3", "statefulset/web", "--timeout=90s")
+    starts = {p["metadata"]["name"]: ask(p)["starts"] for p in pods(kc, "app=web")}
+    assert starts == {"web-0": 1, "web-1": 3, "web-2": 2}
+
+
+def ask_ok(pod):
+    try:
+        ask(pod)
+        return True
+    except OSError:
+        return False
+
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: server
+        image: example/server
+""" + POD_ENV.replace("        env:\n", "        env:\n        - {name: GREETING, value: %s}\n")
+
+
+def test_deployment_rolls_out_a_changed_template(kube):
+    kc, _ = kube
+    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=DEPLOYMENT % "hello")
+    kubectl(kc, "wait", "--for=condition=Available", "deployment/api", "--timeout=90s")
+    first = {p["metadata"]["name"] for p in pods(kc, "app=api")}
+    assert len(first) == 2
+    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=DEPLOYMENT % "bonjour")
+    wait_for(lambda: (lambda ps: len(ps) == 2 and not ({p["metadata"]["name"] for p in ps} & first)
+                      and all(ask_ok(p) and ask(p)["greeting"] == "bonjour" for p in ps))(pods(kc, "app=api")),
+             timeout=120)
+
+
+def test_helm_install_wait_returns_once_pods_are_ready(kube, tmp_path):
+    kc, _ = kube
+    chart = tmp_path / "chart"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: svc\nversion: 0.1.0\n")
+    (chart / "templates" / "deployment.yaml").write_text(
+        (DEPLOYMENT % "{{ .Values.greeting }}").replace("name: api", "name: {{ .Release.Name }}")
+        .replace("app: api", "app: {{ .Release.Name }}"))
+    (chart / "values.yaml").write_text("greeting: hi\n")
+    r = subprocess.run(["helm", "--kubeconfig", kc, "install", "waited", str(chart), "--wait",
+                        "--timeout", "90s", "--disable-openapi-validation"],
+                       capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr
+    ps = pods(kc, "app=waited")
+    assert len(ps) == 2 and all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) for p in ps)
+    r = subprocess.run(["helm", "--kubeconfig", kc, "uninstall", "waited", "--wait"],
+                       capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not pods(kc, "app=waited"), timeout=60)
