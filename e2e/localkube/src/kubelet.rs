@@ -40,6 +40,8 @@ pub struct Config {
 
 struct Running {
     uid: String,
+    /// terminationGracePeriodSeconds: SIGTERM, then SIGKILL after this.
+    grace: Duration,
     ip: String,
     child: Option<tokio::process::Child>,
     restarts: i64,
@@ -644,29 +646,28 @@ impl Kubelet {
         };
         // Pods gone from the store, or replaced by a new pod of the same
         // name: their processes stop.
-        let wanted: HashMap<(String, String), (String, Option<i64>)> = pods
+        let wanted: HashMap<(String, String), String> = pods
             .iter()
             .filter(|(_, p)| meta_str(p, "deletionTimestamp").is_none())
             .map(|(k, p)| {
                 (
                     (k.2.clone(), k.3.clone()),
-                    (
-                        meta_str(p, "uid").unwrap_or_default().to_string(),
-                        p["spec"]["terminationGracePeriodSeconds"].as_i64(),
-                    ),
+                    meta_str(p, "uid").unwrap_or_default().to_string(),
                 )
             })
             .collect();
         let gone: Vec<(String, String)> = self
             .pods
             .iter()
-            .filter(|(k, r)| wanted.get(*k).is_none_or(|(uid, _)| *uid != r.uid))
+            .filter(|(k, r)| wanted.get(*k).is_none_or(|uid| *uid != r.uid))
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
             if let Some(mut r) = self.pods.remove(&k) {
                 if let Some(mut c) = r.child.take() {
-                    Self::stop(&mut c, Duration::from_secs(5)).await;
+                    // Waited for: a pod recreated under the same name takes
+                    // the same address, which must be free by then.
+                    Self::stop(&mut c, r.grace).await;
                 }
             }
         }
@@ -697,8 +698,14 @@ impl Kubelet {
             let ip = self.ip_for(&ns, &name);
             let pk = (ns.clone(), name.clone());
             let now = Instant::now();
+            let grace = Duration::from_secs(
+                pod["spec"]["terminationGracePeriodSeconds"]
+                    .as_u64()
+                    .unwrap_or(30),
+            );
             let r = self.pods.entry(pk.clone()).or_insert_with(|| Running {
                 uid: uid.clone(),
+                grace,
                 ip: ip.clone(),
                 child: None,
                 restarts: 0,
