@@ -25,10 +25,17 @@ port = int(os.environ.get("PORT", "8080"))
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/healthz":
+            if os.path.exists(os.path.join(data, "unhealthy")):
+                self.send_response(500)
+                self.end_headers()
+                return
             body = b"ok"
         else:
             body = json.dumps({"pod": pod, "ip": ip, "starts": starts,
-                               "greeting": os.environ.get("GREETING", "")}).encode()
+                               "greeting": os.environ.get("GREETING", ""),
+                               "namespace": os.environ.get("POD_NAMESPACE", ""),
+                               "token": os.environ.get("TOKEN", ""),
+                               "mode": os.environ.get("MODE", "")}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

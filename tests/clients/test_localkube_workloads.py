@@ -61,7 +61,8 @@ def kube():
     kubeconfig = os.path.join(work, "kubeconfig")
     images = os.path.join(work, "images.json")
     with open(images, "w") as f:
-        json.dump({"example/server": [sys.executable, os.path.abspath(SERVER)]}, f)
+        json.dump({"example/server": [sys.executable, os.path.abspath(SERVER)],
+                   "example/crasher": ["/bin/false"]}, f)
     proc = subprocess.Popen([LOCALKUBE, "--kubeconfig", kubeconfig, "--images", images],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout.readline().startswith("localkube ready ")
@@ -93,7 +94,7 @@ def ready_replicas(kc, kind, name):
 
 
 def test_statefulset_pods_have_addresses_and_keep_their_volumes(kube):
-    kc, _ = kube
+    kc, work = kube
     kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=STATEFULSET)
     kubectl(kc, "wait", "--for=jsonpath={.status.readyReplicas}=3", "statefulset/web", "--timeout=90s")
     ps = sorted(pods(kc, "app=web"), key=lambda p: p["metadata"]["name"])
@@ -123,6 +124,28 @@ def test_statefulset_pods_have_addresses_and_keep_their_volumes(kube):
     kubectl(kc, "wait", "--for=jsonpath={.status.readyReplicas}=3", "statefulset/web", "--timeout=90s")
     starts = {p["metadata"]["name"]: ask(p)["starts"] for p in pods(kc, "app=web")}
     assert starts == {"web-0": 1, "web-1": 3, "web-2": 2}
+
+    # A changed template rolls out pod by pod; volumes stay.
+    before = json.loads(kubectl(kc, "get", "sts", "web", "-o", "json"))["status"]["updateRevision"]
+    kubectl(kc, "set", "env", "statefulset/web", "GREETING=v2")
+
+    def rolled():
+        s = json.loads(kubectl(kc, "get", "sts", "web", "-o", "json"))["status"]
+        ps = pods(kc, "app=web")
+        return (s["updateRevision"] != before and s["currentRevision"] == s["updateRevision"]
+                and s.get("readyReplicas") == 3 and len(ps) == 3
+                and all(ask_ok(p) and ask(p)["greeting"] == "v2" for p in ps))
+    wait_for(rolled, timeout=120)
+    starts = {p["metadata"]["name"]: ask(p)["starts"] for p in pods(kc, "app=web")}
+    assert starts == {"web-0": 2, "web-1": 4, "web-2": 3}
+
+    # A PVC's directory goes with the PVC.
+    kubectl(kc, "scale", "statefulset", "web", "--replicas=2")
+    wait_for(lambda: len(pods(kc, "app=web")) == 2, timeout=90)
+    claim_dir = os.path.join(work, "localkube-state", "pvc", "default", "data-web-2")
+    assert os.path.isdir(claim_dir)
+    kubectl(kc, "delete", "pvc", "data-web-2")
+    wait_for(lambda: not os.path.exists(claim_dir), timeout=30)
 
 
 def ask_ok(pod):
@@ -162,7 +185,7 @@ def test_deployment_rolls_out_a_changed_template(kube):
              timeout=120)
 
 
-def test_helm_install_wait_returns_once_pods_are_ready(kube, tmp_path):
+def test_helm_install_upgrade_uninstall_with_wait(kube, tmp_path):
     kc, _ = kube
     chart = tmp_path / "chart"
     (chart / "templates").mkdir(parents=True)
@@ -171,14 +194,93 @@ def test_helm_install_wait_returns_once_pods_are_ready(kube, tmp_path):
         (DEPLOYMENT % "{{ .Values.greeting }}").replace("name: api", "name: {{ .Release.Name }}")
         .replace("app: api", "app: {{ .Release.Name }}"))
     (chart / "values.yaml").write_text("greeting: hi\n")
-    r = subprocess.run(["helm", "--kubeconfig", kc, "install", "waited", str(chart), "--wait",
-                        "--timeout", "90s", "--disable-openapi-validation"],
-                       capture_output=True, text=True, timeout=150)
-    assert r.returncode == 0, r.stderr
+    (chart / "crds").mkdir()
+    (chart / "crds" / "notes.yaml").write_text(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"
+        "metadata: {name: notes.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n"
+        "  names: {plural: notes, singular: note, kind: Note}\n"
+        "  versions: [{name: v1, served: true, storage: true,"
+        " schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}]\n")
+
+    def helm(*args):
+        r = subprocess.run(["helm", "--kubeconfig", kc, *args, "--wait", "--timeout", "90s"],
+                           capture_output=True, text=True, timeout=150)
+        assert r.returncode == 0, r.stderr
+
+    helm("install", "waited", str(chart), "--disable-openapi-validation")
     ps = pods(kc, "app=waited")
     assert len(ps) == 2 and all(
         any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) for p in ps)
-    r = subprocess.run(["helm", "--kubeconfig", kc, "uninstall", "waited", "--wait"],
-                       capture_output=True, text=True, timeout=150)
-    assert r.returncode == 0, r.stderr
+    assert "notes.example.com" in kubectl(kc, "get", "crd", "-o", "name")
+    helm("upgrade", "waited", str(chart), "--set", "greeting=bonjour", "--disable-openapi-validation")
+    wait_for(lambda: (lambda ps: len(ps) == 2 and all(ask_ok(p) and ask(p)["greeting"] == "bonjour"
+                                                       for p in ps))(pods(kc, "app=waited")), timeout=60)
+    helm("uninstall", "waited")
     wait_for(lambda: not pods(kc, "app=waited"), timeout=60)
+
+
+ENV_AND_PROBES = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {MODE: fast, greeting: salut}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {token: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: envy, labels: {app: envy}}
+spec:
+  terminationGracePeriodSeconds: 2
+  volumes: [{name: scratch, emptyDir: {}}]
+  containers:
+  - name: server
+    image: example/server
+    args: [--data, /scratch]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+    ports: [{name: http, containerPort: 8080}]
+    envFrom: [{configMapRef: {name: settings}}]
+    env:
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: settings, key: greeting}}}
+    - {name: TOKEN, valueFrom: {secretKeyRef: {name: creds, key: token}}}
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+    livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers: [{name: c, image: example/crasher}]
+"""
+
+
+def test_env_sources_probes_and_restarts(kube):
+    kc, work = kube
+    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=ENV_AND_PROBES)
+    kubectl(kc, "wait", "--for=condition=Ready", "pod/envy", "--timeout=60s")
+    pod = pods(kc, "app=envy")[0]
+    answer = ask(pod)
+    assert answer["greeting"] == "salut" and answer["mode"] == "fast"
+    assert answer["token"] == "s3cret" and answer["namespace"] == "default"
+    # A failing liveness probe restarts the container; its emptyDir stays.
+    scratch = os.path.join(work, "localkube-state", "pods", "default", "envy", "volumes", "scratch")
+    open(os.path.join(scratch, "unhealthy"), "w").close()
+
+    def restarts(name):
+        p = json.loads(kubectl(kc, "get", "pod", name, "-o", "json"))
+        return p["status"]["containerStatuses"][0]["restartCount"]
+    wait_for(lambda: restarts("envy") >= 1, timeout=60)
+    os.remove(os.path.join(scratch, "unhealthy"))
+    kubectl(kc, "wait", "--for=condition=Ready", "pod/envy", "--timeout=60s")
+    assert ask(pods(kc, "app=envy")[0])["starts"] >= 2
+    # A container that exits is restarted with backoff.
+    wait_for(lambda: restarts("crasher") >= 2, timeout=60)
+    state = json.loads(kubectl(kc, "get", "pod", "crasher", "-o", "json"))["status"]
+    assert state["phase"] == "Running" and not state["containerStatuses"][0]["ready"]
+    kubectl(kc, "delete", "pod", "envy", "crasher")

@@ -227,6 +227,22 @@ fn set_meta(obj: &mut Value, key: &str, v: Value) {
     }
 }
 
+/// A Secret's `stringData` goes into `data`, base64-encoded, as the API
+/// server does on write.
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(sd) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in sd.as_object().into_iter().flatten() {
+        let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+        obj["data"][k] = json!(enc);
+    }
+}
+
 pub(crate) fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(key)?.as_str()
 }
@@ -357,6 +373,9 @@ impl Server {
         let o = obj.as_object_mut().expect("checked");
         o.insert("apiVersion".into(), json!(t.gv));
         o.insert("kind".into(), json!(r.kind));
+        if r.plural == "secrets" {
+            fold_string_data(&mut obj);
+        }
         if let Err(resp) = self.check(r, &obj) {
             return *resp;
         }
@@ -433,6 +452,9 @@ impl Server {
         let o = obj.as_object_mut().expect("checked");
         o.insert("apiVersion".into(), json!(t.gv));
         o.insert("kind".into(), json!(r.kind));
+        if r.plural == "secrets" {
+            fold_string_data(&mut obj);
+        }
         if let Err(resp) = self.check(r, &obj) {
             return *resp;
         }
