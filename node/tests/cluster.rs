@@ -8,8 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{batch, wait_for, Client, Cluster};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use common::{batch, create_topic, wait_for, Client, Cluster};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -31,26 +30,6 @@ fn s(v: &str) -> StrBytes {
 }
 fn tn(v: &str) -> TopicName {
     TopicName(s(v))
-}
-
-fn create(c: &mut Client, name: &str, partitions: i32, rf: i16, configs: &[(&str, &str)]) -> i16 {
-    let req = CreateTopicsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(tn(name))
-            .with_num_partitions(partitions)
-            .with_replication_factor(rf)
-            .with_configs(
-                configs
-                    .iter()
-                    .map(|(k, v)| {
-                        CreatableTopicConfig::default()
-                            .with_name(s(k))
-                            .with_value(Some(s(v)))
-                    })
-                    .collect(),
-            )]);
-    c.send(&req, 7).topics[0].error_code
 }
 
 fn produce(c: &mut Client, topic: &str, records: Bytes, acks: i16) -> (i16, i64) {
@@ -115,7 +94,7 @@ fn leaders_fail_over_and_replicas_catch_up() {
     let mut cluster = Cluster::start(dir.path(), 3, FAST);
     let mut c0 = cluster.client(0);
     assert_eq!(
-        create(&mut c0, "t", 1, 3, &[("min.insync.replicas", "2")]),
+        create_topic(&mut c0, "t", 1, 3, &[("min.insync.replicas", "2")]),
         0
     );
     // Every node reports the same placement once the ISR is complete.
@@ -200,7 +179,7 @@ fn acks_all_needs_min_insync_replicas() {
     let mut cluster = Cluster::start(dir.path(), 3, FAST);
     let mut c0 = cluster.client(0);
     assert_eq!(
-        create(&mut c0, "m", 1, 3, &[("min.insync.replicas", "2")]),
+        create_topic(&mut c0, "m", 1, 3, &[("min.insync.replicas", "2")]),
         0
     );
     let (leader, _, _, _, _) = wait_for(Duration::from_secs(20), || {
@@ -238,7 +217,7 @@ fn steady_state_coordination_writes_do_not_grow_with_partitions() {
     let window = Duration::from_secs(4);
     let mut rates = vec![];
     for (topic, partitions) in [("small", 10), ("large", 990)] {
-        assert_eq!(create(&mut c0, topic, partitions, 3, &[]), 0);
+        assert_eq!(create_topic(&mut c0, topic, partitions, 3, &[]), 0);
         // Settled: every partition's ISR complete (no ISR changes pending).
         wait_for(Duration::from_secs(60), || {
             let req = MetadataRequest::default().with_topics(None);
@@ -276,7 +255,7 @@ fn an_isolated_leader_stops_writing_before_its_lease_can_lapse() {
     );
     let mut c0 = cluster.client(0);
     assert_eq!(
-        create(&mut c0, "f", 1, 3, &[("min.insync.replicas", "2")]),
+        create_topic(&mut c0, "f", 1, 3, &[("min.insync.replicas", "2")]),
         0
     );
     let (leader, epoch, _, _, _) = wait_for(Duration::from_secs(20), || {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{batch, batch_at, idempotent_batch, wait_for, Client, Node};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -28,23 +28,7 @@ fn tn(v: &str) -> TopicName {
 }
 
 fn create(c: &mut Client, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {
-    let req = CreateTopicsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(tn(name))
-            .with_num_partitions(partitions)
-            .with_replication_factor(1)
-            .with_configs(
-                configs
-                    .iter()
-                    .map(|(k, v)| {
-                        CreatableTopicConfig::default()
-                            .with_name(s(k))
-                            .with_value(Some(s(v)))
-                    })
-                    .collect(),
-            )]);
-    c.send(&req, 7).topics[0].error_code
+    common::create_topic(c, name, partitions, 1, configs)
 }
 
 fn produce_req(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {

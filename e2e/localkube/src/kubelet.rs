@@ -138,13 +138,7 @@ impl Kubelet {
     }
 
     fn delete(&self, st: &mut Store, k: &Key) {
-        let t = crate::Target {
-            gv: k.0.clone(),
-            resource: k.1.clone(),
-            namespace: k.2.clone(),
-            name: None,
-            sub: None,
-        };
+        let t = crate::Target::of(k);
         let _ = self.server.delete(st, &t, &k.3, false);
     }
 
@@ -155,13 +149,7 @@ impl Kubelet {
         if cur.get("status") == Some(&status) {
             return;
         }
-        let t = crate::Target {
-            gv: k.0.clone(),
-            resource: k.1.clone(),
-            namespace: k.2.clone(),
-            name: None,
-            sub: None,
-        };
+        let t = crate::Target::of(k);
         if let Some(r) = self.server.resource(st, &t) {
             let mut next = cur;
             next["status"] = status;

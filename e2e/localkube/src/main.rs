@@ -101,6 +101,19 @@ pub(crate) struct Target {
     pub(crate) sub: Option<String>,
 }
 
+impl Target {
+    /// The collection an object's key belongs to.
+    pub(crate) fn of(k: &Key) -> Target {
+        Target {
+            gv: k.0.clone(),
+            resource: k.1.clone(),
+            namespace: k.2.clone(),
+            name: None,
+            sub: None,
+        }
+    }
+}
+
 fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (gv, rest) = match segs.as_slice() {
@@ -310,6 +323,18 @@ impl Server {
         .into_response()
     }
 
+    /// What every write does to the object it stores: type fields set,
+    /// Secret string data folded, custom resources checked.
+    fn prepare(&self, t: &Target, r: &Resource, obj: &mut Value) -> Result<(), Box<Response>> {
+        let o = obj.as_object_mut().expect("checked");
+        o.insert("apiVersion".into(), json!(t.gv));
+        o.insert("kind".into(), json!(r.kind));
+        if r.plural == "secrets" {
+            fold_string_data(obj);
+        }
+        self.check(r, obj)
+    }
+
     /// Schema checks of custom resources: 422 Invalid naming the field.
     fn check(&self, r: &Resource, obj: &Value) -> Result<(), Box<Response>> {
         if let Some(schema) = &r.schema {
@@ -370,13 +395,7 @@ impl Server {
                 ),
             );
         }
-        let o = obj.as_object_mut().expect("checked");
-        o.insert("apiVersion".into(), json!(t.gv));
-        o.insert("kind".into(), json!(r.kind));
-        if r.plural == "secrets" {
-            fold_string_data(&mut obj);
-        }
-        if let Err(resp) = self.check(r, &obj) {
+        if let Err(resp) = self.prepare(t, r, &mut obj) {
             return *resp;
         }
         st.rv += 1;
@@ -449,13 +468,7 @@ impl Server {
                 }
             }
         }
-        let o = obj.as_object_mut().expect("checked");
-        o.insert("apiVersion".into(), json!(t.gv));
-        o.insert("kind".into(), json!(r.kind));
-        if r.plural == "secrets" {
-            fold_string_data(&mut obj);
-        }
-        if let Err(resp) = self.check(r, &obj) {
+        if let Err(resp) = self.prepare(t, r, &mut obj) {
             return *resp;
         }
         st.rv += 1;
@@ -605,13 +618,7 @@ impl Server {
             .map(|(k, _)| k.clone())
             .collect();
         for k in dependents {
-            let t = Target {
-                gv: k.0.clone(),
-                resource: k.1.clone(),
-                namespace: k.2.clone(),
-                name: None,
-                sub: None,
-            };
+            let t = Target::of(&k);
             let _ = self.delete(st, &t, &k.3, false);
         }
     }
@@ -662,13 +669,7 @@ impl Server {
             .collect();
         let mut items = vec![];
         for k in keys {
-            let t = Target {
-                gv: k.0.clone(),
-                resource: k.1.clone(),
-                namespace: k.2.clone(),
-                name: None,
-                sub: None,
-            };
+            let t = Target::of(&k);
             if let Some(o) = st.objects.get(&k).cloned() {
                 let _ = self.delete(st, &t, &k.3, false);
                 items.push(o);

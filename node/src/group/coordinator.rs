@@ -190,8 +190,8 @@ struct Inner {
     /// Offsets partitions this node leads and has loaded.
     owned: HashSet<i32>,
     groups: HashMap<String, Group>,
-    join_waiters: HashMap<(String, String), oneshot::Sender<JoinResult>>,
-    sync_waiters: HashMap<(String, String), oneshot::Sender<SyncResult>>,
+    join_waiters: Waiters<JoinResult>,
+    sync_waiters: Waiters<SyncResult>,
 }
 
 pub struct Coordinator {
@@ -307,27 +307,11 @@ impl Coordinator {
     fn drop_groups(&self, inner: &mut Inner, partition: i32) {
         let mine = |g: &str| self.partition_for(g) == partition;
         inner.groups.retain(|g, _| !mine(g));
-        let joins: Vec<_> = inner
-            .join_waiters
-            .keys()
-            .filter(|(g, _)| mine(g))
-            .cloned()
-            .collect();
-        for k in joins {
-            if let Some(tx) = inner.join_waiters.remove(&k) {
-                let _ = tx.send(JoinResult::error(ResponseError::NotCoordinator, &k.1));
-            }
+        for ((_, member), tx) in take_waiters(&mut inner.join_waiters, mine) {
+            let _ = tx.send(JoinResult::error(ResponseError::NotCoordinator, &member));
         }
-        let syncs: Vec<_> = inner
-            .sync_waiters
-            .keys()
-            .filter(|(g, _)| mine(g))
-            .cloned()
-            .collect();
-        for k in syncs {
-            if let Some(tx) = inner.sync_waiters.remove(&k) {
-                let _ = tx.send(SyncResult::error(ResponseError::NotCoordinator));
-            }
+        for (_, tx) in take_waiters(&mut inner.sync_waiters, mine) {
+            let _ = tx.send(SyncResult::error(ResponseError::NotCoordinator));
         }
     }
 
@@ -894,6 +878,19 @@ impl Coordinator {
             }
         }
     }
+}
+
+type Waiters<T> = HashMap<(String, String), oneshot::Sender<T>>;
+
+/// Removes the parked requests of the groups `mine` selects.
+fn take_waiters<T>(
+    waiters: &mut Waiters<T>,
+    mine: impl Fn(&str) -> bool,
+) -> Vec<((String, String), oneshot::Sender<T>)> {
+    let keys: Vec<_> = waiters.keys().filter(|(g, _)| mine(g)).cloned().collect();
+    keys.into_iter()
+        .filter_map(|k| waiters.remove(&k).map(|tx| (k, tx)))
+        .collect()
 }
 
 /// Topics a consumer group's members subscribe to, from their "consumer"

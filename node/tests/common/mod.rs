@@ -240,6 +240,33 @@ impl Drop for Cluster {
     }
 }
 
+/// CreateTopics (v7) for one topic; returns its error code.
+pub fn create_topic(
+    c: &mut Client,
+    name: &str,
+    partitions: i32,
+    rf: i16,
+    configs: &[(&str, &str)],
+) -> i16 {
+    let req = kafka_protocol::messages::CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(kafka_protocol::messages::TopicName(StrBytes::from_string(name.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(rf)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string(k.to_string()))
+                            .with_value(Some(StrBytes::from_string(v.to_string())))
+                    })
+                    .collect(),
+            )]);
+    c.send(&req, 7).topics[0].error_code
+}
+
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
