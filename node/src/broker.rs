@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use sluice_api::{isr, placement};
+use sluice_api::{election, isr, placement};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -764,6 +764,82 @@ impl Broker {
             .map_err(coord_error)?;
         self.until_applied("the new configs", |b| {
             b.topic(name).is_some_and(|t| t.record.configs == configs)
+        })
+        .await
+    }
+
+    /// ElectLeaders for one partition: `preferred` moves leadership to the
+    /// first replica when it is alive and in sync; unclean elects any live
+    /// replica when no in-sync one is alive (the partition is offline).
+    /// Written by compare-and-swap, answered once this node has applied it.
+    pub async fn elect_leader(&self, topic: &str, partition: i32, preferred: bool) -> KResult<()> {
+        let key = PartitionKey::new(topic, partition);
+        let rec = self
+            .coord
+            .partitions()
+            .await
+            .map_err(coord_error)?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .ok_or_else(|| no_partition(topic, partition))?;
+        let now = now_ms();
+        let nodes = self.coord.nodes().await.map_err(coord_error)?;
+        let alive = |id: i32| nodes.iter().any(|n| n.info.id == id && n.alive(now));
+        let current = &rec.value;
+        let not_needed = |m: &str| KafkaError::new(ResponseError::ElectionNotNeeded, m);
+        let next = if preferred {
+            let first = current.replicas.first().copied();
+            if current.leader == first {
+                return Err(not_needed("the preferred replica leads already"));
+            }
+            let opts = election::ElectionOptions {
+                unclean: false,
+                preferred: true,
+            };
+            election::elect(current, alive, opts)
+                .filter(|n| n.leader == first)
+                .ok_or_else(|| {
+                    KafkaError::new(
+                        ResponseError::PreferredLeaderNotAvailable,
+                        format!("preferred replica {first:?} is not alive and in sync"),
+                    )
+                })?
+        } else {
+            if current.leader.is_some_and(alive) {
+                return Err(not_needed("the partition has a live leader"));
+            }
+            let opts = election::ElectionOptions {
+                unclean: true,
+                preferred: false,
+            };
+            election::elect(current, alive, opts)
+                .filter(|n| n.leader.is_some())
+                .ok_or_else(|| {
+                    KafkaError::new(
+                        ResponseError::EligibleLeadersNotAvailable,
+                        "no replica of the partition is alive",
+                    )
+                })?
+        };
+        let leader = next.leader;
+        let epoch = next.leader_epoch;
+        self.coord
+            .update_partition(&key, next, rec.version)
+            .await
+            .map_err(coord_error)?;
+        tracing::info!(
+            topic,
+            partition,
+            ?leader,
+            epoch,
+            preferred,
+            "leader elected on request"
+        );
+        self.until_applied("the election", |b| {
+            b.view()
+                .record(topic, partition)
+                .is_some_and(|r| r.value.leader_epoch >= epoch)
         })
         .await
     }

@@ -311,3 +311,119 @@ fn an_isolated_leader_stops_writing_before_its_lease_can_lapse() {
     assert_eq!(d.high_watermark, total);
     assert_eq!(count_records(&d.records) as i64, total);
 }
+
+fn elect(c: &mut Client, topic: Option<&str>, election_type: i8, version: i16) -> Vec<(i32, i16)> {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    let req = ElectLeadersRequest::default()
+        .with_election_type(election_type)
+        .with_timeout_ms(10_000)
+        .with_topic_partitions(topic.map(|t| {
+            vec![TopicPartitions::default()
+                .with_topic(tn(t))
+                .with_partitions(vec![0])]
+        }));
+    let r = c.send(&req, version);
+    r.replica_election_results
+        .iter()
+        .flat_map(|t| {
+            t.partition_result
+                .iter()
+                .map(|p| (p.partition_id, p.error_code))
+        })
+        .collect()
+}
+
+#[test]
+fn elect_leaders_moves_leadership_back_and_elects_uncleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, FAST);
+    let mut c0 = cluster.client(0);
+    assert_eq!(create_topic(&mut c0, "e", 1, 3, &[]), 0);
+    let (preferred, epoch, replicas, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut c0, "e");
+        (p.3.len() == 3).then_some(p)
+    });
+    assert_eq!(
+        preferred, replicas[0],
+        "the first replica leads a new partition"
+    );
+    let other = (0..3).find(|n| *n != preferred as usize).unwrap();
+    let mut co = cluster.client(other);
+    // Leading already: nothing to do.
+    for v in 0..=2 {
+        assert_eq!(
+            elect(&mut co, Some("e"), 0, v),
+            vec![(0, ResponseError::ElectionNotNeeded.code())],
+            "v{v}"
+        );
+    }
+    // Leadership moves away when the preferred replica stops, and stays
+    // away when it returns...
+    cluster.stop(preferred as usize);
+    wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut co, "e");
+        (p.0 >= 0 && p.0 != preferred).then_some(())
+    });
+    cluster.start_node(preferred as usize);
+    let (moved_to, moved_epoch, _, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut co, "e");
+        (p.3.len() == 3).then_some(p)
+    });
+    assert_ne!(moved_to, preferred);
+    assert_eq!(moved_epoch, epoch + 1);
+    // ...until a preferred election brings it back, at a new epoch.
+    assert_eq!(elect(&mut co, Some("e"), 0, 2), vec![(0, 0)]);
+    let (leader, e, _, _, _) = partition0(&mut co, "e");
+    assert_eq!((leader, e), (preferred, epoch + 2));
+    // All partitions: only those that needed an election are reported.
+    assert!(elect(&mut co, None, 0, 2).is_empty());
+    // Unknown partitions and election types are refused.
+    assert_eq!(
+        elect(&mut co, Some("nope"), 0, 2),
+        vec![(0, ResponseError::UnknownTopicOrPartition.code())]
+    );
+    let r = co.send(&ElectLeadersRequest::default().with_election_type(7), 2);
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    // An unclean election needs an offline partition: a healthy one answers
+    // ELECTION_NOT_NEEDED.
+    assert_eq!(
+        elect(&mut co, Some("e"), 1, 2),
+        vec![(0, ResponseError::ElectionNotNeeded.code())]
+    );
+}
+
+#[test]
+fn an_unclean_election_brings_an_offline_partition_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, FAST);
+    let mut c0 = cluster.client(0);
+    assert_eq!(create_topic(&mut c0, "u", 1, 2, &[]), 0);
+    let (leader, _, replicas, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut c0, "u");
+        (p.3.len() == 2).then_some(p)
+    });
+    let follower = *replicas.iter().find(|r| **r != leader).unwrap();
+    let bystander = (0..3).find(|n| !replicas.contains(&(*n as i32))).unwrap();
+    let mut cb = cluster.client(bystander);
+    // The follower goes first (it leaves the ISR), then the leader: no
+    // in-sync replica is left, the partition is offline.
+    cluster.stop(follower as usize);
+    wait_for(Duration::from_secs(20), || {
+        (partition0(&mut cb, "u").3 == vec![leader]).then_some(())
+    });
+    cluster.stop(leader as usize);
+    wait_for(Duration::from_secs(20), || {
+        (partition0(&mut cb, "u").0 == -1).then_some(())
+    });
+    // The follower returns, out of sync: a clean election cannot use it.
+    cluster.start_node(follower as usize);
+    assert_eq!(
+        elect(&mut cb, Some("u"), 0, 2),
+        vec![(0, ResponseError::PreferredLeaderNotAvailable.code())]
+    );
+    assert_eq!(partition0(&mut cb, "u").0, -1);
+    // An unclean election does, with the ISR reset to it.
+    assert_eq!(elect(&mut cb, Some("u"), 1, 2), vec![(0, 0)]);
+    let (new_leader, _, _, isr, _) = partition0(&mut cb, "u");
+    assert_eq!((new_leader, isr), (follower, vec![follower]));
+}

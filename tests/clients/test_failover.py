@@ -8,6 +8,8 @@ wrote it, at the offset it was acknowledged with."""
 import threading
 import time
 
+import pytest
+
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -199,3 +201,42 @@ def test_group_keeps_working_across_a_coordinator_failover(cluster):
         total += high
     assert total == 1000
     consumer.close()
+
+
+def test_admin_clients_elect_the_preferred_leader_back(cluster):
+    """ElectLeaders from librdkafka's admin client (confluent-kafka >= 2.4)
+    and kafka-python's (>= 3.0): leadership returns to the preferred replica
+    after a failover moved it away."""
+    from confluent_kafka import TopicPartition as TP
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    if not hasattr(admin, "elect_leaders"):
+        pytest.skip("this confluent-kafka predates elect_leaders (added in 2.4)")
+    from confluent_kafka import ElectionType
+    admin.create_topics([NewTopic("prefer", 2, 3)])["prefer"].result(30)
+
+    def parts():
+        return admin.list_topics(topic="prefer", timeout=10).topics["prefer"].partitions
+
+    wait_for(lambda: all(len(p.isrs) == 3 for p in parts().values()))
+    preferred = {i: p.replicas[0] for i, p in parts().items()}
+    victim = preferred[0]
+    cluster.stop_node(victim)
+    wait_for(lambda: parts()[0].leader not in (victim, -1))
+    cluster.start_node(victim)
+    wait_for(lambda: all(len(p.isrs) == 3 for p in parts().values()), timeout=60)
+    assert parts()[0].leader != victim
+    results = admin.elect_leaders(ElectionType.PREFERRED, [TP("prefer", 0)]).result(30)
+    assert results[TP("prefer", 0)] is None
+    wait_for(lambda: parts()[0].leader == victim)
+    # kafka-python's admin client, where it has ElectLeaders (3.0): the
+    # other partition's preferred replica leads already, nothing to elect.
+    from kafka.admin import KafkaAdminClient
+    if hasattr(KafkaAdminClient, "elect_leaders"):
+        from kafka.errors import ElectionNotNeededError
+        ka = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        try:
+            r = ka.elect_leaders(0, {"prefer": [1]}, raise_errors=False)
+            codes = [p.error_code for t in r.replica_election_results for p in t.partition_result]
+            assert codes == [ElectionNotNeededError.errno]
+        finally:
+            ka.close()

@@ -18,8 +18,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
-    DescribeProducersRequest, DescribeProducersResponse, IncrementalAlterConfigsRequest,
-    IncrementalAlterConfigsResponse,
+    DescribeProducersRequest, DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -714,4 +714,72 @@ pub fn describe_producers(
         })
         .collect();
     DescribeProducersResponse::default().with_topics(topics)
+}
+
+/// ElectLeaders: preferred (0) or unclean (1) elections, carried out by the
+/// controller's rules. A null topic list means every partition; then only
+/// partitions where an election was needed are reported, as in Kafka.
+pub async fn elect_leaders(
+    broker: &Broker,
+    req: ElectLeadersRequest,
+    version: i16,
+) -> ElectLeadersResponse {
+    use kafka_protocol::messages::elect_leaders_response::{
+        PartitionResult, ReplicaElectionResult,
+    };
+    let election_type = if version >= 1 { req.election_type } else { 0 };
+    let mut resp = ElectLeadersResponse::default();
+    if !matches!(election_type, 0 | 1) {
+        resp.error_code = ResponseError::InvalidRequest.code();
+        return resp;
+    }
+    let all = req.topic_partitions.is_none();
+    let wanted: Vec<(TopicName, Vec<i32>)> = match req.topic_partitions {
+        Some(list) => list.into_iter().map(|t| (t.topic, t.partitions)).collect(),
+        None => broker
+            .topics()
+            .iter()
+            .filter(|t| !crate::broker::is_internal(&t.record.name))
+            .map(|t| {
+                (
+                    TopicName(str_bytes(t.record.name.clone())),
+                    (0..t.record.partitions).collect(),
+                )
+            })
+            .collect(),
+    };
+    for (topic, partitions) in wanted {
+        let mut results = vec![];
+        for p in partitions {
+            let r = if broker.topic(topic.0.as_str()).is_none() {
+                Err(KafkaError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {} does not exist", topic.as_str()),
+                ))
+            } else {
+                broker
+                    .elect_leader(topic.0.as_str(), p, election_type == 0)
+                    .await
+            };
+            let (code, message) = match r {
+                Ok(()) => (0, None),
+                Err(e) if all && e.code == ResponseError::ElectionNotNeeded => continue,
+                Err(e) => (e.code(), Some(str_bytes(e.message))),
+            };
+            results.push(
+                PartitionResult::default()
+                    .with_partition_id(p)
+                    .with_error_code(code)
+                    .with_error_message(message),
+            );
+        }
+        if !results.is_empty() {
+            resp.replica_election_results.push(
+                ReplicaElectionResult::default()
+                    .with_topic(topic)
+                    .with_partition_result(results),
+            );
+        }
+    }
+    resp
 }
