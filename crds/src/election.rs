@@ -7,13 +7,20 @@
 //! reset to itself. Every change of leader bumps the leader epoch.
 
 /// What the cluster metadata says about a partition.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionRecord {
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
     /// `None` while the partition is offline.
     pub leader: Option<i32>,
     pub leader_epoch: i32,
+    /// During a reassignment (see [`crate::reassign`]): replicas being added
+    /// (already in `replicas`, catching up) and being removed (still in
+    /// `replicas` until the new ones are in sync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<i32>,
 }
 
 impl PartitionRecord {
@@ -24,6 +31,8 @@ impl PartitionRecord {
             isr: replicas.clone(),
             replicas,
             leader_epoch: 0,
+            adding: vec![],
+            removing: vec![],
         }
     }
 }
@@ -67,10 +76,10 @@ pub fn elect(
         return None;
     }
     Some(PartitionRecord {
-        replicas: current.replicas.clone(),
         isr,
         leader,
         leader_epoch: current.leader_epoch + i32::from(leader != current.leader),
+        ..current.clone()
     })
 }
 
@@ -138,6 +147,7 @@ mod tests {
             isr: vec![1],
             leader: Some(1),
             leader_epoch: 4,
+            ..Default::default()
         };
         let off = elect(&p, |r| r == 2, CLEAN).unwrap();
         assert_eq!(
@@ -173,7 +183,7 @@ mod tests {
         ) {
             let replicas: Vec<i32> = (0..n as i32).collect();
             let isr: Vec<i32> = replicas.iter().copied().filter(|r| isr_mask & (1 << r) != 0).collect();
-            let p = PartitionRecord { replicas: replicas.clone(), isr: isr.clone(), leader: replicas.get(leader).copied(), leader_epoch: 7 };
+            let p = PartitionRecord { replicas: replicas.clone(), isr: isr.clone(), leader: replicas.get(leader).copied(), leader_epoch: 7, ..Default::default() };
             let alive = |r: i32| alive_mask & (1 << r) != 0;
             if let Some(e) = elect(&p, alive, ElectionOptions { unclean, preferred: true }) {
                 prop_assert!(e.leader_epoch >= 7);

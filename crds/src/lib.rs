@@ -12,3 +12,4 @@
 pub mod election;
 pub mod isr;
 pub mod placement;
+pub mod reassign;

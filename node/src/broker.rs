@@ -844,6 +844,61 @@ impl Broker {
         .await
     }
 
+    /// AlterPartitionReassignments for one partition: start moving it to
+    /// `target`, or cancel the move in progress (`None`). The controller
+    /// completes the move once the new replicas are in sync.
+    pub async fn reassign(
+        &self,
+        topic: &str,
+        partition: i32,
+        target: Option<Vec<i32>>,
+        allow_rf_change: bool,
+    ) -> KResult<()> {
+        refuse_internal(topic)?;
+        let key = PartitionKey::new(topic, partition);
+        let rec = self
+            .coord
+            .partitions()
+            .await
+            .map_err(coord_error)?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .ok_or_else(|| no_partition(topic, partition))?;
+        let next = match target {
+            None => sluice_api::reassign::cancel(&rec.value).map_err(|e| {
+                KafkaError::new(ResponseError::NoReassignmentInProgress, e.to_string())
+            })?,
+            Some(target) => {
+                let nodes = self.live_nodes().await?;
+                self.check_assignment(std::slice::from_ref(&target), &nodes)?;
+                let before = sluice_api::reassign::original(&rec.value);
+                if !allow_rf_change && target.len() != before.len() {
+                    return Err(KafkaError::new(
+                        ResponseError::InvalidReplicationFactor,
+                        format!(
+                            "{topic}-{partition} has {} replicas; the target has {} and the request does not allow changing it",
+                            before.len(),
+                            target.len()
+                        ),
+                    ));
+                }
+                match sluice_api::reassign::start(&rec.value, &target)
+                    .map_err(|e| invalid_assignment(e.to_string()))?
+                {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            }
+        };
+        self.coord
+            .update_partition(&key, next.clone(), rec.version)
+            .await
+            .map_err(coord_error)?;
+        tracing::info!(topic, partition, replicas = ?next.replicas, adding = ?next.adding, removing = ?next.removing, "reassignment requested");
+        Ok(())
+    }
+
     /// A partition this node leads, for a client at `current_leader_epoch`
     /// (-1 when the client does not know it).
     pub fn leader_partition(

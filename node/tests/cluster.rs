@@ -427,3 +427,138 @@ fn an_unclean_election_brings_an_offline_partition_back() {
     let (new_leader, _, _, isr, _) = partition0(&mut cb, "u");
     assert_eq!((new_leader, isr), (follower, vec![follower]));
 }
+
+fn reassign(c: &mut Client, topic: &str, target: Option<Vec<i32>>) -> i16 {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    let req = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_allow_replication_factor_change(true)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(0)
+                .with_replicas(
+                    target.map(|t| t.into_iter().map(BrokerId).collect()),
+                )])]);
+    let r = c.send(&req, 1);
+    r.responses[0].partitions[0].error_code
+}
+
+fn ongoing(c: &mut Client) -> Vec<(String, i32, Vec<i32>, Vec<i32>)> {
+    let r = c.send(
+        &ListPartitionReassignmentsRequest::default().with_topics(None),
+        0,
+    );
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    r.topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    ids(&p.adding_replicas),
+                    ids(&p.removing_replicas),
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn reassignment_moves_replicas_and_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3, FAST);
+    let mut c0 = cluster.client(0);
+    assert_eq!(create_topic(&mut c0, "r", 1, 1, &[]), 0);
+    let (leader, epoch, replicas, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut c0, "r");
+        (p.0 >= 0).then_some(p)
+    });
+    assert_eq!(replicas, vec![leader]);
+    let mut cl = cluster.client(leader as usize);
+    for i in 0..5 {
+        assert_eq!(
+            produce(
+                &mut cl,
+                "r",
+                batch(10, &format!("b{i}"), Compression::None),
+                -1
+            )
+            .0,
+            0
+        );
+    }
+    // Move the single replica to the two other nodes.
+    let target: Vec<i32> = (0..3).filter(|n| *n != leader).collect();
+    // Bad input first: an unknown node, a repeated node, an unknown
+    // partition; nothing changes.
+    assert_eq!(
+        reassign(&mut c0, "r", Some(vec![7])),
+        ResponseError::InvalidReplicaAssignment.code()
+    );
+    assert_eq!(
+        reassign(&mut c0, "r", Some(vec![target[0], target[0]])),
+        ResponseError::InvalidReplicaAssignment.code()
+    );
+    assert_eq!(
+        reassign(&mut c0, "nope", Some(target.clone())),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    assert_eq!(
+        reassign(&mut c0, "r", None),
+        ResponseError::NoReassignmentInProgress.code()
+    );
+    assert_eq!(partition0(&mut c0, "r").2, vec![leader]);
+    assert_eq!(reassign(&mut c0, "r", Some(target.clone())), 0);
+    // The new replicas catch up, then the move completes: the old replica
+    // goes and leadership moves at a new epoch.
+    let (new_leader, new_epoch, now, isr, _) = wait_for(Duration::from_secs(30), || {
+        let p = partition0(&mut c0, "r");
+        (p.2 == target && p.3.len() == 2).then_some(p)
+    });
+    assert!(target.contains(&new_leader) && isr.iter().all(|r| target.contains(r)));
+    assert_eq!((now, new_epoch), (target.clone(), epoch + 1));
+    assert!(ongoing(&mut c0).is_empty());
+    let mut cn = cluster.client(new_leader as usize);
+    let d = fetch(&mut cn, "r", 0, -1);
+    assert_eq!((d.high_watermark, count_records(&d.records)), (50, 50));
+    // The old node no longer serves it.
+    let (code, _) = produce(&mut cl, "r", batch(1, "x", Compression::None), 1);
+    assert_eq!(code, ResponseError::NotLeaderOrFollower.code());
+}
+
+#[test]
+fn a_reassignment_waiting_for_a_stopped_node_can_be_listed_and_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, FAST);
+    let mut c0 = cluster.client(0);
+    assert_eq!(create_topic(&mut c0, "w", 1, 2, &[]), 0);
+    let (_, _, replicas, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut c0, "w");
+        (p.3.len() == 2).then_some(p)
+    });
+    let spare = (0..3).find(|n| !replicas.contains(n)).unwrap();
+    let stays = replicas[0];
+    let asker = if spare == 0 { 1 } else { 0 };
+    let mut ca = cluster.client(asker as usize);
+    // Stopped, the spare node cannot catch up; its lease still lives when
+    // the move starts, so the move is accepted and then waits.
+    cluster.stop(spare as usize);
+    assert_eq!(reassign(&mut ca, "w", Some(vec![stays, spare])), 0);
+    let gone = *replicas.iter().find(|r| **r != stays).unwrap();
+    assert_eq!(
+        ongoing(&mut ca),
+        vec![("w".to_string(), 0, vec![spare], vec![gone])]
+    );
+    assert_eq!(reassign(&mut ca, "w", None), 0);
+    assert!(ongoing(&mut ca).is_empty());
+    let (_, _, back, _, _) = partition0(&mut ca, "w");
+    let mut sorted = back.clone();
+    sorted.sort();
+    let mut before = replicas.clone();
+    before.sort();
+    assert_eq!(sorted, before, "cancelled: the replicas from before");
+}

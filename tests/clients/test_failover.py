@@ -240,3 +240,43 @@ def test_admin_clients_elect_the_preferred_leader_back(cluster):
             assert codes == [ElectionNotNeededError.errno]
         finally:
             ka.close()
+
+
+def test_kafka_python_reassigns_partitions(cluster):
+    """AlterPartitionReassignments and ListPartitionReassignments from
+    kafka-python's admin client (>= 3.0); librdkafka's admin API has none."""
+    from kafka.admin import KafkaAdminClient
+    if not hasattr(KafkaAdminClient, "alter_partition_reassignments"):
+        pytest.skip("this kafka-python predates partition reassignment (added in 3.0)")
+    from kafka import TopicPartition as KTP
+    from kafka.errors import InvalidReplicationAssignmentError
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic("moving", 1, 1)])["moving"].result(30)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(100):
+        p.produce("moving", value=str(i).encode(), partition=0)
+    assert p.flush(30) == 0
+
+    def part():
+        return admin.list_topics(topic="moving", timeout=10).topics["moving"].partitions[0]
+
+    wait_for(lambda: part().leader >= 0)
+    before = part().replicas
+    target = [n for n in range(3) if n not in before]
+    ka = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    try:
+        assert ka.alter_partition_reassignments({KTP("moving", 0): [9]}) == {
+            KTP("moving", 0): InvalidReplicationAssignmentError}
+        assert ka.alter_partition_reassignments({KTP("moving", 0): target}) == {KTP("moving", 0): None}
+        wait_for(lambda: part().replicas == target and len(part().isrs) == 2, timeout=60)
+        assert ka.list_partition_reassignments() == {}
+    finally:
+        ka.close()
+    c = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": "moved",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition("moving", 0, 0)])
+    seen = []
+    while len(seen) < 100:
+        seen += [m.value().decode() for m in c.consume(100, timeout=5) if m.error() is None]
+    c.close()
+    assert seen == [str(i) for i in range(100)]

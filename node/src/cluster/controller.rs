@@ -1,8 +1,9 @@
 //! The controller: one per cluster, deciding what no single node may decide
 //! for itself. It elects leaders when a leader's lease lapses (clean, or
 //! unclean where a topic allows it), removes followers on lapsed nodes from
-//! ISRs, moves leadership back to preferred replicas periodically, and
-//! creates the offsets topic once enough nodes are up. The rules are the
+//! ISRs, completes reassignments once their new replicas are in sync, moves
+//! leadership back to preferred replicas periodically, and creates the
+//! offsets topic once enough nodes are up. The rules are the
 //! pure functions of `sluice_api`; this loop reads the metadata and writes
 //! their answers by compare-and-swap, so a stale controller changes nothing.
 //!
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_api::election::{self, ElectionOptions};
-use sluice_api::placement;
+use sluice_api::{placement, reassign};
 use uuid::Uuid;
 
 use crate::broker::now_ms;
@@ -94,6 +95,7 @@ pub async fn pass(
         };
         let Some(next) = election::elect(&rec.value, alive, opts)
             .or_else(|| election::without_dead_followers(&rec.value, alive))
+            .or_else(|| reassign::complete(&rec.value))
         else {
             continue;
         };
@@ -103,7 +105,9 @@ pub async fn pass(
         {
             Ok(_) => {
                 changed += 1;
-                if next.leader != rec.value.leader {
+                if next.replicas != rec.value.replicas {
+                    tracing::info!(topic = %key.topic, partition = key.partition, replicas = ?next.replicas, leader = ?next.leader, "reassignment completed");
+                } else if next.leader != rec.value.leader {
                     tracing::info!(topic = %key.topic, partition = key.partition, from = ?rec.value.leader, to = ?next.leader, epoch = next.leader_epoch, isr = ?next.isr, "leader elected");
                 } else {
                     tracing::info!(topic = %key.topic, partition = key.partition, isr = ?next.isr, "lapsed nodes removed from the ISR");

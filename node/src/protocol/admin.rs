@@ -10,6 +10,7 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{
     create_partitions_response::CreatePartitionsTopicResult, CreatePartitionsRequest,
     CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
@@ -20,6 +21,10 @@ use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
     DescribeProducersRequest, DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse,
     IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -782,4 +787,105 @@ pub async fn elect_leaders(
         }
     }
     resp
+}
+
+/// AlterPartitionReassignments: start (or, with null replicas, cancel)
+/// moving partitions to new replicas; the controller completes each move
+/// once its new replicas are in sync.
+pub async fn alter_partition_reassignments(
+    broker: &Broker,
+    req: AlterPartitionReassignmentsRequest,
+    version: i16,
+) -> AlterPartitionReassignmentsResponse {
+    use kafka_protocol::messages::alter_partition_reassignments_response::{
+        ReassignablePartitionResponse, ReassignableTopicResponse,
+    };
+    // v0 had no such flag: changing the replication factor was allowed.
+    let allow_rf_change = version < 1 || req.allow_replication_factor_change;
+    let mut responses = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let target = p
+                .replicas
+                .map(|r| r.into_iter().map(|b| b.0).collect::<Vec<_>>());
+            let r = broker
+                .reassign(
+                    t.name.0.as_str(),
+                    p.partition_index,
+                    target,
+                    allow_rf_change,
+                )
+                .await;
+            let mut out =
+                ReassignablePartitionResponse::default().with_partition_index(p.partition_index);
+            if let Err(e) = r {
+                out.error_code = e.code();
+                out.error_message = Some(str_bytes(e.message));
+            }
+            partitions.push(out);
+        }
+        responses.push(
+            ReassignableTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
+    }
+    let mut resp = AlterPartitionReassignmentsResponse::default().with_responses(responses);
+    if version >= 1 {
+        resp.allow_replication_factor_change = allow_rf_change;
+    }
+    resp
+}
+
+/// ListPartitionReassignments: the moves in progress, for the partitions
+/// asked or all of them, read from the metadata as stored now.
+pub async fn list_partition_reassignments(
+    broker: &Broker,
+    req: ListPartitionReassignmentsRequest,
+    _version: i16,
+) -> ListPartitionReassignmentsResponse {
+    use kafka_protocol::messages::list_partition_reassignments_response::{
+        OngoingPartitionReassignment, OngoingTopicReassignment,
+    };
+    let parts = match broker.coord.partitions().await {
+        Ok(p) => p,
+        Err(e) => {
+            return ListPartitionReassignmentsResponse::default()
+                .with_error_code(ResponseError::UnknownServerError.code())
+                .with_error_message(Some(str_bytes(e.to_string())))
+        }
+    };
+    let wanted: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+            .collect()
+    });
+    let asked = |topic: &str, p: i32| {
+        wanted
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|(t, ps)| t == topic && ps.contains(&p)))
+    };
+    let ids = |v: &[i32]| v.iter().map(|x| BrokerId(*x)).collect::<Vec<_>>();
+    let mut topics: Vec<OngoingTopicReassignment> = vec![];
+    for (key, rec) in parts {
+        let r = &rec.value;
+        if (r.adding.is_empty() && r.removing.is_empty()) || !asked(&key.topic, key.partition) {
+            continue;
+        }
+        let entry = OngoingPartitionReassignment::default()
+            .with_partition_index(key.partition)
+            .with_replicas(ids(&r.replicas))
+            .with_adding_replicas(ids(&r.adding))
+            .with_removing_replicas(ids(&r.removing));
+        match topics.iter_mut().find(|t| t.name.0.as_str() == key.topic) {
+            Some(t) => t.partitions.push(entry),
+            None => topics.push(
+                OngoingTopicReassignment::default()
+                    .with_name(TopicName(str_bytes(key.topic.clone())))
+                    .with_partitions(vec![entry]),
+            ),
+        }
+    }
+    ListPartitionReassignmentsResponse::default().with_topics(topics)
 }

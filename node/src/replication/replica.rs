@@ -159,9 +159,26 @@ impl Replica {
                 },
                 Role::Leader { epoch, isr, .. },
             ) if old_epoch == epoch => {
-                // Same leadership, a new record (an ISR change stored).
+                // Same leadership, a new record (an ISR change stored, or
+                // replicas added or removed by a reassignment).
                 if st.pending_isr.as_ref() == Some(isr) {
                     st.pending_isr = None;
+                }
+                if let Role::Leader { replicas, .. } = &next {
+                    st.followers.retain(|p| replicas.contains(&p.f.id));
+                    for r in replicas.iter().filter(|r| **r != me) {
+                        if !st.followers.iter().any(|p| p.f.id == *r) {
+                            st.followers.push(Progress {
+                                f: Follower {
+                                    id: *r,
+                                    log_end: -1,
+                                    last_caught_up_ms: now_ms,
+                                },
+                                prev_fetch_leo: i64::MAX,
+                                prev_fetch_ms: now_ms,
+                            });
+                        }
+                    }
                 }
                 Transition::Unchanged
             }
@@ -359,6 +376,7 @@ mod tests {
             isr: isr.to_vec(),
             leader: Some(leader),
             leader_epoch: epoch,
+            ..Default::default()
         }
     }
 
