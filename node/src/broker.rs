@@ -484,6 +484,13 @@ impl Broker {
                     .and_then(|r| r.as_ref())
                     .map(|v| (&v.value, v.version));
                 let tr = p.replica.apply(me, rec, now);
+                // Moved off this node (a completed or cancelled
+                // reassignment): its local copy is reclaimed.
+                let removed = rec.is_some_and(|(r, _)| !r.replicas.contains(&me));
+                if removed && (p.log.log_end_offset() > 0 || p.log.size_bytes() > 0) {
+                    p.log.reset_to(0)?;
+                    tracing::info!(topic = %t.record.name, partition = i, "replica removed from this node; its data reclaimed");
+                }
                 if tr != Transition::Unchanged {
                     tracing::info!(topic = %t.record.name, partition = i, transition = ?tr, role = ?p.replica.role(), "replica role changed");
                     transitions.push((t.record.name.clone(), i as i32, tr));

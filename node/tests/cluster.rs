@@ -525,9 +525,28 @@ fn reassignment_moves_replicas_and_keeps_every_record() {
     let mut cn = cluster.client(new_leader as usize);
     let d = fetch(&mut cn, "r", 0, -1);
     assert_eq!((d.high_watermark, count_records(&d.records)), (50, 50));
-    // The old node no longer serves it.
+    // The old node no longer serves it, and its copy is reclaimed.
     let (code, _) = produce(&mut cl, "r", batch(1, "x", Compression::None), 1);
     assert_eq!(code, ResponseError::NotLeaderOrFollower.code());
+    let dirs = cl.send(&DescribeLogDirsRequest::default().with_topics(None), 4);
+    let size: i64 = dirs.results[0]
+        .topics
+        .iter()
+        .filter(|t| t.name.as_str() == "r")
+        .flat_map(|t| t.partitions.iter().map(|p| p.partition_size))
+        .sum();
+    assert_eq!(size, 0);
+    // Moved back, the old node fetches everything again from the start.
+    assert_eq!(reassign(&mut c0, "r", Some(vec![leader])), 0);
+    wait_for(Duration::from_secs(30), || {
+        (partition0(&mut c0, "r").2 == vec![leader] && partition0(&mut cl, "r").0 == leader)
+            .then_some(())
+    });
+    let d = wait_for(Duration::from_secs(10), || {
+        let d = fetch(&mut cl, "r", 0, -1);
+        (d.error_code == 0).then_some(d)
+    });
+    assert_eq!((d.high_watermark, count_records(&d.records)), (50, 50));
 }
 
 #[test]
