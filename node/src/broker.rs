@@ -668,6 +668,21 @@ impl Broker {
             .ok_or_else(|| no_such_topic(name))
     }
 
+    /// A partition's record as stored now, for a compare-and-swap based on it.
+    async fn stored_partition(
+        &self,
+        key: &PartitionKey,
+    ) -> KResult<crate::coord::Versioned<PartitionRecord>> {
+        self.coord
+            .partitions()
+            .await
+            .map_err(coord_error)?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, r)| r)
+            .ok_or_else(|| no_partition(&key.topic, key.partition))
+    }
+
     /// Grows a topic to `count` partitions (CreatePartitions), placing the
     /// new ones with the placement rules or as `assignment` says.
     pub async fn create_partitions(
@@ -781,15 +796,7 @@ impl Broker {
     /// Written by compare-and-swap, answered once this node has applied it.
     pub async fn elect_leader(&self, topic: &str, partition: i32, preferred: bool) -> KResult<()> {
         let key = PartitionKey::new(topic, partition);
-        let rec = self
-            .coord
-            .partitions()
-            .await
-            .map_err(coord_error)?
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, r)| r)
-            .ok_or_else(|| no_partition(topic, partition))?;
+        let rec = self.stored_partition(&key).await?;
         let now = now_ms();
         let nodes = self.coord.nodes().await.map_err(coord_error)?;
         let alive = |id: i32| nodes.iter().any(|n| n.info.id == id && n.alive(now));
@@ -863,15 +870,7 @@ impl Broker {
     ) -> KResult<()> {
         refuse_internal(topic)?;
         let key = PartitionKey::new(topic, partition);
-        let rec = self
-            .coord
-            .partitions()
-            .await
-            .map_err(coord_error)?
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, r)| r)
-            .ok_or_else(|| no_partition(topic, partition))?;
+        let rec = self.stored_partition(&key).await?;
         let next = match target {
             None => sluice_api::reassign::cancel(&rec.value).map_err(|e| {
                 KafkaError::new(ResponseError::NoReassignmentInProgress, e.to_string())
