@@ -20,6 +20,26 @@ struct TestLeader {
     changed: Notify,
 }
 
+fn test_leader(log: &Arc<PartitionLog>, epoch: i32) -> Arc<TestLeader> {
+    Arc::new(TestLeader {
+        log: log.clone(),
+        epoch: AtomicI32::new(epoch),
+        fetched: Mutex::new(HashMap::new()),
+        changed: Notify::new(),
+    })
+}
+
+/// What a follower of partition t-0 at `epoch` is told to follow.
+fn following(log: &Arc<PartitionLog>, epoch: i32) -> Vec<Following> {
+    vec![Following {
+        topic: "t".into(),
+        partition: 0,
+        leader_epoch: epoch,
+        log: log.clone(),
+        replica: None,
+    }]
+}
+
 impl LeaderLogs for TestLeader {
     fn leader_log(
         &self,
@@ -114,20 +134,9 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
     let follower_log = Arc::new(
         PartitionLog::open(Store::open(dirs.1.path(), false).unwrap(), &topic_id, 0).unwrap(),
     );
-    let leader = Arc::new(TestLeader {
-        log: leader_log.clone(),
-        epoch: AtomicI32::new(1),
-        fetched: Mutex::new(HashMap::new()),
-        changed: Notify::new(),
-    });
+    let leader = test_leader(&leader_log, 1);
     let addr = serve(leader.clone()).await;
-    let (tx, rx) = watch::channel(vec![Following {
-        topic: "t".into(),
-        partition: 0,
-        leader_epoch: 1,
-        log: follower_log.clone(),
-        replica: None,
-    }]);
+    let (tx, rx) = watch::channel(following(&follower_log, 1));
     let session = tokio::spawn(follower::run(2, addr, rx));
 
     for i in 0..20 {
@@ -163,13 +172,7 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(follower_log.log_end_offset(), 40);
     // Told of the new epoch, it resumes.
-    tx.send_replace(vec![Following {
-        topic: "t".into(),
-        partition: 0,
-        leader_epoch: 2,
-        log: follower_log.clone(),
-        replica: None,
-    }]);
+    tx.send_replace(following(&follower_log, 2));
     until("the epoch-2 batch", || follower_log.log_end_offset() == 41).await;
     assert_eq!(follower_log.latest_epoch(), 2);
 
@@ -215,20 +218,9 @@ async fn a_former_leaders_unreplicated_tail_is_truncated() {
         .append(&batch(&["new-2", "new-3", "new-4"]), 2, Ts::CreateTime, 0)
         .unwrap();
 
-    let leader = Arc::new(TestLeader {
-        log: new_leader_log.clone(),
-        epoch: AtomicI32::new(2),
-        fetched: Mutex::new(HashMap::new()),
-        changed: Notify::new(),
-    });
+    let leader = test_leader(&new_leader_log, 2);
     let addr = serve(leader).await;
-    let (_tx, rx) = watch::channel(vec![Following {
-        topic: "t".into(),
-        partition: 0,
-        leader_epoch: 2,
-        log: old_leader_log.clone(),
-        replica: None,
-    }]);
+    let (_tx, rx) = watch::channel(following(&old_leader_log, 2));
     tokio::spawn(follower::run(2, addr, rx));
     until("the old leader to converge", || {
         old_leader_log.log_end_offset() == 9 && old_leader_log.latest_epoch() == 2
@@ -268,20 +260,9 @@ async fn a_follower_behind_the_leaders_log_start_resets() {
         })
         .unwrap();
     assert_eq!(leader_log.log_start_offset(), 6);
-    let leader = Arc::new(TestLeader {
-        log: leader_log.clone(),
-        epoch: AtomicI32::new(0),
-        fetched: Mutex::new(HashMap::new()),
-        changed: Notify::new(),
-    });
+    let leader = test_leader(&leader_log, 0);
     let addr = serve(leader).await;
-    let (_tx, rx) = watch::channel(vec![Following {
-        topic: "t".into(),
-        partition: 0,
-        leader_epoch: 0,
-        log: follower_log.clone(),
-        replica: None,
-    }]);
+    let (_tx, rx) = watch::channel(following(&follower_log, 0));
     tokio::spawn(follower::run(2, addr, rx));
     until("the follower to reset and catch up", || {
         follower_log.log_end_offset() == 10
@@ -311,20 +292,9 @@ async fn a_follower_resets_to_a_log_start_inside_a_batch() {
     leader_log.set_high_watermark(30).unwrap();
     // DeleteRecords put the leader's start inside its second batch.
     leader_log.delete_records_before(15).unwrap();
-    let leader = Arc::new(TestLeader {
-        log: leader_log.clone(),
-        epoch: AtomicI32::new(0),
-        fetched: Mutex::new(HashMap::new()),
-        changed: Notify::new(),
-    });
+    let leader = test_leader(&leader_log, 0);
     let addr = serve(leader).await;
-    let (_tx, rx) = watch::channel(vec![Following {
-        topic: "t".into(),
-        partition: 0,
-        leader_epoch: 0,
-        log: follower_log.clone(),
-        replica: None,
-    }]);
+    let (_tx, rx) = watch::channel(following(&follower_log, 0));
     tokio::spawn(follower::run(2, addr, rx));
     until(
         "the follower to take the straddling batch and the rest",

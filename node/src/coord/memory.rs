@@ -106,6 +106,25 @@ impl InMemory {
         v
     }
 
+    /// Stores a partition record at a new version and saves.
+    fn store_partition(
+        &self,
+        st: &mut State,
+        key: &PartitionKey,
+        record: PartitionRecord,
+    ) -> CResult<Version> {
+        let v = self.bump(st);
+        st.partitions.insert(
+            key.clone(),
+            Versioned {
+                value: record,
+                version: v,
+            },
+        );
+        self.save(st)?;
+        Ok(v)
+    }
+
     fn save(&self, st: &State) -> CResult<()> {
         let Some(file) = &self.file else {
             return Ok(());
@@ -260,16 +279,7 @@ impl Coordination for InMemory {
                 key.topic, key.partition
             )));
         }
-        let v = self.bump(&mut st);
-        st.partitions.insert(
-            key.clone(),
-            Versioned {
-                value: record,
-                version: v,
-            },
-        );
-        self.save(&st)?;
-        Ok(v)
+        self.store_partition(&mut st, key, record)
     }
 
     async fn update_partition(
@@ -286,16 +296,7 @@ impl Coordination for InMemory {
             Some(p) if p.version != expected => return Err(CoordError::Conflict(name)),
             Some(_) => {}
         }
-        let v = self.bump(&mut st);
-        st.partitions.insert(
-            key.clone(),
-            Versioned {
-                value: record,
-                version: v,
-            },
-        );
-        self.save(&st)?;
-        Ok(v)
+        self.store_partition(&mut st, key, record)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
