@@ -125,7 +125,10 @@ impl From<BatchError> for KafkaError {
     fn from(e: BatchError) -> Self {
         let code = match e {
             BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
-            BatchError::NotOneBatch | BatchError::InvalidCount => ResponseError::InvalidRecord,
+            BatchError::NotOneBatch | BatchError::InvalidCount | BatchError::MissingKey(_) => {
+                ResponseError::InvalidRecord
+            }
+            BatchError::Undecodable(_) => ResponseError::CorruptMessage,
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
             BatchError::UnknownCompression(_) => ResponseError::UnsupportedCompressionType,
             BatchError::TimestampOutOfRange { .. } => ResponseError::InvalidTimestamp,
@@ -138,6 +141,30 @@ impl From<BatchError> for KafkaError {
 pub type KResult<T> = Result<T, KafkaError>;
 
 /// UNKNOWN_TOPIC_OR_PARTITION for a topic name.
+/// What a topic's configs make of a produced batch before it is appended:
+/// compacted topics refuse records without a key, and a `compression.type`
+/// other than `producer` recompresses the batch to its codec (`None`: the
+/// batch is stored as sent).
+fn convert(b: &Bytes, config: &TopicConfig) -> Result<Option<Bytes>, BatchError> {
+    let h = Header::parse(b)?;
+    let recompress = config
+        .compression
+        .filter(|c| *c as i16 != h.compression() && !h.is_control());
+    if !config.cleanup_compact && recompress.is_none() {
+        return Ok(None);
+    }
+    let records = batch::decode_records(b)?;
+    if config.cleanup_compact && !h.is_control() {
+        if let Some(r) = records.iter().find(|r| r.key.is_none()) {
+            return Err(BatchError::MissingKey(r.offset - h.base_offset()));
+        }
+    }
+    match recompress {
+        None => Ok(None),
+        Some(c) => Ok(Some(batch::rebuild(&h, records, c)?.freeze())),
+    }
+}
+
 /// Internal topics (`__consumer_offsets`) are the node's own state: admin
 /// operations that would delete, move or reshape their data are refused.
 pub fn refuse_internal(name: &str) -> KResult<()> {
@@ -270,7 +297,9 @@ impl Broker {
         for (name, json) in store.list_topics()? {
             let record: TopicRecord = serde_json::from_slice(&json)
                 .map_err(|e| anyhow::anyhow!("topic {name} has unreadable metadata: {e}"))?;
-            let tc = config.defaults.resolve(&record.configs)?;
+            let tc = config
+                .defaults
+                .resolve_topic(&record.name, &record.configs)?;
             let partitions = (0..record.partitions)
                 .map(|p| Partition::open(&store, &record.id, p))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -435,7 +464,7 @@ impl Broker {
                 if current.as_ref().is_some_and(|t| t.record == *spec) {
                     continue;
                 }
-                let config = self.config.defaults.resolve(&spec.configs).unwrap_or_else(|e| {
+                let config = self.config.defaults.resolve_topic(name, &spec.configs).unwrap_or_else(|e| {
                     tracing::warn!(topic = %name, error = %e, "stored topic configs are invalid here; using defaults");
                     self.config
                         .defaults
@@ -554,7 +583,7 @@ impl Broker {
                 ),
             ));
         }
-        let config = self.config.defaults.resolve(&t.configs)?;
+        let config = self.config.defaults.resolve_topic(&t.name, &t.configs)?;
         let assignment = match &t.assignment {
             Some(a) => {
                 self.check_assignment(a, &nodes)?;
@@ -959,8 +988,9 @@ impl Broker {
         if batches.len() != 1 {
             return Err(BatchError::NotOneBatch.into());
         }
-        let b = &batches[0];
         let now = now_ms();
+        let converted = convert(&batches[0], &topic.config)?;
+        let b = converted.as_ref().unwrap_or(&batches[0]);
         let h = Header::parse(b)?;
         if topic.config.message_timestamp_type == TimestampType::CreateTime {
             let max_diff = topic.config.message_timestamp_difference_max_ms;
@@ -1133,9 +1163,12 @@ impl Broker {
                 log.expire_producers(idle_before)?;
             }
             let (ms, bytes) = (topic.config.retention_ms, topic.config.retention_bytes);
-            // Committed offsets must never age out with the log; they go when
-            // their group does (offset retention) until compaction lands.
-            if (ms < 0 && bytes < 0) || is_internal(&topic.record.name) {
+            // Committed offsets never age out with the log; they go when
+            // their group does (offset retention) and compaction drops them.
+            if (ms < 0 && bytes < 0)
+                || !topic.config.cleanup_delete
+                || is_internal(&topic.record.name)
+            {
                 continue;
             }
             for log in &topic.partitions {

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use kafka_protocol::records::Compression;
+
+use crate::log::compaction::Policy;
 use crate::log::TimestampType;
 
 /// Settings of one storage node (`sluice serve` / `sluice dev`).
@@ -32,6 +35,8 @@ pub struct NodeConfig {
     pub defaults: BrokerDefaults,
     /// How often retention is enforced (`log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// The log cleaner (compaction).
+    pub cleaner: CleanerConfig,
     /// fsync every write to the RocksDB WAL (off by default, like Kafka).
     pub sync_writes: bool,
     /// Group coordinator settings.
@@ -73,6 +78,7 @@ impl NodeConfig {
             socket_request_max_bytes: 104_857_600,
             defaults: BrokerDefaults::default(),
             retention_check_interval_ms: 300_000,
+            cleaner: CleanerConfig::default(),
             sync_writes: false,
             groups: crate::group::GroupConfig::default(),
             producer_id_expiration_ms: 86_400_000,
@@ -82,6 +88,30 @@ impl NodeConfig {
             replica_lag_time_max_ms: 30_000,
             replication_timeout_ms: 30_000,
             cluster_id: None,
+        }
+    }
+}
+
+/// Settings of the log cleaner, under Kafka's `log.cleaner.*` names.
+#[derive(Debug, Clone)]
+pub struct CleanerConfig {
+    /// `log.cleaner.enable`.
+    pub enable: bool,
+    /// `log.cleaner.backoff.ms`: the wait when no partition is due.
+    pub backoff_ms: u64,
+    /// `log.cleaner.io.max.bytes.per.second`: read plus written.
+    pub io_max_bytes_per_second: f64,
+    /// `log.cleaner.dedupe.buffer.size`: memory for one pass's key map.
+    pub dedupe_buffer_size: usize,
+}
+
+impl Default for CleanerConfig {
+    fn default() -> Self {
+        CleanerConfig {
+            enable: true,
+            backoff_ms: 15_000,
+            io_max_bytes_per_second: 104_857_600.0,
+            dedupe_buffer_size: 128 << 20,
         }
     }
 }
@@ -120,6 +150,16 @@ pub struct TopicConfig {
     pub segment_bytes: i64,
     pub segment_ms: i64,
     pub unclean_leader_election: bool,
+    /// `cleanup.policy` holds `delete`: retention removes old batches.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` holds `compact`: the log cleaner compacts the topic.
+    pub cleanup_compact: bool,
+    /// `min.cleanable.dirty.ratio`, `min.compaction.lag.ms`,
+    /// `max.compaction.lag.ms`, `delete.retention.ms`.
+    pub compaction: Policy,
+    /// `compression.type`: `None` keeps batches as the producer sent them
+    /// (`producer`); a codec makes the node recompress to it.
+    pub compression: Option<Compression>,
 }
 
 /// Where a described config value comes from (Kafka's ConfigSource codes).
@@ -140,10 +180,20 @@ pub struct ConfigError {
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    Long { min: i64 },
-    Int { min: i64 },
+    Long {
+        min: i64,
+    },
+    Int {
+        min: i64,
+    },
+    Double {
+        min: f64,
+        max: f64,
+    },
     Bool,
     OneOf(&'static [&'static str]),
+    /// A comma-separated, non-empty list of these words.
+    List(&'static [&'static str]),
 }
 
 struct Spec {
@@ -156,13 +206,23 @@ struct Spec {
 const SPECS: &[Spec] = &[
     Spec {
         name: "cleanup.policy",
-        kind: Kind::OneOf(&["delete"]),
-        doc: "Retention policy for old log data. Only `delete` is available in this release; `compact` is refused until log compaction ships.",
+        kind: Kind::List(&["delete", "compact"]),
+        doc: "What happens to old log data: `delete` removes batches past retention.ms / retention.bytes; `compact` keeps at least the latest record of every key (log compaction); `compact,delete` does both.",
     },
     Spec {
         name: "compression.type",
-        kind: Kind::OneOf(&["producer"]),
-        doc: "Batches are stored compressed exactly as the producer sent them (`producer`).",
+        kind: Kind::OneOf(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+        doc: "`producer` stores batches exactly as the producer sent them; a codec (or `uncompressed`) makes the node recompress every batch to it on append.",
+    },
+    Spec {
+        name: "delete.retention.ms",
+        kind: Kind::Long { min: 0 },
+        doc: "How long a tombstone (a record with a null value) is kept on a compacted topic after the cleaner first made its part of the log clean, so consumers reading from the start see it.",
+    },
+    Spec {
+        name: "max.compaction.lag.ms",
+        kind: Kind::Long { min: 1 },
+        doc: "Longest time a record stays uncompacted: a partition whose oldest dirty batch is older is cleaned whatever its dirty ratio.",
     },
     Spec {
         name: "max.message.bytes",
@@ -173,6 +233,16 @@ const SPECS: &[Spec] = &[
         name: "message.timestamp.type",
         kind: Kind::OneOf(&["CreateTime", "LogAppendTime"]),
         doc: "Whether record timestamps are the producer's (CreateTime) or the broker's append time (LogAppendTime).",
+    },
+    Spec {
+        name: "min.cleanable.dirty.ratio",
+        kind: Kind::Double { min: 0.0, max: 1.0 },
+        doc: "A compacted partition is cleaned once its not yet compacted bytes are at least this share of the log.",
+    },
+    Spec {
+        name: "min.compaction.lag.ms",
+        kind: Kind::Long { min: 0 },
+        doc: "Shortest time a record stays uncompacted: batches younger than this are never cleaned.",
     },
     Spec {
         name: "message.timestamp.difference.max.ms",
@@ -230,6 +300,26 @@ fn check(spec: &Spec, value: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        Kind::Double { min, max } => {
+            let v: f64 = value
+                .trim()
+                .parse()
+                .map_err(|_| "not a number".to_string())?;
+            if !(min..=max).contains(&v) {
+                return Err(format!("must be between {min} and {max}"));
+            }
+            Ok(())
+        }
+        Kind::List(allowed) => {
+            let items: Vec<&str> = value.split(',').map(str::trim).collect();
+            if items.iter().any(|i| !allowed.contains(i)) || items.iter().all(|i| i.is_empty()) {
+                return Err(format!(
+                    "must be a comma-separated list of {}",
+                    allowed.join(", ")
+                ));
+            }
+            Ok(())
+        }
         Kind::Bool => match value {
             "true" | "false" => Ok(()),
             _ => Err("must be true or false".into()),
@@ -254,15 +344,23 @@ pub fn topic_config_doc(key: &str) -> Option<&'static str> {
 }
 
 /// Kafka's DescribeConfigs type code of a topic config
-/// (1 boolean, 2 string, 3 int, 5 long).
+/// (1 boolean, 2 string, 3 int, 5 long, 6 double, 7 list).
 pub fn topic_config_type(key: &str) -> i8 {
     match spec(key).map(|s| s.kind) {
         Some(Kind::Bool) => 1,
         Some(Kind::OneOf(_)) => 2,
         Some(Kind::Int { .. }) => 3,
         Some(Kind::Long { .. }) => 5,
+        Some(Kind::Double { .. }) => 6,
+        Some(Kind::List(_)) => 7,
         None => 0,
     }
+}
+
+/// Whether a topic config holds a comma-separated list (the configs
+/// IncrementalAlterConfigs' APPEND and SUBTRACT apply to).
+pub fn is_list_config(key: &str) -> bool {
+    matches!(spec(key).map(|s| s.kind), Some(Kind::List(_)))
 }
 
 impl NodeConfig {
@@ -297,6 +395,22 @@ impl NodeConfig {
                 5,
             ),
             ("log.retention.ms", d.retention_ms.to_string(), 5),
+            ("log.cleaner.enable", self.cleaner.enable.to_string(), 1),
+            (
+                "log.cleaner.backoff.ms",
+                self.cleaner.backoff_ms.to_string(),
+                5,
+            ),
+            (
+                "log.cleaner.io.max.bytes.per.second",
+                self.cleaner.io_max_bytes_per_second.to_string(),
+                6,
+            ),
+            (
+                "log.cleaner.dedupe.buffer.size",
+                self.cleaner.dedupe_buffer_size.to_string(),
+                5,
+            ),
             ("message.max.bytes", d.max_message_bytes.to_string(), 3),
             ("min.insync.replicas", d.min_insync_replicas.to_string(), 3),
             ("node.id", self.node_id.to_string(), 3),
@@ -318,6 +432,10 @@ impl BrokerDefaults {
         let (v, is_builtin) = match key {
             "cleanup.policy" => ("delete".to_string(), true),
             "compression.type" => ("producer".to_string(), true),
+            "delete.retention.ms" => ("86400000".to_string(), true),
+            "max.compaction.lag.ms" => (i64::MAX.to_string(), true),
+            "min.cleanable.dirty.ratio" => ("0.5".to_string(), true),
+            "min.compaction.lag.ms" => ("0".to_string(), true),
             "max.message.bytes" => (
                 self.max_message_bytes.to_string(),
                 self.max_message_bytes == d.max_message_bytes,
@@ -390,7 +508,46 @@ impl BrokerDefaults {
             segment_bytes: num("segment.bytes"),
             segment_ms: num("segment.ms"),
             unclean_leader_election: get("unclean.leader.election.enable") == "true",
+            cleanup_delete: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "delete"),
+            cleanup_compact: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "compact"),
+            compaction: Policy {
+                min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                    .trim()
+                    .parse()
+                    .expect("validated above"),
+                min_compaction_lag_ms: num("min.compaction.lag.ms"),
+                max_compaction_lag_ms: num("max.compaction.lag.ms"),
+                delete_retention_ms: num("delete.retention.ms"),
+            },
+            compression: match get("compression.type").as_str() {
+                "uncompressed" => Some(Compression::None),
+                "gzip" => Some(Compression::Gzip),
+                "snappy" => Some(Compression::Snappy),
+                "lz4" => Some(Compression::Lz4),
+                "zstd" => Some(Compression::Zstd),
+                _ => None,
+            },
         })
+    }
+
+    /// [`resolve`](Self::resolve) for a named topic: the offsets topic is
+    /// compacted unless its configs say otherwise (it holds one live record
+    /// per group and per committed partition).
+    pub fn resolve_topic(
+        &self,
+        name: &str,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<TopicConfig, ConfigError> {
+        if name == crate::group::OFFSETS_TOPIC && !overrides.contains_key("cleanup.policy") {
+            let mut o = overrides.clone();
+            o.insert("cleanup.policy".into(), "compact".into());
+            return self.resolve(&o);
+        }
+        self.resolve(overrides)
     }
 }
 
@@ -450,6 +607,30 @@ mod tests {
         assert_eq!(c.retention_ms, 1000);
         assert_eq!(c.max_message_bytes, 512);
         assert_eq!(c.message_timestamp_type, TimestampType::LogAppendTime);
+        assert!(c.cleanup_delete && !c.cleanup_compact);
+        assert_eq!(c.compression, None);
+    }
+
+    #[test]
+    fn compaction_configs_resolve() {
+        let d = BrokerDefaults::default();
+        let c = d
+            .resolve(&map(&[
+                ("cleanup.policy", "compact, delete"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+                ("delete.retention.ms", "100"),
+                ("compression.type", "zstd"),
+            ]))
+            .unwrap();
+        assert!(c.cleanup_compact && c.cleanup_delete);
+        assert_eq!(c.compaction.min_cleanable_dirty_ratio, 0.01);
+        assert_eq!(c.compaction.delete_retention_ms, 100);
+        assert_eq!(c.compaction.max_compaction_lag_ms, i64::MAX);
+        assert_eq!(c.compression, Some(Compression::Zstd));
+        let offsets = d
+            .resolve_topic("__consumer_offsets", &BTreeMap::new())
+            .unwrap();
+        assert!(offsets.cleanup_compact && !offsets.cleanup_delete);
     }
 
     #[test]
@@ -459,7 +640,10 @@ mod tests {
             ("retention.ms", "soon"),
             ("retention.ms", "-2"),
             ("max.message.bytes", "99999999999"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "compact,shred"),
+            ("cleanup.policy", ""),
+            ("min.cleanable.dirty.ratio", "1.5"),
+            ("compression.type", "brotli"),
             ("message.timestamp.type", "Now"),
             ("no.such.key", "1"),
             ("unclean.leader.election.enable", "yes"),

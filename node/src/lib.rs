@@ -6,7 +6,8 @@
 //! - [`protocol`]: framing, decoding and encoding with `kafka-protocol`, one
 //!   handler per API, the advertised versions;
 //! - [`broker`]: topics and partitions, what the handlers call;
-//! - [`log`]: the partition log on RocksDB (record batches stored as produced);
+//! - [`log`]: the partition log on RocksDB (record batches stored as produced)
+//!   and the compaction rules; [`cleaner`]: the task that compacts;
 //! - [`replication`]: followers pulling from leaders over gRPC;
 //! - [`coord`]: cluster metadata (node leases, topics, partition records)
 //!   behind one trait, with an in-memory backend;
@@ -18,6 +19,7 @@
 //! - [`metrics`] and [`http`]: Prometheus metrics and health on the admin port.
 
 pub mod broker;
+pub mod cleaner;
 pub mod cluster;
 pub mod config;
 pub mod coord;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sluice_node::config::{BrokerDefaults, NodeConfig};
+use sluice_node::config::{BrokerDefaults, CleanerConfig, NodeConfig};
 use sluice_node::group::state::Limits;
 use sluice_node::group::GroupConfig;
 use sluice_node::log::TimestampType;
@@ -124,6 +124,22 @@ struct CommonArgs {
     /// How often retention runs, in ms (log.retention.check.interval.ms).
     #[arg(long, default_value_t = 300_000)]
     log_retention_check_interval_ms: u64,
+    /// Run the log cleaner, which compacts topics with
+    /// cleanup.policy=compact (log.cleaner.enable).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    log_cleaner_enable: bool,
+    /// How long the log cleaner waits when no partition is due, in ms
+    /// (log.cleaner.backoff.ms).
+    #[arg(long, default_value_t = 15_000)]
+    log_cleaner_backoff_ms: u64,
+    /// Bytes per second the log cleaner may read plus write
+    /// (log.cleaner.io.max.bytes.per.second).
+    #[arg(long, default_value_t = 104_857_600.0)]
+    log_cleaner_io_max_bytes_per_second: f64,
+    /// Memory for the key map of one cleaning pass, in bytes
+    /// (log.cleaner.dedupe.buffer.size).
+    #[arg(long, default_value_t = 134_217_728)]
+    log_cleaner_dedupe_buffer_size: usize,
     /// Default timestamp type of topics: CreateTime or LogAppendTime.
     #[arg(long, default_value = "CreateTime", value_parser = ["CreateTime", "LogAppendTime"])]
     log_message_timestamp_type: String,
@@ -197,6 +213,12 @@ impl CommonArgs {
         c.num_partitions = self.num_partitions;
         c.socket_request_max_bytes = self.socket_request_max_bytes;
         c.retention_check_interval_ms = self.log_retention_check_interval_ms;
+        c.cleaner = CleanerConfig {
+            enable: self.log_cleaner_enable,
+            backoff_ms: self.log_cleaner_backoff_ms.max(10),
+            io_max_bytes_per_second: self.log_cleaner_io_max_bytes_per_second.max(1.0),
+            dedupe_buffer_size: self.log_cleaner_dedupe_buffer_size.max(1 << 16),
+        };
         c.producer_id_expiration_ms = self.producer_id_expiration_ms;
         c.sync_writes = self.sync_writes;
         c.default_replication_factor = self.default_replication_factor;

@@ -1,5 +1,6 @@
 //! Prometheus metrics of a node, served on the admin port at `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +39,13 @@ pub struct Metrics {
     pub under_replicated_partitions: Gauge,
     pub fenced: Gauge,
     pub lease_renewal_failures: Counter,
+    pub cleaner_passes: Counter,
+    pub cleaner_records_read: Counter,
+    pub cleaner_records_removed: Counter,
+    pub cleaner_bytes_read: Counter,
+    pub cleaner_bytes_written: Counter,
+    pub cleaner_busy_seconds: Counter<f64, AtomicU64>,
+    pub cleaner_max_dirty_ratio: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -63,6 +71,52 @@ impl Metrics {
         let under_replicated_partitions = Gauge::default();
         let fenced = Gauge::default();
         let lease_renewal_failures = Counter::default();
+        let cleaner_passes = Counter::default();
+        let cleaner_records_read = Counter::default();
+        let cleaner_records_removed = Counter::default();
+        let cleaner_bytes_read = Counter::default();
+        let cleaner_bytes_written = Counter::default();
+        let cleaner_busy_seconds = Counter::<f64, AtomicU64>::default();
+        let cleaner_max_dirty_ratio = Gauge::<f64, AtomicU64>::default();
+        for (name, help, c) in [
+            (
+                "log_cleaner_passes",
+                "Log cleaner passes finished",
+                &cleaner_passes,
+            ),
+            (
+                "log_cleaner_records_read",
+                "Records the log cleaner read while rewriting logs",
+                &cleaner_records_read,
+            ),
+            (
+                "log_cleaner_records_removed",
+                "Records the log cleaner removed (superseded keys, expired tombstones)",
+                &cleaner_records_removed,
+            ),
+            (
+                "log_cleaner_read_bytes",
+                "Bytes the log cleaner read",
+                &cleaner_bytes_read,
+            ),
+            (
+                "log_cleaner_written_bytes",
+                "Bytes of rewritten batches the log cleaner wrote",
+                &cleaner_bytes_written,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "log_cleaner_busy_seconds",
+            "Time the log cleaner spent in passes, throttling included",
+            cleaner_busy_seconds.clone(),
+        );
+        registry.register(
+            "log_cleaner_max_dirty_ratio",
+            "Largest share of a compacted partition's log not cleaned yet",
+            cleaner_max_dirty_ratio.clone(),
+        );
         registry.register(
             "partitions_led",
             "Partitions this node leads",
@@ -137,6 +191,13 @@ impl Metrics {
             under_replicated_partitions,
             fenced,
             lease_renewal_failures,
+            cleaner_passes,
+            cleaner_records_read,
+            cleaner_records_removed,
+            cleaner_bytes_read,
+            cleaner_bytes_written,
+            cleaner_busy_seconds,
+            cleaner_max_dirty_ratio,
         }
     }
 

@@ -209,6 +209,7 @@ pub async fn serve(
     tokio::spawn(cluster::run_sync(broker.clone(), groups.clone(), fetchers));
     tokio::spawn(cluster::run_isr_checks(broker.clone()));
     tokio::spawn(broker.clone().retention_loop());
+    tokio::spawn(crate::cleaner::run(broker.clone()));
     tokio::spawn(groups.clone().run_timers());
     let http = tokio::spawn(crate::http::serve(broker.clone(), admin));
     let services = Arc::new(Services { broker, groups });

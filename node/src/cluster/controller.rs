@@ -142,9 +142,11 @@ async fn create_offsets_topic(
     let assignment = placement::assign(&live, &[], config.offsets_partitions as usize, rf)
         .map_err(|e| CoordError::Backend(e.to_string()))?;
     // Committed offsets never age out with the log; they go when their group
-    // does (offset retention).
-    let configs: BTreeMap<String, String> = [("retention.ms".to_string(), "-1".to_string())]
+    // does (offset retention, tombstones), and compaction keeps the topic to
+    // one record per live key.
+    let configs: BTreeMap<String, String> = [("retention.ms", "-1"), ("cleanup.policy", "compact")]
         .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let spec = TopicSpec {
         name: OFFSETS_TOPIC.to_string(),

@@ -6,6 +6,9 @@
 //! `RecordBatchDecoder` where the node has to look at them (timestamp lookup).
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+};
 
 /// Size of the v2 batch header, up to and including the record count.
 pub const HEADER_LEN: usize = 61;
@@ -56,6 +59,10 @@ pub enum BatchError {
         now: i64,
         max_diff: i64,
     },
+    #[error("record batch cannot be decoded: {0}")]
+    Undecodable(String),
+    #[error("compacted topic cannot accept a record without a key (offset delta {0})")]
+    MissingKey(i64),
 }
 
 fn i16_at(b: &[u8], at: usize) -> i16 {
@@ -222,6 +229,58 @@ pub fn stamp_log_append_time(batch: &mut BytesMut, now_ms: i64) {
     batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// The codec of a batch, as `kafka-protocol` names it.
+pub fn codec(h: &Header<'_>) -> Compression {
+    match h.compression() {
+        1 => Compression::Gzip,
+        2 => Compression::Snappy,
+        3 => Compression::Lz4,
+        4 => Compression::Zstd,
+        _ => Compression::None,
+    }
+}
+
+/// The records of one stored or produced batch, decompressed.
+pub fn decode_records(batch: &[u8]) -> Result<Vec<Record>, BatchError> {
+    let mut buf = Bytes::copy_from_slice(batch);
+    RecordBatchDecoder::decode(&mut buf)
+        .map(|set| set.records)
+        .map_err(|e| BatchError::Undecodable(e.to_string()))
+}
+
+/// Encodes `records` (taken from the batch `h`, some perhaps left out) as one
+/// batch again with `compression`: same producer, epochs, attributes and
+/// timestamp type; the records keep their offsets, so a batch missing some
+/// starts at its first record and leaves gaps (log compaction).
+pub fn rebuild(
+    h: &Header<'_>,
+    mut records: Vec<Record>,
+    compression: Compression,
+) -> Result<BytesMut, BatchError> {
+    if h.producer_id() < 0 {
+        // Not idempotent: keep the base sequence at -1.
+        if let Some(first) = records.first().map(|r| r.offset) {
+            for r in &mut records {
+                r.sequence = (r.offset - first) as i32 - 1;
+            }
+        }
+    }
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| BatchError::Undecodable(format!("re-encoding: {e}")))?;
+    if h.log_append_time() {
+        stamp_log_append_time(&mut out, h.max_timestamp());
+    }
+    Ok(out)
+}
+
 /// Encodes (key, value) records as one v2 batch with `kafka-protocol`, the
 /// way a non-idempotent client would: offsets from 0, one timestamp.
 pub fn encode_records(
@@ -229,7 +288,7 @@ pub fn encode_records(
     timestamp: i64,
     compression: kafka_protocol::records::Compression,
 ) -> anyhow::Result<Bytes> {
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::TimestampType;
     let recs: Vec<Record> = records
         .into_iter()
         .enumerate()

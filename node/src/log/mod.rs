@@ -1,10 +1,14 @@
 //! The partition log room: record batches in RocksDB, keyed by partition and
-//! base offset, stored exactly as produced and served back without re-encoding.
+//! base offset, stored exactly as produced and served back without re-encoding;
+//! and the log cleaner that compacts keyed partitions in place.
 
 pub mod batch;
+pub mod compaction;
 mod partition;
 pub mod producers;
 mod store;
 
-pub use partition::{AppendError, Appended, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH};
+pub use partition::{
+    AppendError, Appended, CleanStats, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH,
+};
 pub use store::{Store, StoreError};

@@ -11,6 +11,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use uuid::Uuid;
 
 use super::batch::{self, Header};
+use super::compaction::{self, Checkpoint, Due, OffsetMap, Policy};
 use super::producers::{self, BatchMeta, ProducerEntry, SequenceError, Verdict};
 use super::store::{
     self, batch_key, offset_of_key, partition_prefix, PartitionState, Store, CF_LOG, CF_TSIDX,
@@ -57,6 +58,11 @@ struct Inner {
     producers: HashMap<i64, ProducerEntry>,
     /// Leader epoch cache: (epoch, first offset written in it), ascending.
     epochs: Vec<(i32, i64)>,
+    /// What the log cleaner knows of this partition.
+    cleaner: Checkpoint,
+    /// Bumped whenever records below the high watermark may change other
+    /// than by the cleaner (truncation, reset): a pass in flight gives up.
+    generation: u64,
 }
 
 /// Answer to "where does epoch E end in this log" (Kafka's
@@ -114,6 +120,9 @@ impl PartitionLog {
             producers.insert(id, entry);
         }
         let epochs = store.load_epochs(&prefix)?;
+        let cleaner = store
+            .load_cleaner(&prefix)?
+            .unwrap_or_else(|| Checkpoint::new(state.log_start_offset));
         Ok(PartitionLog {
             store,
             prefix,
@@ -126,6 +135,8 @@ impl PartitionLog {
                 state,
                 producers,
                 epochs,
+                cleaner,
+                generation: 0,
             }),
         })
     }
@@ -291,7 +302,9 @@ impl PartitionLog {
                 && next.next_offset == next.log_start_offset
                 && h.base_offset() < next.next_offset
                 && h.last_offset() >= next.next_offset;
-            if h.base_offset() != next.next_offset && !straddles_start {
+            // Compaction leaves gaps between batches: a batch may start past
+            // the log end, never before it.
+            if h.base_offset() < next.next_offset && !straddles_start {
                 return Err(AppendError::Replication(format!(
                     "batch at offset {} does not continue the log ending at {}",
                     h.base_offset(),
@@ -503,11 +516,18 @@ impl PartitionLog {
             let json = serde_json::to_vec(e).expect("producer entry serializes");
             self.store.put_producer(&mut wb, &self.prefix, *pid, &json);
         }
+        let mut cleaner = inner.cleaner.clone();
+        if cut < cleaner.first_dirty {
+            cleaner.forget(st.log_start_offset);
+        }
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
         self.store.write(wb)?;
         inner.state = next;
         inner.epochs = epochs;
         inner.producers = producers;
+        inner.cleaner = cleaner;
+        inner.generation += 1;
         self.log_end.store(cut, Ordering::Release);
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.high_watermark
@@ -533,6 +553,8 @@ impl PartitionLog {
         inner.state = next;
         inner.epochs.clear();
         inner.producers.clear();
+        inner.cleaner = Checkpoint::new(offset);
+        inner.generation += 1;
         self.log_start.store(offset, Ordering::Release);
         self.log_end.store(offset, Ordering::Release);
         self.high_watermark.store(offset, Ordering::Release);
@@ -704,7 +726,7 @@ impl PartitionLog {
         mut expired: impl FnMut(&Header<'_>, i64) -> bool,
     ) -> store::Result<usize> {
         let mut inner = self.inner.lock().expect("partition lock");
-        let st = &mut inner.state;
+        let st = &inner.state;
         let cf = self.store.cf(CF_LOG);
         let mut it = self
             .store
@@ -730,7 +752,7 @@ impl PartitionLog {
         if deleted == 0 {
             return Ok(0);
         }
-        self.advance_start(st, new_start, size)?;
+        self.advance_start(&mut inner, new_start, size)?;
         Ok(deleted)
     }
 
@@ -739,7 +761,7 @@ impl PartitionLog {
     /// straddles it stays, and reads below the new start are refused.
     pub fn delete_records_before(&self, offset: i64) -> store::Result<i64> {
         let mut inner = self.inner.lock().expect("partition lock");
-        let st = &mut inner.state;
+        let st = &inner.state;
         if offset <= st.log_start_offset {
             return Ok(st.log_start_offset);
         }
@@ -763,25 +785,25 @@ impl PartitionLog {
         it.status()?;
         drop(it);
         // Delete the whole batches, then place the start exactly.
-        self.advance_start(st, cut, size)?;
-        let mut next = *st;
+        self.advance_start(&mut inner, cut, size)?;
+        let mut next = inner.state;
         next.log_start_offset = offset;
+        let mut cleaner = inner.cleaner.clone();
+        cleaner.start_moved(offset, 0);
         let mut wb = WriteBatch::default();
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
         self.store.write(wb)?;
-        *st = next;
+        inner.state = next;
+        inner.cleaner = cleaner;
         self.log_start.store(offset, Ordering::Release);
         Ok(offset)
     }
 
     /// Moves the log start offset to `new_start` (DeleteRecords, retention),
     /// deleting every batch that ends before it.
-    fn advance_start(
-        &self,
-        st: &mut PartitionState,
-        new_start: i64,
-        size: i64,
-    ) -> store::Result<()> {
+    fn advance_start(&self, inner: &mut Inner, new_start: i64, size: i64) -> store::Result<()> {
+        let st = &mut inner.state;
         let from = batch_key(&self.prefix, 0);
         let to = batch_key(&self.prefix, new_start);
         let mut wb = WriteBatch::default();
@@ -795,9 +817,13 @@ impl PartitionLog {
         next.size_bytes = size;
         next.max_timestamp = max_timestamp;
         next.high_watermark = next.high_watermark.max(new_start);
+        let mut cleaner = inner.cleaner.clone();
+        cleaner.start_moved(new_start, st.size_bytes - size);
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
+        self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
         self.store.write(wb)?;
         *st = next;
+        inner.cleaner = cleaner;
         self.log_start.store(new_start, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
@@ -861,6 +887,249 @@ impl PartitionLog {
         Ok(last.unwrap_or(running).max(running))
     }
 
+    /// The log cleaner's view of this partition.
+    pub fn cleaner_checkpoint(&self) -> Checkpoint {
+        self.inner.lock().expect("partition lock").cleaner.clone()
+    }
+
+    /// The share of this log not compacted yet.
+    pub fn dirty_ratio(&self) -> f64 {
+        let inner = self.inner.lock().expect("partition lock");
+        compaction::dirty_ratio(inner.state.size_bytes, inner.cleaner.clean_bytes)
+    }
+
+    /// Whether this partition is due for a cleaning pass (reads one batch
+    /// header: the first dirty one, for `max.compaction.lag.ms`).
+    pub fn compaction_due(&self, policy: &Policy, now_ms: i64) -> store::Result<Option<Due>> {
+        let (cp, total) = {
+            let inner = self.inner.lock().expect("partition lock");
+            (inner.cleaner.clone(), inner.state.size_bytes)
+        };
+        let first_dirty = cp.first_dirty.max(self.log_start_offset());
+        let hw = self.high_watermark();
+        let mut first_dirty_ts = None;
+        if first_dirty < hw {
+            let mut it = self
+                .store
+                .db()
+                .raw_iterator_cf_opt(self.store.cf(CF_LOG), self.read_opts(hw));
+            it.seek(batch_key(&self.prefix, first_dirty));
+            if let Some(v) = it.value() {
+                first_dirty_ts = Header::parse(v).ok().map(|h| h.max_timestamp());
+            }
+            it.status()?;
+        }
+        Ok(compaction::due(policy, total, &cp, first_dirty_ts, now_ms))
+    }
+
+    /// One cleaning pass (log compaction): maps the keys of the dirty part
+    /// (below the high watermark, older than `min.compaction.lag.ms`, as many
+    /// as `map_bytes` holds) to their latest offsets, then rewrites every
+    /// batch below the dirty part's end keeping only the latest record per key
+    /// and tombstones younger than `delete.retention.ms`. Batches keep their
+    /// records' offsets and codec. Rewritten in atomic chunks of about
+    /// `chunk_bytes`, each one a consistent log; the checkpoint moves with
+    /// the last chunk, so a pass cut short (crash, truncation) is simply done
+    /// again. `pace` is told every byte read or written (the I/O throttle).
+    /// Control and transactional batches are kept as they are.
+    pub fn clean(
+        &self,
+        policy: &Policy,
+        now_ms: i64,
+        map_bytes: usize,
+        chunk_bytes: usize,
+        pace: &mut dyn FnMut(usize),
+    ) -> store::Result<Option<CleanStats>> {
+        let (cp, generation, start) = {
+            let inner = self.inner.lock().expect("partition lock");
+            (
+                inner.cleaner.clone(),
+                inner.generation,
+                inner.state.log_start_offset,
+            )
+        };
+        let hw = self.high_watermark();
+        let first_dirty = cp.first_dirty.max(start);
+        let mut stats = CleanStats {
+            bytes_before: self.size_bytes(),
+            ..Default::default()
+        };
+
+        // 1. The offset map over the dirty part.
+        let mut map = OffsetMap::new(map_bytes);
+        let mut dirty_end = first_dirty;
+        {
+            let mut it = self
+                .store
+                .db()
+                .raw_iterator_cf_opt(self.store.cf(CF_LOG), self.read_opts(hw));
+            it.seek_for_prev(batch_key(&self.prefix, first_dirty));
+            let straddles = it
+                .value()
+                .and_then(|v| Header::parse(v).ok())
+                .is_some_and(|h| h.last_offset() >= first_dirty);
+            if !straddles {
+                it.seek(batch_key(&self.prefix, first_dirty));
+            }
+            while let Some(v) = it.value() {
+                let Ok(h) = Header::parse(v) else { break };
+                if h.last_offset() >= hw
+                    || !compaction::old_enough(h.max_timestamp(), policy, now_ms)
+                {
+                    break;
+                }
+                pace(v.len());
+                stats.bytes_read += v.len() as u64;
+                if !(h.is_control() || h.is_transactional()) {
+                    let records = decode(v)?;
+                    let cost = OffsetMap::cost(
+                        records
+                            .iter()
+                            .filter_map(|r| r.key.as_ref().map(|k| k.len())),
+                    );
+                    if !map.fits(cost) {
+                        break;
+                    }
+                    for r in records {
+                        if let Some(k) = r.key {
+                            map.put(k, r.offset);
+                        }
+                    }
+                }
+                dirty_end = h.last_offset() + 1;
+                it.next();
+            }
+            it.status()?;
+        }
+        let horizon = cp.tombstone_horizon(now_ms, policy.delete_retention_ms);
+        let tombstones_due = cp
+            .tombstones_due_at(policy.delete_retention_ms)
+            .is_some_and(|at| at <= now_ms);
+        if dirty_end == first_dirty && !tombstones_due {
+            return Ok(None);
+        }
+
+        // 2. Rewrite everything below the dirty end.
+        let mut chunk = Chunk::default();
+        let mut clean_bytes = 0i64;
+        let mut oldest_tombstone: Option<i64> = None;
+        let mut it = self
+            .store
+            .db()
+            .raw_iterator_cf_opt(self.store.cf(CF_LOG), self.read_opts(dirty_end));
+        it.seek_to_first();
+        while let Some(v) = it.value() {
+            let Ok(h) = Header::parse(v) else { break };
+            if h.last_offset() < start {
+                it.next();
+                continue;
+            }
+            if chunk.first_base.is_none() {
+                chunk.first_base = Some(h.base_offset());
+            }
+            pace(v.len());
+            stats.bytes_read += v.len() as u64;
+            let old_key = batch_key(&self.prefix, h.base_offset());
+            if h.is_control() || h.is_transactional() {
+                clean_bytes += v.len() as i64;
+                it.next();
+                continue;
+            }
+            let records = decode(v)?;
+            stats.records_read += records.len() as u64;
+            let total = records.len();
+            let kept: Vec<_> = records
+                .into_iter()
+                .filter(|r| {
+                    compaction::keep(r.key.as_deref(), r.value.is_none(), r.offset, &map, horizon)
+                })
+                .collect();
+            stats.records_removed += (total - kept.len()) as u64;
+            if let Some(t) = kept.iter().find(|r| r.value.is_none()) {
+                oldest_tombstone = Some(oldest_tombstone.map_or(t.offset, |o| o.min(t.offset)));
+            }
+            if kept.len() == total {
+                clean_bytes += v.len() as i64;
+            } else if kept.is_empty() {
+                chunk.wb.delete_cf(self.store.cf(CF_LOG), old_key);
+                chunk.delta -= v.len() as i64;
+            } else {
+                let new_base = kept[0].offset;
+                let new = reencode(&h, kept)?;
+                let new_key = batch_key(&self.prefix, new_base);
+                if new_base != h.base_offset() {
+                    chunk.wb.delete_cf(self.store.cf(CF_LOG), old_key);
+                    if let Some(ts) = self.store.db().get_cf(self.store.cf(CF_TSIDX), old_key)? {
+                        chunk.wb.delete_cf(self.store.cf(CF_TSIDX), old_key);
+                        chunk.wb.put_cf(self.store.cf(CF_TSIDX), new_key, ts);
+                    }
+                }
+                chunk.wb.put_cf(self.store.cf(CF_LOG), new_key, &new[..]);
+                chunk.delta += new.len() as i64 - v.len() as i64;
+                clean_bytes += new.len() as i64;
+                pace(new.len());
+                stats.bytes_written += new.len() as u64;
+                stats.batches_rewritten += 1;
+            }
+            chunk.bytes += v.len();
+            if chunk.bytes >= chunk_bytes {
+                let full = std::mem::take(&mut chunk);
+                if !self.commit_chunk(full, generation, start, None)? {
+                    return Ok(None);
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        drop(it);
+        let mut done = cp;
+        done.passed(
+            dirty_end.max(first_dirty),
+            now_ms,
+            clean_bytes,
+            oldest_tombstone,
+        );
+        if !self.commit_chunk(chunk, generation, start, Some(done))? {
+            return Ok(None);
+        }
+        stats.bytes_after = self.size_bytes();
+        Ok(Some(stats))
+    }
+
+    /// Writes one chunk of a cleaning pass, unless the log changed under it
+    /// (truncated, reset, or its start moved past the chunk). With a
+    /// checkpoint, the pass ends with it; it needs the log start unchanged.
+    fn commit_chunk(
+        &self,
+        mut chunk: Chunk,
+        generation: u64,
+        start: i64,
+        checkpoint: Option<Checkpoint>,
+    ) -> store::Result<bool> {
+        let mut inner = self.inner.lock().expect("partition lock");
+        let st = inner.state;
+        if inner.generation != generation
+            || chunk.first_base.is_some_and(|b| b < st.log_start_offset)
+            || (checkpoint.is_some() && st.log_start_offset != start)
+        {
+            return Ok(false);
+        }
+        let mut next = st;
+        next.size_bytes += chunk.delta;
+        self.store
+            .put_partition_state(&mut chunk.wb, &self.prefix, &next);
+        if let Some(cp) = &checkpoint {
+            self.store.put_cleaner(&mut chunk.wb, &self.prefix, cp);
+        }
+        self.store.write(chunk.wb)?;
+        inner.state = next;
+        if let Some(cp) = checkpoint {
+            inner.cleaner = cp;
+        }
+        self.size_bytes.store(next.size_bytes, Ordering::Release);
+        Ok(true)
+    }
+
     /// Removes the whole partition from the store (topic deletion).
     pub fn destroy(&self) -> store::Result<()> {
         let _inner = self.inner.lock().expect("partition lock");
@@ -870,6 +1139,46 @@ impl PartitionLog {
         self.store.compact_partition(&self.prefix, i64::MAX);
         Ok(())
     }
+}
+
+/// Part of a cleaning pass not written yet.
+#[derive(Default)]
+struct Chunk {
+    wb: WriteBatch,
+    /// Change in the log's size.
+    delta: i64,
+    /// Bytes of the original batches covered.
+    bytes: usize,
+    first_base: Option<i64>,
+}
+
+/// Figures of one cleaning pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CleanStats {
+    pub records_read: u64,
+    pub records_removed: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub batches_rewritten: u64,
+    pub bytes_before: i64,
+    pub bytes_after: i64,
+}
+
+fn decode(stored: &[u8]) -> store::Result<Vec<kafka_protocol::records::Record>> {
+    batch::decode_records(stored).map_err(|e| store::StoreError::Corrupt {
+        key: "record batch".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The records a pass kept from one batch, as one batch in its codec.
+fn reencode(h: &Header<'_>, kept: Vec<kafka_protocol::records::Record>) -> store::Result<Bytes> {
+    batch::rebuild(h, kept, batch::codec(h))
+        .map(BytesMut::freeze)
+        .map_err(|e| store::StoreError::Corrupt {
+            key: "record batch".into(),
+            reason: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -895,6 +1204,191 @@ mod tests {
         let id = Uuid::new_v4();
         let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
         (dir, store, log)
+    }
+
+    fn keyed(pairs: &[(&str, Option<&str>)], c: Compression) -> Bytes {
+        batch::encode_records(
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        Some(Bytes::copy_from_slice(k.as_bytes())),
+                        v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                    )
+                })
+                .collect(),
+            1_000,
+            c,
+        )
+        .unwrap()
+    }
+
+    /// Every record of the log below `upper`: (offset, key, value).
+    fn records(log: &PartitionLog, upper: i64) -> Vec<(i64, String, Option<String>)> {
+        let r = log.read(0, usize::MAX, upper, true).unwrap();
+        let mut buf = r.records.clone();
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut buf).unwrap();
+            for rec in set.records {
+                let s = |b: Option<Bytes>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+                out.push((rec.offset, s(rec.key).unwrap(), s(rec.value)));
+            }
+        }
+        out
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_per_key_at_its_offset() {
+        let (_d, _s, log) = open();
+        let c = Compression::Lz4;
+        app(
+            &log,
+            &keyed(
+                &[("a", Some("a0")), ("b", Some("b0")), ("c", Some("c0"))],
+                c,
+            ),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &keyed(&[("a", Some("a1")), ("b", None)], c),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &keyed(&[("d", Some("d0")), ("a", Some("a2"))], c),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        let before = log.size_bytes();
+        assert_eq!(
+            log.compaction_due(&policy(), 10_000).unwrap(),
+            Some(Due::DirtyRatio)
+        );
+        let stats = log
+            .clean(&policy(), 10_000, 1 << 20, 1, &mut |_| {})
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.records_read, 7);
+        assert_eq!(stats.records_removed, 3);
+        let want = vec![
+            (2, "c".to_string(), Some("c0".to_string())),
+            (4, "b".to_string(), None),
+            (5, "d".to_string(), Some("d0".to_string())),
+            (6, "a".to_string(), Some("a2".to_string())),
+        ];
+        assert_eq!(records(&log, 7), want);
+        assert!(log.size_bytes() < before);
+        assert_eq!(log.log_end_offset(), 7);
+        // Reads starting in a gap continue at the next record kept.
+        let r = log.read(0, usize::MAX, 7, true).unwrap();
+        assert_eq!(Header::parse(&r.records).unwrap().base_offset(), 2);
+        // Nothing new: not due; the state survives a restart.
+        assert_eq!(log.compaction_due(&policy(), 10_000).unwrap(), None);
+        let cp = log.cleaner_checkpoint();
+        assert_eq!(cp.first_dirty, 7);
+        assert_eq!(cp.oldest_tombstone, Some(4));
+    }
+
+    #[test]
+    fn tombstones_go_after_delete_retention_and_the_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let id = Uuid::new_v4();
+        let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
+        let c = Compression::None;
+        app(
+            &log,
+            &keyed(&[("a", Some("a0")), ("b", Some("b0"))], c),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &keyed(&[("a", None)], c),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        log.clean(&policy(), 10_000, 1 << 20, 1 << 20, &mut |_| {})
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            records(&log, 3),
+            vec![(1, "b".into(), Some("b0".into())), (2, "a".into(), None)]
+        );
+        // Young tombstone: not due yet; due once delete.retention.ms passed.
+        assert_eq!(log.compaction_due(&policy(), 10_500).unwrap(), None);
+        let size = log.size_bytes();
+        drop(log);
+        let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
+        assert_eq!(log.size_bytes(), size);
+        assert_eq!(
+            log.compaction_due(&policy(), 11_000).unwrap(),
+            Some(Due::Tombstones)
+        );
+        let s = log
+            .clean(&policy(), 11_000, 1 << 20, 1 << 20, &mut |_| {})
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.records_removed, 1);
+        assert_eq!(records(&log, 3), vec![(1, "b".into(), Some("b0".into()))]);
+        assert_eq!(log.cleaner_checkpoint().oldest_tombstone, None);
+        assert_eq!(log.compaction_due(&policy(), 20_000).unwrap(), None);
+        // A follower copying this log accepts its gaps.
+        let copy = PartitionLog::open(store.clone(), &Uuid::new_v4(), 0).unwrap();
+        let r = log.read(0, usize::MAX, 3, true).unwrap();
+        assert_eq!(copy.append_replicated(&r.records).unwrap(), 2);
+        assert_eq!(records(&copy, 2), records(&log, 3));
+    }
+
+    #[test]
+    fn truncation_makes_a_pass_in_flight_give_up() {
+        let (_d, _s, log) = open();
+        for i in 0..4 {
+            let v = format!("v{i}");
+            app(
+                &log,
+                &keyed(&[("k", Some(&v))], Compression::None),
+                0,
+                TimestampType::CreateTime,
+                0,
+            )
+            .unwrap();
+        }
+        let mut truncated = false;
+        let out = log
+            .clean(&policy(), 10_000, 1 << 20, 1, &mut |_| {
+                if !truncated {
+                    truncated = true;
+                    log.truncate_to(2).unwrap();
+                }
+            })
+            .unwrap();
+        assert_eq!(out, None);
+        assert_eq!(log.cleaner_checkpoint().first_dirty, 0);
+        assert_eq!(records(&log, 2).len(), 2);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   written only when a batch raises the partition's running max timestamp,
 //!   so the first entry at or above a target time names the batch to search.
 //! - `meta`: topic metadata (`topic/<name>` -> JSON), per-partition state
-//!   (`part/` + topic id + partition -> [`PartitionState`]), the cluster id.
+//!   (`part/` + topic id + partition -> [`PartitionState`]), the log
+//!   cleaner's checkpoint (`clean/` + topic id + partition -> JSON), the
+//!   cluster id.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB,
 };
 use uuid::Uuid;
+
+use super::compaction::Checkpoint;
 
 pub const CF_LOG: &str = "log";
 pub const CF_TSIDX: &str = "tsidx";
@@ -115,6 +119,12 @@ fn producer_key(prefix: &[u8; PREFIX_LEN], producer_id: i64) -> Vec<u8> {
 
 fn epochs_key(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
     let mut k = b"epochs/".to_vec();
+    k.extend_from_slice(prefix);
+    k
+}
+
+fn cleaner_key(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
+    let mut k = b"clean/".to_vec();
     k.extend_from_slice(prefix);
     k
 }
@@ -226,6 +236,24 @@ impl Store {
         wb.put_cf(self.cf(CF_META), epochs_key(prefix), json);
     }
 
+    /// The log cleaner's checkpoint of a partition, if it has one.
+    pub fn load_cleaner(&self, prefix: &[u8; PREFIX_LEN]) -> Result<Option<Checkpoint>> {
+        match self.db.get_cf(self.cf(CF_META), cleaner_key(prefix))? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    key: "cleaner checkpoint".into(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    pub fn put_cleaner(&self, wb: &mut WriteBatch, prefix: &[u8; PREFIX_LEN], cp: &Checkpoint) {
+        let json = serde_json::to_vec(cp).expect("checkpoint serializes");
+        wb.put_cf(self.cf(CF_META), cleaner_key(prefix), json);
+    }
+
     pub fn delete_producer(
         &self,
         wb: &mut WriteBatch,
@@ -255,6 +283,7 @@ impl Store {
         wb.delete_cf(self.cf(CF_TSIDX), to);
         wb.delete_cf(self.cf(CF_META), state_key(prefix));
         wb.delete_cf(self.cf(CF_META), epochs_key(prefix));
+        wb.delete_cf(self.cf(CF_META), cleaner_key(prefix));
         wb.delete_range_cf(
             self.cf(CF_META),
             producer_key(prefix, 0),

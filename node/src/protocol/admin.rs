@@ -501,10 +501,6 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-/// List-valued topic configs (comma separated), the only ones APPEND and
-/// SUBTRACT apply to.
-const LIST_CONFIGS: &[&str] = &["cleanup.policy"];
-
 /// Applies one IncrementalAlterConfigs operation to a topic's dynamic configs.
 fn apply_op(
     broker: &Broker,
@@ -523,7 +519,7 @@ fn apply_op(
             configs.remove(key);
         }
         OP_APPEND | OP_SUBTRACT => {
-            if !LIST_CONFIGS.contains(&key) {
+            if !crate::config::is_list_config(key) {
                 return Err(bad("APPEND and SUBTRACT apply to list configs only"));
             }
             let v = value.ok_or_else(|| bad("a value is required"))?;
