@@ -19,7 +19,13 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        broker.metrics.render(),
+        {
+            for t in broker.topics() {
+                let size: i64 = t.partitions.iter().map(|p| p.size_bytes()).sum();
+                broker.metrics.set_log_size(&t.record.name, size);
+            }
+            broker.metrics.render()
+        },
     )
 }
 

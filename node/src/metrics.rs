@@ -39,6 +39,7 @@ pub struct Metrics {
     pub under_replicated_partitions: Gauge,
     pub fenced: Gauge,
     pub lease_renewal_failures: Counter,
+    pub log_size_bytes: Family<TopicLabels, Gauge>,
     pub cleaner_passes: Counter,
     pub cleaner_records_read: Counter,
     pub cleaner_records_removed: Counter,
@@ -71,6 +72,12 @@ impl Metrics {
         let under_replicated_partitions = Gauge::default();
         let fenced = Gauge::default();
         let lease_renewal_failures = Counter::default();
+        let log_size_bytes = Family::<TopicLabels, Gauge>::default();
+        registry.register(
+            "log_size_bytes",
+            "Bytes of record batches this node holds, by topic (all partitions, as stored before RocksDB's own compression)",
+            log_size_bytes.clone(),
+        );
         let cleaner_passes = Counter::default();
         let cleaner_records_read = Counter::default();
         let cleaner_records_removed = Counter::default();
@@ -191,6 +198,7 @@ impl Metrics {
             under_replicated_partitions,
             fenced,
             lease_renewal_failures,
+            log_size_bytes,
             cleaner_passes,
             cleaner_records_read,
             cleaner_records_removed,
@@ -209,6 +217,14 @@ impl Metrics {
             .get_or_create(&l)
             .inc_by(records.max(0) as u64);
         self.produced_bytes.get_or_create(&l).inc_by(bytes as u64);
+    }
+
+    pub fn set_log_size(&self, topic: &str, bytes: i64) {
+        self.log_size_bytes
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
+            .set(bytes);
     }
 
     pub fn reject_frame(&self, reason: &str) {

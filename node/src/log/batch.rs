@@ -157,6 +157,21 @@ pub fn split_and_validate(
     records: &Bytes,
     max_message_bytes: usize,
 ) -> Result<Vec<Bytes>, BatchError> {
+    split(records, max_message_bytes, false)
+}
+
+/// [`split_and_validate`] for batches a leader sent to a follower, which
+/// may include batches without records (what compaction leaves at a log's
+/// end, see [`emptied`]).
+pub fn split_replicated(records: &Bytes) -> Result<Vec<Bytes>, BatchError> {
+    split(records, usize::MAX, true)
+}
+
+fn split(
+    records: &Bytes,
+    max_message_bytes: usize,
+    allow_empty: bool,
+) -> Result<Vec<Bytes>, BatchError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos < records.len() {
@@ -177,7 +192,7 @@ pub fn split_and_validate(
             return Err(BatchError::Truncated);
         }
         let batch = &rest[..size];
-        validate_one(batch, max_message_bytes)?;
+        validate_one(batch, max_message_bytes, allow_empty)?;
         out.push(records.slice(pos..pos + size));
         pos += size;
     }
@@ -187,7 +202,11 @@ pub fn split_and_validate(
     Ok(out)
 }
 
-fn validate_one(batch: &[u8], max_message_bytes: usize) -> Result<(), BatchError> {
+fn validate_one(
+    batch: &[u8],
+    max_message_bytes: usize,
+    allow_empty: bool,
+) -> Result<(), BatchError> {
     let h = Header::parse(batch)?;
     let computed = compute_crc(batch);
     if computed != h.crc() {
@@ -206,7 +225,8 @@ fn validate_one(batch: &[u8], max_message_bytes: usize) -> Result<(), BatchError
         return Err(BatchError::UnknownCompression(h.compression()));
     }
     let count = h.record_count();
-    if count <= 0 || h.last_offset_delta() < 0 || h.last_offset_delta() != count - 1 {
+    let empty = allow_empty && count == 0 && h.last_offset_delta() >= 0;
+    if !empty && (count <= 0 || h.last_offset_delta() < 0 || h.last_offset_delta() != count - 1) {
         return Err(BatchError::InvalidCount);
     }
     Ok(())
@@ -217,6 +237,21 @@ fn validate_one(batch: &[u8], max_message_bytes: usize) -> Result<(), BatchError
 pub fn assign(batch: &mut BytesMut, base_offset: i64, leader_epoch: i32) {
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// A batch without records covering the same offsets as `stored` (legal in
+/// v2 since KIP-98): what compaction leaves of a batch that ended the log
+/// when every record in it went, so readers still reach the log end.
+pub fn emptied(stored: &[u8]) -> BytesMut {
+    let mut b = BytesMut::from(&stored[..HEADER_LEN]);
+    let length = (HEADER_LEN - LOG_OVERHEAD) as i32;
+    b[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&length.to_be_bytes());
+    let attrs = i16_at(&b, ATTRIBUTES) & !COMPRESSION_MASK;
+    b[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attrs.to_be_bytes());
+    b[RECORD_COUNT..RECORD_COUNT + 4].copy_from_slice(&0i32.to_be_bytes());
+    let crc = compute_crc(&b);
+    b[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    b
 }
 
 /// Marks the batch as `LogAppendTime` with the given time, as Kafka does for
@@ -387,6 +422,26 @@ pub(crate) mod tests {
             assert_eq!(h.compression(), c as i16);
             assert_eq!(h.max_timestamp(), 1_009);
         }
+    }
+
+    #[test]
+    fn an_emptied_batch_keeps_its_offsets_and_only_replication_takes_it() {
+        let mut b = BytesMut::from(&encode(5, Compression::Gzip)[..]);
+        assign(&mut b, 100, 3);
+        let e = emptied(&b).freeze();
+        let h = Header::parse(&e).unwrap();
+        assert_eq!(
+            (h.base_offset(), h.last_offset(), h.record_count()),
+            (100, 104, 0)
+        );
+        assert_eq!(h.compression(), 0);
+        assert_eq!(h.leader_epoch(), 3);
+        assert_eq!(split_replicated(&e).unwrap().len(), 1);
+        assert_eq!(
+            split_and_validate(&e, 1 << 20),
+            Err(BatchError::InvalidCount)
+        );
+        assert!(decode_records(&e).unwrap().is_empty());
     }
 
     #[test]

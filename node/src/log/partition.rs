@@ -287,7 +287,7 @@ impl PartitionLog {
     /// state and the epoch cache follow them, so this replica can lead later.
     /// Returns the new log end offset.
     pub fn append_replicated(&self, records: &Bytes) -> Result<i64, AppendError> {
-        let batches = batch::split_and_validate(records, usize::MAX)
+        let batches = batch::split_replicated(records)
             .map_err(|e| AppendError::Replication(format!("leader sent an invalid batch: {e}")))?;
         let mut inner = self.inner.lock().expect("partition lock");
         let mut next = inner.state;
@@ -949,6 +949,7 @@ impl PartitionLog {
             )
         };
         let hw = self.high_watermark();
+        let log_end = self.log_end_offset();
         let first_dirty = cp.first_dirty.max(start);
         let mut stats = CleanStats {
             bytes_before: self.size_bytes(),
@@ -1048,8 +1049,17 @@ impl PartitionLog {
             if let Some(t) = kept.iter().find(|r| r.value.is_none()) {
                 oldest_tombstone = Some(oldest_tombstone.map_or(t.offset, |o| o.min(t.offset)));
             }
-            if kept.len() == total {
+            // A log must not end in a gap: readers would wait there for
+            // records that never come. The last batch stays, emptied.
+            let ends_log = h.last_offset() + 1 >= log_end;
+            if kept.len() == total && (total > 0 || ends_log) {
                 clean_bytes += v.len() as i64;
+            } else if kept.is_empty() && ends_log {
+                let empty = batch::emptied(v);
+                chunk.wb.put_cf(self.store.cf(CF_LOG), old_key, &empty[..]);
+                chunk.delta += empty.len() as i64 - v.len() as i64;
+                clean_bytes += empty.len() as i64;
+                stats.batches_rewritten += 1;
             } else if kept.is_empty() {
                 chunk.wb.delete_cf(self.store.cf(CF_LOG), old_key);
                 chunk.delta -= v.len() as i64;
@@ -1359,8 +1369,9 @@ mod tests {
         // A follower copying this log accepts its gaps.
         let copy = PartitionLog::open(store.clone(), &Uuid::new_v4(), 0).unwrap();
         let r = log.read(0, usize::MAX, 3, true).unwrap();
-        assert_eq!(copy.append_replicated(&r.records).unwrap(), 2);
-        assert_eq!(records(&copy, 2), records(&log, 3));
+        // The emptied last batch still carries offset 2: the copy ends at 3.
+        assert_eq!(copy.append_replicated(&r.records).unwrap(), 3);
+        assert_eq!(records(&copy, 3), records(&log, 3));
     }
 
     #[test]
