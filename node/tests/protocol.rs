@@ -311,6 +311,107 @@ fn compressed_batches_are_served_back_unchanged() {
 }
 
 #[test]
+fn a_topic_codec_recompresses_every_batch() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(
+        create(&mut c, "zstd", 1, &[("compression.type", "zstd")]),
+        0
+    );
+    let codec_at = |records: &Bytes, pos: usize| records[pos + 22] & 0x07;
+    let mut want = vec![];
+    for codec in [Compression::None, Compression::Gzip, Compression::Lz4] {
+        let b = batch(20, &format!("{codec:?}-"), codec);
+        assert_eq!(produce(&mut c, "zstd", 0, b.clone(), 9).0, 0);
+        want.extend(values(&b).into_iter().map(|(_, v)| v));
+    }
+    let got = fetch(&mut c, "zstd", 0, 0, 12).records.unwrap();
+    let mut pos = 0;
+    while pos < got.len() {
+        assert_eq!(codec_at(&got, pos), Compression::Zstd as u8);
+        pos += 12 + i32::from_be_bytes(got[pos + 8..pos + 12].try_into().unwrap()) as usize;
+    }
+    let read: Vec<String> = values(&got).into_iter().map(|(_, v)| v).collect();
+    assert_eq!(read, want);
+    assert_eq!(values(&got)[59].0, 59, "offsets as assigned");
+    // `producer` keeps the next batch as sent; `uncompressed` decompresses.
+    assert_eq!(
+        alter(&mut c, "zstd", &[("compression.type", "producer")], false),
+        0
+    );
+    let (_, base) = produce(&mut c, "zstd", 0, batch(5, "g", Compression::Gzip), 9);
+    let got = fetch(&mut c, "zstd", 0, base, 12).records.unwrap();
+    assert_eq!(codec_at(&got, 0), Compression::Gzip as u8);
+    assert_eq!(
+        alter(
+            &mut c,
+            "zstd",
+            &[("compression.type", "uncompressed")],
+            false
+        ),
+        0
+    );
+    let (_, base) = produce(&mut c, "zstd", 0, batch(5, "s", Compression::Snappy), 9);
+    let got = fetch(&mut c, "zstd", 0, base, 12).records.unwrap();
+    assert_eq!(codec_at(&got, 0), 0);
+    assert_eq!(values(&got).len(), 5);
+    assert_eq!(
+        alter(&mut c, "zstd", &[("compression.type", "brotli")], false),
+        ResponseError::InvalidConfig.code()
+    );
+}
+
+#[test]
+fn message_timestamp_difference_max_ms_refuses_far_timestamps() {
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(
+        create(
+            &mut c,
+            "clock",
+            1,
+            &[("message.timestamp.difference.max.ms", "60000")]
+        ),
+        0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old = batch_at(1, "old", Compression::None, now - 3_600_000);
+    assert_eq!(
+        produce(&mut c, "clock", 0, old.clone(), 9).0,
+        ResponseError::InvalidTimestamp.code()
+    );
+    let fresh = batch_at(1, "fresh", Compression::None, now);
+    assert_eq!(produce(&mut c, "clock", 0, fresh, 9), (0, 0));
+    // Widened, the old record is taken; LogAppendTime topics ignore the rule.
+    assert_eq!(
+        alter(
+            &mut c,
+            "clock",
+            &[("message.timestamp.difference.max.ms", "7200000")],
+            false
+        ),
+        0
+    );
+    assert_eq!(produce(&mut c, "clock", 0, old.clone(), 9), (0, 1));
+    assert_eq!(
+        alter(
+            &mut c,
+            "clock",
+            &[
+                ("message.timestamp.difference.max.ms", "1"),
+                ("message.timestamp.type", "LogAppendTime")
+            ],
+            false
+        ),
+        0
+    );
+    assert_eq!(produce(&mut c, "clock", 0, old, 9), (0, 2));
+}
+
+#[test]
 fn log_append_time_topics_stamp_the_broker_time() {
     let (_d, n) = node();
     let mut c = n.client();

@@ -280,3 +280,36 @@ def test_kafka_python_reassigns_partitions(cluster):
         seen += [m.value().decode() for m in c.consume(100, timeout=5) if m.error() is None]
     c.close()
     assert seen == [str(i) for i in range(100)]
+
+
+def test_unclean_leader_election_enable_brings_an_offline_partition_back(cluster):
+    """With only out-of-sync replicas alive, a partition stays offline
+    (no data loss) until unclean.leader.election.enable is set on the topic;
+    then the controller elects the live replica at once."""
+    from confluent_kafka.admin import ConfigResource
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    admin.create_topics([NewTopic("unclean", 1, replica_assignment=[[0, 1]])])["unclean"].result(30)
+    wait_for(lambda: len(partition_info(admin, "unclean").isrs) == 2)
+    p = Producer({"bootstrap.servers": cluster.bootstrap, "acks": 1})
+    # Node 1 stops and falls out of the ISR; node 0 takes more records.
+    cluster.stop_node(1)
+    wait_for(lambda: partition_info(admin, "unclean").isrs == [0], timeout=60)
+    for i in range(10):
+        p.produce("unclean", value=f"only-on-0-{i}")
+    assert p.flush(30) == 0
+    cluster.stop_node(0)
+    cluster.start_node(1)
+    # Node 1 is alive but not in sync: no clean election is possible.
+    wait_for(lambda: 1 in admin.list_topics(timeout=10).brokers
+             and partition_info(admin, "unclean").leader == -1, timeout=60)
+    deadline = time.monotonic() + 3  # over a lease period (FAST_CLUSTER: 2 s)
+    while time.monotonic() < deadline:
+        assert partition_info(admin, "unclean").leader == -1
+        time.sleep(0.1)
+    res = ConfigResource("topic", "unclean",
+                         set_config={"unclean.leader.election.enable": "true"})
+    admin.alter_configs([res])[res].result(30)
+    wait_for(lambda: partition_info(admin, "unclean").leader == 1, timeout=60)
+    for i in range(3):
+        p.produce("unclean", value=f"after-{i}")
+    assert p.flush(30) == 0
