@@ -15,10 +15,12 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::cluster::View;
-use crate::coord::{CoordError, Coordination, PartitionKey, PartitionRecord, TopicSpec};
+use crate::coord::{
+    BrokerConfigs, CoordError, Coordination, PartitionKey, PartitionRecord, TopicSpec,
+};
 use crate::replication::replica::{Replica, Role, Transition};
 
-use crate::config::{validate_topic_name, ConfigError, NodeConfig, TopicConfig};
+use crate::config::{validate_topic_name, BrokerDefaults, ConfigError, NodeConfig, TopicConfig};
 use crate::log::batch::{self, BatchError, Header};
 use crate::log::producers::SequenceError;
 use crate::log::{AppendError, Appended, PartitionLog, Read, Store, StoreError, TimestampType};
@@ -209,6 +211,9 @@ pub struct Broker {
     store: Arc<Store>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     view: RwLock<Arc<View>>,
+    /// Topic defaults in force: the static ones under the dynamic broker
+    /// configs of the last view applied.
+    defaults: RwLock<Arc<BrokerDefaults>>,
     /// Woken after every append, high watermark move and role change, so
     /// long-polling fetches and waiting produces re-check.
     appended: Notify,
@@ -315,22 +320,28 @@ impl Broker {
         tracing::info!(topics = topics.len(), cluster_id, "store opened");
         Ok(Arc::new_cyclic(|me| Broker {
             me: me.clone(),
-            config,
             cluster_id,
             metrics,
             coord,
             store,
             topics: RwLock::new(topics),
             view: RwLock::new(Arc::new(View::default())),
+            defaults: RwLock::new(Arc::new(config.defaults.clone())),
             appended: Notify::new(),
             applied: Notify::new(),
             producer_ids: std::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
             lease_valid_until: AtomicI64::new(i64::MIN),
+            config,
         }))
     }
 
     pub fn node_id(&self) -> i32 {
         self.config.node_id
+    }
+
+    /// Topic defaults in force (static, under dynamic broker configs).
+    pub fn defaults(&self) -> Arc<BrokerDefaults> {
+        self.defaults.read().expect("defaults lock").clone()
     }
 
     /// This broker as an `Arc`, for tasks it starts.
@@ -438,6 +449,19 @@ impl Broker {
         // metadata it came from (the versions the next change is based on).
         let view = Arc::new(view);
         *self.view.write().expect("view lock") = view.clone();
+        let defaults = Arc::new(self.config.defaults.with_dynamic(
+            view.broker_configs(None).map(|c| &c.value.configs),
+            view.broker_configs(Some(me)).map(|c| &c.value.configs),
+        ));
+        let defaults_changed = {
+            let mut d = self.defaults.write().expect("defaults lock");
+            let changed = **d != *defaults;
+            *d = defaults.clone();
+            changed
+        };
+        if defaults_changed {
+            tracing::info!(dynamic = ?defaults.dynamic, "dynamic broker configs changed");
+        }
         let mut removed = vec![];
         {
             let mut topics = self.topics.write().expect("topics lock");
@@ -461,13 +485,12 @@ impl Broker {
             for (name, spec) in &view.topics {
                 let spec = &spec.value;
                 let current = topics.get(name).cloned();
-                if current.as_ref().is_some_and(|t| t.record == *spec) {
+                if !defaults_changed && current.as_ref().is_some_and(|t| t.record == *spec) {
                     continue;
                 }
-                let config = self.config.defaults.resolve_topic(name, &spec.configs).unwrap_or_else(|e| {
+                let config = defaults.resolve_topic(name, &spec.configs).unwrap_or_else(|e| {
                     tracing::warn!(topic = %name, error = %e, "stored topic configs are invalid here; using defaults");
-                    self.config
-                        .defaults
+                    defaults
                         .resolve(&BTreeMap::new())
                         .expect("defaults are valid")
                 });
@@ -477,6 +500,12 @@ impl Broker {
                     .unwrap_or_default();
                 for p in partitions.len() as i32..spec.partitions {
                     partitions.push(Partition::open(&self.store, &spec.id, p)?);
+                }
+                if current
+                    .as_ref()
+                    .is_some_and(|t| t.record == *spec && t.config == config)
+                {
+                    continue;
                 }
                 self.persist(spec)?;
                 match &current {
@@ -583,7 +612,7 @@ impl Broker {
                 ),
             ));
         }
-        let config = self.config.defaults.resolve_topic(&t.name, &t.configs)?;
+        let config = self.defaults().resolve_topic(&t.name, &t.configs)?;
         let assignment = match &t.assignment {
             Some(a) => {
                 self.check_assignment(a, &nodes)?;
@@ -803,7 +832,7 @@ impl Broker {
     ) -> KResult<()> {
         refuse_internal(name)?;
         let spec = self.stored_topic(name).await?;
-        self.config.defaults.resolve(&configs)?;
+        self.defaults().resolve(&configs)?;
         if validate_only {
             return Ok(());
         }
@@ -817,6 +846,51 @@ impl Broker {
             b.topic(name).is_some_and(|t| t.record.configs == configs)
         })
         .await
+    }
+
+    /// Replaces the dynamic broker configs of one node (`Some(id)`) or the
+    /// cluster (`None`) as a whole. Validated first; nothing changes unless
+    /// everything is valid. Every node re-resolves its topics' configs from
+    /// the new defaults when it applies them.
+    pub async fn alter_broker_configs(
+        &self,
+        node: Option<i32>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> KResult<()> {
+        crate::config::validate_broker_configs(&configs)?;
+        if validate_only {
+            return Ok(());
+        }
+        let current = self
+            .coord
+            .broker_configs()
+            .await
+            .map_err(coord_error)?
+            .into_iter()
+            .find(|c| c.value.node == node);
+        let next = BrokerConfigs {
+            node,
+            configs: configs.clone(),
+        };
+        self.coord
+            .put_broker_configs(next, current.map(|c| c.version))
+            .await
+            .map_err(coord_error)?;
+        self.until_applied("the new broker configs", |b| {
+            b.view()
+                .broker_configs(node)
+                .is_some_and(|c| c.value.configs == configs)
+        })
+        .await
+    }
+
+    /// The dynamic broker configs stored for one node or the cluster.
+    pub fn dynamic_broker_configs(&self, node: Option<i32>) -> BTreeMap<String, String> {
+        self.view()
+            .broker_configs(node)
+            .map(|c| c.value.configs.clone())
+            .unwrap_or_default()
     }
 
     /// ElectLeaders for one partition: `preferred` moves leadership to the

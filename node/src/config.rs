@@ -117,13 +117,16 @@ impl Default for CleanerConfig {
 }
 
 /// Broker-level defaults that topics inherit unless they override them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerDefaults {
     pub retention_ms: i64,
     pub retention_bytes: i64,
     pub max_message_bytes: i32,
     pub message_timestamp_type: TimestampType,
     pub min_insync_replicas: i32,
+    /// Dynamic broker configs in force, by the topic config they default:
+    /// value and where it comes from (this node's, or the cluster's).
+    pub dynamic: BTreeMap<String, (String, ConfigSource)>,
 }
 
 impl Default for BrokerDefaults {
@@ -134,6 +137,7 @@ impl Default for BrokerDefaults {
             max_message_bytes: 1_048_588,
             message_timestamp_type: TimestampType::CreateTime,
             min_insync_replicas: 1,
+            dynamic: BTreeMap::new(),
         }
     }
 }
@@ -166,8 +170,65 @@ pub struct TopicConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigSource {
     DynamicTopic = 1,
+    DynamicBroker = 2,
+    DynamicDefaultBroker = 3,
     StaticBroker = 4,
     Default = 5,
+}
+
+/// Broker configs that may change while the cluster runs (AlterConfigs on a
+/// broker resource), each the default of a topic config. Everything else a
+/// node is configured with is static: its command line.
+pub const DYNAMIC_BROKER_CONFIGS: &[(&str, &str)] = &[
+    ("compression.type", "compression.type"),
+    ("log.cleaner.delete.retention.ms", "delete.retention.ms"),
+    ("log.cleaner.max.compaction.lag.ms", "max.compaction.lag.ms"),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "min.cleanable.dirty.ratio",
+    ),
+    ("log.cleaner.min.compaction.lag.ms", "min.compaction.lag.ms"),
+    ("log.cleanup.policy", "cleanup.policy"),
+    (
+        "log.message.timestamp.difference.max.ms",
+        "message.timestamp.difference.max.ms",
+    ),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("log.retention.ms", "retention.ms"),
+    ("log.roll.ms", "segment.ms"),
+    ("log.segment.bytes", "segment.bytes"),
+    ("message.max.bytes", "max.message.bytes"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+];
+
+/// The topic config a dynamic broker config is the default of.
+pub fn topic_key_of_broker_config(broker_key: &str) -> Option<&'static str> {
+    DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .find(|(b, _)| *b == broker_key)
+        .map(|(_, t)| *t)
+}
+
+/// Validates a set of dynamic broker configs: every key must be dynamic and
+/// every value valid for the topic config it defaults.
+pub fn validate_broker_configs(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (k, v) in configs {
+        let err = |reason: String| ConfigError {
+            key: k.clone(),
+            value: v.clone(),
+            reason,
+        };
+        let topic_key = topic_key_of_broker_config(k).ok_or_else(|| {
+            err("not a broker config that can change while the node runs; dynamic ones are the defaults of topic configs (log.retention.ms, min.insync.replicas, ...)".into())
+        })?;
+        check(spec(topic_key).expect("mapped keys are topic configs"), v).map_err(err)?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -425,9 +486,42 @@ impl NodeConfig {
 }
 
 impl BrokerDefaults {
-    /// The default value of a topic config as a string, and whether it comes
-    /// from the node's static configuration or is the built-in default.
+    /// These defaults under dynamic broker configs: the cluster-wide set,
+    /// then this node's (Kafka's precedence). Both must be valid.
+    pub fn with_dynamic(
+        &self,
+        cluster: Option<&BTreeMap<String, String>>,
+        node: Option<&BTreeMap<String, String>>,
+    ) -> BrokerDefaults {
+        let mut out = self.clone();
+        out.dynamic.clear();
+        for (set, source) in [
+            (cluster, ConfigSource::DynamicDefaultBroker),
+            (node, ConfigSource::DynamicBroker),
+        ] {
+            for (k, v) in set.into_iter().flatten() {
+                if let Some(t) = topic_key_of_broker_config(k) {
+                    if check(spec(t).expect("mapped"), v).is_ok() {
+                        out.dynamic.insert(t.to_string(), (v.clone(), source));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The default value of a topic config as a string, and where it comes
+    /// from: a dynamic broker config, the node's static configuration, or
+    /// the built-in default.
     pub fn default_value(&self, key: &str) -> Option<(String, ConfigSource)> {
+        if let Some(v) = self.dynamic.get(key) {
+            return Some(v.clone());
+        }
+        self.static_default(key)
+    }
+
+    /// [`default_value`](Self::default_value) without dynamic configs.
+    pub fn static_default(&self, key: &str) -> Option<(String, ConfigSource)> {
         let d = BrokerDefaults::default();
         let (v, is_builtin) = match key {
             "cleanup.policy" => ("delete".to_string(), true),
@@ -649,6 +743,37 @@ mod tests {
             ("unclean.leader.election.enable", "yes"),
         ] {
             let e = d.resolve(&map(&[(k, v)])).unwrap_err();
+            assert_eq!(e.key, k);
+        }
+    }
+
+    #[test]
+    fn dynamic_broker_configs_default_topics_node_over_cluster() {
+        let d = BrokerDefaults::default();
+        let cluster = map(&[("log.retention.ms", "1000"), ("min.insync.replicas", "2")]);
+        let node = map(&[("log.retention.ms", "2000")]);
+        let eff = d.with_dynamic(Some(&cluster), Some(&node));
+        let c = eff.resolve(&BTreeMap::new()).unwrap();
+        assert_eq!((c.retention_ms, c.min_insync_replicas), (2000, 2));
+        assert_eq!(
+            eff.default_value("retention.ms"),
+            Some(("2000".into(), ConfigSource::DynamicBroker))
+        );
+        assert_eq!(
+            eff.default_value("min.insync.replicas").unwrap().1,
+            ConfigSource::DynamicDefaultBroker
+        );
+        // A topic's own config still wins.
+        let t = eff.resolve(&map(&[("retention.ms", "5")])).unwrap();
+        assert_eq!(t.retention_ms, 5);
+        assert!(validate_broker_configs(&cluster).is_ok());
+        for (k, v) in [
+            ("log.retention.ms", "soon"),
+            ("broker.id", "7"),
+            ("no.such.config", "1"),
+            ("log.cleanup.policy", "shred"),
+        ] {
+            let e = validate_broker_configs(&map(&[(k, v)])).unwrap_err();
             assert_eq!(e.key, k);
         }
     }

@@ -234,6 +234,7 @@ impl CommonArgs {
                 TimestampType::CreateTime
             },
             min_insync_replicas: self.min_insync_replicas,
+            dynamic: Default::default(),
         };
     }
 }

@@ -298,6 +298,18 @@ impl Coordination for Reachable {
         self.check()?;
         self.inner.update_partition(key, record, expected).await
     }
+    async fn broker_configs(&self) -> CResult<Vec<Versioned<crate::coord::BrokerConfigs>>> {
+        self.check()?;
+        self.inner.broker_configs().await
+    }
+    async fn put_broker_configs(
+        &self,
+        configs: crate::coord::BrokerConfigs,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.check()?;
+        self.inner.put_broker_configs(configs, expected).await
+    }
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes()
     }

@@ -1546,12 +1546,22 @@ fn delete_records_and_offset_for_leader_epoch() {
 }
 
 fn alter(c: &mut Client, topic: &str, configs: &[(&str, &str)], validate_only: bool) -> i16 {
+    alter_res(c, 2, topic, configs, validate_only)
+}
+
+fn alter_res(
+    c: &mut Client,
+    resource_type: i8,
+    name: &str,
+    configs: &[(&str, &str)],
+    validate_only: bool,
+) -> i16 {
     use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
     let req = AlterConfigsRequest::default()
         .with_validate_only(validate_only)
         .with_resources(vec![AlterConfigsResource::default()
-            .with_resource_type(2)
-            .with_resource_name(s(topic))
+            .with_resource_type(resource_type)
+            .with_resource_name(s(name))
             .with_configs(
                 configs
                     .iter()
@@ -1566,13 +1576,23 @@ fn alter(c: &mut Client, topic: &str, configs: &[(&str, &str)], validate_only: b
 }
 
 fn incremental(c: &mut Client, topic: &str, ops: &[(&str, i8, Option<&str>)], version: i16) -> i16 {
+    incremental_res(c, 2, topic, ops, version)
+}
+
+fn incremental_res(
+    c: &mut Client,
+    resource_type: i8,
+    name: &str,
+    ops: &[(&str, i8, Option<&str>)],
+    version: i16,
+) -> i16 {
     use kafka_protocol::messages::incremental_alter_configs_request::{
         AlterConfigsResource, AlterableConfig,
     };
     let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
         AlterConfigsResource::default()
-            .with_resource_type(2)
-            .with_resource_name(s(topic))
+            .with_resource_type(resource_type)
+            .with_resource_name(s(name))
             .with_configs(
                 ops.iter()
                     .map(|(k, op, v)| {
@@ -1587,6 +1607,24 @@ fn incremental(c: &mut Client, topic: &str, ops: &[(&str, i8, Option<&str>)], ve
     c.send(&req, version).responses[0].error_code
 }
 
+fn describe_res(
+    c: &mut Client,
+    resource_type: i8,
+    name: &str,
+    key: &str,
+) -> kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult {
+    let req = DescribeConfigsRequest::default()
+        .with_include_synonyms(true)
+        .with_include_documentation(true)
+        .with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(s(name))
+            .with_configuration_keys(Some(vec![s(key)]))]);
+    let r = c.send(&req, 4);
+    assert_eq!(r.results[0].error_code, 0);
+    r.results[0].configs[0].clone()
+}
+
 fn topic_config(c: &mut Client, topic: &str, key: &str) -> (String, i8) {
     let req =
         DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
@@ -1596,6 +1634,125 @@ fn topic_config(c: &mut Client, topic: &str, key: &str) -> (String, i8) {
     let r = c.send(&req, 4);
     let e = &r.results[0].configs[0];
     (e.value.as_ref().unwrap().to_string(), e.config_source)
+}
+
+#[test]
+fn broker_configs_change_topic_defaults_cluster_wide_and_per_node() {
+    let (d, mut n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "dflt", 1, &[]), 0);
+    assert_eq!(create(&mut c, "own", 1, &[("retention.ms", "5000")]), 0);
+    let big = batch(50, "0123456789", Compression::None);
+    // The cluster-wide default ("") applies to every topic without its own.
+    assert_eq!(
+        alter_res(
+            &mut c,
+            4,
+            "",
+            &[("log.retention.ms", "1000"), ("message.max.bytes", "600")],
+            false
+        ),
+        0
+    );
+    assert_eq!(
+        topic_config(&mut c, "dflt", "retention.ms"),
+        ("1000".into(), 3)
+    );
+    assert_eq!(
+        topic_config(&mut c, "own", "retention.ms"),
+        ("5000".into(), 1)
+    );
+    assert_eq!(
+        produce(&mut c, "dflt", 0, big.clone(), 9).0,
+        ResponseError::MessageTooLarge.code()
+    );
+    // A node's own dynamic config wins over the cluster's.
+    assert_eq!(
+        incremental_res(
+            &mut c,
+            4,
+            "0",
+            &[("message.max.bytes", 0, Some("100000"))],
+            1
+        ),
+        0
+    );
+    assert_eq!(
+        topic_config(&mut c, "dflt", "max.message.bytes"),
+        ("100000".into(), 2)
+    );
+    assert_eq!(produce(&mut c, "dflt", 0, big.clone(), 9).0, 0);
+    // DescribeConfigs: value, source and the synonym chain.
+    let e = describe_res(&mut c, 4, "0", "message.max.bytes");
+    assert_eq!(e.value.as_deref(), Some("100000"));
+    assert!(!e.read_only);
+    let chain: Vec<(String, i8)> = e
+        .synonyms
+        .iter()
+        .map(|s| {
+            (
+                s.value.as_deref().unwrap_or("").to_string(),
+                s.source,
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        vec![
+            ("100000".into(), 2),
+            ("600".into(), 3),
+            ("1048588".into(), 5)
+        ]
+    );
+    assert!(e.documentation.is_some());
+    let e = describe_res(&mut c, 2, "dflt", "retention.ms");
+    assert_eq!(e.synonyms[0].name.as_str(), "log.retention.ms");
+    assert_eq!(e.synonyms[0].source, 3);
+    let e = describe_res(&mut c, 4, "", "log.retention.ms");
+    assert_eq!((e.value.as_deref(), e.config_source), (Some("1000"), 3));
+    let e = describe_res(&mut c, 4, "0", "broker.id");
+    assert!(e.read_only);
+    // Bad input: nothing changes.
+    for bad in [
+        &[("log.retention.ms", "5"), ("broker.id", "7")][..],
+        &[("log.retention.ms", "soon")],
+        &[("no.such.config", "1")],
+        &[("log.cleanup.policy", "shred")],
+    ] {
+        assert_eq!(
+            alter_res(&mut c, 4, "", bad, false),
+            ResponseError::InvalidConfig.code()
+        );
+    }
+    assert_eq!(
+        alter_res(&mut c, 4, "", &[("log.retention.ms", "7")], true),
+        0
+    );
+    assert_eq!(
+        alter_res(&mut c, 4, "zero", &[("log.retention.ms", "7")], false),
+        ResponseError::InvalidRequest.code()
+    );
+    assert_eq!(
+        topic_config(&mut c, "dflt", "retention.ms"),
+        ("1000".into(), 3)
+    );
+    // Kept in the cluster's metadata: they survive a restart.
+    n.restart();
+    let mut c = n.client();
+    assert_eq!(
+        topic_config(&mut c, "dflt", "retention.ms"),
+        ("1000".into(), 3)
+    );
+    // DELETE goes back to the static default.
+    assert_eq!(
+        incremental_res(&mut c, 4, "", &[("log.retention.ms", 1, None)], 1),
+        0
+    );
+    assert_eq!(
+        topic_config(&mut c, "dflt", "retention.ms"),
+        ("604800000".into(), 5)
+    );
+    drop(d);
 }
 
 #[test]

@@ -190,3 +190,32 @@ def test_incremental_alter_configs(node):
     configs = list(admin.describe_configs([ConfigResource("topic", "incr-topic")]).values())[0].result(30)
     assert configs["retention.bytes"].value == "-1"
     assert configs["message.timestamp.type"].value == "LogAppendTime"
+
+
+def test_broker_configs_change_topic_defaults(fresh_node):
+    """AlterConfigs on a broker resource: dynamic broker configs become the
+    defaults of every topic without its own, at once; static ones refuse."""
+    from confluent_kafka.admin import ConfigResource
+    create(fresh_node, "brk-default", 1)
+    admin = AdminClient({"bootstrap.servers": fresh_node.bootstrap})
+
+    def alter(res):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return admin.alter_configs([res])[res].result(30)
+
+    alter(ConfigResource("broker", "0", set_config={
+        "log.retention.ms": "120000", "log.cleanup.policy": "compact"}))
+    topic = list(admin.describe_configs([ConfigResource("topic", "brk-default")]).values())[0].result(30)
+    assert topic["retention.ms"].value == "120000"
+    assert topic["retention.ms"].source == 2  # DYNAMIC_BROKER_CONFIG
+    assert topic["cleanup.policy"].value == "compact"
+    broker = list(admin.describe_configs([ConfigResource("broker", "0")]).values())[0].result(30)
+    assert broker["log.retention.ms"].value == "120000"
+    assert not broker["log.retention.ms"].is_read_only
+    assert broker["broker.id"].is_read_only
+    with pytest.raises(KafkaException) as e:
+        alter(ConfigResource("broker", "0", set_config={"num.partitions": "3"}))
+    assert "INVALID_CONFIG" in str(e.value)
+    topic = list(admin.describe_configs([ConfigResource("topic", "brk-default")]).values())[0].result(30)
+    assert topic["retention.ms"].value == "120000", "a refused request changes nothing"

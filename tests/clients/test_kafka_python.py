@@ -65,3 +65,18 @@ def test_alter_and_describe_configs(node):
     described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-cfg")])
     text = repr(described)
     assert "retention.bytes" in text and "123456" in text
+
+
+def test_broker_configs_change_topic_defaults(fresh_node):
+    from kafka.admin import ConfigResource, ConfigResourceType
+    admin = KafkaAdminClient(bootstrap_servers=fresh_node.bootstrap)
+    try:
+        admin.create_topics([NewTopic("kp-brk", 1, 1)])
+        admin.alter_configs([ConfigResource(ConfigResourceType.BROKER, "0",
+                                            configs={"log.retention.bytes": "1048576"})])
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "kp-brk")])
+        # kafka-python 2.0 answers with the raw responses, 3.0 with a dict.
+        text = repr(described)
+        assert "retention.bytes" in text and "1048576" in text
+    finally:
+        admin.close()

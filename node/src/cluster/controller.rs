@@ -76,6 +76,19 @@ pub async fn pass(
     if !topics.iter().any(|t| t.value.name == OFFSETS_TOPIC) {
         create_offsets_topic(coord, config, &nodes, now).await?;
     }
+    // A topic's own setting, else the cluster-wide dynamic default.
+    let unclean_default = coord
+        .broker_configs()
+        .await?
+        .iter()
+        .find(|c| c.value.node.is_none())
+        .and_then(|c| {
+            c.value
+                .configs
+                .get("unclean.leader.election.enable")
+                .cloned()
+        })
+        .is_some_and(|v| v == "true");
     let unclean: HashMap<&str, bool> = topics
         .iter()
         .map(|t| {
@@ -83,7 +96,8 @@ pub async fn pass(
                 .value
                 .configs
                 .get("unclean.leader.election.enable")
-                .is_some_and(|v| v == "true");
+                .map(|v| v == "true")
+                .unwrap_or(unclean_default);
             (t.value.name.as_str(), on)
         })
         .collect();

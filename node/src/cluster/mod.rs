@@ -22,7 +22,8 @@ use tokio::sync::watch;
 
 use crate::broker::{mono_ms, now_ms, Broker};
 use crate::coord::{
-    CResult, Coordination, NodeInfo, NodeLease, PartitionKey, PartitionRecord, TopicSpec, Versioned,
+    BrokerConfigs, CResult, Coordination, NodeInfo, NodeLease, PartitionKey, PartitionRecord,
+    TopicSpec, Versioned,
 };
 use crate::group::Coordinator;
 use crate::log::PartitionLog;
@@ -36,6 +37,8 @@ pub struct View {
     pub topics: BTreeMap<String, Versioned<TopicSpec>>,
     /// Per topic, the record of each partition by index.
     pub records: HashMap<String, Vec<Option<Versioned<PartitionRecord>>>>,
+    /// Dynamic broker configs: cluster-wide and per node.
+    pub broker_configs: Vec<Versioned<BrokerConfigs>>,
 }
 
 impl View {
@@ -52,6 +55,12 @@ impl View {
 
     pub fn node(&self, id: i32) -> Option<&NodeLease> {
         self.nodes.iter().find(|n| n.info.id == id)
+    }
+
+    /// The stored dynamic configs of one node (`Some(id)`) or the cluster
+    /// (`None`).
+    pub fn broker_configs(&self, node: Option<i32>) -> Option<&Versioned<BrokerConfigs>> {
+        self.broker_configs.iter().find(|c| c.value.node == node)
     }
 
     pub fn alive(&self, id: i32, now_ms: i64) -> bool {
@@ -82,6 +91,7 @@ impl View {
             nodes,
             topics,
             records,
+            broker_configs: coord.broker_configs().await?,
         })
     }
 }

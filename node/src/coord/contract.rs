@@ -124,6 +124,36 @@ pub async fn run(c: &dyn Coordination) {
     // Every change was announced.
     assert!(changes.has_changed().unwrap_or(false) || *changes.borrow() != seen);
 
+    // Dynamic broker configs: created once, then replaced by CAS.
+    let mut defaults = BrokerConfigs::default();
+    defaults
+        .configs
+        .insert("log.retention.ms".into(), "1000".into());
+    let v = c.put_broker_configs(defaults.clone(), None).await.unwrap();
+    assert!(matches!(
+        c.put_broker_configs(defaults.clone(), None).await,
+        Err(CoordError::AlreadyExists(_))
+    ));
+    let per_node = BrokerConfigs {
+        node: Some(2),
+        configs: [("min.insync.replicas".to_string(), "2".to_string())].into(),
+    };
+    c.put_broker_configs(per_node.clone(), None).await.unwrap();
+    defaults.configs.clear();
+    let v2 = c
+        .put_broker_configs(defaults.clone(), Some(v))
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.put_broker_configs(defaults.clone(), Some(v)).await,
+        Err(CoordError::Conflict(_))
+    ));
+    let stored = c.broker_configs().await.unwrap();
+    assert_eq!(stored.len(), 2);
+    let d = stored.iter().find(|s| s.value.node.is_none()).unwrap();
+    assert_eq!((&d.value, d.version), (&defaults, v2));
+    assert!(stored.iter().any(|s| s.value == per_node));
+
     // Deleting a topic removes its partition records.
     c.delete_topic("orders").await.unwrap();
     assert!(c.topics().await.unwrap().is_empty());

@@ -13,6 +13,9 @@
 //!   `leaseTransitions`; owned by their topic's Lease, so deleting a topic
 //!   lets the garbage collector finish what an interrupted delete left.
 //!
+//! - dynamic broker configs: `<cluster>-config-default` (cluster-wide) and
+//!   `<cluster>-config-node-<id>`, the configs as JSON in the annotation.
+//!
 //! Topic names may hold characters object names may not (`_`, capitals), so
 //! names carry a sanitized prefix and a hash; labels and the annotation carry
 //! the real name. Resource versions are read as integers, as etcd issues them.
@@ -242,6 +245,13 @@ impl Kubernetes {
         }
     }
 
+    fn config_name(&self, node: Option<i32>) -> String {
+        match node {
+            None => format!("{}-config-default", self.cluster),
+            Some(id) => format!("{}-config-node-{id}", self.cluster),
+        }
+    }
+
     fn topic_lease(&self, spec: &TopicSpec, resource_version: Option<String>) -> Lease {
         Lease {
             metadata: ObjectMeta {
@@ -464,6 +474,54 @@ impl Coordination for Kubernetes {
         let mut l = self.partition_lease(key, &record, None, Some(expected.to_string()));
         l.metadata.owner_references = current.metadata.owner_references;
         self.replace(&name, &l, what).await
+    }
+
+    async fn broker_configs(&self) -> CResult<Vec<Versioned<BrokerConfigs>>> {
+        let mut out = vec![];
+        for l in self.list("config").await? {
+            out.push(Versioned {
+                value: value_of(&l)?,
+                version: version_of(&l)?,
+            });
+        }
+        out.sort_by_key(|c: &Versioned<BrokerConfigs>| c.value.node);
+        Ok(out)
+    }
+
+    async fn put_broker_configs(
+        &self,
+        configs: BrokerConfigs,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        let name = self.config_name(configs.node);
+        let what = match configs.node {
+            None => "cluster-wide broker configs".to_string(),
+            Some(id) => format!("broker {id} configs"),
+        };
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(self.labels("config", None)),
+                annotations: Some(BTreeMap::from([(
+                    VALUE.to_string(),
+                    serde_json::to_string(&configs).expect("serializes"),
+                )])),
+                resource_version: expected.map(|v| v.to_string()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        };
+        match expected {
+            Some(_) => self.replace(&name, &lease, what).await,
+            None => match self.api.create(&PostParams::default(), &lease).await {
+                Ok(l) => {
+                    self.announce();
+                    version_of(&l)
+                }
+                Err(e) if status_code(&e) == Some(409) => Err(CoordError::AlreadyExists(what)),
+                Err(e) => Err(backend(e)),
+            },
+        }
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

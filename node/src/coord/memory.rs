@@ -19,6 +19,7 @@ struct State {
     nodes: BTreeMap<i32, NodeLease>,
     topics: BTreeMap<String, Versioned<TopicSpec>>,
     partitions: BTreeMap<PartitionKey, Versioned<PartitionRecord>>,
+    broker_configs: BTreeMap<Option<i32>, Versioned<BrokerConfigs>>,
 }
 
 pub struct InMemory {
@@ -45,6 +46,8 @@ struct Saved {
     version: Version,
     topics: Vec<(TopicSpec, Version)>,
     partitions: Vec<(PartitionKey, PartitionRecord, Version)>,
+    #[serde(default)]
+    broker_configs: Vec<(BrokerConfigs, Version)>,
 }
 
 impl InMemory {
@@ -68,6 +71,15 @@ impl InMemory {
                         t.name.clone(),
                         Versioned {
                             value: t,
+                            version: v,
+                        },
+                    );
+                }
+                for (c, v) in saved.broker_configs {
+                    st.broker_configs.insert(
+                        c.node,
+                        Versioned {
+                            value: c,
                             version: v,
                         },
                     );
@@ -140,6 +152,11 @@ impl InMemory {
                 .partitions
                 .iter()
                 .map(|(k, p)| (k.clone(), p.value.clone(), p.version))
+                .collect(),
+            broker_configs: st
+                .broker_configs
+                .values()
+                .map(|c| (c.value.clone(), c.version))
                 .collect(),
         };
         let json = serde_json::to_vec(&saved).expect("metadata serializes");
@@ -297,6 +314,40 @@ impl Coordination for InMemory {
             Some(_) => {}
         }
         self.store_partition(&mut st, key, record)
+    }
+
+    async fn broker_configs(&self) -> CResult<Vec<Versioned<BrokerConfigs>>> {
+        let st = self.state.lock().expect("coordination lock");
+        Ok(st.broker_configs.values().cloned().collect())
+    }
+
+    async fn put_broker_configs(
+        &self,
+        configs: BrokerConfigs,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("coordination lock");
+        let what = match configs.node {
+            None => "cluster-wide broker configs".to_string(),
+            Some(id) => format!("broker {id} configs"),
+        };
+        match (st.broker_configs.get(&configs.node), expected) {
+            (Some(_), None) => return Err(CoordError::AlreadyExists(what)),
+            (None, Some(_)) => return Err(CoordError::NotFound(what)),
+            (Some(c), Some(v)) if c.version != v => return Err(CoordError::Conflict(what)),
+            _ => {}
+        }
+        let v = self.bump(&mut st);
+        st.broker_configs.insert(
+            configs.node,
+            Versioned {
+                value: configs,
+                version: v,
+            },
+        );
+        self.save(&st)?;
+        Ok(v)
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

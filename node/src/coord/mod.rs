@@ -1,7 +1,8 @@
 //! The coordination room: the cluster's metadata behind one trait.
 //!
-//! Node leases (liveness and addresses), topics, and one record per partition
-//! (replicas, ISR, leader, leader epoch), each changed only by
+//! Node leases (liveness and addresses), topics, one record per partition
+//! (replicas, ISR, leader, leader epoch) and dynamic broker configs, each
+//! changed only by
 //! compare-and-swap on a version. Two backends implement it: in memory (for
 //! `sluice dev` and in-process tests) and, with the operator, Kubernetes
 //! `Lease` objects whose `resourceVersion` is the version. Both must pass the
@@ -74,6 +75,15 @@ impl PartitionKey {
     }
 }
 
+/// Dynamic broker configs (Kafka's AlterConfigs on a broker resource):
+/// the cluster-wide defaults (`node: None`, the resource named "") or one
+/// node's (`node: Some(id)`), under Kafka's broker config names.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BrokerConfigs {
+    pub node: Option<i32>,
+    pub configs: BTreeMap<String, String>,
+}
+
 /// A version of a stored object (a Kubernetes resourceVersion).
 pub type Version = u64;
 
@@ -124,6 +134,16 @@ pub trait Coordination: Send + Sync + 'static {
         key: &PartitionKey,
         record: PartitionRecord,
         expected: Version,
+    ) -> CResult<Version>;
+
+    /// Every stored set of dynamic broker configs.
+    async fn broker_configs(&self) -> CResult<Vec<Versioned<BrokerConfigs>>>;
+    /// Creates a set of dynamic broker configs (`expected: None`) or
+    /// replaces it if it is still at `expected`.
+    async fn put_broker_configs(
+        &self,
+        configs: BrokerConfigs,
+        expected: Option<Version>,
     ) -> CResult<Version>;
 
     /// A counter that moves whenever anything stored changes.

@@ -31,7 +31,10 @@ use kafka_protocol::ResponseError;
 
 use super::str_bytes;
 use crate::broker::{Broker, KafkaError, NewTopic, Topic};
-use crate::config::{topic_config_doc, topic_config_keys, topic_config_type, ConfigSource};
+use crate::config::{
+    topic_config_doc, topic_config_keys, topic_config_type, topic_key_of_broker_config,
+    ConfigSource, DYNAMIC_BROKER_CONFIGS,
+};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -124,11 +127,127 @@ fn topic_value(broker: &Broker, t: &Topic, key: &str) -> (String, ConfigSource) 
     match t.record.configs.get(key) {
         Some(v) => (v.clone(), ConfigSource::DynamicTopic),
         None => broker
-            .config
-            .defaults
+            .defaults()
             .default_value(key)
             .expect("every topic config key has a default"),
     }
+}
+
+/// The broker config that defaults a topic config, if any.
+fn broker_key_of(topic_key: &str) -> Option<&'static str> {
+    DYNAMIC_BROKER_CONFIGS
+        .iter()
+        .find(|(_, t)| *t == topic_key)
+        .map(|(b, _)| *b)
+}
+
+/// Kafka's synonym chain of a topic config, most specific first: the
+/// topic's own value, this node's dynamic config, the cluster-wide dynamic
+/// config, the static or built-in default (the last three under the
+/// broker config's name).
+fn synonyms(
+    broker: &Broker,
+    topic_key: &str,
+    topic_value: Option<&String>,
+) -> Vec<DescribeConfigsSynonym> {
+    let syn = |name: &str, value: &str, source: ConfigSource| {
+        DescribeConfigsSynonym::default()
+            .with_name(str_bytes(name))
+            .with_value(Some(str_bytes(value)))
+            .with_source(source as i8)
+    };
+    let mut out = Vec::new();
+    if let Some(v) = topic_value {
+        out.push(syn(topic_key, v, ConfigSource::DynamicTopic));
+    }
+    let bkey = broker_key_of(topic_key);
+    if let Some(b) = bkey {
+        for (node, source) in [
+            (Some(broker.node_id()), ConfigSource::DynamicBroker),
+            (None, ConfigSource::DynamicDefaultBroker),
+        ] {
+            if let Some(v) = broker.dynamic_broker_configs(node).get(b) {
+                out.push(syn(b, v, source));
+            }
+        }
+    }
+    if let Some((v, source)) = broker.config.defaults.static_default(topic_key) {
+        out.push(syn(bkey.unwrap_or(topic_key), &v, source));
+    }
+    out
+}
+
+/// A broker resource's name: "" is the cluster-wide default, a number one node.
+fn broker_resource(name: &str) -> Result<Option<i32>, KafkaError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    name.parse().map(Some).map_err(|_| {
+        KafkaError::new(
+            ResponseError::InvalidRequest,
+            format!(
+                "broker resource {name:?} is neither a node id nor \"\" (the cluster-wide default)"
+            ),
+        )
+    })
+}
+
+/// DescribeConfigs of a broker resource: this node's configs (static ones
+/// read-only, dynamic ones with where their value comes from), or for ""
+/// the cluster-wide dynamic defaults.
+fn broker_entries(
+    broker: &Broker,
+    node: Option<i32>,
+    wanted: &dyn Fn(&str) -> bool,
+    include_synonyms: bool,
+    include_documentation: bool,
+    version: i16,
+) -> Vec<DescribeConfigsResourceResult> {
+    if node.is_none() {
+        return broker
+            .dynamic_broker_configs(None)
+            .into_iter()
+            .filter(|(k, _)| wanted(k))
+            .map(|(k, v)| {
+                let ty = topic_key_of_broker_config(&k)
+                    .map(topic_config_type)
+                    .unwrap_or(2);
+                entry(
+                    &k,
+                    v,
+                    ConfigSource::DynamicDefaultBroker,
+                    false,
+                    ty,
+                    version,
+                )
+            })
+            .collect();
+    }
+    let mut out: Vec<DescribeConfigsResourceResult> = broker
+        .config
+        .broker_configs()
+        .into_iter()
+        .filter(|(k, _, _)| topic_key_of_broker_config(k).is_none() && wanted(k))
+        .map(|(k, v, ty)| entry(k, v, ConfigSource::StaticBroker, true, ty, version))
+        .collect();
+    let defaults = broker.defaults();
+    for (bkey, tkey) in DYNAMIC_BROKER_CONFIGS {
+        if !wanted(bkey) {
+            continue;
+        }
+        let (v, source) = defaults.default_value(tkey).expect("known key");
+        let mut e = entry(bkey, v, source, false, topic_config_type(tkey), version);
+        if include_synonyms {
+            e.synonyms = synonyms(broker, tkey, None);
+        }
+        if version >= 3 && include_documentation {
+            e.documentation = topic_config_doc(tkey)
+                .map(|d| str_bytes(format!("Default of the topic config {tkey}. {d}")));
+        }
+        out.push(e);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 pub async fn create_topics(
@@ -334,24 +453,7 @@ pub fn describe_configs(
                                     version,
                                 );
                                 if req.include_synonyms {
-                                    let mut syn = Vec::new();
-                                    if source == ConfigSource::DynamicTopic {
-                                        syn.push(
-                                            DescribeConfigsSynonym::default()
-                                                .with_name(str_bytes(k))
-                                                .with_value(Some(str_bytes(value)))
-                                                .with_source(ConfigSource::DynamicTopic as i8),
-                                        );
-                                    }
-                                    let (dv, ds) =
-                                        broker.config.defaults.default_value(k).expect("known key");
-                                    syn.push(
-                                        DescribeConfigsSynonym::default()
-                                            .with_name(str_bytes(k))
-                                            .with_value(Some(str_bytes(dv)))
-                                            .with_source(ds as i8),
-                                    );
-                                    e.synonyms = syn;
+                                    e.synonyms = synonyms(broker, k, t.record.configs.get(k));
                                 }
                                 if version >= 3 && req.include_documentation {
                                     e.documentation = topic_config_doc(k).map(str_bytes);
@@ -362,15 +464,15 @@ pub fn describe_configs(
                     }
                 },
                 RESOURCE_BROKER if name.is_empty() || name == broker.node_id().to_string() => {
-                    out.configs = broker
-                        .config
-                        .broker_configs()
-                        .into_iter()
-                        .filter(|(k, _, _)| wanted(k))
-                        .map(|(k, v, ty)| {
-                            entry(k, v, ConfigSource::StaticBroker, true, ty, version)
-                        })
-                        .collect();
+                    let node = (!name.is_empty()).then(|| broker.node_id());
+                    out.configs = broker_entries(
+                        broker,
+                        node,
+                        &wanted,
+                        req.include_synonyms,
+                        req.include_documentation,
+                        version,
+                    );
                 }
                 RESOURCE_BROKER => {
                     out.error_code = ResponseError::InvalidRequest.code();
@@ -437,17 +539,10 @@ fn alter_response<R: Default>(
     }
 }
 
-fn broker_configs_are_static() -> KafkaError {
-    KafkaError::new(
-        ResponseError::InvalidRequest,
-        "broker configs are static in this release: set them on the command line",
-    )
-}
-
 fn unsupported_resource(t: i8) -> KafkaError {
     KafkaError::new(
         ResponseError::InvalidRequest,
-        format!("resource type {t} cannot be altered; topics (2) can"),
+        format!("resource type {t} cannot be altered; topics (2) and brokers (4) can"),
     )
 }
 
@@ -476,7 +571,23 @@ pub async fn alter_configs(
                         .alter_topic_configs(&r.resource_name, configs, req.validate_only)
                         .await
                 }
-                RESOURCE_BROKER => Err(broker_configs_are_static()),
+                RESOURCE_BROKER => match broker_resource(&r.resource_name) {
+                    Ok(node) => {
+                        let configs = r
+                            .configs
+                            .iter()
+                            .filter_map(|c| {
+                                c.value
+                                    .as_ref()
+                                    .map(|v| (c.name.to_string(), v.to_string()))
+                            })
+                            .collect();
+                        broker
+                            .alter_broker_configs(node, configs, req.validate_only)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
                 other => Err(unsupported_resource(other)),
             };
             alter_response(
@@ -501,14 +612,21 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-/// Applies one IncrementalAlterConfigs operation to a topic's dynamic configs.
+/// Applies one IncrementalAlterConfigs operation to a topic's dynamic
+/// configs, or a broker's (`broker_resource`: keys are broker config names).
 fn apply_op(
     broker: &Broker,
     configs: &mut BTreeMap<String, String>,
     op: i8,
     key: &str,
     value: Option<&str>,
+    broker_resource: bool,
 ) -> Result<(), KafkaError> {
+    let topic_key = if broker_resource {
+        topic_key_of_broker_config(key).unwrap_or(key)
+    } else {
+        key
+    };
     let bad = |m: &str| KafkaError::new(ResponseError::InvalidConfig, format!("{key}: {m}"));
     match op {
         OP_SET => {
@@ -519,15 +637,14 @@ fn apply_op(
             configs.remove(key);
         }
         OP_APPEND | OP_SUBTRACT => {
-            if !crate::config::is_list_config(key) {
+            if !crate::config::is_list_config(topic_key) {
                 return Err(bad("APPEND and SUBTRACT apply to list configs only"));
             }
             let v = value.ok_or_else(|| bad("a value is required"))?;
             let current = configs.get(key).cloned().unwrap_or_else(|| {
                 broker
-                    .config
-                    .defaults
-                    .default_value(key)
+                    .defaults()
+                    .default_value(topic_key)
                     .map(|(v, _)| v)
                     .unwrap_or_default()
             });
@@ -581,6 +698,7 @@ pub async fn incremental_alter_configs(
                                 c.config_operation,
                                 &c.name,
                                 c.value.as_deref(),
+                                false,
                             )
                         });
                         match outcome {
@@ -597,7 +715,30 @@ pub async fn incremental_alter_configs(
                         }
                     }
                 },
-                RESOURCE_BROKER => Err(broker_configs_are_static()),
+                RESOURCE_BROKER => match broker_resource(&r.resource_name) {
+                    Ok(node) => {
+                        let mut configs = broker.dynamic_broker_configs(node);
+                        let outcome = r.configs.iter().try_for_each(|c| {
+                            apply_op(
+                                broker,
+                                &mut configs,
+                                c.config_operation,
+                                &c.name,
+                                c.value.as_deref(),
+                                true,
+                            )
+                        });
+                        match outcome {
+                            Ok(()) => {
+                                broker
+                                    .alter_broker_configs(node, configs, req.validate_only)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
                 other => Err(unsupported_resource(other)),
             };
             alter_response(
