@@ -126,8 +126,8 @@ fn api_versions_lists_every_handled_api_at_every_version() {
         assert_eq!(r.error_code, 0, "v{v}");
         let keys: Vec<i16> = r.api_keys.iter().map(|k| k.api_key).collect();
         for api in [
-            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 23, 32, 37, 42, 43,
-            45, 46, 47, 60,
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22, 23, 32, 33, 35, 37,
+            42, 43, 44, 45, 46, 47, 60, 61, 75,
         ] {
             assert!(keys.contains(&api), "v{v} lacks api {api}");
         }
@@ -271,10 +271,85 @@ fn every_version_of_every_api_round_trips() {
             .any(|e| e.name.as_str() == "num.partitions"));
     }
     for v in 0..=1 {
-        let r = c.send(&DescribeClusterRequest::default().with_endpoint_type(1), v);
+        let r = c.send(
+            &DescribeClusterRequest::default()
+                .with_endpoint_type(1)
+                .with_include_cluster_authorized_operations(true),
+            v,
+        );
         assert_eq!(r.error_code, 0, "describe cluster v{v}");
         assert_eq!(r.brokers.len(), 1);
+        assert_eq!(r.cluster_authorized_operations, 8096, "every cluster op");
     }
+}
+
+#[test]
+fn describe_topic_partitions_pages_with_a_cursor() {
+    use kafka_protocol::messages::describe_topic_partitions_request::{Cursor, TopicRequest};
+    let (_d, n) = node();
+    let mut c = n.client();
+    assert_eq!(create(&mut c, "dtp-a", 3, &[]), 0);
+    assert_eq!(create(&mut c, "dtp-b", 2, &[]), 0);
+    let req = |names: &[&str], limit: i32, cursor: Option<(&str, i32)>| {
+        DescribeTopicPartitionsRequest::default()
+            .with_topics(
+                names
+                    .iter()
+                    .map(|n| TopicRequest::default().with_name(tn(n)))
+                    .collect(),
+            )
+            .with_response_partition_limit(limit)
+            .with_cursor(cursor.map(|(t, p)| {
+                Cursor::default()
+                    .with_topic_name(tn(t))
+                    .with_partition_index(p)
+            }))
+    };
+    let seen = |r: &DescribeTopicPartitionsResponse| -> Vec<(String, i32)> {
+        r.topics
+            .iter()
+            .flat_map(|t| {
+                let name = t.name.as_ref().unwrap().to_string();
+                t.partitions
+                    .iter()
+                    .map(move |p| (name.clone(), p.partition_index))
+            })
+            .collect()
+    };
+    // Four at a time: a, a, a, b; then b's last one.
+    let r = c.send(&req(&["dtp-b", "dtp-a"], 4, None), 0);
+    assert_eq!(
+        seen(&r),
+        vec![
+            ("dtp-a".into(), 0),
+            ("dtp-a".into(), 1),
+            ("dtp-a".into(), 2),
+            ("dtp-b".into(), 0)
+        ]
+    );
+    let next = r.next_cursor.clone().expect("more to come");
+    assert_eq!(
+        (next.topic_name.as_str(), next.partition_index),
+        ("dtp-b", 1)
+    );
+    let t = &r.topics[0];
+    assert_eq!(t.topic_authorized_operations, 3576, "every topic op");
+    assert_ne!(t.topic_id, uuid::Uuid::nil());
+    let p = &t.partitions[0];
+    assert_eq!((p.leader_id.0, p.leader_epoch), (0, 0));
+    assert_eq!(p.isr_nodes.len(), 1);
+    let r = c.send(&req(&["dtp-b", "dtp-a"], 4, Some(("dtp-b", 1))), 0);
+    assert_eq!(seen(&r), vec![("dtp-b".into(), 1)]);
+    assert!(r.next_cursor.is_none());
+    // Unknown topics answer UNKNOWN_TOPIC_OR_PARTITION; no names means all.
+    let r = c.send(&req(&["nope"], 10, None), 0);
+    assert_eq!(
+        r.topics[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+    let r = c.send(&req(&[], 100, None), 0);
+    let all = seen(&r);
+    assert!(all.contains(&("dtp-a".into(), 2)) && all.contains(&("dtp-b".into(), 1)));
 }
 
 #[test]
@@ -1689,12 +1764,7 @@ fn broker_configs_change_topic_defaults_cluster_wide_and_per_node() {
     let chain: Vec<(String, i8)> = e
         .synonyms
         .iter()
-        .map(|s| {
-            (
-                s.value.as_deref().unwrap_or("").to_string(),
-                s.source,
-            )
-        })
+        .map(|s| (s.value.as_deref().unwrap_or("").to_string(), s.source))
         .collect();
     assert_eq!(
         chain,

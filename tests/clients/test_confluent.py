@@ -219,3 +219,30 @@ def test_broker_configs_change_topic_defaults(fresh_node):
     assert "INVALID_CONFIG" in str(e.value)
     topic = list(admin.describe_configs([ConfigResource("topic", "brk-default")]).values())[0].result(30)
     assert topic["retention.ms"].value == "120000", "a refused request changes nothing"
+
+
+def test_describe_topics_and_cluster_with_authorized_operations(node):
+    """librdkafka's DescribeTopics (DescribeTopicPartitions where the broker
+    offers it) and DescribeCluster: topic ids, partitions, and every
+    operation authorized, as Kafka answers without an authorizer."""
+    if not hasattr(AdminClient, "describe_topics"):
+        pytest.skip("this confluent-kafka predates describe_topics (added in 2.3)")
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AclOperation
+    create(node, "described", 3)
+    admin = AdminClient({"bootstrap.servers": node.bootstrap})
+    fut = admin.describe_topics(TopicCollection(["described"]),
+                                request_timeout=30, include_authorized_operations=True)
+    d = fut["described"].result(30)
+    assert d.name == "described"
+    assert str(d.topic_id) not in ("", "AAAAAAAAAAAAAAAAAAAAAA")
+    assert [p.id for p in d.partitions] == [0, 1, 2]
+    assert all(p.leader.id == 0 and [r.id for r in p.isr] == [0] for p in d.partitions)
+    assert AclOperation.READ in d.authorized_operations
+    assert AclOperation.ALTER_CONFIGS in d.authorized_operations
+    with pytest.raises(KafkaException) as e:
+        admin.describe_topics(TopicCollection(["no-such-topic"]))["no-such-topic"].result(30)
+    assert "UNKNOWN_TOPIC" in str(e.value)
+    c = admin.describe_cluster(include_authorized_operations=True).result(30)
+    assert [n.id for n in c.nodes] == [0]
+    assert AclOperation.IDEMPOTENT_WRITE in c.authorized_operations

@@ -24,8 +24,6 @@ use super::{str_bytes, Client, Services};
 use crate::group::coordinator::CommitPartition;
 use crate::group::state::{Committed, JoinArgs};
 
-const OPS_NOT_REQUESTED: i32 = i32::MIN;
-
 fn code(r: Result<(), ResponseError>) -> i16 {
     r.err().map(|e| e.code()).unwrap_or(0)
 }
@@ -448,7 +446,8 @@ pub fn describe_groups(
         .map(|id| {
             let mut out = DescribedGroup::default().with_group_id(id.clone());
             if version >= 3 {
-                out.authorized_operations = OPS_NOT_REQUESTED;
+                out.authorized_operations =
+                    super::ops::when(req.include_authorized_operations, super::ops::GROUP);
             }
             if id.is_empty() {
                 return out.with_error_code(ResponseError::InvalidGroupId.code());

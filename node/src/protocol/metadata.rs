@@ -5,21 +5,20 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, DescribeClusterRequest, DescribeClusterResponse, MetadataRequest, MetadataResponse,
-    TopicName,
+    BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicPartitionsRequest,
+    DescribeTopicPartitionsResponse, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 
-use super::str_bytes;
+use super::{ops, str_bytes};
 use crate::broker::{now_ms, Broker, Topic};
 use crate::cluster::View;
 use crate::config::validate_topic_name;
 
 /// Kafka's "authorized operations not requested" sentinel.
-const OPS_NOT_REQUESTED: i32 = i32::MIN;
 
 /// The address clients should use for this node.
 pub(crate) fn advertised(broker: &Broker) -> (String, i32) {
@@ -168,10 +167,21 @@ pub async fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> Me
         // "the controller" reach this one.
         resp.controller_id = BrokerId(broker.node_id());
     }
+    let topic_ops = ops::when(
+        version >= 8 && req.include_topic_authorized_operations,
+        ops::TOPIC,
+    );
     for t in resp.topics.iter_mut() {
-        t.topic_authorized_operations = OPS_NOT_REQUESTED;
+        t.topic_authorized_operations = if t.error_code == 0 {
+            topic_ops
+        } else {
+            ops::NOT_REQUESTED
+        };
     }
-    resp.cluster_authorized_operations = OPS_NOT_REQUESTED;
+    resp.cluster_authorized_operations = ops::when(
+        (8..=10).contains(&version) && req.include_cluster_authorized_operations,
+        ops::CLUSTER,
+    );
     resp
 }
 
@@ -236,7 +246,10 @@ pub fn describe_cluster(
     }
     resp.with_cluster_id(str_bytes(broker.cluster_id.clone()))
         .with_controller_id(BrokerId(broker.node_id()))
-        .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
+        .with_cluster_authorized_operations(ops::when(
+            req.include_cluster_authorized_operations,
+            ops::CLUSTER,
+        ))
         .with_brokers(
             brokers(broker, &broker.view(), now)
                 .into_iter()
@@ -249,4 +262,113 @@ pub fn describe_cluster(
                 })
                 .collect(),
         )
+}
+
+/// Kafka's cap on partitions in one DescribeTopicPartitions answer
+/// (`max.request.partition.size.limit`).
+const PARTITION_LIMIT: i32 = 2000;
+
+/// DescribeTopicPartitions (KIP-966): partitions of the named topics (all
+/// topics when none are named), in name then partition order, at most
+/// `response_partition_limit` of them, resuming at `cursor`; `next_cursor`
+/// says where the next page starts. Sluice keeps no eligible leader
+/// replicas (ELR), so those lists are empty.
+pub fn describe_topic_partitions(
+    broker: &Broker,
+    req: DescribeTopicPartitionsRequest,
+    _version: i16,
+) -> DescribeTopicPartitionsResponse {
+    use kafka_protocol::messages::describe_topic_partitions_response::{
+        Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+    };
+    let now = now_ms();
+    let view = broker.view();
+    let mut names: Vec<String> = if req.topics.is_empty() {
+        broker
+            .topics()
+            .iter()
+            .map(|t| t.record.name.clone())
+            .collect()
+    } else {
+        req.topics.iter().map(|t| t.name.to_string()).collect()
+    };
+    names.sort();
+    names.dedup();
+    let limit = match req.response_partition_limit {
+        l if l <= 0 => PARTITION_LIMIT,
+        l => l.min(PARTITION_LIMIT),
+    } as usize;
+    let (from_topic, from_partition) = match &req.cursor {
+        Some(c) => (Some(c.topic_name.to_string()), c.partition_index.max(0)),
+        None => (None, 0),
+    };
+    let mut topics = Vec::new();
+    let mut taken = 0usize;
+    let mut next_cursor = None;
+    for name in names {
+        if from_topic.as_ref().is_some_and(|f| name < *f) {
+            continue;
+        }
+        let first = if from_topic.as_ref() == Some(&name) {
+            from_partition
+        } else {
+            0
+        };
+        let tn = TopicName(str_bytes(name.clone()));
+        let Some(t) = broker.topic(&name) else {
+            topics.push(
+                DescribeTopicPartitionsResponseTopic::default()
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    .with_name(Some(tn))
+                    .with_topic_authorized_operations(ops::NOT_REQUESTED),
+            );
+            continue;
+        };
+        if taken >= limit {
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(tn)
+                    .with_partition_index(first),
+            );
+            break;
+        }
+        let md = topic_metadata(&view, &t, 12, now);
+        let mut partitions = Vec::new();
+        for p in md.partitions.into_iter().skip(first as usize) {
+            if taken >= limit {
+                next_cursor = Some(
+                    Cursor::default()
+                        .with_topic_name(tn.clone())
+                        .with_partition_index(p.partition_index),
+                );
+                break;
+            }
+            taken += 1;
+            partitions.push(
+                DescribeTopicPartitionsResponsePartition::default()
+                    .with_partition_index(p.partition_index)
+                    .with_leader_id(p.leader_id)
+                    .with_leader_epoch(p.leader_epoch)
+                    .with_replica_nodes(p.replica_nodes)
+                    .with_isr_nodes(p.isr_nodes)
+                    .with_eligible_leader_replicas(Some(vec![]))
+                    .with_last_known_elr(Some(vec![]))
+                    .with_offline_replicas(p.offline_replicas),
+            );
+        }
+        topics.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_name(Some(tn))
+                .with_topic_id(t.record.id)
+                .with_is_internal(md.is_internal)
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(ops::TOPIC),
+        );
+        if next_cursor.is_some() {
+            break;
+        }
+    }
+    DescribeTopicPartitionsResponse::default()
+        .with_topics(topics)
+        .with_next_cursor(next_cursor)
 }

@@ -36,6 +36,28 @@ pub struct Client {
     pub host: String,
 }
 
+/// Authorized operations as Kafka reports them without an authorizer:
+/// every operation the resource type supports, as a bit field of ACL
+/// operation codes; `i32::MIN` when the client did not ask.
+pub(crate) mod ops {
+    pub const NOT_REQUESTED: i32 = i32::MIN;
+    /// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS.
+    pub const TOPIC: i32 = 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
+    /// CREATE, ALTER, DESCRIBE, CLUSTER_ACTION, DESCRIBE_CONFIGS,
+    /// ALTER_CONFIGS, IDEMPOTENT_WRITE.
+    pub const CLUSTER: i32 = 1 << 5 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12;
+    /// READ, DELETE, DESCRIBE.
+    pub const GROUP: i32 = 1 << 3 | 1 << 6 | 1 << 8;
+
+    pub fn when(asked: bool, all: i32) -> i32 {
+        if asked {
+            all
+        } else {
+            NOT_REQUESTED
+        }
+    }
+}
+
 pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }

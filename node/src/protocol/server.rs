@@ -255,6 +255,9 @@ async fn dispatch(
         RequestKind::DescribeCluster(r) => {
             ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
         }
+        RequestKind::DescribeTopicPartitions(r) => {
+            ResponseKind::DescribeTopicPartitions(metadata::describe_topic_partitions(broker, r, v))
+        }
         RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v).await?),
         RequestKind::AlterConfigs(r) => {
             ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v).await)
