@@ -18,8 +18,6 @@ use crate::broker::{now_ms, Broker, Topic};
 use crate::cluster::View;
 use crate::config::validate_topic_name;
 
-/// Kafka's "authorized operations not requested" sentinel.
-
 /// The address clients should use for this node.
 pub(crate) fn advertised(broker: &Broker) -> (String, i32) {
     let c = &broker.config;
