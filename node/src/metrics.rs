@@ -34,6 +34,7 @@ pub struct Metrics {
     pub rejected_frames: Family<ReasonLabels, Counter>,
     pub produced_records: Family<TopicLabels, Counter>,
     pub produced_bytes: Family<TopicLabels, Counter>,
+    pub produced_batches: Family<TopicLabels, Counter>,
     pub fetched_bytes: Counter,
     pub partitions_led: Gauge,
     pub under_replicated_partitions: Gauge,
@@ -67,6 +68,7 @@ impl Metrics {
         let rejected_frames = Family::<ReasonLabels, Counter>::default();
         let produced_records = Family::<TopicLabels, Counter>::default();
         let produced_bytes = Family::<TopicLabels, Counter>::default();
+        let produced_batches = Family::<TopicLabels, Counter>::default();
         let fetched_bytes = Counter::default();
         let partitions_led = Gauge::default();
         let under_replicated_partitions = Gauge::default();
@@ -180,6 +182,11 @@ impl Metrics {
             produced_bytes.clone(),
         );
         registry.register(
+            "produced_batches",
+            "Record batches appended, by topic",
+            produced_batches.clone(),
+        );
+        registry.register(
             "fetched_bytes",
             "Record batch bytes served to consumers",
             fetched_bytes.clone(),
@@ -193,6 +200,7 @@ impl Metrics {
             rejected_frames,
             produced_records,
             produced_bytes,
+            produced_batches,
             fetched_bytes,
             partitions_led,
             under_replicated_partitions,
@@ -217,6 +225,7 @@ impl Metrics {
             .get_or_create(&l)
             .inc_by(records.max(0) as u64);
         self.produced_bytes.get_or_create(&l).inc_by(bytes as u64);
+        self.produced_batches.get_or_create(&l).inc();
     }
 
     pub fn set_log_size(&self, topic: &str, bytes: i64) {

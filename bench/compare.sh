@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The benchmark comparison behind docs/benchmarks.md: Sluice (1 node and a
+# 3-node cluster) next to Tansu under the same librdkafka load, the machine's
+# ceilings, resource use. Loopback only; stops by itself.
+#
+#   bash bench/compare.sh            full run (release builds; installs Tansu
+#                                    into ~/.cache/sluice/tansu on first use),
+#                                    rewrites the comparison in docs/benchmarks.md
+#   bash bench/compare.sh --smoke    seconds-long run of every scenario on debug
+#                                    builds, without Tansu, into a scratch file
+#                                    (what CI runs, so the tool never rots)
+# Further options go to bench/compare.py (--runs, --records, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+
+if [ "${1:-}" = "--smoke" ]; then
+  shift
+  cargo build --locked -q -p sluice-node --bin sluice -p sluice-bench
+  OUT=$(mktemp --suffix=.md)
+  trap 'rm -f "$OUT"' EXIT
+  /usr/bin/python3 bench/compare.py \
+    --sluice-binary "$CARGO_TARGET_DIR/debug/sluice" \
+    --bench-binary "$CARGO_TARGET_DIR/debug/sluice-bench" \
+    --runs 1 --records 20000 --consume-records 20000 --e2e-seconds 1 \
+    --ceiling-bytes 16777216 --startup-bytes 4194304 --timeout 300 \
+    --output "$OUT" --command "bash bench/compare.sh --smoke" "$@"
+  cat "$OUT"
+  exit 0
+fi
+
+cargo build --locked --release -q -p sluice-node --bin sluice -p sluice-bench
+TANSU_VERSION=0.6.0
+TANSU="${TANSU_BIN:-$HOME/.cache/sluice/tansu/bin/tansu}"
+if [ ! -x "$TANSU" ]; then
+  echo "installing tansu $TANSU_VERSION (cargo install, once)"
+  cargo install -q tansu --version "$TANSU_VERSION" --features dynostore,libsql \
+    --root "$HOME/.cache/sluice/tansu" --target-dir "$HOME/.cache/sluice/tansu-target"
+fi
+exec /usr/bin/python3 bench/compare.py \
+  --sluice-binary "$CARGO_TARGET_DIR/release/sluice" \
+  --bench-binary "$CARGO_TARGET_DIR/release/sluice-bench" \
+  --tansu-binary "$TANSU" "$@"
