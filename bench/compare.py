@@ -398,7 +398,7 @@ def render(a, results, ceil, batch, rss, held, starts, started):
              "| figure | " + " | ".join(names) + " |",
              "| --- |" + " --- |" * len(names)]
     for f in figures:
-        fmt = "{:,.2f}" if ("ms" in f or "CPU" in f or "MB/s" in f) else "{:,.0f}"
+        fmt = "{:,.4f}" if "CPU" in f else "{:,.2f}" if ("ms" in f or "MB/s" in f) else "{:,.0f}"
         lines.append(f"| {f} | " + " | ".join(med(results[n].get(f, []), fmt) for n in names) + " |")
     lines += ["", "### Against the peer and the machine", "",
               "| ratio | value | target |", "| --- | --- | --- |"]
@@ -427,7 +427,7 @@ def render(a, results, ceil, batch, rss, held, starts, started):
     lines += ["", "### Ceilings (same run)", "",
               "| ceiling | MB/s | records/s of 100 B |", "| --- | --- | --- |",
               f"| RocksDB atomic puts of {batch:,}-byte batches (the node's average batch in this run; "
-              f"LZ4, no fsync) | {med([r['mb_per_s'] for r in ceil['rocksdb']], '{:,.1f}')} | "
+              f"no compression, no fsync) | {med([r['mb_per_s'] for r in ceil['rocksdb']], '{:,.1f}')} | "
               f"{med([r['records_per_s'] for r in ceil['rocksdb']])} |",
               f"| disk: sequential 1 MiB writes, then fdatasync | {med([r['mb_per_s'] for r in ceil['disk']], '{:,.1f}')} | |",
               f"| loopback TCP, one stream | {med([r['mb_per_s'] for r in ceil['loopback']], '{:,.1f}')} | |",

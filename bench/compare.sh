@@ -16,7 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 
 if [ "${1:-}" = "--smoke" ]; then
   shift
-  cargo build --locked -q -p sluice-node --bin sluice -p sluice-bench
+  cargo build --locked -q -p sluice-node -p sluice-bench --bins
   OUT=$(mktemp --suffix=.md)
   trap 'rm -f "$OUT"' EXIT
   /usr/bin/python3 bench/compare.py \
@@ -29,7 +29,7 @@ if [ "${1:-}" = "--smoke" ]; then
   exit 0
 fi
 
-cargo build --locked --release -q -p sluice-node --bin sluice -p sluice-bench
+cargo build --locked --release -q -p sluice-node -p sluice-bench --bins
 TANSU_VERSION=0.6.0
 TANSU="${TANSU_BIN:-$HOME/.cache/sluice/tansu/bin/tansu}"
 if [ ! -x "$TANSU" ]; then

@@ -54,7 +54,8 @@ fn scratch(dir: &Option<PathBuf>) -> anyhow::Result<tempfile::TempDir> {
     })
 }
 
-/// Puts as the node's log column family takes them: LZ4, 64 MiB memtables,
+/// Puts as the node's log column family takes them: no compression, 64 MiB
+/// memtables (four),
 /// a 28-byte key per batch and a 40-byte counter record in the same atomic
 /// write, no fsync (the node's default).
 pub fn rocksdb(a: &RocksdbArgs) -> anyhow::Result<Report> {
@@ -64,8 +65,9 @@ pub fn rocksdb(a: &RocksdbArgs) -> anyhow::Result<Report> {
     db_opts.create_missing_column_families(true);
     db_opts.set_max_background_jobs(2);
     let mut log_opts = Options::default();
-    log_opts.set_compression_type(DBCompressionType::Lz4);
+    log_opts.set_compression_type(DBCompressionType::None);
     log_opts.set_write_buffer_size(64 << 20);
+    log_opts.set_max_write_buffer_number(4);
     log_opts.set_target_file_size_base(64 << 20);
     let mut table = BlockBasedOptions::default();
     table.set_block_size(64 << 10);

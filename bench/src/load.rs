@@ -292,6 +292,12 @@ fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // librdkafka stops fetching a partition whose local queue holds
+        // queued.min.messages and then waits fetch.queue.backoff.ms (1 s)
+        // before the next fetch: with a fast application that cap, not the
+        // broker, sets the rate. Keep fetching.
+        .set("queued.min.messages", "1000000")
+        .set("fetch.queue.backoff.ms", "1")
         .create()?)
 }
 
