@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, WriteBatch, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
 
 use crate::report::{incompressible, Report};
 
@@ -54,24 +52,13 @@ fn scratch(dir: &Option<PathBuf>) -> anyhow::Result<tempfile::TempDir> {
     })
 }
 
-/// Puts as the node's log column family takes them: no compression, 64 MiB
-/// memtables (four),
+/// Puts as the node's log column family takes them (the node's own RocksDB
+/// options),
 /// a 28-byte key per batch and a 40-byte counter record in the same atomic
 /// write, no fsync (the node's default).
 pub fn rocksdb(a: &RocksdbArgs) -> anyhow::Result<Report> {
     let dir = scratch(&a.dir)?;
-    let mut db_opts = Options::default();
-    db_opts.create_if_missing(true);
-    db_opts.create_missing_column_families(true);
-    db_opts.set_max_background_jobs(2);
-    let mut log_opts = Options::default();
-    log_opts.set_compression_type(DBCompressionType::None);
-    log_opts.set_write_buffer_size(64 << 20);
-    log_opts.set_max_write_buffer_number(4);
-    log_opts.set_target_file_size_base(64 << 20);
-    let mut table = BlockBasedOptions::default();
-    table.set_block_size(64 << 10);
-    log_opts.set_block_based_table_factory(&table);
+    let (db_opts, log_opts) = sluice_node::log::Store::options();
     let cfs = vec![
         ColumnFamilyDescriptor::new("log", log_opts),
         ColumnFamilyDescriptor::new("meta", Options::default()),

@@ -1484,12 +1484,13 @@ fn group_state_survives_restart() {
 fn offsets_of_empty_groups_expire() {
     use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
     let dir = tempfile::tempdir().unwrap();
-    // 0.005 minutes = 300 ms of retention, checked every 50 ms.
+    // 0.05 minutes = 3 s of retention (room for a loaded machine between
+    // the commit and the first fetch), checked every 50 ms.
     let n = Node::start(
         dir.path(),
         &[
             "--offsets-retention-minutes",
-            "0.005",
+            "0.05",
             "--offsets-retention-check-interval-ms",
             "50",
         ],

@@ -134,7 +134,9 @@ fn topic_key(name: &str) -> Vec<u8> {
 }
 
 impl Store {
-    pub fn open(path: &Path, sync_writes: bool) -> Result<Arc<Store>> {
+    /// The options of the database and of the `log` column family, shared
+    /// with the RocksDB ceiling of the benchmarks (`sluice-bench rocksdb`).
+    pub fn options() -> (Options, Options) {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
@@ -154,7 +156,11 @@ impl Store {
         let mut table = BlockBasedOptions::default();
         table.set_block_size(64 << 10);
         log_opts.set_block_based_table_factory(&table);
+        (db_opts, log_opts)
+    }
 
+    pub fn open(path: &Path, sync_writes: bool) -> Result<Arc<Store>> {
+        let (db_opts, log_opts) = Store::options();
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_TSIDX, Options::default()),

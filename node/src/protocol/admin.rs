@@ -672,6 +672,27 @@ fn apply_op(
     Ok(())
 }
 
+/// Every operation of one IncrementalAlterConfigs resource applied to a
+/// copy of its current configs; the first bad one refuses them all.
+fn apply_ops(
+    broker: &Broker,
+    mut configs: BTreeMap<String, String>,
+    ops: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
+    broker_resource: bool,
+) -> Result<BTreeMap<String, String>, KafkaError> {
+    for c in ops {
+        apply_op(
+            broker,
+            &mut configs,
+            c.config_operation,
+            &c.name,
+            c.value.as_deref(),
+            broker_resource,
+        )?;
+    }
+    Ok(configs)
+}
+
 /// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT applied to the
 /// topic's current dynamic configs, all or nothing.
 pub async fn incremental_alter_configs(
@@ -689,47 +710,25 @@ pub async fn incremental_alter_configs(
                         ResponseError::UnknownTopicOrPartition,
                         format!("topic {} does not exist", r.resource_name.as_str()),
                     )),
-                    Some(t) => {
-                        let mut configs = t.record.configs.clone();
-                        let outcome = r.configs.iter().try_for_each(|c| {
-                            apply_op(
-                                broker,
-                                &mut configs,
-                                c.config_operation,
-                                &c.name,
-                                c.value.as_deref(),
-                                false,
-                            )
-                        });
-                        match outcome {
-                            Ok(()) => {
-                                broker
-                                    .alter_topic_configs(
-                                        &r.resource_name,
-                                        configs,
-                                        req.validate_only,
-                                    )
-                                    .await
-                            }
-                            Err(e) => Err(e),
+                    Some(t) => match apply_ops(broker, t.record.configs.clone(), &r.configs, false)
+                    {
+                        Ok(configs) => {
+                            broker
+                                .alter_topic_configs(&r.resource_name, configs, req.validate_only)
+                                .await
                         }
-                    }
+                        Err(e) => Err(e),
+                    },
                 },
                 RESOURCE_BROKER => match broker_resource(&r.resource_name) {
                     Ok(node) => {
-                        let mut configs = broker.dynamic_broker_configs(node);
-                        let outcome = r.configs.iter().try_for_each(|c| {
-                            apply_op(
-                                broker,
-                                &mut configs,
-                                c.config_operation,
-                                &c.name,
-                                c.value.as_deref(),
-                                true,
-                            )
-                        });
-                        match outcome {
-                            Ok(()) => {
+                        match apply_ops(
+                            broker,
+                            broker.dynamic_broker_configs(node),
+                            &r.configs,
+                            true,
+                        ) {
+                            Ok(configs) => {
                                 broker
                                     .alter_broker_configs(node, configs, req.validate_only)
                                     .await
