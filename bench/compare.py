@@ -381,10 +381,8 @@ def render(a, results, ceil, batch, rss, held, starts, started):
         figures += [k for k in results[n] if not k.startswith("_") and k not in figures]
     s1 = results["Sluice, 1 node"]
     tansu = results.get("Tansu (memory)")
-    rocks_rps = median([r["records_per_s"] for r in ceil["rocksdb"]])
     rocks_mb = median([r["mb_per_s"] for r in ceil["rocksdb"]])
     disk_mb = median([r["mb_per_s"] for r in ceil["disk"]])
-    loop_mb = median([r["mb_per_s"] for r in ceil["loopback"]])
     lines = [BEGIN, "",
              f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine()}.",
              f"Command: `{a.command}` ({a.runs} run(s) of every figure; each cell is the median with min "
@@ -441,7 +439,6 @@ def render(a, results, ceil, batch, rss, held, starts, started):
               f"CPU per MB produced (node process, user + system): "
               f"{med(s1['CPU seconds per MB produced (broker)'], '{:,.3f}')} s/MB.",
               "", END]
-    _ = rocks_rps, loop_mb
     return "\n".join(lines)
 
 

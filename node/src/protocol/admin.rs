@@ -556,32 +556,24 @@ pub async fn alter_configs(
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
         responses.push({
+            // AlterConfigs replaces the set: only entries with a value count.
+            let configs: BTreeMap<String, String> = r
+                .configs
+                .iter()
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.to_string(), v.to_string()))
+                })
+                .collect();
             let result = match r.resource_type {
                 RESOURCE_TOPIC => {
-                    let configs = r
-                        .configs
-                        .iter()
-                        .filter_map(|c| {
-                            c.value
-                                .as_ref()
-                                .map(|v| (c.name.to_string(), v.to_string()))
-                        })
-                        .collect();
                     broker
                         .alter_topic_configs(&r.resource_name, configs, req.validate_only)
                         .await
                 }
                 RESOURCE_BROKER => match broker_resource(&r.resource_name) {
                     Ok(node) => {
-                        let configs = r
-                            .configs
-                            .iter()
-                            .filter_map(|c| {
-                                c.value
-                                    .as_ref()
-                                    .map(|v| (c.name.to_string(), v.to_string()))
-                            })
-                            .collect();
                         broker
                             .alter_broker_configs(node, configs, req.validate_only)
                             .await
