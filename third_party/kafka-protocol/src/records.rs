@@ -514,9 +514,18 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // The count comes from the wire: every record takes at least one
+        // byte, so never reserve more than the bytes left.
+        records.reserve((batch_decode_info.record_count as usize).min(buf.remaining()));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
+        }
+        if buf.has_remaining() {
+            bail!(
+                "Record batch declares {} records but {} bytes follow the last one",
+                batch_decode_info.record_count,
+                buf.remaining()
+            );
         }
         Ok(())
     }
@@ -893,7 +902,7 @@ impl Record {
         }
         let num_headers = num_headers as usize;
 
-        let mut headers = IndexMap::with_capacity(num_headers);
+        let mut headers = IndexMap::with_capacity(num_headers.min(buf.len()));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;
@@ -917,6 +926,12 @@ impl Record {
             };
 
             headers.insert(key, value);
+        }
+        if !buf.is_empty() {
+            bail!(
+                "Record declares {size} bytes but its fields end {} bytes before that",
+                buf.len()
+            );
         }
 
         Ok(Self {
