@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,14 +23,28 @@ use crate::replication::replica::{Replica, Role, Transition};
 use crate::config::{validate_topic_name, BrokerDefaults, ConfigError, NodeConfig, TopicConfig};
 use crate::log::batch::{self, BatchError, Header};
 use crate::log::producers::SequenceError;
-use crate::log::{AppendError, Appended, PartitionLog, Read, Store, StoreError, TimestampType};
+use crate::log::validate::{self, RecordProblem};
+use crate::log::{
+    AppendError, Appended, PartitionLog, Read, Store, StoreError, StoreOptions, TimestampType,
+};
 use crate::metrics::Metrics;
 
+/// The wall clock, in ms since the epoch. For fault tests only,
+/// `SLUICE_TEST_CLOCK_SKEW_MS` shifts it (a node whose clock is off): the
+/// cluster must never depend on nodes' clocks agreeing.
 pub fn now_ms() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let skew = *SKEW.get_or_init(|| {
+        std::env::var("SLUICE_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        + skew
 }
 
 /// What a topic is, as persisted in the `meta` column family: the
@@ -79,6 +93,9 @@ impl Topic {
 pub struct KafkaError {
     pub code: ResponseError,
     pub message: String,
+    /// Produce: the records of the batch that caused the error, by index
+    /// (KIP-467); empty when the batch failed as a whole.
+    pub record_errors: Vec<(i32, String)>,
 }
 
 impl KafkaError {
@@ -86,6 +103,7 @@ impl KafkaError {
         KafkaError {
             code,
             message: message.into(),
+            record_errors: vec![],
         }
     }
     pub fn code(&self) -> i16 {
@@ -95,8 +113,17 @@ impl KafkaError {
 
 impl From<StoreError> for KafkaError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "storage error");
-        KafkaError::new(ResponseError::KafkaStorageError, e.to_string())
+        match e {
+            // One bad batch on disk fails the request that read it, not the
+            // node's storage.
+            StoreError::Corrupt { .. } => {
+                tracing::warn!(error = %e, "corrupt stored data");
+                KafkaError::new(ResponseError::CorruptMessage, e.to_string())
+            }
+            // Said once when writes start failing (the store logs it), not
+            // once per request.
+            _ => KafkaError::new(ResponseError::KafkaStorageError, e.to_string()),
+        }
     }
 }
 
@@ -125,46 +152,53 @@ impl From<ConfigError> for KafkaError {
 
 impl From<BatchError> for KafkaError {
     fn from(e: BatchError) -> Self {
-        let code = match e {
+        let code = match &e {
             BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
-            BatchError::NotOneBatch | BatchError::InvalidCount | BatchError::MissingKey(_) => {
-                ResponseError::InvalidRecord
-            }
+            BatchError::NotOneBatch | BatchError::InvalidCount => ResponseError::InvalidRecord,
             BatchError::Undecodable(_) => ResponseError::CorruptMessage,
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
             BatchError::UnknownCompression(_) => ResponseError::UnsupportedCompressionType,
-            BatchError::TimestampOutOfRange { .. } => ResponseError::InvalidTimestamp,
             BatchError::Truncated | BatchError::CrcMismatch { .. } => ResponseError::CorruptMessage,
+            // The first bad record decides the code, as in Kafka.
+            BatchError::InvalidRecords(errors) => match errors[0].problem {
+                RecordProblem::InvalidRecord => ResponseError::InvalidRecord,
+                RecordProblem::InvalidTimestamp => ResponseError::InvalidTimestamp,
+            },
         };
-        KafkaError::new(code, e.to_string())
+        let mut k = KafkaError::new(code, e.to_string());
+        if let BatchError::InvalidRecords(errors) = e {
+            k.record_errors = errors.into_iter().map(|r| (r.index, r.message)).collect();
+        }
+        k
     }
 }
 
 pub type KResult<T> = Result<T, KafkaError>;
 
-/// UNKNOWN_TOPIC_OR_PARTITION for a topic name.
-/// What a topic's configs make of a produced batch before it is appended:
-/// compacted topics refuse records without a key, and a `compression.type`
-/// other than `producer` recompresses the batch to its codec (`None`: the
-/// batch is stored as sent).
-fn convert(b: &Bytes, config: &TopicConfig) -> Result<Option<Bytes>, BatchError> {
+/// What is stored of a produced batch whose every record passed the
+/// validator: recompressed to the topic's `compression.type` when that is
+/// not `producer`; with its header's max timestamp corrected when a
+/// `CreateTime` batch's records disagree with it (as Kafka does); else the
+/// batch as sent.
+fn convert(
+    b: &Bytes,
+    checked: validate::Checked,
+    config: &TopicConfig,
+) -> Result<Bytes, BatchError> {
     let h = Header::parse(b)?;
-    let recompress = config
+    if let Some(c) = config
         .compression
-        .filter(|c| *c as i16 != h.compression() && !h.is_control());
-    if !config.cleanup_compact && recompress.is_none() {
-        return Ok(None);
+        .filter(|c| *c as i16 != h.compression() && !h.is_control())
+    {
+        return Ok(batch::rebuild(&h, checked.records, c)?.freeze());
     }
-    let records = batch::decode_records(b)?;
-    if config.cleanup_compact && !h.is_control() {
-        if let Some(r) = records.iter().find(|r| r.key.is_none()) {
-            return Err(BatchError::MissingKey(r.offset - h.base_offset()));
-        }
+    let create_time = config.message_timestamp_type == TimestampType::CreateTime;
+    if create_time && !h.log_append_time() && h.max_timestamp() != checked.max_timestamp {
+        let mut fixed = bytes::BytesMut::from(&b[..]);
+        batch::set_max_timestamp(&mut fixed, checked.max_timestamp);
+        return Ok(fixed.freeze());
     }
-    match recompress {
-        None => Ok(None),
-        Some(c) => Ok(Some(batch::rebuild(&h, records, c)?.freeze())),
-    }
+    Ok(b.clone())
 }
 
 /// Internal topics (`__consumer_offsets`) are the node's own state: admin
@@ -226,11 +260,7 @@ pub struct Broker {
     me: std::sync::Weak<Broker>,
 }
 
-/// Milliseconds on a monotonic clock local to this process.
-pub fn mono_ms() -> i64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as i64
-}
+pub use crate::coord::mono_ms;
 
 /// Producer ids are the node id in the high bits and a counter below, so they
 /// are unique across the cluster without coordination. The counter is
@@ -288,7 +318,13 @@ impl Broker {
         coord: Arc<dyn Coordination>,
     ) -> anyhow::Result<Arc<Broker>> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = Store::open(&config.data_dir.join("rocksdb"), config.sync_writes)?;
+        let store = Store::open(
+            &config.data_dir.join("rocksdb"),
+            StoreOptions {
+                sync_writes: config.sync_writes,
+                max_decompressed: config.max_decompressed_batch_bytes,
+            },
+        )?;
         let cluster_id = match (&config.cluster_id, store.get_meta("cluster_id")?) {
             (Some(id), _) => id.clone(),
             (None, Some(v)) => String::from_utf8_lossy(&v).into_owned(),
@@ -395,6 +431,39 @@ impl Broker {
         mono_ms() >= self.lease_valid_until.load(Ordering::Acquire)
     }
 
+    /// While writes fail (a full disk), tries a small write every second,
+    /// so storage is seen working again (readiness, the error cleared) as
+    /// soon as RocksDB has recovered, even when no client writes. RocksDB
+    /// resumes by itself once the disk has a memtable's worth of room.
+    pub async fn storage_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if self.store.write_failure().is_none() {
+                continue;
+            }
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                store.put_meta("storage_probe", &now_ms().to_be_bytes())
+            })
+            .await;
+        }
+    }
+
+    /// Whether this node can serve, or why not: its storage refuses
+    /// writes, or its lease is not current (it is fenced).
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Some(e) = self.store.write_failure() {
+            return Err(format!(
+                "storage refuses writes: {e} (after a full disk, writes resume by themselves once a memtable's worth, 64 MiB, is free)"
+            ));
+        }
+        if self.fenced() {
+            return Err("this node's lease is not current: it may not lead until it renews".into());
+        }
+        Ok(())
+    }
+
     /// A new producer id, unique across the cluster and across restarts.
     pub fn allocate_producer_id(&self) -> KResult<i64> {
         let mut block = self.producer_ids.lock().expect("producer id lock");
@@ -417,7 +486,7 @@ impl Broker {
     /// the metadata now (this node's view may not have seen a node that
     /// just joined).
     pub async fn live_nodes(&self) -> KResult<Vec<placement::Node>> {
-        let now = now_ms();
+        let now = mono_ms();
         Ok(self
             .coord
             .nodes()
@@ -476,10 +545,16 @@ impl Broker {
                 .collect();
             for name in gone {
                 let t = topics.remove(&name).expect("listed");
+                for p in &t.partitions {
+                    p.log.close();
+                }
+                // One write whatever the partition count: the topic's
+                // record and range deletes over its data.
                 let mut wb = rocksdb::WriteBatch::default();
                 self.store.delete_topic(&mut wb, &name);
+                self.store.delete_topic_data(&mut wb, &t.record.id);
                 self.store.write(wb)?;
-                tracing::info!(topic = %name, "topic deleted");
+                tracing::info!(topic = %name, partitions = t.partitions.len(), "topic deleted");
                 removed.push(t);
             }
             for (name, spec) in &view.topics {
@@ -528,9 +603,9 @@ impl Broker {
         }
         for t in removed {
             for p in &t.partitions {
-                p.replica.apply(me, None, 0);
-                p.log.destroy()?;
+                p.replica.apply(me, None, 0, 0);
             }
+            self.reclaim(t.record.id);
         }
         let now = now_ms();
         let mut transitions = vec![];
@@ -541,7 +616,7 @@ impl Broker {
                     .and_then(|r| r.get(i))
                     .and_then(|r| r.as_ref())
                     .map(|v| (&v.value, v.version));
-                let tr = p.replica.apply(me, rec, now);
+                let tr = p.replica.apply(me, rec, now, p.log.log_end_offset());
                 // Moved off this node (a completed or cancelled
                 // reassignment): its local copy is reclaimed.
                 let removed = rec.is_some_and(|(r, _)| !r.replicas.contains(&me));
@@ -558,6 +633,26 @@ impl Broker {
         self.applied.notify_waiters();
         self.appended.notify_waiters();
         Ok(transitions)
+    }
+
+    /// Gives a deleted topic's disk space back in the background.
+    fn reclaim(&self, id: Uuid) {
+        let store = self.store.clone();
+        let run = move || {
+            let started = Instant::now();
+            match store.reclaim_topic(&id) {
+                Ok(()) => {
+                    tracing::info!(topic_id = %id, seconds = started.elapsed().as_secs_f64(), "deleted topic's space reclaimed")
+                }
+                Err(e) => {
+                    tracing::warn!(topic_id = %id, error = %e, "reclaiming a deleted topic's space failed; compaction will")
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(run)),
+            Err(_) => run(),
+        }
     }
 
     /// Resolves when the next view has been applied.
@@ -732,12 +827,9 @@ impl Broker {
         key: &PartitionKey,
     ) -> KResult<crate::coord::Versioned<PartitionRecord>> {
         self.coord
-            .partitions()
+            .partition(key)
             .await
             .map_err(coord_error)?
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, r)| r)
             .ok_or_else(|| no_partition(&key.topic, key.partition))
     }
 
@@ -797,17 +889,11 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
-        for (i, replicas) in added.into_iter().enumerate() {
-            let key = PartitionKey::new(name, have + i as i32);
-            match self
-                .coord
-                .create_partition(&key, PartitionRecord::new(replicas))
-                .await
-            {
-                Ok(_) | Err(CoordError::AlreadyExists(_)) => {}
-                Err(e) => return Err(coord_error(e)),
-            }
-        }
+        let records = added.into_iter().map(PartitionRecord::new).collect();
+        self.coord
+            .create_partitions(name, have, records)
+            .await
+            .map_err(coord_error)?;
         let mut next = spec.value.clone();
         next.partitions = count;
         self.coord
@@ -900,7 +986,7 @@ impl Broker {
     pub async fn elect_leader(&self, topic: &str, partition: i32, preferred: bool) -> KResult<()> {
         let key = PartitionKey::new(topic, partition);
         let rec = self.stored_partition(&key).await?;
-        let now = now_ms();
+        let now = mono_ms();
         let nodes = self.coord.nodes().await.map_err(coord_error)?;
         let alive = |id: i32| nodes.iter().any(|n| n.info.id == id && n.alive(now));
         let current = &rec.value;
@@ -1063,22 +1149,16 @@ impl Broker {
             return Err(BatchError::NotOneBatch.into());
         }
         let now = now_ms();
-        let converted = convert(&batches[0], &topic.config)?;
-        let b = converted.as_ref().unwrap_or(&batches[0]);
+        let rules = validate::Rules {
+            compacted: topic.config.cleanup_compact,
+            create_time: (topic.config.message_timestamp_type == TimestampType::CreateTime)
+                .then_some((now, topic.config.message_timestamp_difference_max_ms)),
+            max_decompressed: self.store.max_decompressed,
+        };
+        let checked = validate::validate(&batches[0], &rules)?;
+        let stored = convert(&batches[0], checked, &topic.config)?;
+        let b = &stored;
         let h = Header::parse(b)?;
-        if topic.config.message_timestamp_type == TimestampType::CreateTime {
-            let max_diff = topic.config.message_timestamp_difference_max_ms;
-            for ts in [h.base_timestamp(), h.max_timestamp()] {
-                if ts >= 0 && (ts - now).abs() > max_diff {
-                    return Err(BatchError::TimestampOutOfRange {
-                        timestamp: ts,
-                        now,
-                        max_diff,
-                    }
-                    .into());
-                }
-            }
-        }
         if self.fenced() {
             return Err(not_leader(name, partition, &p.replica.role()));
         }
@@ -1115,16 +1195,20 @@ impl Broker {
         Ok(appended)
     }
 
-    /// Waits until `offset` is below the high watermark of a partition this
-    /// node leads (an `acks=all` produce), then checks the ISR still holds
-    /// `min.insync.replicas`.
+    /// Waits until an append is below the high watermark of a partition
+    /// this node leads (an `acks=all` produce), then checks the ISR still
+    /// holds `min.insync.replicas`. Only in the epoch it was appended in: a
+    /// leader never truncates within its epoch, so the batch at those
+    /// offsets is still the one appended. Leadership lost and regained
+    /// meanwhile is NOT_LEADER_OR_FOLLOWER (the batch may be gone).
     pub async fn wait_replicated(
         &self,
         topic: &Topic,
         partition: i32,
-        offset: i64,
+        appended: &Appended,
         timeout: Duration,
     ) -> KResult<()> {
+        let offset = appended.last_offset;
         let name = &topic.record.name;
         let p = topic
             .partition(partition)
@@ -1133,8 +1217,9 @@ impl Broker {
         loop {
             let notified = self.appended.notified();
             let role = p.replica.role();
-            let Role::Leader { isr, .. } = &role else {
-                return Err(not_leader(name, partition, &role));
+            let isr = match &role {
+                Role::Leader { isr, epoch, .. } if *epoch == appended.leader_epoch => isr,
+                _ => return Err(not_leader(name, partition, &role)),
             };
             if p.log.high_watermark() > offset {
                 let min_isr = topic.config.min_insync_replicas;

@@ -3,6 +3,7 @@
 //! [`crate::log::compaction`], the rewriting in the partition log), paced to
 //! `log.cleaner.io.max.bytes.per.second` and reported in `/metrics`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,10 +45,15 @@ impl Throttle {
     }
 }
 
+/// Partitions the cleaner gave up on: a pass failed on data it cannot read
+/// (a corrupt batch). As in Kafka, they are left alone until the node
+/// restarts, and counted in `/metrics`; every other partition is cleaned.
+#[derive(Default)]
+pub struct Uncleanable(HashSet<(uuid::Uuid, i32)>);
+
 /// Checks every compacted partition once and cleans those that are due.
 /// Returns how many passes ran.
-pub fn clean_once(broker: &Broker) -> Result<usize, StoreError> {
-    let cfg = &broker.config.cleaner;
+pub fn clean_once(broker: &Broker, skip: &mut Uncleanable) -> usize {
     let m = &broker.metrics;
     let mut passes = 0;
     let mut max_ratio = 0.0f64;
@@ -55,8 +61,37 @@ pub fn clean_once(broker: &Broker) -> Result<usize, StoreError> {
         if !topic.config.cleanup_compact {
             continue;
         }
-        let policy = topic.config.compaction;
         for p in &topic.partitions {
+            let key = (topic.record.id, p.log.partition);
+            if skip.0.contains(&key) {
+                continue;
+            }
+            match clean_partition(broker, &topic, p) {
+                Ok(ran) => passes += usize::from(ran),
+                Err(e) => {
+                    tracing::error!(topic = %topic.record.name, partition = p.log.partition, error = %e, "log cleaner gave up on this partition until the node restarts");
+                    skip.0.insert(key);
+                }
+            }
+            max_ratio = max_ratio.max(p.log.dirty_ratio());
+        }
+    }
+    m.cleaner_max_dirty_ratio.set(max_ratio);
+    m.cleaner_uncleanable_partitions.set(skip.0.len() as i64);
+    passes
+}
+
+/// Cleans one partition if it is due; whether a pass ran.
+fn clean_partition(
+    broker: &Broker,
+    topic: &crate::broker::Topic,
+    p: &crate::broker::Partition,
+) -> Result<bool, StoreError> {
+    let cfg = &broker.config.cleaner;
+    let m = &broker.metrics;
+    let policy = topic.config.compaction;
+    {
+        {
             let now = now_ms();
             if let Some(due) = p.log.compaction_due(&policy, now)? {
                 let started = Instant::now();
@@ -71,7 +106,6 @@ pub fn clean_once(broker: &Broker) -> Result<usize, StoreError> {
                 let secs = started.elapsed().as_secs_f64();
                 m.cleaner_busy_seconds.inc_by(secs);
                 if let Some(s) = outcome {
-                    passes += 1;
                     m.cleaner_passes.inc();
                     m.cleaner_records_read.inc_by(s.records_read);
                     m.cleaner_records_removed.inc_by(s.records_removed);
@@ -88,13 +122,12 @@ pub fn clean_once(broker: &Broker) -> Result<usize, StoreError> {
                         seconds = secs,
                         "log cleaner pass"
                     );
+                    return Ok(true);
                 }
             }
-            max_ratio = max_ratio.max(p.log.dirty_ratio());
         }
     }
-    m.cleaner_max_dirty_ratio.set(max_ratio);
-    Ok(passes)
+    Ok(false)
 }
 
 /// Runs the cleaner until the process ends: again at once after a pass,
@@ -104,14 +137,16 @@ pub async fn run(broker: Arc<Broker>) {
         return;
     }
     let backoff = Duration::from_millis(broker.config.cleaner.backoff_ms);
+    let skip = Arc::new(std::sync::Mutex::new(Uncleanable::default()));
     loop {
         let b = broker.clone();
-        let ran = match tokio::task::spawn_blocking(move || clean_once(&b)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "log cleaner pass failed");
-                0
-            }
+        let s = skip.clone();
+        let ran = match tokio::task::spawn_blocking(move || {
+            clean_once(&b, &mut s.lock().expect("cleaner lock"))
+        })
+        .await
+        {
+            Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "log cleaner panicked");
                 0

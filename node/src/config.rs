@@ -31,6 +31,26 @@ pub struct NodeConfig {
     /// `socket.request.max.bytes`: frames larger than this are refused
     /// before anything is allocated for them.
     pub socket_request_max_bytes: usize,
+    /// `queued.max.request.bytes`: memory for request frames being read or
+    /// handled and for fetch answers being built, across all connections. A
+    /// connection waits for room before it reads a frame's body.
+    pub queued_max_request_bytes: usize,
+    /// `fetch.max.bytes`: the most one fetch answer carries, whatever the
+    /// request asks (KIP-74 still lets one oversized batch through).
+    pub fetch_max_bytes: usize,
+    /// The most one record batch may decompress to (validation,
+    /// recompression, timestamp lookups, the cleaner).
+    pub max_decompressed_batch_bytes: usize,
+    /// `connections.max.idle.ms`: a connection with no request for this
+    /// long is closed.
+    pub connections_max_idle_ms: u64,
+    /// A request whose frame is not read whole within this long after its
+    /// first byte closes its connection (a slow or stalled sender).
+    pub request_read_timeout_ms: u64,
+    /// `max.connections`: open client connections across the node.
+    pub max_connections: usize,
+    /// `max.connections.per.ip`: open client connections from one address.
+    pub max_connections_per_ip: usize,
     /// Broker defaults for topic configs (`log.retention.ms`, ...).
     pub defaults: BrokerDefaults,
     /// How often retention is enforced (`log.retention.check.interval.ms`).
@@ -76,6 +96,13 @@ impl NodeConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             socket_request_max_bytes: 104_857_600,
+            queued_max_request_bytes: 256 << 20,
+            fetch_max_bytes: 57_671_680,
+            max_decompressed_batch_bytes: 64 << 20,
+            connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 30_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             defaults: BrokerDefaults::default(),
             retention_check_interval_ms: 300_000,
             cleaner: CleanerConfig::default(),

@@ -112,6 +112,32 @@ struct CommonArgs {
     /// Largest request frame accepted, in bytes (socket.request.max.bytes).
     #[arg(long, default_value_t = 104_857_600)]
     socket_request_max_bytes: usize,
+    /// Memory for request frames in flight and fetch answers being built,
+    /// across all connections, in bytes (queued.max.request.bytes). When it
+    /// is used up, connections wait before reading more.
+    #[arg(long, default_value_t = 268_435_456)]
+    queued_max_request_bytes: usize,
+    /// Most bytes one fetch answer carries, whatever the request asks
+    /// (fetch.max.bytes).
+    #[arg(long, default_value_t = 57_671_680)]
+    fetch_max_bytes: usize,
+    /// Most bytes one record batch may decompress to; larger ones are
+    /// refused as corrupt.
+    #[arg(long, default_value_t = 67_108_864)]
+    max_decompressed_batch_bytes: usize,
+    /// Close connections idle this long, in ms (connections.max.idle.ms).
+    #[arg(long, default_value_t = 600_000)]
+    connections_max_idle_ms: u64,
+    /// Close a connection whose request frame does not arrive whole within
+    /// this long of its first byte, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    request_read_timeout_ms: u64,
+    /// Most open client connections (max.connections).
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most open client connections from one address (max.connections.per.ip).
+    #[arg(long, default_value_t = 1_000)]
+    max_connections_per_ip: usize,
     /// Default largest record batch, in bytes (message.max.bytes).
     #[arg(long, default_value_t = 1_048_588)]
     message_max_bytes: i32,
@@ -212,6 +238,13 @@ impl CommonArgs {
         };
         c.num_partitions = self.num_partitions;
         c.socket_request_max_bytes = self.socket_request_max_bytes;
+        c.queued_max_request_bytes = self.queued_max_request_bytes.max(1);
+        c.fetch_max_bytes = self.fetch_max_bytes.max(1);
+        c.max_decompressed_batch_bytes = self.max_decompressed_batch_bytes.max(1);
+        c.connections_max_idle_ms = self.connections_max_idle_ms.max(1);
+        c.request_read_timeout_ms = self.request_read_timeout_ms.max(1);
+        c.max_connections = self.max_connections.max(1);
+        c.max_connections_per_ip = self.max_connections_per_ip.max(1);
         c.retention_check_interval_ms = self.log_retention_check_interval_ms;
         c.cleaner = CleanerConfig {
             enable: self.log_cleaner_enable,
@@ -293,9 +326,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if nodes > 1 {
+    let result = if nodes > 1 {
         runtime.block_on(sluice_node::node::dev_cluster(config, nodes))
     } else {
         runtime.block_on(sluice_node::node::run(config, metadata))
-    }
+    };
+    // Stop promptly on SIGTERM even when blocking work (a large deletion's
+    // space being reclaimed) is still running: it is safe to cut short.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cleaner_bytes_written: Counter,
     pub cleaner_busy_seconds: Counter<f64, AtomicU64>,
     pub cleaner_max_dirty_ratio: Gauge<f64, AtomicU64>,
+    pub cleaner_uncleanable_partitions: Gauge,
+    pub connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +89,18 @@ impl Metrics {
         let cleaner_bytes_written = Counter::default();
         let cleaner_busy_seconds = Counter::<f64, AtomicU64>::default();
         let cleaner_max_dirty_ratio = Gauge::<f64, AtomicU64>::default();
+        let cleaner_uncleanable_partitions = Gauge::default();
+        registry.register(
+            "log_cleaner_uncleanable_partitions",
+            "Partitions the log cleaner gave up on (data it cannot read) until the node restarts",
+            cleaner_uncleanable_partitions.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "kafka_connections_closed",
+            "Client connections the node closed or turned away, by reason (idle, read_timeout, max_connections, max_connections_per_ip, bad_frame)",
+            connections_closed.clone(),
+        );
         for (name, help, c) in [
             (
                 "log_cleaner_passes",
@@ -214,6 +228,8 @@ impl Metrics {
             cleaner_bytes_written,
             cleaner_busy_seconds,
             cleaner_max_dirty_ratio,
+            cleaner_uncleanable_partitions,
+            connections_closed,
         }
     }
 
@@ -234,6 +250,14 @@ impl Metrics {
                 topic: topic.to_string(),
             })
             .set(bytes);
+    }
+
+    pub fn close_connection(&self, reason: &str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn reject_frame(&self, reason: &str) {

@@ -102,8 +102,12 @@ pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
     let (tx, rx) = oneshot::channel();
     let mut node = tokio::spawn(serve(config, coord, import_local, tx));
     let ready = tokio::select! {
-        r = rx => r?,
-        r = &mut node => anyhow::bail!("node stopped while starting: {:?}", r?.err()),
+        r = rx => match r {
+            Ok(ready) => ready,
+            // The node dropped its side: it failed, and says why.
+            Err(_) => return Err(start_failure(node.await)),
+        },
+        r = &mut node => return Err(start_failure(r)),
     };
     println!("sluice ready kafka={} admin={}", ready.kafka, ready.admin);
     tokio::select! {
@@ -112,6 +116,15 @@ pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
             tracing::info!("shutting down");
             Ok(())
         }
+    }
+}
+
+/// Why a node that was starting stopped.
+fn start_failure(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match r {
+        Ok(Err(e)) => e.context("the node could not start"),
+        Ok(Ok(())) => anyhow::anyhow!("the node stopped while starting"),
+        Err(e) => anyhow::anyhow!("the node failed while starting: {e}"),
     }
 }
 
@@ -209,10 +222,11 @@ pub async fn serve(
     tokio::spawn(cluster::run_sync(broker.clone(), groups.clone(), fetchers));
     tokio::spawn(cluster::run_isr_checks(broker.clone()));
     tokio::spawn(broker.clone().retention_loop());
+    tokio::spawn(broker.clone().storage_watch());
     tokio::spawn(crate::cleaner::run(broker.clone()));
     tokio::spawn(groups.clone().run_timers());
     let http = tokio::spawn(crate::http::serve(broker.clone(), admin));
-    let services = Arc::new(Services { broker, groups });
+    let services = Arc::new(Services::new(broker, groups));
     let kafka_server = tokio::spawn(crate::protocol::serve(services, kafka));
     tracing::info!(kafka = %addrs.kafka, admin = %addrs.admin, replication = %addrs.replication, data_dir = %config.data_dir.display(), node_id = config.node_id, "sluice node ready");
     let _ = ready.send(addrs);
@@ -281,6 +295,10 @@ impl Coordination for Reachable {
         self.check()?;
         self.inner.partitions().await
     }
+    async fn partition(&self, key: &PartitionKey) -> CResult<Option<Versioned<PartitionRecord>>> {
+        self.check()?;
+        self.inner.partition(key).await
+    }
     async fn create_partition(
         &self,
         key: &PartitionKey,
@@ -288,6 +306,15 @@ impl Coordination for Reachable {
     ) -> CResult<Version> {
         self.check()?;
         self.inner.create_partition(key, record).await
+    }
+    async fn create_partitions(
+        &self,
+        topic: &str,
+        first: i32,
+        records: Vec<PartitionRecord>,
+    ) -> CResult<()> {
+        self.check()?;
+        self.inner.create_partitions(topic, first, records).await
     }
     async fn update_partition(
         &self,

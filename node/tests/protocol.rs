@@ -1379,6 +1379,15 @@ fn group_bad_input_gets_kafka_errors_and_leaves_other_groups_alone() {
         r.topics[0].partitions[0].error_code,
         ResponseError::IllegalGeneration.code()
     );
+    // A generation of a group that does not exist: a stale member, refused
+    // as Kafka refuses it, and no group is made for it.
+    let r = c.send(&commit_req("never-was", 5, "x", "bt", 1), 8);
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ResponseError::IllegalGeneration.code()
+    );
+    let groups = c.send(&ListGroupsRequest::default(), 4).groups;
+    assert!(groups.iter().all(|g| g.group_id.0.as_str() != "never-was"));
     // Commits while the group waits for its leader's assignment.
     let r = c.send(&commit_req("healthy", hg, &hm, "bt", 1), 8);
     assert_eq!(

@@ -129,10 +129,20 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let topic_id = Uuid::new_v4();
     let leader_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.0.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.0.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     let follower_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.1.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.1.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     let leader = test_leader(&leader_log, 1);
     let addr = serve(leader.clone()).await;
@@ -188,10 +198,20 @@ async fn a_former_leaders_unreplicated_tail_is_truncated() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let topic_id = Uuid::new_v4();
     let new_leader_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.0.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.0.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     let old_leader_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.1.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.1.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     // Both hold the same committed prefix written at epoch 0...
     for i in 0..5 {
@@ -240,10 +260,20 @@ async fn a_follower_behind_the_leaders_log_start_resets() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let topic_id = Uuid::new_v4();
     let leader_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.0.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.0.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     let follower_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.1.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.1.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     for i in 0..10 {
         leader_log
@@ -277,10 +307,20 @@ async fn a_follower_resets_to_a_log_start_inside_a_batch() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let topic_id = Uuid::new_v4();
     let leader_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.0.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.0.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     let follower_log = Arc::new(
-        PartitionLog::open(Store::open(dirs.1.path(), false).unwrap(), &topic_id, 0).unwrap(),
+        PartitionLog::open(
+            Store::open(dirs.1.path(), Default::default()).unwrap(),
+            &topic_id,
+            0,
+        )
+        .unwrap(),
     );
     for i in 0..3 {
         let values: Vec<String> = (0..10).map(|j| format!("v{}", i * 10 + j)).collect();

@@ -277,3 +277,36 @@ def test_compacted_topics_refuse_records_without_a_key(cnode):
     p.produce(topic, key="k", value="v", on_delivery=lambda err, msg: errors.append(err))
     p.flush(30)
     assert errors == [None]
+
+
+def test_only_the_keyless_records_of_a_batch_fail_kip_467(cnode):
+    """librdkafka's own test 0011 (test_message_single_partition_record_fail):
+    100 records in one batch on a compacted topic, every tenth without a
+    key. Kafka names the bad records; a client fails those with
+    INVALID_RECORD and, where it knows KIP-467, the others of the batch
+    with _INVALID_DIFFERENT_RECORD instead of blaming them all."""
+    topic = "kip-467"
+    create(cnode, topic, {"cleanup.policy": "compact"})
+    p = Producer({"bootstrap.servers": cnode.bootstrap, "retries": 0,
+                  "linger.ms": 1000, "batch.num.messages": 1000})
+    outcome = []
+    for i in range(100):
+        key = None if i % 10 == 0 else f"k{i}"
+        p.produce(topic, key=key, value=f"v{i}", partition=0,
+                  on_delivery=lambda err, msg, i=i: outcome.append((i, err)))
+    p.flush(30)
+    assert len(outcome) == 100
+    failed = sorted(i for i, err in outcome if err is not None and err.code() == KafkaError.INVALID_RECORD)
+    different = getattr(KafkaError, "_INVALID_DIFFERENT_RECORD", None)
+    if different is not None:
+        # A client that reads record_errors blames exactly the keyless ones.
+        assert failed == list(range(0, 100, 10)), failed
+        others = [err.code() for i, err in outcome if i % 10 != 0]
+        assert all(code == different for code in others), set(others)
+    else:
+        # An older client fails the whole batch with the code alone.
+        assert all(err is not None for _, err in outcome)
+    # Nothing of the batch was stored.
+    c = Consumer({"bootstrap.servers": cnode.bootstrap, "group.id": "x"})
+    assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10) == (0, 0)
+    c.close()

@@ -14,6 +14,7 @@
 //! can use. See e2e/README.md for what it does not do.
 
 mod discovery;
+mod faults;
 mod kubelet;
 mod patch;
 mod proto;
@@ -89,6 +90,8 @@ pub(crate) struct Server {
     /// How many past events a watch may resume from.
     history: usize,
     state_dir: PathBuf,
+    /// Faults a test injected.
+    faults: faults::Faults,
 }
 
 /// The parts of a request path: `/api/v1/...` or `/apis/<group>/<version>/...`.
@@ -831,7 +834,53 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
+/// Every request: the faults a test injected first (see [`faults`]), then
+/// the API.
 async fn handle(
+    State(server): State<Arc<Server>>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if uri.path() == "/localkube/faults" {
+        return match method {
+            Method::GET => axum::Json(server.faults.rules()).into_response(),
+            Method::PUT => match serde_json::from_slice::<faults::Rules>(&body) {
+                Ok(r) => {
+                    tracing::info!(rules = ?r, "faults injected");
+                    server.faults.set(r);
+                    axum::Json(server.faults.rules()).into_response()
+                }
+                Err(e) => status(400, "BadRequest", format!("invalid fault rules: {e}")),
+            },
+            m => status(
+                405,
+                "MethodNotAllowed",
+                format!("{m} is not supported here"),
+            ),
+        };
+    }
+    let client = faults::client_of(&headers);
+    let watching = q.get("watch").is_some_and(|v| v == "true" || v == "1");
+    match server.faults.verdict(&client, &method) {
+        faults::Verdict::Serve => {}
+        faults::Verdict::Isolated => return faults::failure(503, "this client is cut off"),
+        faults::Verdict::FailBefore => return faults::failure(500, "the write was not made"),
+        faults::Verdict::FailAfter => {
+            let _made = serve_api(State(server), method, uri, headers, Query(q), body).await;
+            return faults::failure(500, "the write was made, the answer lost");
+        }
+    }
+    let resp = serve_api(State(server.clone()), method, uri, headers, Query(q), body).await;
+    if watching {
+        return server.faults.cut_when_isolated(client, resp);
+    }
+    resp
+}
+
+async fn serve_api(
     State(server): State<Arc<Server>>,
     method: Method,
     uri: Uri,
@@ -1051,6 +1100,7 @@ async fn main() -> anyhow::Result<()> {
         addr: url.trim_start_matches("http://").to_string(),
         history: cli.watch_history.max(1),
         state_dir: state_dir.clone(),
+        faults: faults::Faults::default(),
     });
     let images: HashMap<String, Vec<String>> = match &cli.images {
         Some(f) => serde_json::from_slice(&std::fs::read(f)?)

@@ -17,7 +17,7 @@ use sluice_api::election::{self, ElectionOptions};
 use sluice_api::{placement, reassign};
 use uuid::Uuid;
 
-use crate::broker::now_ms;
+use crate::coord::mono_ms;
 use crate::coord::{CResult, CoordError, Coordination, PartitionRecord, TopicSpec};
 use crate::group::OFFSETS_TOPIC;
 
@@ -38,12 +38,12 @@ pub struct ControllerConfig {
 
 /// Runs the controller until the process ends.
 pub async fn run(coord: Arc<dyn Coordination>, config: ControllerConfig) {
-    let started = now_ms();
+    let started = mono_ms();
     let mut changes = coord.changes();
     let mut next_preferred = started + config.preferred_leader_interval_ms;
     loop {
         changes.borrow_and_update();
-        let now = now_ms();
+        let now = mono_ms();
         let preferred = config.preferred_leader_interval_ms > 0 && now >= next_preferred;
         if preferred {
             next_preferred = now + config.preferred_leader_interval_ms;
@@ -62,7 +62,9 @@ pub async fn pass(
     started_ms: i64,
     preferred: bool,
 ) -> CResult<usize> {
-    let now = now_ms();
+    // Leases are judged on this process's monotonic clock (when it saw
+    // them renewed), never by comparing another node's clock with ours.
+    let now = mono_ms();
     let nodes = coord.nodes().await?;
     let grace = now < started_ms + config.lease_duration_ms;
     let alive = |id: i32| {
@@ -186,5 +188,60 @@ async fn create_offsets_topic(
         }
         Err(CoordError::AlreadyExists(_)) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coord::{InMemory, NodeInfo, PartitionKey};
+
+    fn info(id: i32) -> NodeInfo {
+        NodeInfo {
+            id,
+            kafka_host: "127.0.0.1".into(),
+            kafka_port: 9092,
+            replication_addr: "127.0.0.1:9093".into(),
+            rack: None,
+        }
+    }
+
+    fn config() -> ControllerConfig {
+        ControllerConfig {
+            expected_nodes: 2,
+            offsets_partitions: 1,
+            offsets_replication_factor: 1,
+            lease_duration_ms: 10_000,
+            preferred_leader_interval_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_wall_clock_is_behind_keeps_its_leadership() {
+        let c = InMemory::new();
+        let wall = crate::broker::now_ms();
+        // Node 1 renews on time, but its wall clock is 11 s behind ours.
+        c.renew_node(&info(1), wall - 11_000, 10_000).await.unwrap();
+        c.renew_node(&info(2), wall, 10_000).await.unwrap();
+        let spec = TopicSpec {
+            name: "t".into(),
+            id: Uuid::new_v4(),
+            partitions: 1,
+            replication_factor: 2,
+            configs: BTreeMap::new(),
+        };
+        c.create_topic(spec, vec![PartitionRecord::new(vec![1, 2])])
+            .await
+            .unwrap();
+        // No start-up grace: liveness alone decides.
+        let started = mono_ms() - 60_000;
+        pass(&c, &config(), started, false).await.unwrap();
+        let parts = c.partitions().await.unwrap();
+        let (_, rec) = parts
+            .iter()
+            .find(|(k, _)| *k == PartitionKey::new("t", 0))
+            .unwrap();
+        assert_eq!(rec.value.leader, Some(1), "a healthy leader was replaced");
+        assert_eq!(rec.value.leader_epoch, 0);
     }
 }

@@ -22,8 +22,8 @@ use tokio::sync::watch;
 
 use crate::broker::{mono_ms, now_ms, Broker};
 use crate::coord::{
-    BrokerConfigs, CResult, Coordination, NodeInfo, NodeLease, PartitionKey, PartitionRecord,
-    TopicSpec, Versioned,
+    BrokerConfigs, CResult, CoordError, Coordination, NodeInfo, NodeLease, PartitionKey,
+    PartitionRecord, TopicSpec, Versioned,
 };
 use crate::group::Coordinator;
 use crate::log::PartitionLog;
@@ -63,8 +63,10 @@ impl View {
         self.broker_configs.iter().find(|c| c.value.node == node)
     }
 
-    pub fn alive(&self, id: i32, now_ms: i64) -> bool {
-        self.node(id).is_some_and(|n| n.alive(now_ms))
+    /// Whether node `id`'s lease is alive now (see [`NodeLease::alive`]).
+    pub fn alive(&self, id: i32) -> bool {
+        let now = mono_ms();
+        self.node(id).is_some_and(|n| n.alive(now))
     }
 
     /// Reads everything from the coordination backend.
@@ -208,48 +210,69 @@ pub async fn run_sync(broker: Arc<Broker>, groups: Arc<Coordinator>, mut fetcher
     }
 }
 
-/// Stores an ISR change the leader proposed; on a conflict the record moved
-/// on and the next view decides.
+/// Stores an ISR change the leader proposed, by compare-and-swap on the
+/// record version it was based on.
+///
+/// - stored: the next view carries it, which settles it;
+/// - conflict or gone: it was certainly not stored (the record moved on) and
+///   stops being pending; the newer record decides;
+/// - any other failure (a timeout, a 5xx): it may or may not have been
+///   stored. It stays pending, so the high watermark keeps counting a
+///   follower it adds and a follower it removes, and the same write is
+///   retried until an answer or a newer record settles it.
 async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: IsrChange) {
-    let view = broker.view();
-    let current = view
-        .record(&topic, partition)
-        .filter(|r| r.version == change.expected);
+    let key = PartitionKey::new(&topic, partition);
     let replica = broker
         .topic(&topic)
         .and_then(|t| t.partition(partition).map(|p| p.replica.clone()));
-    // Only nodes with a live lease may join: a stopped follower's last
-    // fetch must not bring it back.
-    let now = now_ms();
-    let joining_alive = current.is_some_and(|c| {
-        change
-            .isr
-            .iter()
-            .all(|r| c.value.isr.contains(r) || view.alive(*r, now))
-    });
-    let Some(current) = current.filter(|_| joining_alive) else {
-        if let Some(r) = replica {
-            r.isr_change_failed();
+    let Some(replica) = replica else { return };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if !replica.is_pending(&change) {
+            return; // a newer record settled it
         }
-        return;
-    };
-    let next = PartitionRecord {
-        isr: change.isr.clone(),
-        ..current.value.clone()
-    };
-    let key = PartitionKey::new(&topic, partition);
-    match broker
-        .coord
-        .update_partition(&key, next, change.expected)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(topic, partition, isr = ?change.isr, "ISR changed");
-        }
-        Err(e) => {
-            tracing::debug!(topic, partition, error = %e, "ISR change not stored");
-            if let Some(r) = replica {
-                r.isr_change_failed();
+        let view = broker.view();
+        let current = view
+            .record(&topic, partition)
+            .filter(|r| r.version == change.expected);
+        // Only nodes with a live lease may join: a stopped follower's last
+        // fetch must not bring it back.
+        let joining_alive = current.is_some_and(|c| {
+            change
+                .isr
+                .iter()
+                .all(|r| c.value.isr.contains(r) || view.alive(*r))
+        });
+        let Some(current) = current.filter(|_| joining_alive) else {
+            replica.isr_change_failed(&change);
+            return;
+        };
+        let next = PartitionRecord {
+            isr: change.isr.clone(),
+            ..current.value.clone()
+        };
+        match broker
+            .coord
+            .update_partition(&key, next, change.expected)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(topic, partition, isr = ?change.isr, "ISR changed");
+                return;
+            }
+            Err(CoordError::Conflict(_)) | Err(CoordError::NotFound(_)) => {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    "ISR change not stored: the record moved on"
+                );
+                replica.isr_change_failed(&change);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e, "ISR change may not have been stored; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

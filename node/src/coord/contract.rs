@@ -34,24 +34,45 @@ pub async fn run(c: &dyn Coordination) {
     let mut changes = c.changes();
     let seen = *changes.borrow_and_update();
 
-    // Node leases: create, renew, lapse.
-    c.renew_node(&node(1), 1_000, 10_000).await.unwrap();
-    c.renew_node(&node(2), 1_000, 10_000).await.unwrap();
+    // Node leases: create, renew, lapse. Liveness is judged on this
+    // process's monotonic clock from when it saw a renewal, whatever the
+    // holder's wall clock said (node 2 claims a time an hour back).
+    let lease_ms = 1_500;
+    c.renew_node(&node(1), 1_000, lease_ms).await.unwrap();
+    c.renew_node(&node(2), 1_000 - 3_600_000, lease_ms)
+        .await
+        .unwrap();
     let nodes = c.nodes().await.unwrap();
     assert_eq!(nodes.len(), 2, "both leases are listed");
     assert!(
-        nodes.iter().all(|l| l.alive(5_000)),
-        "fresh leases are alive"
+        nodes.iter().all(|l| l.alive(mono_ms())),
+        "fresh leases are alive, whatever the holder's clock"
     );
-    c.renew_node(&node(1), 9_000, 10_000).await.unwrap();
-    let nodes = c.nodes().await.unwrap();
-    let n1 = nodes.iter().find(|l| l.info.id == 1).unwrap();
-    let n2 = nodes.iter().find(|l| l.info.id == 2).unwrap();
-    assert!(
-        n1.alive(15_000) && !n2.alive(15_000),
-        "only the renewed lease outlives its duration"
-    );
-    assert_eq!(n1.info, node(1), "leases carry the node's addresses");
+    assert_eq!(nodes[0].info, node(1), "leases carry the node's addresses");
+    // Node 1 keeps renewing, node 2 stops: node 2 lapses, node 1 does not.
+    let started = mono_ms();
+    let mut t = 2_000;
+    loop {
+        c.renew_node(&node(1), t, lease_ms).await.unwrap();
+        t += 100;
+        let nodes = c.nodes().await.unwrap();
+        let now = mono_ms();
+        let n1 = nodes.iter().find(|l| l.info.id == 1).unwrap();
+        let n2 = nodes.iter().find(|l| l.info.id == 2).unwrap();
+        assert!(n1.alive(now), "a renewed lease stays alive");
+        if !n2.alive(now) {
+            assert!(
+                now - started >= lease_ms - 200,
+                "a lease lapses no sooner than its duration after it was seen"
+            );
+            break;
+        }
+        assert!(
+            now - started < 10 * lease_ms,
+            "a lease that is not renewed lapses"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // Topics and their partitions are created together.
     let t = spec("orders", 2);
@@ -75,8 +96,21 @@ pub async fn run(c: &dyn Coordination) {
     assert_eq!(parts[0].0, PartitionKey::new("orders", 0));
     assert_eq!(parts[0].1.value, records[0]);
 
-    // Compare-and-swap on partition records.
+    // One record read alone.
     let key = PartitionKey::new("orders", 0);
+    let one = c
+        .partition(&key)
+        .await
+        .unwrap()
+        .expect("partition 0 exists");
+    assert_eq!(one.value, records[0]);
+    assert_eq!(
+        c.partition(&PartitionKey::new("orders", 9)).await.unwrap(),
+        None,
+        "a partition that does not exist"
+    );
+
+    // Compare-and-swap on partition records.
     let v0 = parts[0].1.version;
     let mut moved = records[0].clone();
     moved.leader = Some(2);
@@ -112,9 +146,28 @@ pub async fn run(c: &dyn Coordination) {
             .await,
         Err(CoordError::AlreadyExists(_))
     ));
+    // Many at once, skipping those that exist (a retried request).
+    c.create_partitions(
+        "orders",
+        2,
+        vec![
+            PartitionRecord::new(vec![2, 1]),
+            PartitionRecord::new(vec![1]),
+            PartitionRecord::new(vec![2]),
+        ],
+    )
+    .await
+    .unwrap();
+    let grown_parts = c.partitions().await.unwrap();
+    assert_eq!(grown_parts.len(), 5);
+    assert_eq!(
+        c.partition(&k2).await.unwrap().unwrap().value.replicas,
+        vec![1, 2],
+        "an existing record is left as it was"
+    );
     let tv = c.topics().await.unwrap()[0].version;
     let mut grown = t.clone();
-    grown.partitions = 3;
+    grown.partitions = 5;
     c.update_topic(grown.clone(), tv).await.unwrap();
     assert!(matches!(
         c.update_topic(grown.clone(), tv).await,

@@ -44,6 +44,8 @@ pub struct Kubernetes {
     api: Api<Lease>,
     cluster: String,
     changes: watch::Sender<u64>,
+    /// When this process saw each node lease's current resource version.
+    sightings: LeaseSightings,
 }
 
 /// A node lease as the annotation stores it.
@@ -135,6 +137,7 @@ impl Kubernetes {
             api: api.clone(),
             cluster: cluster.to_string(),
             changes: tx.clone(),
+            sightings: LeaseSightings::default(),
         };
         let cfg = watcher::Config::default().labels(&format!("{CLUSTER}={cluster}"));
         tokio::spawn(async move {
@@ -309,11 +312,13 @@ impl Coordination for Kubernetes {
                 ..Default::default()
             }),
         };
+        // A conflict is not a renewal: nothing was written, and the node must
+        // not extend how long it may lead on the strength of it.
+        let conflict = || CoordError::Conflict(format!("node lease {name}"));
         match current {
             None => match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => {}
-                // Created meanwhile: the next renewal replaces it.
-                Err(e) if status_code(&e) == Some(409) => {}
+                Err(e) if status_code(&e) == Some(409) => return Err(conflict()),
                 Err(e) => return Err(backend(e)),
             },
             Some(c) => {
@@ -326,7 +331,7 @@ impl Coordination for Kubernetes {
                     .await
                 {
                     Ok(_) => {}
-                    Err(e) if status_code(&e) == Some(409) => {}
+                    Err(e) if status_code(&e) == Some(409) => return Err(conflict()),
                     Err(e) => return Err(backend(e)),
                 }
             }
@@ -338,7 +343,9 @@ impl Coordination for Kubernetes {
         let mut out = vec![];
         for l in self.list("node").await? {
             let v: NodeValue = value_of(&l)?;
+            let rv = l.metadata.resource_version.clone().unwrap_or_default();
             out.push(NodeLease {
+                seen_mono_ms: self.sightings.seen(v.info.id, &rv),
                 info: v.info,
                 renewed_ms: v.renewed_ms,
                 duration_ms: v.duration_ms,
@@ -430,6 +437,22 @@ impl Coordination for Kubernetes {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    async fn partition(&self, key: &PartitionKey) -> CResult<Option<Versioned<PartitionRecord>>> {
+        let Some(l) = self
+            .api
+            .get_opt(&self.partition_name(key))
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let v: PartitionValue = value_of(&l)?;
+        Ok(Some(Versioned {
+            value: v.record,
+            version: version_of(&l)?,
+        }))
     }
 
     async fn create_partition(

@@ -41,13 +41,53 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeLease {
     pub info: NodeInfo,
+    /// The holder's wall clock when it renewed (what `kubectl` shows; never
+    /// compared with another node's clock).
     pub renewed_ms: i64,
     pub duration_ms: i64,
+    /// When this process first saw that renewal, on its own monotonic clock
+    /// ([`mono_ms`]). A lease this process has never seen renewed counts as
+    /// renewed when it first reads it (as client-go's leader election does).
+    pub seen_mono_ms: i64,
 }
 
 impl NodeLease {
-    pub fn alive(&self, now_ms: i64) -> bool {
-        now_ms < self.renewed_ms + self.duration_ms
+    /// Alive until a lease duration after this process saw it renewed. Only
+    /// this process's own monotonic clock is involved, so skewed wall clocks
+    /// change nothing; the holder stops leading at 60% of a lease after its
+    /// renewal began, well before any observer can count it lapsed.
+    pub fn alive(&self, mono_now_ms: i64) -> bool {
+        mono_now_ms < self.seen_mono_ms + self.duration_ms
+    }
+}
+
+/// Milliseconds on a monotonic clock local to this process.
+pub fn mono_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
+}
+
+/// When a process saw each node's lease change: the backends' record of
+/// what `seen_mono_ms` reports, keyed by node and by a value that changes
+/// with every renewal (a resource version, a renewal time).
+#[derive(Default)]
+pub struct LeaseSightings(std::sync::Mutex<std::collections::HashMap<i32, (String, i64)>>);
+
+impl LeaseSightings {
+    /// The monotonic time `node`'s lease was first seen as `stamp`.
+    pub fn seen(&self, node: i32, stamp: &str) -> i64 {
+        let mut m = self.0.lock().expect("lease sightings lock");
+        match m.get(&node) {
+            Some((s, at)) if s == stamp => *at,
+            _ => {
+                let at = mono_ms();
+                m.insert(node, (stamp.to_string(), at));
+                at
+            }
+        }
     }
 }
 
@@ -123,11 +163,31 @@ pub trait Coordination: Send + Sync + 'static {
     async fn delete_topic(&self, name: &str) -> CResult<()>;
 
     async fn partitions(&self) -> CResult<Vec<(PartitionKey, Versioned<PartitionRecord>)>>;
+    /// One partition's record, if it exists.
+    async fn partition(&self, key: &PartitionKey) -> CResult<Option<Versioned<PartitionRecord>>>;
     async fn create_partition(
         &self,
         key: &PartitionKey,
         record: PartitionRecord,
     ) -> CResult<Version>;
+    /// Creates the records of a topic's new partitions, `first` onwards,
+    /// skipping any that exist (a retried CreatePartitions). One write where
+    /// the backend can batch.
+    async fn create_partitions(
+        &self,
+        topic: &str,
+        first: i32,
+        records: Vec<PartitionRecord>,
+    ) -> CResult<()> {
+        for (i, r) in records.into_iter().enumerate() {
+            let key = PartitionKey::new(topic, first + i as i32);
+            match self.create_partition(&key, r).await {
+                Ok(_) | Err(CoordError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
     /// Replaces a partition record if it is still at `expected`.
     async fn update_partition(
         &self,

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
 use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -24,6 +23,7 @@ use super::state::{
     Committed, Group, GroupState, JoinArgs, JoinResult, Limits, Member, Outcome, Reply, SyncResult,
 };
 use crate::broker::{now_ms, Broker, KafkaError};
+use crate::log::batch::{self, Header};
 use crate::log::Appended;
 use crate::replication::replica::Transition;
 
@@ -146,7 +146,7 @@ fn group_value(g: &Group) -> Option<Bytes> {
                 session_timeout_ms: m.session_timeout_ms,
                 rebalance_timeout_ms: m.rebalance_timeout_ms,
                 metadata: m.metadata(&protocol).to_vec(),
-                assignment: m.assignment.to_vec(),
+                assignment: g.assignment_to_store(m).to_vec(),
             })
             .collect(),
     };
@@ -198,16 +198,18 @@ pub struct Coordinator {
     broker: Arc<Broker>,
     pub config: GroupConfig,
     inner: Mutex<Inner>,
+    me: std::sync::Weak<Coordinator>,
 }
 
 impl Coordinator {
     /// A coordinator owning no groups yet: they arrive with leadership of
     /// offsets partitions ([`leadership_changed`](Self::leadership_changed)).
     pub fn new(broker: Arc<Broker>, config: GroupConfig) -> Arc<Coordinator> {
-        Arc::new(Coordinator {
+        Arc::new_cyclic(|me| Coordinator {
             broker,
             config,
             inner: Mutex::new(Inner::default()),
+            me: me.clone(),
         })
     }
 
@@ -271,13 +273,24 @@ impl Coordinator {
             if read.batches == 0 {
                 break;
             }
-            let mut buf = read.records.clone();
-            for set in RecordBatchDecoder::decode_all(&mut buf)? {
-                for r in set.records {
-                    offset = r.offset + 1;
+            for b in batch::framed(&read.records) {
+                let Ok(h) = Header::parse(&b) else { break };
+                // Past the batch, even one without records (compaction's
+                // last) or one that does not decode.
+                offset = h.last_offset() + 1;
+                let decoded =
+                    batch::decode_records(&b, self.broker.config.max_decompressed_batch_bytes);
+                let set = match decoded {
+                    Ok(set) => set,
+                    Err(e) => {
+                        tracing::error!(partition, batch = h.base_offset(), error = %e, "skipping a corrupt batch of group records");
+                        continue;
+                    }
+                };
+                for r in set {
                     records += 1;
                     if let Some(k) = r.key {
-                        self.apply(&mut inner, &k, r.value.as_ref(), now);
+                        self.apply(&mut inner, &k, r.value.as_ref(), r.offset, now);
                     }
                 }
             }
@@ -329,7 +342,7 @@ impl Coordinator {
     pub async fn wait_replicated(
         &self,
         group: &str,
-        last_offset: i64,
+        appended: &Appended,
     ) -> Result<(), ResponseError> {
         let Some(topic) = self.broker.topic(OFFSETS_TOPIC) else {
             return Err(ResponseError::NotCoordinator);
@@ -337,7 +350,7 @@ impl Coordinator {
         let timeout =
             Duration::from_millis(self.broker.config.replication_timeout_ms.max(1) as u64);
         self.broker
-            .wait_replicated(&topic, self.partition_for(group), last_offset, timeout)
+            .wait_replicated(&topic, self.partition_for(group), appended, timeout)
             .await
             .map_err(|e| match e.code {
                 ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
@@ -348,7 +361,14 @@ impl Coordinator {
             })
     }
 
-    fn apply(&self, inner: &mut Inner, key: &[u8], value: Option<&Bytes>, now: i64) {
+    fn apply(
+        &self,
+        inner: &mut Inner,
+        key: &[u8],
+        value: Option<&Bytes>,
+        record_offset: i64,
+        now: i64,
+    ) {
         let Ok(k) = serde_json::from_slice::<RecordKey>(key) else {
             tracing::warn!("unreadable key in {OFFSETS_TOPIC}, skipped");
             return;
@@ -370,6 +390,7 @@ impl Coordinator {
                                 leader_epoch: v.leader_epoch,
                                 metadata: v.metadata,
                                 commit_timestamp: v.commit_timestamp,
+                                record_offset,
                             },
                         );
                     }
@@ -439,14 +460,57 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Writes a group's metadata record when the state machine asks for a
+    /// durable one ([`Group::store_request`]) and, in the background, tells
+    /// the group once the ISR has it.
+    fn store(&self, g: &mut Group, token: u64) {
+        g.metadata_changed = false;
+        let key = key_bytes(&RecordKey::Group {
+            group: g.id.clone(),
+        });
+        let appended = match self.append(&g.id, vec![(key, group_value(g))]) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(group = %g.id, error = %e, "could not write group metadata");
+                let code = if e.code == ResponseError::NotLeaderOrFollower {
+                    ResponseError::NotCoordinator
+                } else {
+                    ResponseError::CoordinatorNotAvailable
+                };
+                g.stored(token, Err(code), now_ms());
+                return;
+            }
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        let group = g.id.clone();
+        tokio::spawn(async move {
+            // Kafka's mapping of a failed store for the waiting members.
+            let result = me
+                .wait_replicated(&group, &appended)
+                .await
+                .map_err(|e| match e {
+                    ResponseError::RequestTimedOut => ResponseError::RebalanceInProgress,
+                    ResponseError::NotCoordinator => ResponseError::NotCoordinator,
+                    _ => ResponseError::CoordinatorNotAvailable,
+                });
+            let mut inner = me.inner.lock().expect("coordinator lock");
+            if let Some(g) = inner.groups.get_mut(&group) {
+                g.stored(token, result, now_ms());
+            }
+            me.deliver(&mut inner, &group);
+        });
+    }
+
     fn deliver(&self, inner: &mut Inner, group: &str) {
         let Some(g) = inner.groups.get_mut(group) else {
             return;
         };
-        let replies = g.take_replies();
-        if let Err(e) = self.persist_metadata(g) {
+        if let Some(token) = g.store_request() {
+            self.store(g, token);
+        } else if let Err(e) = self.persist_metadata(g) {
             tracing::error!(group, error = %e, "could not persist group metadata");
         }
+        let replies = g.take_replies();
         for r in replies {
             match r {
                 Reply::Join(m, result) => {
@@ -571,8 +635,10 @@ impl Coordinator {
         Ok(r)
     }
 
-    /// Commits offsets for a group and waits until the ISR of its offsets
-    /// partition has them; per-partition results in request order.
+    /// Commits offsets for a group; per-partition results in request order.
+    /// Answered, and visible to OffsetFetch, only once the ISR of the
+    /// group's offsets partition has them: an offset a coordinator failover
+    /// could roll back is never served.
     pub async fn commit(
         &self,
         group: &str,
@@ -583,18 +649,47 @@ impl Coordinator {
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
         let (mut results, written) =
             self.commit_locally(group, member, generation, instance_id, parts)?;
-        if let Some((last, accepted)) = written {
-            if let Err(e) = self.wait_replicated(group, last).await {
-                for i in accepted {
-                    results[i] = Err(e);
+        let Some((appended, accepted)) = written else {
+            return Ok(results);
+        };
+        let replicated = self.wait_replicated(group, &appended).await;
+        let mut inner = self.inner.lock().expect("coordinator lock");
+        let owned = self.check_owner(&inner, group).is_ok();
+        let g = inner.groups.get_mut(group).filter(|_| owned);
+        if let Some(g) = g {
+            g.pending_commits = g.pending_commits.saturating_sub(1);
+            if replicated.is_ok() {
+                for (_, p, ts) in &accepted {
+                    let newer = g
+                        .offsets
+                        .get(&(p.topic.clone(), p.partition))
+                        .is_none_or(|c| c.record_offset < appended.last_offset);
+                    if newer {
+                        g.offsets.insert(
+                            (p.topic.clone(), p.partition),
+                            Committed {
+                                offset: p.offset,
+                                leader_epoch: p.leader_epoch,
+                                metadata: p.metadata.clone(),
+                                commit_timestamp: *ts,
+                                record_offset: appended.last_offset,
+                            },
+                        );
+                    }
                 }
+            }
+        }
+        if let Err(e) = replicated {
+            for (i, _, _) in accepted {
+                results[i] = Err(e);
             }
         }
         Ok(results)
     }
 
     /// Validates and appends a commit; returns the results and, when
-    /// something was written, its last offset and the accepted indexes.
+    /// something was written, the append and what it holds (result index,
+    /// partition, commit time). Nothing enters memory here.
     #[allow(clippy::type_complexity)]
     fn commit_locally(
         &self,
@@ -603,13 +698,24 @@ impl Coordinator {
         generation: i32,
         instance_id: &Option<String>,
         parts: Vec<CommitPartition>,
-    ) -> Result<(Vec<Result<(), ResponseError>>, Option<(i64, Vec<usize>)>), ResponseError> {
+    ) -> Result<
+        (
+            Vec<Result<(), ResponseError>>,
+            Option<(Appended, Vec<(usize, CommitPartition, i64)>)>,
+        ),
+        ResponseError,
+    > {
         let mut inner = self.inner.lock().expect("coordinator lock");
         self.check_owner(&inner, group)?;
+        if generation >= 0 && !inner.groups.contains_key(group) {
+            // A member of a generation of a group that does not exist (any
+            // more): a stale commit, refused as Kafka refuses it.
+            return Err(ResponseError::IllegalGeneration);
+        }
         let now = now_ms();
         let g = group_entry(&mut inner.groups, group, self.config.limits, now);
         if let Err(e) = g.validate_commit(member, generation, instance_id) {
-            if g.members.is_empty() && g.offsets.is_empty() {
+            if g.members.is_empty() && g.offsets.is_empty() && g.pending_commits == 0 {
                 inner.groups.remove(group);
             }
             return Err(e);
@@ -646,39 +752,29 @@ impl Coordinator {
             accepted.push((results.len(), p, now));
             results.push(Ok(()));
         }
-        let mut written = None;
-        if !records.is_empty() {
-            match self.append(group, records) {
-                Ok(a) => {
-                    written = Some((a.last_offset, accepted.iter().map(|a| a.0).collect()));
+        if records.is_empty() {
+            return Ok((results, None));
+        }
+        match self.append(group, records) {
+            Ok(a) => {
+                if let Some(g) = inner.groups.get_mut(group) {
+                    g.pending_commits += 1;
                 }
-                Err(e) => {
-                    tracing::warn!(group, error = %e, "could not persist offsets");
-                    let code = if e.code == ResponseError::NotLeaderOrFollower {
-                        ResponseError::NotCoordinator
-                    } else {
-                        ResponseError::CoordinatorNotAvailable
-                    };
-                    for (i, _, _) in &accepted {
-                        results[*i] = Err(code);
-                    }
-                    return Ok((results, None));
+                Ok((results, Some((a, accepted))))
+            }
+            Err(e) => {
+                tracing::warn!(group, error = %e, "could not persist offsets");
+                let code = if e.code == ResponseError::NotLeaderOrFollower {
+                    ResponseError::NotCoordinator
+                } else {
+                    ResponseError::CoordinatorNotAvailable
+                };
+                for (i, _, _) in &accepted {
+                    results[*i] = Err(code);
                 }
+                Ok((results, None))
             }
         }
-        let g = inner.groups.get_mut(group).expect("present");
-        for (_, p, ts) in accepted {
-            g.offsets.insert(
-                (p.topic, p.partition),
-                Committed {
-                    offset: p.offset,
-                    leader_epoch: p.leader_epoch,
-                    metadata: p.metadata,
-                    commit_timestamp: ts,
-                },
-            );
-        }
-        Ok((results, written))
     }
 
     /// Committed offsets of a group: for the partitions asked, or all of them.
@@ -806,19 +902,25 @@ impl Coordinator {
         let subscribed = subscribed_topics(g);
         let mut results = Vec::with_capacity(parts.len());
         let mut records = Vec::new();
+        let mut gone = Vec::new();
         for (t, p) in parts {
             if g.state != GroupState::Empty && subscribed.contains(&t) {
                 results.push(Err(ResponseError::GroupSubscribedToTopic));
                 continue;
             }
-            if g.offsets.remove(&(t.clone(), p)).is_some() {
+            if g.offsets.contains_key(&(t.clone(), p)) {
                 records.push((offset_key(group, &t, p), None));
+                gone.push((t, p));
             }
             results.push(Ok(()));
         }
+        // The tombstones first: memory follows only what was written.
         if !records.is_empty() {
             self.append(group, records)
                 .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        }
+        for k in gone {
+            g.offsets.remove(&k);
         }
         Ok(results)
     }
@@ -853,7 +955,7 @@ impl Coordinator {
             if let Err(e) = self.append(&g.id, records) {
                 tracing::warn!(group = %g.id, error = %e, "could not write expired offsets");
             }
-            if g.offsets.is_empty() && g.members.is_empty() {
+            if g.offsets.is_empty() && g.members.is_empty() && g.pending_commits == 0 {
                 emptied.push(g.id.clone());
             }
         }

@@ -181,6 +181,27 @@ pub enum Outcome<T> {
     Wait(String),
 }
 
+/// Group metadata on its way to the ISR of the group's offsets partition.
+/// As in Kafka, a SyncGroup is answered (and a static member's replacement
+/// acknowledged) only once the record holding the result is replicated: a
+/// coordinator failover can then never hand out a generation, or an
+/// assignment, that the new coordinator does not know.
+#[derive(Debug, Clone)]
+struct Storing {
+    token: u64,
+    generation: i32,
+    requested: bool,
+    kind: StoringKind,
+}
+
+#[derive(Debug, Clone)]
+enum StoringKind {
+    /// The leader's assignment, by member.
+    Assignment(HashMap<String, Bytes>),
+    /// A static member took a new member id: the member as it was.
+    StaticMember { key: u64, previous: Box<Member> },
+}
+
 /// A committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -188,6 +209,10 @@ pub struct Committed {
     pub leader_epoch: i32,
     pub metadata: Option<String>,
     pub commit_timestamp: i64,
+    /// Where in `__consumer_offsets` this commit was written: of two
+    /// commits of one partition, the later record wins, whatever order
+    /// their replication completes in.
+    pub record_offset: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +230,13 @@ pub struct Group {
     pub state_since: i64,
     /// Set when what is persisted about the group changed; the glue clears it.
     pub metadata_changed: bool,
+    /// Offset commits written and waiting for replication: the group must
+    /// not be forgotten meanwhile.
+    pub pending_commits: u32,
+    /// A change of group metadata that must be durable before the members
+    /// waiting on it are answered (see [`Group::store_request`]).
+    storing: Option<Storing>,
+    store_tokens: u64,
     join_order: u64,
     pending: HashMap<String, i64>,
     static_members: HashMap<String, String>,
@@ -228,6 +260,9 @@ impl Group {
             offsets: BTreeMap::new(),
             state_since: now,
             metadata_changed: false,
+            pending_commits: 0,
+            storing: None,
+            store_tokens: 0,
             join_order: 0,
             pending: HashMap::new(),
             static_members: HashMap::new(),
@@ -474,6 +509,7 @@ impl Group {
         let new_id = a.new_member_id.clone();
         let key = self.key_of(old).expect("static members map to members");
         let m = self.members.get_mut(&key).expect("present");
+        let previous = m.clone();
         if m.awaiting_join {
             self.replies.push(Reply::Join(
                 old.to_string(),
@@ -501,9 +537,16 @@ impl Group {
         if self.leader.as_deref() == Some(old) {
             self.leader = Some(new_id.clone());
         }
-        if self.state == GroupState::Stable && same_protocols {
-            self.metadata_changed = true;
-            return Outcome::Now(self.current_join_result(&new_id));
+        if self.state == GroupState::Stable && same_protocols && self.storing.is_none() {
+            // Acknowledged once the new member id is stored; on failure the
+            // member as it was comes back.
+            let m = self.members.get_mut(&key).expect("present");
+            m.awaiting_join = true;
+            self.begin_store(StoringKind::StaticMember {
+                key,
+                previous: Box::new(previous),
+            });
+            return Outcome::Wait(new_id);
         }
         let m = self.members.get_mut(&key).expect("present");
         m.protocols = a.protocols;
@@ -516,6 +559,9 @@ impl Group {
     }
 
     fn prepare_rebalance(&mut self, now: i64) {
+        // A store in flight no longer decides anything; its outcome is
+        // ignored when it comes.
+        self.storing = None;
         if self.state == GroupState::CompletingRebalance {
             for m in self.members.values_mut() {
                 if m.awaiting_sync {
@@ -583,8 +629,11 @@ impl Group {
         self.pending.clear();
         self.generation += 1;
         self.state_since = now;
-        self.metadata_changed = true;
+        self.storing = None;
         if self.members.is_empty() {
+            // Only an emptied group is written now (as Kafka does): a new
+            // generation with members is written with its assignment.
+            self.metadata_changed = true;
             self.state = GroupState::Empty;
             self.protocol = None;
             self.leader = None;
@@ -668,35 +717,123 @@ impl Group {
                             return err(ResponseError::InvalidRequest);
                         }
                     }
-                    let mut by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
-                    for m in self.members.values_mut() {
-                        m.assignment = by_member.remove(&m.id).unwrap_or_default();
-                    }
-                    self.state = GroupState::Stable;
-                    self.state_since = now;
-                    self.metadata_changed = true;
-                    let waiting: Vec<(String, Bytes)> = self
-                        .members
-                        .values_mut()
-                        .filter(|m| m.awaiting_sync)
-                        .map(|m| {
-                            m.awaiting_sync = false;
-                            (m.id.clone(), m.assignment.clone())
-                        })
-                        .collect();
-                    for (id, assignment) in waiting {
-                        let r = self.ok_sync(assignment);
-                        self.replies.push(Reply::Sync(id, r));
-                    }
                     let m = self.member_mut(member_id).expect("checked");
                     m.last_seen = now;
-                    let assignment = m.assignment.clone();
-                    Outcome::Now(self.ok_sync(assignment))
+                    m.awaiting_sync = true;
+                    if self.storing.is_none() {
+                        // The assignment is answered once it is stored.
+                        let by_member: HashMap<String, Bytes> = assignments.into_iter().collect();
+                        self.begin_store(StoringKind::Assignment(by_member));
+                    }
+                    Outcome::Wait(member_id.to_string())
                 } else {
                     let m = self.member_mut(member_id).expect("checked");
                     m.last_seen = now;
                     m.awaiting_sync = true;
                     Outcome::Wait(member_id.to_string())
+                }
+            }
+        }
+    }
+
+    fn begin_store(&mut self, kind: StoringKind) {
+        self.store_tokens += 1;
+        self.storing = Some(Storing {
+            token: self.store_tokens,
+            generation: self.generation,
+            requested: false,
+            kind,
+        });
+        self.metadata_changed = true;
+    }
+
+    /// A metadata write whose replication the coordinator must wait for
+    /// before calling [`stored`](Self::stored) with the returned token; at
+    /// most once per change.
+    pub fn store_request(&mut self) -> Option<u64> {
+        let s = self.storing.as_mut().filter(|s| !s.requested)?;
+        s.requested = true;
+        Some(s.token)
+    }
+
+    /// The assignment the metadata record carries for `member`: the one
+    /// being stored, else the current one.
+    pub fn assignment_to_store(&self, member: &Member) -> Bytes {
+        match &self.storing {
+            Some(Storing {
+                kind: StoringKind::Assignment(a),
+                ..
+            }) => a.get(&member.id).cloned().unwrap_or_default(),
+            _ => member.assignment.clone(),
+        }
+    }
+
+    /// The write for `token` is replicated (`Ok`) or failed. On success the
+    /// members waiting on it are answered; on failure they get `Err`'s code
+    /// and the group rebalances (a SyncGroup), or the static member's
+    /// previous identity comes back. A token the group moved past is
+    /// ignored.
+    pub fn stored(&mut self, token: u64, result: Result<(), ResponseError>, now: i64) {
+        let Some(s) = self.storing.take_if(|s| s.token == token) else {
+            return;
+        };
+        if s.generation != self.generation {
+            return;
+        }
+        match (s.kind, result) {
+            (StoringKind::Assignment(mut by_member), Ok(())) => {
+                for m in self.members.values_mut() {
+                    m.assignment = by_member.remove(&m.id).unwrap_or_default();
+                }
+                self.state = GroupState::Stable;
+                self.state_since = now;
+                let waiting: Vec<(String, Bytes)> = self
+                    .members
+                    .values_mut()
+                    .filter(|m| m.awaiting_sync)
+                    .map(|m| {
+                        m.awaiting_sync = false;
+                        m.last_seen = now;
+                        (m.id.clone(), m.assignment.clone())
+                    })
+                    .collect();
+                for (id, assignment) in waiting {
+                    let r = self.ok_sync(assignment);
+                    self.replies.push(Reply::Sync(id, r));
+                }
+            }
+            (StoringKind::Assignment(_), Err(e)) => {
+                for m in self.members.values_mut() {
+                    m.assignment = Bytes::new();
+                    if m.awaiting_sync {
+                        m.awaiting_sync = false;
+                        self.replies
+                            .push(Reply::Sync(m.id.clone(), SyncResult::error(e)));
+                    }
+                }
+                self.prepare_rebalance(now);
+            }
+            (StoringKind::StaticMember { key, .. }, Ok(())) => {
+                if let Some(m) = self.members.get_mut(&key) {
+                    m.awaiting_join = false;
+                    m.last_seen = now;
+                    let id = m.id.clone();
+                    let r = self.current_join_result(&id);
+                    self.replies.push(Reply::Join(id, r));
+                }
+            }
+            (StoringKind::StaticMember { key, previous }, Err(e)) => {
+                if let Some(m) = self.members.get_mut(&key) {
+                    let new_id = std::mem::replace(m, *previous).id;
+                    let old_id = m.id.clone();
+                    if let Some(i) = &m.instance_id {
+                        self.static_members.insert(i.clone(), old_id.clone());
+                    }
+                    if self.leader.as_deref() == Some(new_id.as_str()) {
+                        self.leader = Some(old_id);
+                    }
+                    self.replies
+                        .push(Reply::Join(new_id.clone(), JoinResult::error(e, &new_id)));
                 }
             }
         }

@@ -10,6 +10,9 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
 };
 
+use super::codec;
+pub use super::validate::RecordError;
+
 /// Size of the v2 batch header, up to and including the record count.
 pub const HEADER_LEN: usize = 61;
 /// The bytes before `batchLength` counts: baseOffset (8) + batchLength (4).
@@ -51,18 +54,11 @@ pub enum BatchError {
     UnknownCompression(i16),
     #[error("a produce request must carry exactly one record batch per partition")]
     NotOneBatch,
-    #[error(
-        "record timestamp {timestamp} is out of range (now {now}, max difference {max_diff} ms)"
-    )]
-    TimestampOutOfRange {
-        timestamp: i64,
-        now: i64,
-        max_diff: i64,
-    },
     #[error("record batch cannot be decoded: {0}")]
     Undecodable(String),
-    #[error("compacted topic cannot accept a record without a key (offset delta {0})")]
-    MissingKey(i64),
+    /// Records that break the topic's rules, each named by its index.
+    #[error("{} record(s) refused, the first ({}): {}", .0.len(), .0[0].index, .0[0].message)]
+    InvalidRecords(Vec<RecordError>),
 }
 
 fn i16_at(b: &[u8], at: usize) -> i16 {
@@ -232,6 +228,26 @@ fn validate_one(
     Ok(())
 }
 
+/// The batches of stored data read back (a fetch's records), split by
+/// their length fields; stops at anything that is not a whole batch.
+pub fn framed(records: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let rest = records.get(pos..)?;
+        if rest.len() < LOG_OVERHEAD {
+            return None;
+        }
+        let length = usize::try_from(i32_at(rest, BATCH_LENGTH)).ok()?;
+        let size = LOG_OVERHEAD.checked_add(length)?;
+        if size > rest.len() || size < HEADER_LEN {
+            return None;
+        }
+        let b = records.slice(pos..pos + size);
+        pos += size;
+        Some(b)
+    })
+}
+
 /// Rewrites the fields a leader owns: base offset and partition leader epoch.
 /// Neither is covered by the CRC.
 pub fn assign(batch: &mut BytesMut, base_offset: i64, leader_epoch: i32) {
@@ -275,12 +291,25 @@ pub fn codec(h: &Header<'_>) -> Compression {
     }
 }
 
-/// The records of one stored or produced batch, decompressed.
-pub fn decode_records(batch: &[u8]) -> Result<Vec<Record>, BatchError> {
+/// The records of one stored or produced batch, decompressed into at most
+/// `max_decompressed` bytes. Every count and length in the batch is checked
+/// against the bytes present before anything is allocated for it.
+pub fn decode_records(batch: &[u8], max_decompressed: usize) -> Result<Vec<Record>, BatchError> {
     let mut buf = Bytes::copy_from_slice(batch);
-    RecordBatchDecoder::decode(&mut buf)
+    let bounded = |payload: &mut Bytes, c: Compression| {
+        codec::decompress(c, payload, max_decompressed).map_err(anyhow::Error::from)
+    };
+    RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(bounded))
         .map(|set| set.records)
         .map_err(|e| BatchError::Undecodable(e.to_string()))
+}
+
+/// Sets the batch's max timestamp (a `CreateTime` batch whose header
+/// disagrees with its records) and recomputes the CRC, as Kafka does.
+pub fn set_max_timestamp(batch: &mut BytesMut, max_timestamp: i64) {
+    batch[MAX_TIMESTAMP..MAX_TIMESTAMP + 8].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Encodes `records` (taken from the batch `h`, some perhaps left out) as one
@@ -365,6 +394,43 @@ pub(crate) mod tests {
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
 
+    /// A batch of (key, timestamp) records with values, offsets from 0.
+    pub(crate) fn encode_with(
+        records: Vec<(Option<String>, i64)>,
+        compression: Compression,
+    ) -> Bytes {
+        let recs: Vec<Record> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, timestamp))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32 - 1,
+                timestamp,
+                key: key.map(Bytes::from),
+                value: Some(Bytes::from(format!("value-{i}"))),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf.freeze()
+    }
+
     pub(crate) fn encode(records: usize, compression: Compression) -> Bytes {
         let recs: Vec<Record> = (0..records)
             .map(|i| Record {
@@ -441,7 +507,7 @@ pub(crate) mod tests {
             split_and_validate(&e, 1 << 20),
             Err(BatchError::InvalidCount)
         );
-        assert!(decode_records(&e).unwrap().is_empty());
+        assert!(decode_records(&e, 1 << 20).unwrap().is_empty());
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! and the log cleaner that compacts keyed partitions in place.
 
 pub mod batch;
+mod codec;
 pub mod compaction;
 mod partition;
 pub mod producers;
 mod store;
+pub mod validate;
 
 pub use partition::{
     AppendError, Appended, CleanStats, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH,
 };
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, StoreOptions};

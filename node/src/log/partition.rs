@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use uuid::Uuid;
 
@@ -29,6 +28,9 @@ pub struct Appended {
     /// An idempotent producer's retry of a batch already in the log: nothing
     /// was written and the offsets are the original ones.
     pub duplicate: bool,
+    /// The leader epoch the append was made in: the batch is the one at
+    /// these offsets for as long as this epoch lasts.
+    pub leader_epoch: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ struct Inner {
     /// Bumped whenever records below the high watermark may change other
     /// than by the cleaner (truncation, reset): a pass in flight gives up.
     generation: u64,
+    /// The partition was deleted: nothing may write to it any more.
+    closed: bool,
 }
 
 /// Answer to "where does epoch E end in this log" (Kafka's
@@ -137,8 +141,25 @@ impl PartitionLog {
                 epochs,
                 cleaner,
                 generation: 0,
+                closed: false,
             }),
         })
+    }
+
+    /// The partition's state for a change: refused once it is closed.
+    fn write_lock(&self) -> store::Result<std::sync::MutexGuard<'_, Inner>> {
+        let inner = self.inner.lock().expect("partition lock");
+        if inner.closed {
+            return Err(store::StoreError::Closed(self.partition));
+        }
+        Ok(inner)
+    }
+
+    /// Closes the partition (its topic is being deleted): every later
+    /// change is refused, so nothing in flight can write its keys back after
+    /// the topic's data is dropped.
+    pub fn close(&self) {
+        self.inner.lock().expect("partition lock").closed = true;
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -190,7 +211,7 @@ impl PartitionLog {
     ) -> Result<Appended, AppendError> {
         let header = Header::parse(batch_bytes).expect("validated before append");
         let producer = header.producer_id();
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let seqs = (producer >= 0).then(|| {
             let first = header.base_sequence();
             (
@@ -209,6 +230,7 @@ impl PartitionLog {
                     log_append_time: -1,
                     log_start_offset: inner.state.log_start_offset,
                     duplicate: true,
+                    leader_epoch,
                 });
             }
         }
@@ -279,6 +301,7 @@ impl PartitionLog {
             log_append_time,
             log_start_offset: st.log_start_offset,
             duplicate: false,
+            leader_epoch,
         })
     }
 
@@ -289,7 +312,7 @@ impl PartitionLog {
     pub fn append_replicated(&self, records: &Bytes) -> Result<i64, AppendError> {
         let batches = batch::split_replicated(records)
             .map_err(|e| AppendError::Replication(format!("leader sent an invalid batch: {e}")))?;
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let mut next = inner.state;
         let mut epochs = inner.epochs.clone();
         let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
@@ -361,7 +384,7 @@ impl PartitionLog {
     /// It never moves back here: only truncation and reset lower it, so
     /// concurrent appends finishing out of order cannot hide committed data.
     pub fn set_high_watermark(&self, hw: i64) -> store::Result<()> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let hw = hw
             .min(inner.state.next_offset)
             .max(inner.state.log_start_offset);
@@ -397,7 +420,7 @@ impl PartitionLog {
     /// Forgets producers that have not written since `before` (Kafka's
     /// `producer.id.expiration.ms`). Returns how many went.
     pub fn expire_producers(&self, before: i64) -> store::Result<usize> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let old: Vec<i64> = inner
             .producers
             .iter()
@@ -443,7 +466,7 @@ impl PartitionLog {
     /// divergent tail). Cuts at a batch boundary: a batch that straddles
     /// `offset` goes whole. Returns the new log end offset.
     pub fn truncate_to(&self, offset: i64) -> store::Result<i64> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let st = inner.state;
         if offset >= st.next_offset {
             return Ok(st.next_offset);
@@ -538,7 +561,7 @@ impl PartitionLog {
     /// Empties the log and restarts it at `offset` (a follower whose log is
     /// entirely below the leader's log start).
     pub fn reset_to(&self, offset: i64) -> store::Result<()> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let mut wb = WriteBatch::default();
         self.store.delete_partition(&mut wb, &self.prefix);
         let next = PartitionState {
@@ -679,17 +702,22 @@ impl PartitionLog {
             .db()
             .raw_iterator_cf_opt(cf, self.read_opts(self.high_watermark()));
         it.seek_to_last();
-        let Some(k) = it.key() else { return Ok(None) };
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            return Ok(None);
+        };
         let base = offset_of_key(k);
         if base < self.log_start_offset() {
             return Ok(None);
         }
-        let max_ts = self
-            .inner
-            .lock()
-            .expect("partition lock")
-            .state
-            .max_timestamp;
+        // The entry's own value: the largest timestamp up to that batch, so
+        // nothing above the high watermark decides the answer.
+        let max_ts = v
+            .get(..8)
+            .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| store::StoreError::Corrupt {
+                key: format!("timestamp index entry at offset {base}"),
+                reason: format!("{} bytes", v.len()),
+            })?;
         Ok(self.find_in_batch(base, max_ts)?.or(Some((base, max_ts))))
     }
 
@@ -707,12 +735,8 @@ impl PartitionLog {
         if h.log_append_time() {
             return Ok(Some((h.base_offset(), h.max_timestamp())));
         }
-        let mut buf = Bytes::copy_from_slice(&v);
-        let Ok(set) = RecordBatchDecoder::decode(&mut buf) else {
-            return Ok(None);
-        };
-        Ok(set
-            .records
+        let records = decode(&v, self.store.max_decompressed)?;
+        Ok(records
             .iter()
             .find(|r| r.timestamp >= ts)
             .map(|r| (r.offset, r.timestamp)))
@@ -725,7 +749,7 @@ impl PartitionLog {
         &self,
         mut expired: impl FnMut(&Header<'_>, i64) -> bool,
     ) -> store::Result<usize> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let st = &inner.state;
         let cf = self.store.cf(CF_LOG);
         let mut it = self
@@ -737,9 +761,13 @@ impl PartitionLog {
         let mut size = st.size_bytes;
         let mut new_start = st.log_start_offset;
         let mut deleted = 0;
+        let hw = st.high_watermark;
         while let Some(v) = it.value() {
             let Ok(h) = Header::parse(v) else { break };
-            if !expired(&h, size) {
+            // Only committed data ages out, as in Kafka: deleting above the
+            // high watermark would drop what followers have not copied and
+            // let the high watermark jump over it.
+            if h.last_offset() >= hw || !expired(&h, size) {
                 break;
             }
             size -= v.len() as i64;
@@ -752,7 +780,7 @@ impl PartitionLog {
         if deleted == 0 {
             return Ok(0);
         }
-        self.advance_start(&mut inner, new_start, size)?;
+        self.advance_start(&mut inner, new_start, size, new_start)?;
         Ok(deleted)
     }
 
@@ -760,7 +788,7 @@ impl PartitionLog {
     /// high watermark). Batches wholly below it are deleted; a batch that
     /// straddles it stays, and reads below the new start are refused.
     pub fn delete_records_before(&self, offset: i64) -> store::Result<i64> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let st = &inner.state;
         if offset <= st.log_start_offset {
             return Ok(st.log_start_offset);
@@ -784,34 +812,30 @@ impl PartitionLog {
         }
         it.status()?;
         drop(it);
-        // Delete the whole batches, then place the start exactly.
-        self.advance_start(&mut inner, cut, size)?;
-        let mut next = inner.state;
-        next.log_start_offset = offset;
-        let mut cleaner = inner.cleaner.clone();
-        cleaner.start_moved(offset, 0);
-        let mut wb = WriteBatch::default();
-        self.store.put_partition_state(&mut wb, &self.prefix, &next);
-        self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
-        self.store.write(wb)?;
-        inner.state = next;
-        inner.cleaner = cleaner;
-        self.log_start.store(offset, Ordering::Release);
+        // The whole batches go and the start lands exactly, in one write.
+        self.advance_start(&mut inner, cut, size, offset)?;
         Ok(offset)
     }
 
     /// Moves the log start offset to `new_start` (DeleteRecords, retention),
-    /// deleting every batch that ends before it.
-    fn advance_start(&self, inner: &mut Inner, new_start: i64, size: i64) -> store::Result<()> {
+    /// deleting every batch below `cut` (a batch boundary at or below it),
+    /// in one atomic write.
+    fn advance_start(
+        &self,
+        inner: &mut Inner,
+        cut: i64,
+        size: i64,
+        new_start: i64,
+    ) -> store::Result<()> {
         let st = &mut inner.state;
         let from = batch_key(&self.prefix, 0);
-        let to = batch_key(&self.prefix, new_start);
+        let to = batch_key(&self.prefix, cut);
         let mut wb = WriteBatch::default();
-        // Batches are keyed by base offset; every batch below new_start is wholly
-        // below it because new_start is always a batch boundary here.
+        // Batches are keyed by base offset; every batch below `cut` is wholly
+        // below it because `cut` is a batch boundary.
         wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
         wb.delete_range_cf(self.store.cf(CF_TSIDX), batch_key(&self.prefix, 0), to);
-        let max_timestamp = self.reindex_after_prefix_delete(&mut wb, new_start, st.next_offset)?;
+        let max_timestamp = self.reindex_after_prefix_delete(&mut wb, cut, st.next_offset)?;
         let mut next = *st;
         next.log_start_offset = new_start;
         next.size_bytes = size;
@@ -828,7 +852,7 @@ impl PartitionLog {
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
         self.size_bytes.store(size, Ordering::Release);
-        self.store.compact_partition(&self.prefix, new_start);
+        self.store.compact_partition(&self.prefix, cut);
         Ok(())
     }
 
@@ -940,12 +964,21 @@ impl PartitionLog {
         chunk_bytes: usize,
         pace: &mut dyn FnMut(usize),
     ) -> store::Result<Option<CleanStats>> {
-        let (cp, generation, start) = {
+        let (cp, generation, start, last_batches) = {
             let inner = self.inner.lock().expect("partition lock");
+            // Each idempotent producer's last batch keeps its header (Kafka
+            // keeps it whole): producer state rebuilt from the log (a new
+            // replica, a truncation) needs its last sequence.
+            let last_batches: std::collections::HashSet<i64> = inner
+                .producers
+                .values()
+                .filter_map(|e| e.batches.back().map(|b| b.base_offset))
+                .collect();
             (
                 inner.cleaner.clone(),
                 inner.generation,
                 inner.state.log_start_offset,
+                last_batches,
             )
         };
         let hw = self.high_watermark();
@@ -982,7 +1015,7 @@ impl PartitionLog {
                 pace(v.len());
                 stats.bytes_read += v.len() as u64;
                 if !(h.is_control() || h.is_transactional()) {
-                    let records = decode(v)?;
+                    let records = decode(v, self.store.max_decompressed)?;
                     let cost = OffsetMap::cost(
                         records
                             .iter()
@@ -1036,7 +1069,7 @@ impl PartitionLog {
                 it.next();
                 continue;
             }
-            let records = decode(v)?;
+            let records = decode(v, self.store.max_decompressed)?;
             stats.records_read += records.len() as u64;
             let total = records.len();
             let kept: Vec<_> = records
@@ -1052,9 +1085,15 @@ impl PartitionLog {
             // A log must not end in a gap: readers would wait there for
             // records that never come. The last batch stays, emptied.
             let ends_log = h.last_offset() + 1 >= log_end;
-            if kept.len() == total && (total > 0 || ends_log) {
+            let producers_last = h.producer_id() >= 0 && last_batches.contains(&h.base_offset());
+            if (kept.len() == total && (total > 0 || ends_log))
+                || (producers_last && !kept.is_empty())
+            {
+                // Kept as it is (a producer's last batch keeps even what a
+                // later record superseded).
+                stats.records_removed -= (total - kept.len()) as u64;
                 clean_bytes += v.len() as i64;
-            } else if kept.is_empty() && ends_log {
+            } else if kept.is_empty() && (ends_log || producers_last) {
                 let empty = batch::emptied(v);
                 chunk.wb.put_cf(self.store.cf(CF_LOG), old_key, &empty[..]);
                 chunk.delta += empty.len() as i64 - v.len() as i64;
@@ -1116,7 +1155,7 @@ impl PartitionLog {
         start: i64,
         checkpoint: Option<Checkpoint>,
     ) -> store::Result<bool> {
-        let mut inner = self.inner.lock().expect("partition lock");
+        let mut inner = self.write_lock()?;
         let st = inner.state;
         if inner.generation != generation
             || chunk.first_base.is_some_and(|b| b < st.log_start_offset)
@@ -1138,16 +1177,6 @@ impl PartitionLog {
         }
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         Ok(true)
-    }
-
-    /// Removes the whole partition from the store (topic deletion).
-    pub fn destroy(&self) -> store::Result<()> {
-        let _inner = self.inner.lock().expect("partition lock");
-        let mut wb = WriteBatch::default();
-        self.store.delete_partition(&mut wb, &self.prefix);
-        self.store.write(wb)?;
-        self.store.compact_partition(&self.prefix, i64::MAX);
-        Ok(())
     }
 }
 
@@ -1174,9 +1203,13 @@ pub struct CleanStats {
     pub bytes_after: i64,
 }
 
-fn decode(stored: &[u8]) -> store::Result<Vec<kafka_protocol::records::Record>> {
-    batch::decode_records(stored).map_err(|e| store::StoreError::Corrupt {
-        key: "record batch".into(),
+/// The records of a stored batch; a batch that does not decode is corrupt
+/// data, an error for the request that reads it and nothing more.
+fn decode(stored: &[u8], limit: usize) -> store::Result<Vec<kafka_protocol::records::Record>> {
+    batch::decode_records(stored, limit).map_err(|e| store::StoreError::Corrupt {
+        key: Header::parse(stored)
+            .map(|h| format!("record batch at offset {}", h.base_offset()))
+            .unwrap_or_else(|_| "record batch".into()),
         reason: e.to_string(),
     })
 }
@@ -1195,7 +1228,7 @@ fn reencode(h: &Header<'_>, kept: Vec<kafka_protocol::records::Record>) -> store
 mod tests {
     use super::*;
     use crate::log::batch::tests::encode;
-    use kafka_protocol::records::Compression;
+    use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
     /// Appends as a lone leader would: the write is committed at once.
     fn app(
@@ -1210,7 +1243,7 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Arc<Store>, PartitionLog) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
         let id = Uuid::new_v4();
         let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
         (dir, store, log)
@@ -1321,7 +1354,7 @@ mod tests {
     #[test]
     fn tombstones_go_after_delete_retention_and_the_state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
         let id = Uuid::new_v4();
         let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
         let c = Compression::None;
@@ -1436,7 +1469,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = Uuid::new_v4();
         {
-            let store = Store::open(dir.path(), false).unwrap();
+            let store = Store::open(dir.path(), Default::default()).unwrap();
             let log = PartitionLog::open(store, &id, 3).unwrap();
             app(
                 &log,
@@ -1456,7 +1489,7 @@ mod tests {
             )
             .unwrap();
         }
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
         let log = PartitionLog::open(store, &id, 3).unwrap();
         assert_eq!(log.log_start_offset(), 4);
         assert_eq!(log.log_end_offset(), 6);
@@ -1622,6 +1655,180 @@ mod tests {
             .unwrap();
         assert!(!again.duplicate);
         assert_eq!(again.base_offset, 2);
+    }
+
+    /// An idempotent batch of (key, value) records: producer `pid` at
+    /// epoch 0, sequences from `first_seq`.
+    fn idempotent_keyed(pid: i64, first_seq: i32, keys: &[&str]) -> Bytes {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+        let recs: Vec<Record> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: pid,
+                producer_epoch: 0,
+                timestamp_type: kafka_protocol::records::TimestampType::Creation,
+                offset: i as i64,
+                sequence: first_seq + i as i32,
+                timestamp: 1_000,
+                key: Some(Bytes::copy_from_slice(k.as_bytes())),
+                value: Some(Bytes::from_static(b"v")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut b = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut b,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        b.freeze()
+    }
+
+    #[test]
+    fn compaction_keeps_each_producers_last_batch_for_rebuilt_state() {
+        let (_d, store, log) = open();
+        // Producer 77's only batch is superseded entirely by later writes of
+        // another producer; producer 88's last batch partly.
+        app(
+            &log,
+            &idempotent_keyed(77, 0, &["a", "b"]),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &idempotent_keyed(88, 0, &["c", "d"]),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &keyed(
+                &[("a", Some("1")), ("b", Some("1")), ("c", Some("1"))],
+                Compression::None,
+            ),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &keyed(&[("z", Some("1"))], Compression::None),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        log.clean(&policy(), 10_000, 1 << 20, 1 << 20, &mut |_| {})
+            .unwrap();
+        // A replica rebuilding its state from the compacted log knows both
+        // producers' last sequences.
+        let copy = PartitionLog::open(store, &Uuid::new_v4(), 0).unwrap();
+        copy.append_replicated(
+            &log.read(0, 1 << 20, log.log_end_offset(), true)
+                .unwrap()
+                .records,
+        )
+        .unwrap();
+        let seqs: Vec<(i64, i32)> = copy.producers().iter().map(|p| (p.0, p.2)).collect();
+        assert_eq!(seqs, vec![(77, 1), (88, 1)]);
+        // Truncation rebuilds producer state from what the log holds.
+        copy.truncate_to(7).unwrap();
+        let seqs: Vec<(i64, i32)> = copy.producers().iter().map(|p| (p.0, p.2)).collect();
+        assert_eq!(seqs, vec![(77, 1), (88, 1)]);
+        let next = copy
+            .append(
+                &idempotent_keyed(77, 2, &["e"]),
+                1,
+                TimestampType::CreateTime,
+                0,
+            )
+            .unwrap();
+        assert!(!next.duplicate);
+        // Superseded records are gone everywhere but in the kept batches.
+        let keys: Vec<String> = records(&log, log.log_end_offset())
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(keys, vec!["c", "d", "a", "b", "c", "z"]);
+    }
+
+    #[test]
+    fn retention_deletes_only_below_the_high_watermark() {
+        let (_d, _store, log) = open();
+        // Written as a leader whose followers have copied nothing yet.
+        log.append(
+            &encode(5, Compression::None),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        assert_eq!(log.high_watermark(), 0);
+        assert_eq!(log.delete_prefix_while(|_, _| true).unwrap(), 0);
+        assert_eq!((log.log_start_offset(), log.high_watermark()), (0, 0));
+        log.set_high_watermark(5).unwrap();
+        assert_eq!(log.delete_prefix_while(|_, _| true).unwrap(), 1);
+        assert_eq!((log.log_start_offset(), log.high_watermark()), (5, 5));
+    }
+
+    #[test]
+    fn the_max_timestamp_lookup_sees_only_committed_data() {
+        let (_d, _store, log) = open();
+        let at = |ts: i64| {
+            batch::encode_records(
+                vec![(None, Some(Bytes::from_static(b"v")))],
+                ts,
+                Compression::None,
+            )
+            .unwrap()
+        };
+        app(&log, &at(1_000), 0, TimestampType::CreateTime, 0).unwrap();
+        log.append(&at(5_000), 0, TimestampType::CreateTime, 0)
+            .unwrap();
+        assert_eq!(log.high_watermark(), 1);
+        assert_eq!(log.max_timestamp_offset().unwrap(), Some((0, 1_000)));
+    }
+
+    #[test]
+    fn delete_records_lands_in_one_write() {
+        let (_d, _store, log) = open();
+        app(
+            &log,
+            &encode(5, Compression::None),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        app(
+            &log,
+            &encode(5, Compression::None),
+            0,
+            TimestampType::CreateTime,
+            0,
+        )
+        .unwrap();
+        let before = log.store.writes();
+        log.delete_records_before(7).unwrap();
+        // One atomic write: the whole first batch goes and the start lands
+        // inside the second, or neither; a crash cannot leave half of it.
+        assert_eq!(log.store.writes() - before, 1);
+        assert_eq!(log.log_start_offset(), 7);
     }
 
     #[test]

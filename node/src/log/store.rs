@@ -33,8 +33,10 @@ pub const PREFIX_LEN: usize = 20;
 pub enum StoreError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
-    #[error("corrupt metadata under key {key}: {reason}")]
+    #[error("corrupt data under key {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("partition {0} was deleted")]
+    Closed(i32),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -42,6 +44,30 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub struct Store {
     db: DB,
     write_opts: WriteOptions,
+    /// The most a stored batch may decompress to when the node reads its
+    /// records (timestamp lookups, the cleaner, recompression).
+    pub max_decompressed: usize,
+    /// Why the last write failed, until a write succeeds again.
+    failure: std::sync::Mutex<Option<String>>,
+    /// Atomic writes made (each one RocksDB write batch).
+    writes: std::sync::atomic::AtomicU64,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// fsync every write.
+    pub sync_writes: bool,
+    pub max_decompressed: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_writes: false,
+            max_decompressed: 64 << 20,
+        }
+    }
 }
 
 /// Durable per-partition counters, written in the same atomic write batch as
@@ -86,6 +112,18 @@ pub fn partition_prefix(topic_id: &Uuid, partition: i32) -> [u8; PREFIX_LEN] {
     p[..16].copy_from_slice(topic_id.as_bytes());
     p[16..].copy_from_slice(&(partition as u32).to_be_bytes());
     p
+}
+
+/// The key range of everything a topic has under `kind` (empty for the
+/// `log` and `tsidx` keys): every such key starts with `kind` and the topic
+/// id, and sorts below `kind`, the id and thirteen 0xff bytes (longer than
+/// any partition and offset suffix).
+fn topic_range(kind: &[u8], topic_id: &Uuid) -> (Vec<u8>, Vec<u8>) {
+    let mut from = kind.to_vec();
+    from.extend_from_slice(topic_id.as_bytes());
+    let mut to = from.clone();
+    to.extend_from_slice(&[0xff; 13]);
+    (from, to)
 }
 
 pub fn batch_key(prefix: &[u8; PREFIX_LEN], base_offset: i64) -> [u8; PREFIX_LEN + 8] {
@@ -159,7 +197,7 @@ impl Store {
         (db_opts, log_opts)
     }
 
-    pub fn open(path: &Path, sync_writes: bool) -> Result<Arc<Store>> {
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Arc<Store>> {
         let (db_opts, log_opts) = Store::options();
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
@@ -168,8 +206,14 @@ impl Store {
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         let mut write_opts = WriteOptions::default();
-        write_opts.set_sync(sync_writes);
-        Ok(Arc::new(Store { db, write_opts }))
+        write_opts.set_sync(opts.sync_writes);
+        Ok(Arc::new(Store {
+            db,
+            write_opts,
+            max_decompressed: opts.max_decompressed,
+            failure: std::sync::Mutex::new(None),
+            writes: std::sync::atomic::AtomicU64::new(0),
+        }))
     }
 
     pub fn db(&self) -> &DB {
@@ -183,8 +227,35 @@ impl Store {
     }
 
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.db.write_opt(batch, &self.write_opts)?;
-        Ok(())
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = self.db.write_opt(batch, &self.write_opts);
+        let mut failure = self.failure.lock().expect("store failure lock");
+        match r {
+            Ok(()) => {
+                if let Some(was) = failure.take() {
+                    tracing::info!(error = %was, "storage accepts writes again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if failure.is_none() {
+                    tracing::error!(error = %e, "storage refuses writes");
+                }
+                *failure = Some(e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Atomic writes made so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why writes fail, while they do (a full disk, an I/O error).
+    pub fn write_failure(&self) -> Option<String> {
+        self.failure.lock().expect("store failure lock").clone()
     }
 
     pub fn load_partition_state(
@@ -302,6 +373,33 @@ impl Store {
             producer_key(prefix, i64::MAX),
         );
         wb.delete_cf(self.cf(CF_META), producer_key(prefix, i64::MAX));
+    }
+
+    /// Removes every partition of a topic in one write of a few range
+    /// deletes, whatever its number of partitions: batches, index entries,
+    /// partition state, producer state, epochs and cleaner checkpoints. The
+    /// space comes back when [`reclaim_topic`](Self::reclaim_topic) runs.
+    pub fn delete_topic_data(&self, wb: &mut WriteBatch, topic_id: &Uuid) {
+        let (from, to) = topic_range(&[], topic_id);
+        wb.delete_range_cf(self.cf(CF_LOG), &from, &to);
+        wb.delete_range_cf(self.cf(CF_TSIDX), &from, &to);
+        for kind in [&b"part/"[..], b"prod/", b"epochs/", b"clean/"] {
+            let (from, to) = topic_range(kind, topic_id);
+            wb.delete_range_cf(self.cf(CF_META), &from, &to);
+        }
+    }
+
+    /// Gives back the disk space of a deleted topic: drops the files that
+    /// hold only its keys, then compacts what is left of its range. Slow on
+    /// a large topic; run it off the paths that answer clients.
+    pub fn reclaim_topic(&self, topic_id: &Uuid) -> Result<()> {
+        let (from, to) = topic_range(&[], topic_id);
+        for cf in [CF_LOG, CF_TSIDX] {
+            self.db.delete_file_in_range_cf(self.cf(cf), &from, &to)?;
+            self.db
+                .compact_range_cf(self.cf(cf), Some(&from[..]), Some(&to[..]));
+        }
+        Ok(())
     }
 
     pub fn put_topic(&self, wb: &mut WriteBatch, name: &str, json: &[u8]) {

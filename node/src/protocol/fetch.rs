@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -13,6 +14,8 @@ use kafka_protocol::ResponseError;
 
 use std::sync::Arc;
 
+use super::limits::Reservation;
+use super::Services;
 use crate::broker::{Broker, KafkaError, Partition, Topic};
 
 /// The partition if this node leads it, checking the client's view of the
@@ -39,25 +42,58 @@ struct Collected {
     errors: bool,
 }
 
-fn collect(broker: &Broker, req: &FetchRequest, version: i16) -> Collected {
-    let mut remaining = if req.max_bytes <= 0 {
-        i32::MAX as usize
-    } else {
-        req.max_bytes as usize
-    };
-    let mut total = 0usize;
-    let mut errors = false;
-    let mut topics = Vec::with_capacity(req.topics.len());
+/// A topic asked for, and its partitions.
+struct Wanted<'a> {
+    name: String,
+    topic: &'a FetchTopic,
+    partitions: Vec<&'a FetchPartition>,
+}
+
+/// The partitions of a request, each once. A full fetch names a partition
+/// once; a request naming one several times is answered as Kafka answers
+/// it (its fetch session keeps one entry per partition): once, at the place
+/// it was first named, with the offset and limit it was last given.
+fn wanted(req: &FetchRequest) -> Vec<Wanted<'_>> {
+    let mut out: Vec<Wanted<'_>> = Vec::new();
     for ft in &req.topics {
         let name = ft.topic.0.to_string();
-        let topic = broker.topic(&name);
-        let mut parts = Vec::with_capacity(ft.partitions.len());
+        let at = match out.iter().position(|w| w.name == name) {
+            Some(i) => i,
+            None => {
+                out.push(Wanted {
+                    name,
+                    topic: ft,
+                    partitions: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        let parts = &mut out[at].partitions;
         for fp in &ft.partitions {
+            match parts.iter_mut().find(|p| p.partition == fp.partition) {
+                Some(p) => *p = fp,
+                None => parts.push(fp),
+            }
+        }
+    }
+    out
+}
+
+fn collect(broker: &Broker, wanted: &[Wanted<'_>], budget: usize, version: i16) -> Collected {
+    let mut remaining = budget;
+    let mut total = 0usize;
+    let mut errors = false;
+    let mut topics = Vec::with_capacity(wanted.len());
+    for w in wanted {
+        let name = &w.name;
+        let topic = broker.topic(name);
+        let mut parts = Vec::with_capacity(w.partitions.len());
+        for fp in &w.partitions {
             let mut pd = PartitionData::default().with_partition_index(fp.partition);
             let result = leader(
                 broker,
                 topic.as_ref(),
-                &name,
+                name,
                 fp.partition,
                 fp.current_leader_epoch,
             )
@@ -95,7 +131,8 @@ fn collect(broker: &Broker, req: &FetchRequest, version: i16) -> Collected {
         }
         topics.push(
             FetchableTopicResponse::default()
-                .with_topic(ft.topic.clone())
+                .with_topic(w.topic.topic.clone())
+                .with_topic_id(w.topic.topic_id)
                 .with_partitions(parts),
         );
     }
@@ -106,7 +143,20 @@ fn collect(broker: &Broker, req: &FetchRequest, version: i16) -> Collected {
     }
 }
 
-pub async fn fetch(broker: &Broker, req: FetchRequest, version: i16) -> FetchResponse {
+/// The smallest pool reservation a fetch settles for when memory is short.
+const MIN_FETCH_RESERVATION: usize = 1 << 20;
+
+/// Fetch: a long poll over stored batches. The answer carries at most the
+/// broker's `fetch.max.bytes` whatever the request asks, and is built in
+/// memory reserved from the node's pool (`held`, kept until the answer is
+/// written); when the pool is short the answer is smaller.
+pub async fn fetch(
+    svc: &Services,
+    req: FetchRequest,
+    version: i16,
+    held: &mut Option<Reservation>,
+) -> FetchResponse {
+    let broker = &svc.broker;
     // Incremental fetch sessions (KIP-227) are not offered: session id 0 in the
     // response tells clients to keep sending full fetch requests.
     if version >= 7 && req.session_id != 0 && req.session_epoch > 0 {
@@ -114,6 +164,18 @@ pub async fn fetch(broker: &Broker, req: FetchRequest, version: i16) -> FetchRes
             .with_error_code(ResponseError::FetchSessionIdNotFound.code())
             .with_session_id(0);
     }
+    let wanted = wanted(&req);
+    let asked = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
+    let per_partition: usize = wanted
+        .iter()
+        .flat_map(|w| &w.partitions)
+        .map(|p| p.partition_max_bytes.max(0) as usize)
+        .fold(0usize, usize::saturating_add);
+    let want = asked.min(broker.config.fetch_max_bytes).min(per_partition);
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -122,13 +184,26 @@ pub async fn fetch(broker: &Broker, req: FetchRequest, version: i16) -> FetchRes
         let notified = broker.appended();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let c = collect(broker, &req, version);
+        // Room for the records and their copy in the encoded answer.
+        let mut reserved = svc
+            .pool
+            .reserve_up_to(want.saturating_mul(2), MIN_FETCH_RESERVATION)
+            .await;
+        let budget = reserved.bytes() / 2;
+        let c = collect(broker, &wanted, budget, version);
         let done =
             c.errors || c.bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline;
         if done {
+            // KIP-74 may have let one batch past the budget: account for it.
+            if c.bytes * 2 > reserved.bytes() {
+                reserved.absorb(svc.pool.reserve(c.bytes * 2 - reserved.bytes()).await);
+            }
+            reserved.shrink_to(c.bytes * 2);
+            *held = Some(reserved);
             broker.metrics.fetched_bytes.inc_by(c.bytes as u64);
             return c.response;
         }
+        drop(reserved);
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {}

@@ -40,7 +40,7 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let view = svc.broker.view();
-    let now = crate::broker::now_ms();
+    let now = crate::broker::mono_ms();
     let entry = |key: StrBytes| -> CoordinatorEntry {
         let e = CoordinatorEntry::default().with_key(key.clone());
         match req.key_type {

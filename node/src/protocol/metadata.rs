@@ -14,7 +14,7 @@ use uuid::Uuid;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 
 use super::{ops, str_bytes};
-use crate::broker::{now_ms, Broker, Topic};
+use crate::broker::{mono_ms, Broker, Topic};
 use crate::cluster::View;
 use crate::config::validate_topic_name;
 
@@ -35,7 +35,7 @@ pub(crate) fn advertised(broker: &Broker) -> (String, i32) {
     (host, i32::from(port))
 }
 
-fn topic_metadata(view: &View, t: &Topic, version: i16, now: i64) -> MetadataResponseTopic {
+fn topic_metadata(view: &View, t: &Topic, version: i16) -> MetadataResponseTopic {
     let ids = |v: &[i32]| v.iter().map(|r| BrokerId(*r)).collect::<Vec<_>>();
     let partitions = (0..t.record.partitions)
         .map(|i| {
@@ -47,7 +47,7 @@ fn topic_metadata(view: &View, t: &Topic, version: i16, now: i64) -> MetadataRes
                         .replicas
                         .iter()
                         .copied()
-                        .filter(|n| !view.alive(*n, now))
+                        .filter(|n| !view.alive(*n))
                         .collect();
                     let p = p
                         .with_leader_id(BrokerId(r.leader.unwrap_or(-1)))
@@ -118,7 +118,7 @@ fn topic_error(
 }
 
 pub async fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
-    let now = now_ms();
+    let now = mono_ms();
     let listed = brokers(broker, &broker.view(), now)
         .into_iter()
         .map(|(id, host, port, rack)| {
@@ -143,13 +143,13 @@ pub async fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> Me
             broker
                 .topics()
                 .iter()
-                .map(|t| topic_metadata(&view, t, version, now))
+                .map(|t| topic_metadata(&view, t, version))
                 .collect()
         }
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for rt in list {
-                out.push(requested_topic(broker, rt, allow_auto, version, now).await);
+                out.push(requested_topic(broker, rt, allow_auto, version).await);
             }
             out
         }
@@ -189,13 +189,12 @@ async fn requested_topic(
     rt: MetadataRequestTopic,
     allow_auto: bool,
     version: i16,
-    now: i64,
 ) -> MetadataResponseTopic {
     let by_name = rt.name.clone().map(|n| n.0.to_string());
     match by_name {
         Some(name) => {
             if let Some(t) = broker.topic(&name) {
-                return topic_metadata(&broker.view(), &t, version, now);
+                return topic_metadata(&broker.view(), &t, version);
             }
             if validate_topic_name(&name).is_err() {
                 return topic_error(
@@ -207,7 +206,7 @@ async fn requested_topic(
             }
             if allow_auto && broker.config.auto_create_topics {
                 match broker.auto_create(&name).await {
-                    Ok(t) => return topic_metadata(&broker.view(), &t, version, now),
+                    Ok(t) => return topic_metadata(&broker.view(), &t, version),
                     Err(e) => return topic_error(rt.name, Uuid::nil(), e.code, version),
                 }
             }
@@ -219,7 +218,7 @@ async fn requested_topic(
             )
         }
         None => match broker.topic_by_id(&rt.topic_id) {
-            Some(t) => topic_metadata(&broker.view(), &t, version, now),
+            Some(t) => topic_metadata(&broker.view(), &t, version),
             None => topic_error(None, rt.topic_id, ResponseError::UnknownTopicId, version),
         },
     }
@@ -230,7 +229,7 @@ pub fn describe_cluster(
     req: DescribeClusterRequest,
     version: i16,
 ) -> DescribeClusterResponse {
-    let now = now_ms();
+    let now = mono_ms();
     let mut resp = DescribeClusterResponse::default();
     if version >= 1 {
         resp.endpoint_type = req.endpoint_type;
@@ -279,7 +278,6 @@ pub fn describe_topic_partitions(
     use kafka_protocol::messages::describe_topic_partitions_response::{
         Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
     };
-    let now = now_ms();
     let view = broker.view();
     let mut names: Vec<String> = if req.topics.is_empty() {
         broker
@@ -330,7 +328,7 @@ pub fn describe_topic_partitions(
             );
             break;
         }
-        let md = topic_metadata(&view, &t, 12, now);
+        let md = topic_metadata(&view, &t, 12);
         let mut partitions = Vec::new();
         for p in md.partitions.into_iter().skip(first as usize) {
             if taken >= limit {

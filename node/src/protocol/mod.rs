@@ -7,13 +7,14 @@
 mod admin;
 mod fetch;
 mod group;
+pub mod limits;
 mod metadata;
 mod produce;
 mod server;
 pub mod versions;
 
 pub(crate) use metadata::advertised;
-pub use server::{handle_frame, serve, FrameError};
+pub use server::{handle_frame, serve, FrameError, Response};
 
 use std::sync::Arc;
 
@@ -26,6 +27,21 @@ use crate::group::Coordinator;
 pub struct Services {
     pub broker: Arc<Broker>,
     pub groups: Arc<Coordinator>,
+    /// Memory for requests in flight and fetch answers.
+    pub pool: limits::MemoryPool,
+    pub connections: Arc<limits::Connections>,
+}
+
+impl Services {
+    pub fn new(broker: Arc<Broker>, groups: Arc<Coordinator>) -> Services {
+        let c = &broker.config;
+        Services {
+            pool: limits::MemoryPool::new(c.queued_max_request_bytes),
+            connections: limits::Connections::new(c.max_connections, c.max_connections_per_ip),
+            broker,
+            groups,
+        }
+    }
 }
 
 /// Who sent a request: the header's client id and the peer address in

@@ -1,6 +1,8 @@
 //! Produce: validate each partition's batch, append it, answer with offsets.
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{
     InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
 };
@@ -18,6 +20,16 @@ fn partition_error(index: i32, e: &KafkaError, version: i16) -> PartitionProduce
         .with_log_append_time_ms(-1);
     if version >= 8 {
         r.error_message = Some(str_bytes(e.message.clone()));
+        // KIP-467: the records that failed, so a client fails just those.
+        r.record_errors = e
+            .record_errors
+            .iter()
+            .map(|(i, m)| {
+                BatchIndexAndErrorMessage::default()
+                    .with_batch_index(*i)
+                    .with_batch_index_error_message(Some(str_bytes(m.clone())))
+            })
+            .collect();
     }
     r
 }
@@ -90,10 +102,7 @@ pub async fn produce(
             let Some(t) = topic else { continue };
             for (r, pd) in partitions.iter_mut().zip(&td.partition_data) {
                 if let Ok(a) = r {
-                    if let Err(e) = broker
-                        .wait_replicated(t, pd.index, a.last_offset, timeout)
-                        .await
-                    {
+                    if let Err(e) = broker.wait_replicated(t, pd.index, a, timeout).await {
                         *r = Err(e);
                     }
                 }

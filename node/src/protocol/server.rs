@@ -8,7 +8,7 @@
 //! connection only; everyone else is unaffected.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -16,9 +16,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::limits::{Refused, Reservation};
 use super::{admin, fetch, group, metadata, produce, versions, Client, Services};
 use crate::metrics::ApiLabels;
 
@@ -57,14 +58,36 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener) {
         match listener.accept().await {
             Ok((sock, peer)) => {
                 let services = services.clone();
+                let admitted = match services.connections.admit(peer.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        // Accepted and closed at once, as Kafka does.
+                        let reason = match why {
+                            Refused::Total => "max_connections",
+                            Refused::PerIp => "max_connections_per_ip",
+                        };
+                        services.broker.metrics.close_connection(reason);
+                        tracing::warn!(%peer, ?why, "connection refused: too many connections");
+                        drop(sock);
+                        continue;
+                    }
+                };
                 tokio::spawn(async move {
                     let metrics = services.broker.metrics.clone();
                     metrics.connections.inc();
                     metrics.connections_open.inc();
-                    if let Err(e) = connection(&services, sock).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an I/O error");
+                    match connection(&services, sock).await {
+                        Ok(Some(reason)) => {
+                            metrics.close_connection(reason);
+                            tracing::info!(%peer, reason, "connection closed");
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "connection ended with an I/O error")
+                        }
                     }
                     metrics.connections_open.dec();
+                    drop(admitted);
                 });
             }
             Err(e) => {
@@ -75,7 +98,11 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener) {
     }
 }
 
-async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<()> {
+/// Serves one connection until the client closes it (`Ok(None)`) or the
+/// node does (`Ok(Some(reason))`): idle for `connections.max.idle.ms`, a
+/// frame not read whole within the request read timeout, or a frame that
+/// cannot be a request.
+async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<Option<&'static str>> {
     sock.set_nodelay(true)?;
     let peer = sock.peer_addr()?;
     let host = format!("/{}", peer.ip());
@@ -84,26 +111,61 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<()>
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(64 << 10, wr);
     let max = broker.config.socket_request_max_bytes;
+    let idle = Duration::from_millis(broker.config.connections_max_idle_ms);
+    let read_timeout = Duration::from_millis(broker.config.request_read_timeout_ms);
     loop {
-        let len = match rd.read_i32().await {
-            Ok(n) => i64::from(n),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
+        // Idle until the first byte of the next frame.
+        match tokio::time::timeout(idle, rd.fill_buf()).await {
+            Err(_) => return Ok(Some("idle")),
+            Ok(Ok([])) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+        // From its first byte, a frame must arrive whole in time.
+        let started = tokio::time::Instant::now() + read_timeout;
+        let len = match tokio::time::timeout_at(started, rd.read_i32()).await {
+            Err(_) => return Ok(Some("read_timeout")),
+            Ok(Ok(n)) => i64::from(n),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Ok(Err(e)) => return Err(e),
         };
         // Refuse before allocating: the length prefix alone decides.
         if len < 0 || len as u64 > max as u64 {
             let e = FrameError::TooLarge(len, max);
             broker.metrics.reject_frame(e.reason());
             tracing::warn!(%peer, error = %e, "closing connection");
-            return Ok(());
+            return Ok(Some("bad_frame"));
         }
+        // Room in the memory pool first: when it is full, this connection
+        // waits (and stops reading) rather than allocating.
+        let mut held = services.pool.reserve(len as usize).await;
         let mut frame = BytesMut::zeroed(len as usize);
-        rd.read_exact(&mut frame).await?;
-        match handle_frame(services, frame.freeze(), &host).await {
+        match tokio::time::timeout_at(started, rd.read_exact(&mut frame)).await {
+            Err(_) => return Ok(Some("read_timeout")),
+            Ok(r) => r?,
+        };
+        // A client that goes away mid-request (a long poll, a parked
+        // JoinGroup) ends the request: nobody is left to answer.
+        let handling = handle_frame(services, frame.freeze(), &host);
+        tokio::pin!(handling);
+        let mut watching = true;
+        let handled = loop {
+            tokio::select! {
+                r = &mut handling => break r,
+                closed = async { rd.fill_buf().await.map(|b| b.is_empty()) }, if watching => match closed {
+                    Ok(false) => watching = false, // a pipelined request waits its turn
+                    Ok(true) | Err(_) => return Ok(None),
+                },
+            }
+        };
+        match handled {
             Ok(Some(response)) => {
+                if let Some(more) = response.held {
+                    held.absorb(more);
+                }
                 // Flushed at once: a pipelined request behind this one may be
                 // a long poll, and this answer must not wait for it.
-                wr.write_all(&response).await?;
+                wr.write_all(&response.bytes).await?;
                 wr.flush().await?;
             }
             Ok(None) => {}
@@ -111,10 +173,18 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<()>
                 broker.metrics.reject_frame(e.reason());
                 tracing::warn!(%peer, error = %e, "closing connection");
                 wr.flush().await?;
-                return Ok(());
+                return Ok(Some("bad_frame"));
             }
         }
+        drop(held);
     }
+}
+
+/// An encoded answer, with the pool memory that built it (a fetch's),
+/// held until it is written.
+pub struct Response {
+    pub bytes: Bytes,
+    pub held: Option<Reservation>,
 }
 
 fn encode_response(
@@ -142,7 +212,7 @@ pub async fn handle_frame(
     services: &Services,
     mut frame: Bytes,
     host: &str,
-) -> Result<Option<Bytes>, FrameError> {
+) -> Result<Option<Response>, FrameError> {
     let broker = &services.broker;
     if frame.len() < 8 {
         return Err(FrameError::TooShort(frame.len()));
@@ -160,7 +230,8 @@ pub async fn handle_frame(
             let body = ResponseKind::ApiVersions(api_versions_body(
                 ResponseError::UnsupportedVersion.code(),
             ));
-            return encode_response(api, 0, correlation_id, &body).map(Some);
+            return encode_response(api, 0, correlation_id, &body)
+                .map(|bytes| Some(Response { bytes, held: None }));
         }
         return Err(FrameError::UnsupportedVersion(api, version));
     }
@@ -193,14 +264,24 @@ pub async fn handle_frame(
             .unwrap_or_default(),
         host: host.to_string(),
     };
-    let response = dispatch(services, &header, request, &client).await;
+    let mut held = None;
+    let response = dispatch(services, &header, request, &client, &mut held).await;
     broker
         .metrics
         .request_seconds
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     match response {
-        Some(body) => encode_response(api, version, header.correlation_id, &body).map(Some),
+        Some(body) => {
+            let bytes = encode_response(api, version, header.correlation_id, &body)?;
+            drop(body);
+            // What stays held is the encoded answer (the records were
+            // copied into it and are gone).
+            if let Some(h) = held.as_mut() {
+                h.shrink_to(bytes.len());
+            }
+            Ok(Some(Response { bytes, held }))
+        }
         None => Ok(None),
     }
 }
@@ -227,6 +308,7 @@ async fn dispatch(
     header: &RequestHeader,
     request: RequestKind,
     client: &Client,
+    held: &mut Option<Reservation>,
 ) -> Option<ResponseKind> {
     let v = header.request_api_version;
     let broker = &svc.broker;
@@ -280,7 +362,7 @@ async fn dispatch(
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(produce::init_producer_id(broker, r, v))
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(broker, r, v).await),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(svc, r, v, held).await),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(broker, r, v)),
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(admin::create_topics(broker, r, v).await)

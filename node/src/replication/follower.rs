@@ -107,16 +107,18 @@ enum Applied {
     Refused,
 }
 
-/// Applies one partition's answer.
-fn apply(
-    f: &Following,
-    d: &PartitionData,
-) -> Result<Applied, Box<dyn std::error::Error + Send + Sync>> {
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Applies one partition's answer, if this node still follows the
+/// partition at the epoch it fetched with (else it moved on: it leads now,
+/// or follows another epoch, and the answer is dropped).
+fn apply(f: &Following, d: &PartitionData) -> Result<Applied, Error> {
+    f.while_current(|| apply_current(f, d))
+        .unwrap_or(Ok(Applied::Refused))
+}
+
+fn apply_current(f: &Following, d: &PartitionData) -> Result<Applied, Error> {
     let log = &f.log;
-    if !f.current() {
-        // This node moved on (leads now, or follows another epoch).
-        return Ok(Applied::Refused);
-    }
     match d.error() {
         FetchError::None => {}
         FetchError::OffsetOutOfRange => {

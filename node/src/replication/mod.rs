@@ -62,11 +62,14 @@ pub struct Following {
 }
 
 impl Following {
-    /// Whether this node still follows the partition at this epoch.
-    pub fn current(&self) -> bool {
-        self.replica.as_ref().is_none_or(|r| {
-            matches!(r.role(), replica::Role::Follower { epoch, .. } if epoch == self.leader_epoch)
-        })
+    /// Runs `f` (a change to the log) only while this node follows the
+    /// partition at this epoch, holding the role so it cannot change
+    /// meanwhile. `None` when it moved on.
+    pub fn while_current<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        match &self.replica {
+            Some(r) => r.with_following(self.leader_epoch, f),
+            None => Some(f()),
+        }
     }
 }
 

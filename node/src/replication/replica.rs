@@ -59,8 +59,15 @@ struct Progress {
 struct State {
     role: Role,
     followers: Vec<Progress>,
-    /// An ISR this leader asked to store and has not seen stored yet.
-    pending_isr: Option<Vec<i32>>,
+    /// An ISR change this leader asked to store, with the record version it
+    /// was based on. Any newer record settles it: every writer builds on the
+    /// record it read, so a newer one either contains this change or was
+    /// written instead of it.
+    pending: Option<IsrChange>,
+    /// This leader's log end when it took its epoch. A follower joins the
+    /// ISR only once it has reached it: a new leader's high watermark can be
+    /// behind what its predecessor acknowledged (KAFKA-7128).
+    epoch_start: i64,
 }
 
 impl State {
@@ -73,7 +80,7 @@ impl State {
             return vec![];
         };
         let mut all = isr.clone();
-        for r in self.pending_isr.iter().flatten() {
+        for r in self.pending.iter().flat_map(|p| &p.isr) {
             if !all.contains(r) {
                 all.push(*r);
             }
@@ -123,12 +130,14 @@ impl Replica {
         }
     }
 
-    /// Applies the partition's record as stored at `version`.
+    /// Applies the partition's record as stored at `version`; `log_end` is
+    /// this replica's log end now.
     pub fn apply(
         &self,
         me: i32,
         record: Option<(&PartitionRecord, Version)>,
         now_ms: i64,
+        log_end: i64,
     ) -> Transition {
         let mut st = self.state.lock().expect("replica lock");
         let was_leading = matches!(st.role, Role::Leader { .. });
@@ -157,12 +166,13 @@ impl Replica {
                 Role::Leader {
                     epoch: old_epoch, ..
                 },
-                Role::Leader { epoch, isr, .. },
+                Role::Leader { epoch, version, .. },
             ) if old_epoch == epoch => {
-                // Same leadership, a new record (an ISR change stored, or
-                // replicas added or removed by a reassignment).
-                if st.pending_isr.as_ref() == Some(isr) {
-                    st.pending_isr = None;
+                // Same leadership, a newer record (an ISR change stored, or
+                // replicas added or removed by a reassignment): whatever was
+                // pending is settled by it.
+                if st.pending.as_ref().is_some_and(|p| *version > p.expected) {
+                    st.pending = None;
                 }
                 if let Role::Leader { replicas, .. } = &next {
                     st.followers.retain(|p| replicas.contains(&p.f.id));
@@ -203,12 +213,13 @@ impl Replica {
                         prev_fetch_ms: now_ms,
                     })
                     .collect();
-                st.pending_isr = None;
+                st.pending = None;
+                st.epoch_start = log_end;
                 Transition::BecameLeader(*epoch)
             }
             _ => {
                 st.followers.clear();
-                st.pending_isr = None;
+                st.pending = None;
                 if was_leading {
                     Transition::StoppedLeading
                 } else if matches!(next, Role::Follower { .. }) {
@@ -282,18 +293,19 @@ impl Replica {
             log.set_high_watermark(hw)?;
         }
         let mut change = None;
-        if st.pending_isr.is_none()
+        if st.pending.is_none()
             && !isr.contains(&follower)
-            && fetch_offset >= log.high_watermark()
+            && fetch_offset >= log.high_watermark().max(st.epoch_start)
             && now_ms - caught_up_ms <= lag_max_ms
         {
             let mut next = isr;
             next.push(follower);
-            st.pending_isr = Some(next.clone());
-            change = Some(IsrChange {
+            let c = IsrChange {
                 isr: next,
                 expected: version,
-            });
+            };
+            st.pending = Some(c.clone());
+            change = Some(c);
         }
         Ok((hw > before, change))
     }
@@ -334,7 +346,7 @@ impl Replica {
         let Role::Leader { isr, version, .. } = &st.role else {
             return None;
         };
-        if st.pending_isr.is_some() {
+        if st.pending.is_some() {
             return None;
         }
         let version = *version;
@@ -352,17 +364,38 @@ impl Replica {
         if next == *isr {
             return None;
         }
-        st.pending_isr = Some(next.clone());
-        Some(IsrChange {
+        let c = IsrChange {
             isr: next,
             expected: version,
-        })
+        };
+        st.pending = Some(c.clone());
+        Some(c)
     }
 
-    /// The proposed ISR change was not stored (the record moved on); the
-    /// next record applied tells the truth.
-    pub fn isr_change_failed(&self) {
-        self.state.lock().expect("replica lock").pending_isr = None;
+    /// `change` was certainly not stored (the record moved on, or is
+    /// gone): it is no longer pending. A newer proposal stays.
+    pub fn isr_change_failed(&self, change: &IsrChange) {
+        let mut st = self.state.lock().expect("replica lock");
+        if st.pending.as_ref() == Some(change) {
+            st.pending = None;
+        }
+    }
+
+    /// Whether `change` is still waiting to be settled.
+    pub fn is_pending(&self, change: &IsrChange) -> bool {
+        self.state.lock().expect("replica lock").pending.as_ref() == Some(change)
+    }
+
+    /// Runs `f` while this replica follows at `epoch`, holding its state so
+    /// the role cannot change meanwhile: a follower's truncation or append
+    /// never lands after it stopped following that epoch. `None` when it
+    /// does not follow at that epoch.
+    pub fn with_following<R>(&self, epoch: i32, f: impl FnOnce() -> R) -> Option<R> {
+        let st = self.state.lock().expect("replica lock");
+        match st.role {
+            Role::Follower { epoch: e, .. } if e == epoch => Some(f()),
+            _ => None,
+        }
     }
 }
 
@@ -383,13 +416,13 @@ mod tests {
     #[test]
     fn roles_follow_the_record() {
         let r = Replica::default();
-        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2, 3], 1, 0), 5)), 0);
+        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2, 3], 1, 0), 5)), 0, 0);
         assert_eq!(t, Transition::BecameLeader(0));
         // An ISR change stored: same leadership.
-        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2], 1, 0), 6)), 0);
+        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2], 1, 0), 6)), 0, 0);
         assert_eq!(t, Transition::Unchanged);
         assert_eq!(r.isr_len(), Some(2));
-        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[2], 2, 1), 7)), 0);
+        let t = r.apply(1, Some((&rec(&[1, 2, 3], &[2], 2, 1), 7)), 0, 0);
         assert_eq!(t, Transition::StoppedLeading);
         assert_eq!(
             r.role(),
@@ -398,27 +431,115 @@ mod tests {
                 epoch: 1
             }
         );
-        assert_eq!(r.apply(4, Some((&rec(&[1, 2, 3], &[2], 2, 1), 7)), 0), {
+        assert_eq!(r.apply(4, Some((&rec(&[1, 2, 3], &[2], 2, 1), 7)), 0, 0), {
             Transition::Unchanged
         });
         let offline = PartitionRecord {
             leader: None,
             ..rec(&[1, 2, 3], &[2], 2, 2)
         };
-        r.apply(1, Some((&offline, 8)), 0);
+        r.apply(1, Some((&offline, 8)), 0, 0);
         assert_eq!(r.role(), Role::None);
     }
 
     #[test]
     fn alone_only_when_the_maximal_isr_is_this_replica() {
         let r = Replica::default();
-        r.apply(1, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0);
+        r.apply(1, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0, 0);
         assert!(r.with_leader(1, |v| v.alone).unwrap());
-        r.state.lock().unwrap().pending_isr = Some(vec![1, 2]);
+        r.state.lock().unwrap().pending = Some(IsrChange {
+            isr: vec![1, 2],
+            expected: 1,
+        });
         assert!(!r.with_leader(1, |v| v.alone).unwrap());
         let f = Replica::default();
-        f.apply(2, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0);
+        f.apply(2, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0, 0);
         assert!(f.with_leader(2, |_| ()).is_err());
+    }
+
+    fn leader_log(records: usize) -> (tempfile::TempDir, PartitionLog) {
+        use crate::log::{Store, TimestampType};
+        use kafka_protocol::records::Compression;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let log = PartitionLog::open(store, &uuid::Uuid::new_v4(), 0).unwrap();
+        if records > 0 {
+            let b = crate::log::batch::tests::encode(records, Compression::None);
+            log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
+        }
+        (dir, log)
+    }
+
+    #[test]
+    fn a_newer_record_settles_a_pending_isr_change_it_does_not_carry() {
+        use crate::log::TimestampType;
+        use kafka_protocol::records::Compression;
+        // A reassignment [1,2,3] -> [1,2,4]: 4 is adding, 3 removing.
+        let (_d, log) = leader_log(10);
+        let r = Replica::default();
+        r.apply(1, Some((&rec(&[1, 2, 3, 4], &[1, 2, 3], 1, 0), 1)), 0, 10);
+        for f in [2, 3] {
+            r.follower_fetched(1, &log, f, 10, 100, 1_000).unwrap();
+        }
+        // 4 catches up: the leader proposes {1,2,3,4} at version 1...
+        let (_, change) = r.follower_fetched(1, &log, 4, 10, 100, 1_000).unwrap();
+        assert_eq!(change.unwrap().isr, vec![1, 2, 3, 4]);
+        // ...and a controller, reacting to the same progress, completes the
+        // reassignment at version 3 first; the leader never sees its own.
+        r.apply(1, Some((&rec(&[1, 2, 4], &[1, 2, 4], 1, 0), 3)), 100, 10);
+        let b = crate::log::batch::tests::encode(5, Compression::None);
+        log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
+        for f in [2, 4] {
+            r.follower_fetched(1, &log, f, 15, 200, 1_000).unwrap();
+        }
+        // Not wedged: the high watermark counts the ISR as stored...
+        assert_eq!(log.high_watermark(), 15);
+        // ...and ISR changes are possible again.
+        assert!(r.check_isr(1, &log, 5_000, 1_000).is_some());
+    }
+
+    #[test]
+    fn a_failed_write_clears_only_its_own_proposal() {
+        let (_d, log) = leader_log(10);
+        let r = Replica::default();
+        r.apply(1, Some((&rec(&[1, 2], &[1], 1, 0), 1)), 0, 10);
+        let (_, change) = r.follower_fetched(1, &log, 2, 10, 100, 1_000).unwrap();
+        let change = change.unwrap();
+        let stale = IsrChange {
+            isr: vec![1],
+            expected: 0,
+        };
+        r.isr_change_failed(&stale);
+        assert!(r.is_pending(&change));
+        r.isr_change_failed(&change);
+        assert!(!r.is_pending(&change));
+    }
+
+    #[test]
+    fn a_follower_joins_only_past_the_leaders_epoch_start() {
+        // Node 2 became leader with log end 10; its high watermark is 5 (the
+        // old leader acknowledged up to 10). Follower 4 of its ISR has not
+        // fetched yet, so the high watermark stays at 5.
+        let (_d, log) = leader_log(10);
+        log.set_high_watermark(5).unwrap();
+        let r = Replica::default();
+        r.apply(2, Some((&rec(&[1, 2, 3, 4], &[2, 4], 2, 1), 1)), 0, 10);
+        // Follower 3 at 7: past the high watermark, short of the epoch start.
+        let (_, change) = r.follower_fetched(2, &log, 3, 7, 100, 1_000).unwrap();
+        assert_eq!(change, None);
+        // At 10 it may join.
+        let (_, change) = r.follower_fetched(2, &log, 3, 10, 200, 1_000).unwrap();
+        assert_eq!(change.unwrap().isr, vec![2, 4, 3]);
+    }
+
+    #[test]
+    fn followers_change_their_log_only_while_following_that_epoch() {
+        let r = Replica::default();
+        r.apply(2, Some((&rec(&[1, 2], &[1, 2], 1, 3), 1)), 0, 0);
+        assert_eq!(r.with_following(3, || "appended"), Some("appended"));
+        assert_eq!(r.with_following(2, || "appended"), None);
+        r.apply(2, Some((&rec(&[1, 2], &[2], 2, 4), 2)), 0, 0);
+        assert_eq!(r.with_following(3, || "appended"), None);
     }
 
     #[test]
@@ -426,10 +547,10 @@ mod tests {
         use crate::log::{Store, TimestampType};
         use kafka_protocol::records::Compression;
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), false).unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
         let log = PartitionLog::open(store, &uuid::Uuid::new_v4(), 0).unwrap();
         let r = Replica::default();
-        r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2, 3], 1, 0), 1)), 0);
+        r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2, 3], 1, 0), 1)), 0, 0);
         let b = crate::log::batch::tests::encode(10, Compression::None);
         log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
         assert!(!r.leader_appended(1, &log).unwrap());
@@ -453,7 +574,7 @@ mod tests {
         );
         // Only one proposal at a time; once stored, the HW counts 1 and 2.
         assert_eq!(r.check_isr(1, &log, 1_600, 1_000), None);
-        r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2], 1, 0), 2)), 1_600);
+        r.apply(1, Some((&rec(&[1, 2, 3], &[1, 2], 1, 0), 2)), 1_600, 0);
         r.leader_appended(1, &log).unwrap();
         assert_eq!(log.high_watermark(), 10);
         // Follower 3 comes back and catches up to the HW: proposed in.

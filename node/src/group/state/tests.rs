@@ -68,13 +68,59 @@ fn stable(n: usize, now: i64) -> (Group, Vec<String>) {
             Outcome::Wait(id.clone())
         );
     }
-    match g.sync(&leader, g.generation, &None, None, None, assignments, now) {
-        Outcome::Now(r) => assert_eq!(r.assignment, Bytes::from(format!("a-{leader}"))),
-        other => panic!("{other:?}"),
+    // The leader's assignment is answered once it is stored.
+    assert_eq!(
+        g.sync(&leader, g.generation, &None, None, None, assignments, now),
+        Outcome::Wait(leader.clone())
+    );
+    assert_eq!(g.state, GroupState::CompletingRebalance);
+    assert!(g.take_replies().is_empty());
+    let token = g.store_request().expect("the assignment must be stored");
+    assert_eq!(g.store_request(), None, "asked once");
+    g.stored(token, Ok(()), now);
+    let replies = g.take_replies();
+    assert_eq!(replies.len(), n);
+    for r in replies {
+        match r {
+            Reply::Sync(m, r) => assert_eq!(r.assignment, Bytes::from(format!("a-{m}"))),
+            other => panic!("{other:?}"),
+        }
     }
-    assert_eq!(g.take_replies().len(), n - 1);
     assert_eq!(g.state, GroupState::Stable);
     (g, ids)
+}
+
+#[test]
+fn a_sync_whose_assignment_fails_to_store_rebalances_and_says_why() {
+    let (mut g, ids) = stable(2, 0);
+    g.metadata_changed = false; // written by the coordinator
+    let _ = g.join(args(&ids[0], ""), 10);
+    let _ = g.join(args(&ids[1], ""), 10);
+    assert_eq!(joins(&mut g).len(), 2);
+    // A new generation with members writes nothing until it has an assignment.
+    assert!(!g.metadata_changed);
+    let leader = g.leader.clone().unwrap();
+    let gen = g.generation;
+    let _ = g.sync(&ids[1], gen, &None, None, None, vec![], 11);
+    let _ = g.sync(&leader, gen, &None, None, None, vec![], 11);
+    let token = g.store_request().unwrap();
+    g.stored(token, Err(ResponseError::CoordinatorNotAvailable), 12);
+    let errors: Vec<_> = g
+        .take_replies()
+        .into_iter()
+        .map(|r| match r {
+            Reply::Sync(_, r) => r.error,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![Some(ResponseError::CoordinatorNotAvailable); 2]
+    );
+    assert_eq!(g.state, GroupState::PreparingRebalance);
+    // A late outcome of a store the group moved past changes nothing.
+    g.stored(token, Ok(()), 13);
+    assert_eq!(g.state, GroupState::PreparingRebalance);
 }
 
 #[test]
@@ -195,13 +241,28 @@ fn static_member_rejoin_keeps_assignment_without_rebalance() {
         vec![("s1".into(), Bytes::from_static(b"A"))],
         0,
     );
+    let token = g.store_request().unwrap();
+    g.stored(token, Ok(()), 0);
+    g.take_replies();
     assert_eq!(g.state, GroupState::Stable);
-    // Restart: same instance id, no member id.
+    // Restart: same instance id, no member id. Acknowledged once stored; if
+    // storing fails, the member as it was comes back.
+    a.new_member_id = "s1-lost".into();
+    assert_eq!(g.join(a.clone(), 5), Outcome::Wait("s1-lost".into()));
+    let token = g.store_request().unwrap();
+    g.stored(token, Err(ResponseError::CoordinatorNotAvailable), 6);
+    let (m, r) = joins(&mut g).remove(0);
+    assert_eq!(
+        (m.as_str(), r.error),
+        ("s1-lost", Some(ResponseError::CoordinatorNotAvailable))
+    );
+    assert!(g.member("s1").is_some());
     a.new_member_id = "s1-again".into();
-    match g.join(a.clone(), 10) {
-        Outcome::Now(r) => assert_eq!((r.generation, r.member_id.as_str()), (1, "s1-again")),
-        o => panic!("{o:?}"),
-    }
+    assert_eq!(g.join(a.clone(), 10), Outcome::Wait("s1-again".into()));
+    let token = g.store_request().unwrap();
+    g.stored(token, Ok(()), 10);
+    let (m, r) = joins(&mut g).remove(0);
+    assert_eq!((m.as_str(), r.generation, r.error), ("s1-again", 1, None));
     assert_eq!(g.state, GroupState::Stable);
     // The old id is fenced.
     assert_eq!(
@@ -299,6 +360,7 @@ fn offsets_expire_only_when_empty() {
             leader_epoch: -1,
             metadata: None,
             commit_timestamp: 0,
+            record_offset: 0,
         },
     );
     assert!(g.expire_offsets(1_000_000, 10).is_empty());
@@ -315,6 +377,8 @@ enum Op {
     Heartbeat(usize),
     Leave(usize),
     Tick(i64),
+    /// The oldest metadata write in flight completes (true) or fails.
+    Stored(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -324,6 +388,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0usize..5).prop_map(Op::Heartbeat),
         (0usize..5).prop_map(Op::Leave),
         (1i64..3_000).prop_map(Op::Tick),
+        any::<bool>().prop_map(Op::Stored),
     ]
 }
 
@@ -337,6 +402,7 @@ proptest! {
         let mut now = 0i64;
         let mut known: Vec<Option<String>> = vec![None; 5];
         let mut parked: std::collections::HashSet<String> = Default::default();
+        let mut stores: Vec<u64> = vec![];
         let mut last_gen = 0;
         for (n, o) in ops.into_iter().enumerate() {
             match o {
@@ -358,7 +424,12 @@ proptest! {
                 Op::Heartbeat(i) => if let Some(id) = known[i].clone() { let _ = g.heartbeat(&id, g.generation, &None, now); },
                 Op::Leave(i) => if let Some(id) = known[i].take() { let _ = g.leave(&[(id, None)], now); },
                 Op::Tick(dt) => { now += dt; g.tick(now); }
+                Op::Stored(ok) => if !stores.is_empty() {
+                    let t = stores.remove(0);
+                    g.stored(t, if ok { Ok(()) } else { Err(ResponseError::CoordinatorNotAvailable) }, now);
+                },
             }
+            if let Some(t) = g.store_request() { stores.push(t); }
             for r in g.take_replies() {
                 let key = match &r { Reply::Join(m, _) => format!("j{m}"), Reply::Sync(m, _) => format!("s{m}") };
                 prop_assert!(parked.remove(&key), "reply to a member that was not waiting: {key}");
