@@ -583,3 +583,76 @@ fn a_reassignment_waiting_for_a_stopped_node_can_be_listed_and_cancelled() {
         (back == before).then_some(())
     });
 }
+
+fn commit(c: &mut Client, group: &str, topic: &str, offset: i64) -> Option<i16> {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(tn(topic))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(offset)])]);
+    c.try_send(&req, 8)
+        .map(|r| r.topics[0].partitions[0].error_code)
+}
+
+fn committed(c: &mut Client, group: &str, topic: &str) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(tn(topic))
+            .with_partition_indexes(vec![0])]));
+    c.send(&req, 7).topics[0].partitions[0].committed_offset
+}
+
+/// An offset commit is visible (OffsetFetch) only once the ISR of the
+/// group's offsets partition has it: a coordinator failover can then never
+/// roll back an offset a consumer was shown.
+#[test]
+fn a_commit_is_not_served_before_it_is_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend(["--offsets-topic-num-partitions", "1"]);
+    let mut cluster = Cluster::start(dir.path(), 3, &args);
+    let mut c = cluster.client(0);
+    assert_eq!(create_topic(&mut c, "t", 1, 3, &[]), 0);
+    let offsets = wait_for(Duration::from_secs(30), || {
+        let (leader, _, _, isr, _) = partition0(&mut c, "__consumer_offsets");
+        (leader >= 0 && isr.len() == 3).then_some(leader)
+    });
+    let leader = offsets as usize;
+    let mut lc = cluster.client(leader);
+    assert_eq!(commit(&mut lc, "g", "t", 5), Some(0));
+    assert_eq!(committed(&mut lc, "g", "t"), 5);
+    // Both followers stop: a commit is written on the leader alone and
+    // waits for them (they stay in the ISR until their leases lapse).
+    for f in (0..3).filter(|f| *f != leader) {
+        cluster.stop(f);
+    }
+    let addr = cluster.kafka[leader];
+    let pending = std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        commit(&mut c, "g", "t", 10)
+    });
+    // While it waits, OffsetFetch keeps answering the replicated offset.
+    let mut seen = vec![];
+    while !pending.is_finished() {
+        seen.push(committed(&mut lc, "g", "t"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen.len() > 10, "the commit did not wait");
+    assert!(
+        seen.iter().all(|o| *o == 5),
+        "served before replicated: {seen:?}"
+    );
+    // Once the followers' leases lapse, the ISR is the leader alone and the
+    // commit completes: only then is it served.
+    let answer = pending.join().unwrap();
+    let expected = if answer == Some(0) { 10 } else { 5 };
+    assert_eq!(committed(&mut lc, "g", "t"), expected);
+}

@@ -564,7 +564,12 @@ fn crash_dir() -> PathBuf {
 
 /// Fails the test if the node has died, keeping the recent frames.
 fn check_alive(node: &mut Node, seed: u64, recent: &VecDeque<Vec<u8>>, done: usize) {
-    if let Some(status) = node.exit_status() {
+    let status = node.exit_status().map(|s| s.to_string()).or_else(|| {
+        node.log()
+            .contains("panicked at")
+            .then(|| "a thread panicked".to_string())
+    });
+    if let Some(status) = status {
         let dir = crash_dir();
         for (i, f) in recent.iter().enumerate() {
             std::fs::write(dir.join(format!("seed-{seed}-case-{done}-{i}.bin")), f).unwrap();
@@ -658,6 +663,7 @@ fn fuzzed_requests_never_take_a_node_down() {
         }
     }
     check_alive(&mut node, seed, &recent, done);
+    node.assert_no_panics();
     // Still serving: a sound request is answered.
     let mut c = node.client();
     let md = c.send(&MetadataRequest::default().with_topics(None), 12);
@@ -855,6 +861,7 @@ fn fuzzed_batches_never_take_a_node_down() {
             .then_some(())
     });
     check_alive(&mut node, seed, &recent, done);
+    node.assert_no_panics();
     println!("{done} fuzzed batches: {accepted} produce answers");
 }
 
@@ -934,4 +941,5 @@ fn fuzz_regressions_stay_fixed() {
         .client()
         .send(&MetadataRequest::default().with_topics(None), 12);
     assert!(md.topics.iter().any(|t| t.name == Some(tn("fuzz"))));
+    node.assert_no_panics();
 }

@@ -227,6 +227,8 @@ async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: I
         .and_then(|t| t.partition(partition).map(|p| p.replica.clone()));
     let Some(replica) = replica else { return };
     let mut backoff = Duration::from_millis(100);
+    // Whether an earlier attempt may have been stored.
+    let mut uncertain = false;
     loop {
         if !replica.is_pending(&change) {
             return; // a newer record settled it
@@ -260,6 +262,11 @@ async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: I
                 tracing::info!(topic, partition, isr = ?change.isr, "ISR changed");
                 return;
             }
+            Err(CoordError::Conflict(_)) | Err(CoordError::NotFound(_)) if uncertain => {
+                // The record moved on, perhaps by this very change (an
+                // earlier attempt landed): the newer record settles it.
+                return;
+            }
             Err(CoordError::Conflict(_)) | Err(CoordError::NotFound(_)) => {
                 tracing::debug!(
                     topic,
@@ -270,6 +277,7 @@ async fn store_isr(broker: Arc<Broker>, topic: String, partition: i32, change: I
                 return;
             }
             Err(e) => {
+                uncertain = true;
                 tracing::warn!(topic, partition, error = %e, "ISR change may not have been stored; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -277,7 +277,7 @@ impl Coordinator {
                 let Ok(h) = Header::parse(&b) else { break };
                 // Past the batch, even one without records (compaction's
                 // last) or one that does not decode.
-                offset = h.last_offset() + 1;
+                offset = h.last_offset().saturating_add(1);
                 let decoded =
                     batch::decode_records(&b, self.broker.config.max_decompressed_batch_bytes);
                 let set = match decoded {

@@ -136,7 +136,10 @@ impl<'a> Header<'a> {
     }
     /// Offset of the last record the batch covers.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + i64::from(self.last_offset_delta())
+        // Saturating: a base offset from a client (or a corrupt batch on
+        // disk) may be anything.
+        self.base_offset()
+            .saturating_add(i64::from(self.last_offset_delta()))
     }
 }
 

@@ -358,7 +358,7 @@ impl PartitionLog {
                     .or_else(|| inner.producers.get(&pid).cloned());
                 producers.push((pid, producers::record(prev, h.producer_epoch(), meta)));
             }
-            next.next_offset = h.last_offset() + 1;
+            next.next_offset = h.last_offset().saturating_add(1);
             next.size_bytes += b.len() as i64;
         }
         for (pid, e) in &producers {
@@ -771,7 +771,7 @@ impl PartitionLog {
                 break;
             }
             size -= v.len() as i64;
-            new_start = new_start.max(h.last_offset() + 1);
+            new_start = new_start.max(h.last_offset().saturating_add(1));
             deleted += 1;
             it.next();
         }
@@ -807,7 +807,7 @@ impl PartitionLog {
                 break;
             }
             size -= v.len() as i64;
-            cut = h.last_offset() + 1;
+            cut = h.last_offset().saturating_add(1);
             it.next();
         }
         it.status()?;
@@ -1030,7 +1030,7 @@ impl PartitionLog {
                         }
                     }
                 }
-                dirty_end = h.last_offset() + 1;
+                dirty_end = h.last_offset().saturating_add(1);
                 it.next();
             }
             it.status()?;
@@ -1084,7 +1084,7 @@ impl PartitionLog {
             }
             // A log must not end in a gap: readers would wait there for
             // records that never come. The last batch stays, emptied.
-            let ends_log = h.last_offset() + 1 >= log_end;
+            let ends_log = h.last_offset().saturating_add(1) >= log_end;
             let producers_last = h.producer_id() >= 0 && last_batches.contains(&h.base_offset());
             if (kept.len() == total && (total > 0 || ends_log))
                 || (producers_last && !kept.is_empty())

@@ -78,7 +78,8 @@ pub fn validate(b: &[u8], rules: &Rules) -> Result<Checked, BatchError> {
     let mut errors = Vec::new();
     let mut max_timestamp = -1i64;
     for (i, r) in records.iter().enumerate() {
-        let delta = r.offset - h.base_offset();
+        // The decoder adds deltas as Kafka does (wrapping), so does this.
+        let delta = r.offset.wrapping_sub(h.base_offset());
         if delta != i as i64 {
             return Err(BatchError::Undecodable(format!(
                 "record {i} has offset delta {delta}; deltas must run 0 to {}",

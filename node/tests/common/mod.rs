@@ -90,10 +90,49 @@ impl Node {
     }
 }
 
+impl Node {
+    /// What the node has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(&self.data_dir)).unwrap_or_default()
+    }
+
+    /// Fails the test if any thread of the node panicked (a panic ends only
+    /// its task, but it is a bug, and it may poison a lock).
+    pub fn assert_no_panics(&self) {
+        let log = self.log();
+        if let Some(at) = log.find("panicked at") {
+            let from = log[..at].rfind('\n').map_or(0, |i| i + 1);
+            let to = log[at..].find("\n\n").map_or(log.len(), |i| at + i);
+            panic!("the node panicked:\n{}", &log[from..to.min(from + 4000)]);
+        }
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of the node's log ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
+}
+
+/// Where a node started by these helpers writes its log (stderr): under
+/// the target directory, not on the node's own volume (which a test may fill).
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name: String = data_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    dir.join(format!("{name}.log"))
 }
 
 fn spawn(
@@ -102,6 +141,12 @@ fn spawn(
     listen: &str,
     admin: &str,
 ) -> (Child, SocketAddr, SocketAddr) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(data_dir))
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("dev")
         .arg("--listen")
@@ -113,6 +158,7 @@ fn spawn(
         .args(extra)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
+        .stderr(log)
         .spawn()
         .expect("spawn sluice");
     let stdout = child.stdout.take().unwrap();
