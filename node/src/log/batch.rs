@@ -224,8 +224,16 @@ fn validate_one(
         return Err(BatchError::UnknownCompression(h.compression()));
     }
     let count = h.record_count();
-    let empty = allow_empty && count == 0 && h.last_offset_delta() >= 0;
-    if !empty && (count <= 0 || h.last_offset_delta() < 0 || h.last_offset_delta() != count - 1) {
+    let delta = h.last_offset_delta();
+    // Compacted data (`allow_empty`: what replicas copy) may hold fewer
+    // records than its offsets span, none at all in an emptied batch; a
+    // produced batch holds exactly one record per offset.
+    let fits = if allow_empty {
+        delta >= 0 && (0..=delta.saturating_add(1)).contains(&count)
+    } else {
+        count > 0 && delta == count - 1
+    };
+    if !fits {
         return Err(BatchError::InvalidCount);
     }
     Ok(())
@@ -321,8 +329,21 @@ pub fn set_max_timestamp(batch: &mut BytesMut, max_timestamp: i64) {
 /// starts at its first record and leaves gaps (log compaction).
 pub fn rebuild(
     h: &Header<'_>,
+    records: Vec<Record>,
+    compression: Compression,
+) -> Result<BytesMut, BatchError> {
+    rebuild_spanning(h, records, compression, None)
+}
+
+/// [`rebuild`], keeping the batch's base offset and last offset (`span`,
+/// inclusive) where the records no longer reach its ends: Kafka's cleaner
+/// does so for every v2 batch it filters, so a producer's last sequence
+/// stays readable from the header.
+pub fn rebuild_spanning(
+    h: &Header<'_>,
     mut records: Vec<Record>,
     compression: Compression,
+    span: Option<(i64, i64)>,
 ) -> Result<BytesMut, BatchError> {
     if h.producer_id() < 0 {
         // Not idempotent: keep the base sequence at -1.
@@ -333,14 +354,14 @@ pub fn rebuild(
         }
     }
     let mut out = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut out,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression,
+    };
+    match span {
+        Some(span) => RecordBatchEncoder::encode_spanning(&mut out, &records, &options, span),
+        None => RecordBatchEncoder::encode(&mut out, &records, &options),
+    }
     .map_err(|e| BatchError::Undecodable(format!("re-encoding: {e}")))?;
     if h.log_append_time() {
         stamp_log_append_time(&mut out, h.max_timestamp());

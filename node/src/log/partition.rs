@@ -966,9 +966,10 @@ impl PartitionLog {
     ) -> store::Result<Option<CleanStats>> {
         let (cp, generation, start, last_batches) = {
             let inner = self.inner.lock().expect("partition lock");
-            // Each idempotent producer's last batch keeps its header (Kafka
-            // keeps it whole): producer state rebuilt from the log (a new
-            // replica, a truncation) needs its last sequence.
+            // Each idempotent producer's last batch keeps its header and
+            // offsets (emptied or filtered, as Kafka's cleaner keeps it):
+            // producer state rebuilt from the log (a new replica, a
+            // truncation) needs its last sequence.
             let last_batches: std::collections::HashSet<i64> = inner
                 .producers
                 .values()
@@ -1086,12 +1087,7 @@ impl PartitionLog {
             // records that never come. The last batch stays, emptied.
             let ends_log = h.last_offset().saturating_add(1) >= log_end;
             let producers_last = h.producer_id() >= 0 && last_batches.contains(&h.base_offset());
-            if (kept.len() == total && (total > 0 || ends_log))
-                || (producers_last && !kept.is_empty())
-            {
-                // Kept as it is (a producer's last batch keeps even what a
-                // later record superseded).
-                stats.records_removed -= (total - kept.len()) as u64;
+            if kept.len() == total && (total > 0 || ends_log) {
                 clean_bytes += v.len() as i64;
             } else if kept.is_empty() && (ends_log || producers_last) {
                 let empty = batch::emptied(v);
@@ -1103,8 +1099,11 @@ impl PartitionLog {
                 chunk.wb.delete_cf(self.store.cf(CF_LOG), old_key);
                 chunk.delta -= v.len() as i64;
             } else {
-                let new_base = kept[0].offset;
-                let new = reencode(&h, kept)?;
+                // A producer's last batch keeps its offsets (and so its last
+                // sequence) while losing what later records superseded.
+                let span = producers_last.then(|| (h.base_offset(), h.last_offset()));
+                let new_base = span.map_or(kept[0].offset, |(base, _)| base);
+                let new = reencode(&h, kept, span)?;
                 let new_key = batch_key(&self.prefix, new_base);
                 if new_base != h.base_offset() {
                     chunk.wb.delete_cf(self.store.cf(CF_LOG), old_key);
@@ -1215,8 +1214,12 @@ fn decode(stored: &[u8], limit: usize) -> store::Result<Vec<kafka_protocol::reco
 }
 
 /// The records a pass kept from one batch, as one batch in its codec.
-fn reencode(h: &Header<'_>, kept: Vec<kafka_protocol::records::Record>) -> store::Result<Bytes> {
-    batch::rebuild(h, kept, batch::codec(h))
+fn reencode(
+    h: &Header<'_>,
+    kept: Vec<kafka_protocol::records::Record>,
+    span: Option<(i64, i64)>,
+) -> store::Result<Bytes> {
+    batch::rebuild_spanning(h, kept, batch::codec(h), span)
         .map(BytesMut::freeze)
         .map_err(|e| store::StoreError::Corrupt {
             key: "record batch".into(),
@@ -1759,12 +1762,14 @@ mod tests {
             )
             .unwrap();
         assert!(!next.duplicate);
-        // Superseded records are gone everywhere but in the kept batches.
-        let keys: Vec<String> = records(&log, log.log_end_offset())
+        // Superseded records are gone, from the producers' last batches
+        // too: one record per key, each at the offset it was written.
+        let kept: Vec<(i64, String)> = records(&log, log.log_end_offset())
             .into_iter()
-            .map(|r| r.1)
+            .map(|r| (r.0, r.1))
             .collect();
-        assert_eq!(keys, vec!["c", "d", "a", "b", "c", "z"]);
+        let kept: Vec<(i64, &str)> = kept.iter().map(|(o, k)| (*o, k.as_str())).collect();
+        assert_eq!(kept, vec![(3, "d"), (4, "a"), (5, "b"), (6, "c"), (7, "z")]);
     }
 
     #[test]

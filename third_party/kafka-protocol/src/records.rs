@@ -224,9 +224,45 @@ impl RecordBatchEncoder {
         let records = records.into_iter();
         match options.version {
             0..=1 => bail!("message sets v{} are unsupported", options.version),
-            2 => Self::encode_new(buf, records, options, compressor),
+            2 => Self::encode_new(buf, records, options, compressor, None),
             _ => bail!("Unknown record batch version"),
         }
+    }
+
+    /// Encodes records as one v2 batch whose base offset and last offset
+    /// are `span` (inclusive) even where the records leave gaps at either
+    /// end, as Kafka's log cleaner keeps a filtered batch's offsets
+    /// (`MemoryRecords.buildRetainedRecordsInto`): a producer's last
+    /// sequence stays readable from the header. The records must lie
+    /// within the span and share one batch's attributes.
+    pub fn encode_spanning<'a, B, I>(
+        buf: &mut B,
+        records: I,
+        options: &RecordEncodeOptions,
+        span: (i64, i64),
+    ) -> Result<()>
+    where
+        B: ByteBufMut,
+        I: IntoIterator<Item = &'a Record>,
+        I::IntoIter: Clone,
+    {
+        if options.version != 2 {
+            bail!("offset spans need record batch v2");
+        }
+        let records = records.into_iter();
+        if records
+            .clone()
+            .any(|r| r.offset < span.0 || r.offset > span.1)
+        {
+            bail!("a record lies outside the batch's offset span");
+        }
+        Self::encode_new(
+            buf,
+            records,
+            options,
+            None::<fn(&mut BytesMut, &mut B, Compression) -> Result<()>>,
+            Some(span),
+        )
     }
 
     fn encode_new_records<'a, B, I>(
@@ -251,6 +287,7 @@ impl RecordBatchEncoder {
         records: &mut I,
         options: &RecordEncodeOptions,
         compressor: Option<&CF>,
+        span: Option<(i64, i64)>,
     ) -> Result<bool>
     where
         B: ByteBufMut,
@@ -287,12 +324,14 @@ impl RecordBatchEncoder {
             .map(|r| r.offset)
             .min()
             .expect("Batch contains at least one element");
+        let min_offset = span.map_or(min_offset, |(base, _)| base.min(min_offset));
         let max_offset = records
             .clone()
             .take(num_records)
             .map(|r| r.offset)
             .max()
             .expect("Batch contains at least one element");
+        let max_offset = span.map_or(max_offset, |(_, last)| last.max(max_offset));
         let min_timestamp = records
             .clone()
             .take(num_records)
@@ -421,13 +460,14 @@ impl RecordBatchEncoder {
         mut records: I,
         options: &RecordEncodeOptions,
         compressor: Option<CF>,
+        span: Option<(i64, i64)>,
     ) -> Result<()>
     where
         B: ByteBufMut,
         I: Iterator<Item = &'a Record> + Clone,
         CF: Fn(&mut BytesMut, &mut B, Compression) -> Result<()>,
     {
-        while Self::encode_new_batch(buf, &mut records, options, compressor.as_ref())? {}
+        while Self::encode_new_batch(buf, &mut records, options, compressor.as_ref(), span)? {}
         Ok(())
     }
 }
