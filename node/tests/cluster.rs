@@ -656,3 +656,72 @@ fn a_commit_is_not_served_before_it_is_replicated() {
     let expected = if answer == Some(0) { 10 } else { 5 };
     assert_eq!(committed(&mut lc, "g", "t"), expected);
 }
+
+/// OffsetDelete and DeleteGroups are answered, and served, only once their
+/// tombstones are replicated: until then OffsetFetch keeps answering the
+/// offsets a coordinator failover would bring back.
+#[test]
+fn deletions_are_not_served_before_they_are_replicated() {
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = FAST.to_vec();
+    args.extend(["--offsets-topic-num-partitions", "1"]);
+    let mut cluster = Cluster::start(dir.path(), 3, &args);
+    let mut c = cluster.client(0);
+    assert_eq!(create_topic(&mut c, "t", 1, 3, &[]), 0);
+    let leader = wait_for(Duration::from_secs(30), || {
+        let (leader, _, _, isr, _) = partition0(&mut c, "__consumer_offsets");
+        (leader >= 0 && isr.len() == 3).then_some(leader)
+    }) as usize;
+    let mut lc = cluster.client(leader);
+    assert_eq!(commit(&mut lc, "g", "t", 5), Some(0));
+    assert_eq!(commit(&mut lc, "h", "t", 7), Some(0));
+    for f in (0..3).filter(|f| *f != leader) {
+        cluster.stop(f);
+    }
+    let addr = cluster.kafka[leader];
+    let offset_delete = std::thread::spawn(move || {
+        let req = OffsetDeleteRequest::default()
+            .with_group_id(GroupId(s("g")))
+            .with_topics(vec![OffsetDeleteRequestTopic::default()
+                .with_name(tn("t"))
+                .with_partitions(vec![
+                    OffsetDeleteRequestPartition::default().with_partition_index(0)
+                ])]);
+        Client::connect(addr).try_send(&req, 0).map(|r| {
+            let p = r.topics.first().map_or(0, |t| t.partitions[0].error_code);
+            if r.error_code != 0 {
+                r.error_code
+            } else {
+                p
+            }
+        })
+    });
+    let delete_group = std::thread::spawn(move || {
+        let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s("h"))]);
+        Client::connect(addr)
+            .try_send(&req, 2)
+            .map(|r| r.results[0].error_code)
+    });
+    let mut seen = vec![];
+    while !(offset_delete.is_finished() && delete_group.is_finished()) {
+        seen.push((committed(&mut lc, "g", "t"), committed(&mut lc, "h", "t")));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(seen.len() > 10, "the deletions did not wait");
+    assert!(
+        seen.iter().all(|o| *o == (5, 7)),
+        "served before replicated: {seen:?}"
+    );
+    // Once the followers' leases lapse the ISR is the leader alone and the
+    // deletions complete; what was answered is what is served.
+    let (od, dg) = (offset_delete.join().unwrap(), delete_group.join().unwrap());
+    let g = if od == Some(0) { -1 } else { 5 };
+    let h = if dg == Some(0) { -1 } else { 7 };
+    assert_eq!(
+        (committed(&mut lc, "g", "t"), committed(&mut lc, "h", "t")),
+        (g, h)
+    );
+}

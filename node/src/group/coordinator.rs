@@ -858,69 +858,105 @@ impl Coordinator {
         out
     }
 
-    /// Deletes an empty group with its offsets (DeleteGroups).
-    pub fn delete_group(&self, group: &str) -> Result<(), ResponseError> {
+    /// Deletes an empty group with its offsets (DeleteGroups). Answered
+    /// once the tombstones are replicated; meanwhile the group is Dead (it
+    /// takes no joins or commits) and still serves its offsets. If the
+    /// write fails the group is Empty again, and a retry writes anew.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ResponseError> {
+        let appended = {
+            let mut inner = self.inner.lock().expect("coordinator lock");
+            self.check_owner(&inner, group)?;
+            let g = inner
+                .groups
+                .get_mut(group)
+                .ok_or(ResponseError::GroupIdNotFound)?;
+            match g.state {
+                GroupState::Empty if g.pending_commits == 0 => {}
+                GroupState::Empty | GroupState::Dead => {
+                    return Err(ResponseError::CoordinatorLoadInProgress)
+                }
+                _ => return Err(ResponseError::NonEmptyGroup),
+            }
+            let mut records: Vec<(Bytes, Option<Bytes>)> = g
+                .offsets
+                .keys()
+                .map(|(t, p)| (offset_key(group, t, *p), None))
+                .collect();
+            records.push((
+                key_bytes(&RecordKey::Group {
+                    group: group.to_string(),
+                }),
+                None,
+            ));
+            let appended = self
+                .append(group, records)
+                .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+            if let Some(g) = inner.groups.get_mut(group) {
+                g.state = GroupState::Dead;
+            }
+            appended
+        };
+        let replicated = self.wait_replicated(group, &appended).await;
         let mut inner = self.inner.lock().expect("coordinator lock");
-        self.check_owner(&inner, group)?;
-        let g = inner
+        let dead = inner
             .groups
             .get(group)
-            .ok_or(ResponseError::GroupIdNotFound)?;
-        if g.state != GroupState::Empty {
-            return Err(ResponseError::NonEmptyGroup);
+            .is_some_and(|g| g.state == GroupState::Dead);
+        if dead {
+            if replicated.is_ok() {
+                inner.groups.remove(group);
+            } else if let Some(g) = inner.groups.get_mut(group) {
+                g.state = GroupState::Empty;
+            }
         }
-        let mut records: Vec<(Bytes, Option<Bytes>)> = g
-            .offsets
-            .keys()
-            .map(|(t, p)| (offset_key(group, t, *p), None))
-            .collect();
-        records.push((
-            key_bytes(&RecordKey::Group {
-                group: group.to_string(),
-            }),
-            None,
-        ));
-        self.append(group, records)
-            .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-        inner.groups.remove(group);
-        Ok(())
+        replicated
     }
 
     /// Deletes committed offsets of partitions the group does not consume
-    /// (OffsetDelete).
-    pub fn delete_offsets(
+    /// (OffsetDelete). Memory forgets them once their tombstones are
+    /// replicated, and only those no commit replaced meanwhile.
+    pub async fn delete_offsets(
         &self,
         group: &str,
         parts: Vec<(String, i32)>,
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
-        let mut inner = self.inner.lock().expect("coordinator lock");
-        self.check_owner(&inner, group)?;
-        let g = inner
-            .groups
-            .get_mut(group)
-            .ok_or(ResponseError::GroupIdNotFound)?;
-        let subscribed = subscribed_topics(g);
-        let mut results = Vec::with_capacity(parts.len());
-        let mut records = Vec::new();
-        let mut gone = Vec::new();
-        for (t, p) in parts {
-            if g.state != GroupState::Empty && subscribed.contains(&t) {
-                results.push(Err(ResponseError::GroupSubscribedToTopic));
-                continue;
+        let (results, gone, appended) = {
+            let mut inner = self.inner.lock().expect("coordinator lock");
+            self.check_owner(&inner, group)?;
+            let g = inner
+                .groups
+                .get_mut(group)
+                .ok_or(ResponseError::GroupIdNotFound)?;
+            if g.state == GroupState::Dead {
+                return Err(ResponseError::CoordinatorNotAvailable);
             }
-            if g.offsets.contains_key(&(t.clone(), p)) {
-                records.push((offset_key(group, &t, p), None));
-                gone.push((t, p));
+            let subscribed = subscribed_topics(g);
+            let mut results = Vec::with_capacity(parts.len());
+            let mut records = Vec::new();
+            let mut gone = Vec::new();
+            for (t, p) in parts {
+                if g.state != GroupState::Empty && subscribed.contains(&t) {
+                    results.push(Err(ResponseError::GroupSubscribedToTopic));
+                    continue;
+                }
+                if g.offsets.contains_key(&(t.clone(), p)) {
+                    records.push((offset_key(group, &t, p), None));
+                    gone.push((t, p));
+                }
+                results.push(Ok(()));
             }
-            results.push(Ok(()));
-        }
-        // The tombstones first: memory follows only what was written.
-        if !records.is_empty() {
-            self.append(group, records)
+            if records.is_empty() {
+                return Ok(results);
+            }
+            let appended = self
+                .append(group, records)
                 .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-        }
-        for k in gone {
-            g.offsets.remove(&k);
+            (results, gone, appended)
+        };
+        self.wait_replicated(group, &appended).await?;
+        let mut inner = self.inner.lock().expect("coordinator lock");
+        if let Some(g) = inner.groups.get_mut(group) {
+            g.forget_offsets(&gone, appended.last_offset);
         }
         Ok(results)
     }
@@ -938,30 +974,51 @@ impl Coordinator {
         }
     }
 
-    fn expire_offsets(&self) {
-        let mut inner = self.inner.lock().expect("coordinator lock");
+    /// Expires the offsets of empty groups past `offsets.retention.ms`:
+    /// tombstones first, memory forgets them once those are replicated
+    /// (a write that fails is tried again at the next check).
+    async fn expire_offsets(&self) {
         let now = now_ms();
         let retention = self.config.offsets_retention_ms;
-        let mut emptied = vec![];
-        for g in inner.groups.values_mut() {
-            let expired = g.expire_offsets(now, retention);
-            if expired.is_empty() {
-                continue;
-            }
-            let records = expired
-                .into_iter()
-                .map(|(t, p)| (offset_key(&g.id, &t, p), None))
-                .collect();
-            if let Err(e) = self.append(&g.id, records) {
-                tracing::warn!(group = %g.id, error = %e, "could not write expired offsets");
-            }
-            if g.offsets.is_empty() && g.members.is_empty() && g.pending_commits == 0 {
-                emptied.push(g.id.clone());
+        let mut written = vec![];
+        {
+            let inner = self.inner.lock().expect("coordinator lock");
+            for g in inner.groups.values() {
+                let expired = g.expired_offsets(now, retention);
+                if expired.is_empty() || self.check_owner(&inner, &g.id).is_err() {
+                    continue;
+                }
+                let keys: Vec<(String, i32)> = expired.into_iter().map(|(k, _)| k).collect();
+                let records = keys
+                    .iter()
+                    .map(|(t, p)| (offset_key(&g.id, t, *p), None))
+                    .collect();
+                match self.append(&g.id, records) {
+                    Ok(appended) => written.push((g.id.clone(), keys, appended)),
+                    Err(e) => {
+                        tracing::warn!(group = %g.id, error = %e, "could not write expired offsets")
+                    }
+                }
             }
         }
-        for id in emptied {
-            tracing::info!(group = %id, "offsets expired; group removed");
-            inner.groups.remove(&id);
+        for (group, keys, appended) in written {
+            if let Err(e) = self.wait_replicated(&group, &appended).await {
+                tracing::warn!(group = %group, error = ?e, "expired offsets not replicated");
+                continue;
+            }
+            let mut inner = self.inner.lock().expect("coordinator lock");
+            let Some(g) = inner.groups.get_mut(&group) else {
+                continue;
+            };
+            g.forget_offsets(&keys, appended.last_offset);
+            if g.offsets.is_empty()
+                && g.members.is_empty()
+                && g.pending_commits == 0
+                && g.state == GroupState::Empty
+            {
+                tracing::info!(group = %group, "offsets expired; group removed");
+                inner.groups.remove(&group);
+            }
         }
     }
 
@@ -975,7 +1032,7 @@ impl Coordinator {
             tick.tick().await;
             self.tick();
             if tokio::time::Instant::now() >= next_expiry {
-                self.expire_offsets();
+                self.expire_offsets().await;
                 next_expiry = tokio::time::Instant::now() + every;
             }
         }

@@ -959,6 +959,10 @@ impl Group {
         generation: i32,
         instance_id: &Option<String>,
     ) -> Result<(), ResponseError> {
+        if self.state == GroupState::Dead {
+            // Being deleted: the client finds the coordinator again.
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
         if generation < 0 && member_id.is_empty() && instance_id.is_none() {
             // A commit from outside any generation (a standalone consumer or an
             // admin tool) is only allowed while no member owns the group.
@@ -981,21 +985,33 @@ impl Group {
     /// Offsets of an empty group older than `retention_ms` (counted from the
     /// later of the commit and the group becoming empty) are removed and
     /// returned.
-    pub fn expire_offsets(&mut self, now: i64, retention_ms: i64) -> Vec<(String, i32)> {
+    /// The offsets due to expire (the group is empty and they are older
+    /// than the retention), with the record each was written in; the
+    /// caller forgets them once their tombstones are replicated.
+    pub fn expired_offsets(&self, now: i64, retention_ms: i64) -> Vec<((String, i32), i64)> {
         if self.state != GroupState::Empty {
             return vec![];
         }
         let since = self.state_since;
-        let expired: Vec<(String, i32)> = self
-            .offsets
+        self.offsets
             .iter()
             .filter(|(_, c)| now - c.commit_timestamp.max(since) > retention_ms)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &expired {
-            self.offsets.remove(k);
+            .map(|(k, c)| (k.clone(), c.record_offset))
+            .collect()
+    }
+
+    /// Forgets offsets whose deletion is durable, unless a later commit
+    /// (a record written after `written_before`) replaced one meanwhile.
+    pub fn forget_offsets(&mut self, keys: &[(String, i32)], written_before: i64) {
+        for k in keys {
+            if self
+                .offsets
+                .get(k)
+                .is_some_and(|c| c.record_offset < written_before)
+            {
+                self.offsets.remove(k);
+            }
         }
-        expired
     }
 }
 

@@ -160,8 +160,8 @@ pub fn split_and_validate(
 }
 
 /// [`split_and_validate`] for batches a leader sent to a follower, which
-/// may include batches without records (what compaction leaves at a log's
-/// end, see [`emptied`]).
+/// may hold fewer records than their offsets span, or none (what compaction
+/// leaves, see [`emptied`]).
 pub fn split_replicated(records: &Bytes) -> Result<Vec<Bytes>, BatchError> {
     split(records, usize::MAX, true)
 }

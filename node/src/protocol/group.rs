@@ -507,30 +507,29 @@ pub fn list_groups(svc: &Services, req: ListGroupsRequest, version: i16) -> List
     ListGroupsResponse::default().with_groups(groups)
 }
 
-pub fn delete_groups(
+pub async fn delete_groups(
     svc: &Services,
     req: DeleteGroupsRequest,
     _version: i16,
 ) -> DeleteGroupsResponse {
     use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
-    let results = req
-        .groups_names
-        .iter()
-        .map(|g| {
-            let r = if g.is_empty() {
-                Err(ResponseError::InvalidGroupId)
-            } else {
-                svc.groups.delete_group(g)
-            };
+    let mut results = Vec::with_capacity(req.groups_names.len());
+    for g in &req.groups_names {
+        let r = if g.is_empty() {
+            Err(ResponseError::InvalidGroupId)
+        } else {
+            svc.groups.delete_group(g).await
+        };
+        results.push(
             DeletableGroupResult::default()
                 .with_group_id(g.clone())
-                .with_error_code(code(r))
-        })
-        .collect();
+                .with_error_code(code(r)),
+        );
+    }
     DeleteGroupsResponse::default().with_results(results)
 }
 
-pub fn offset_delete(
+pub async fn offset_delete(
     svc: &Services,
     req: OffsetDeleteRequest,
     _version: i16,
@@ -547,7 +546,7 @@ pub fn offset_delete(
     let results = if req.group_id.is_empty() {
         Err(ResponseError::InvalidGroupId)
     } else {
-        svc.groups.delete_offsets(&req.group_id, parts)
+        svc.groups.delete_offsets(&req.group_id, parts).await
     };
     match results {
         Err(e) => OffsetDeleteResponse::default().with_error_code(e.code()),

@@ -330,8 +330,12 @@ async fn dispatch(
             ResponseKind::DescribeGroups(group::describe_groups(svc, r, v))
         }
         RequestKind::ListGroups(r) => ResponseKind::ListGroups(group::list_groups(svc, r, v)),
-        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(group::delete_groups(svc, r, v)),
-        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(group::offset_delete(svc, r, v)),
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(group::delete_groups(svc, r, v).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(group::offset_delete(svc, r, v).await)
+        }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(0)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, v).await),
         RequestKind::DescribeCluster(r) => {

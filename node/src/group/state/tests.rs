@@ -363,11 +363,32 @@ fn offsets_expire_only_when_empty() {
             record_offset: 0,
         },
     );
-    assert!(g.expire_offsets(1_000_000, 10).is_empty());
+    assert!(g.expired_offsets(1_000_000, 10).is_empty());
     g.leave(&[(ids[0].clone(), None)], 100);
     assert_eq!(g.state, GroupState::Empty);
-    assert!(g.expire_offsets(105, 10).is_empty());
-    assert_eq!(g.expire_offsets(200, 10), vec![("t".to_string(), 0)]);
+    assert!(g.expired_offsets(105, 10).is_empty());
+    let due = g.expired_offsets(200, 10);
+    assert_eq!(due, vec![(("t".to_string(), 0), 0)]);
+    // A commit written after the tombstones keeps its offset.
+    g.offsets
+        .get_mut(&("t".to_string(), 0))
+        .unwrap()
+        .record_offset = 7;
+    g.forget_offsets(&[("t".to_string(), 0)], 5);
+    assert_eq!(g.offsets.len(), 1);
+    g.forget_offsets(&[("t".to_string(), 0)], 8);
+    assert!(g.offsets.is_empty());
+}
+
+#[test]
+fn a_group_being_deleted_takes_no_commits() {
+    let (mut g, _) = stable(1, 0);
+    g.members.clear();
+    g.state = GroupState::Dead;
+    assert_eq!(
+        g.validate_commit("", -1, &None),
+        Err(ResponseError::CoordinatorNotAvailable)
+    );
 }
 
 #[derive(Debug, Clone)]
