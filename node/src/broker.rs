@@ -257,6 +257,10 @@ pub struct Broker {
     /// Until when (ms on [`mono_ms`]'s clock) this node may act as a leader:
     /// a little less than a lease after its last successful renewal began.
     lease_valid_until: AtomicI64,
+    /// When (ms on [`mono_ms`]'s clock) the read of the last applied view
+    /// began: a node back from a lease gap leads again only on a view read
+    /// after it renewed.
+    view_read_at: AtomicI64,
     me: std::sync::Weak<Broker>,
 }
 
@@ -367,6 +371,7 @@ impl Broker {
             applied: Notify::new(),
             producer_ids: std::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
             lease_valid_until: AtomicI64::new(i64::MIN),
+            view_read_at: AtomicI64::new(i64::MIN),
             config,
         }))
     }
@@ -423,6 +428,17 @@ impl Broker {
     pub fn lease_renewed(&self, sent_mono_ms: i64) {
         let until = sent_mono_ms + self.config.lease_duration_ms * 3 / 5;
         self.lease_valid_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// A view whose read began at `read_at_mono_ms` has been applied.
+    pub fn view_read(&self, read_at_mono_ms: i64) {
+        self.view_read_at
+            .fetch_max(read_at_mono_ms, Ordering::AcqRel);
+    }
+
+    /// Whether the last applied view was read at or after `mono_ms`.
+    pub fn view_read_since(&self, mono_ms: i64) -> bool {
+        self.view_read_at.load(Ordering::Acquire) >= mono_ms
     }
 
     /// Whether this node must not act as a leader now: its lease may be
@@ -1110,6 +1126,14 @@ impl Broker {
         let Role::Leader { epoch, .. } = role else {
             return Err(not_leader(name, partition, &role));
         };
+        if self.fenced() {
+            // Its lease may have lapsed: another node may lead by now, and
+            // a read here could go back in time (or past this log's end).
+            return Err(KafkaError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!("{name}-{partition}: this node is renewing its lease and does not serve as leader until it has"),
+            ));
+        }
         match current_leader_epoch {
             e if e < 0 || e == epoch => Ok(p.clone()),
             e if e < epoch => Err(KafkaError::new(

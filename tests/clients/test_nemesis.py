@@ -35,7 +35,8 @@ import time
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+import confluent_kafka
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from conftest import wait_for
@@ -140,6 +141,7 @@ class History:
         self.commits = {}  # (topic, partition) -> last committed offset seen
         self.backwards = []  # (topic, partition, before, after)
         self.client_errors = []  # fatal client errors, with librdkafka's reason
+        self.known_client_bugs = []  # fatal errors of librdkafka < 2.3.0 (see below)
 
     def delivered(self, err, msg):
         value = msg.value().decode()
@@ -150,34 +152,59 @@ class History:
                 self.failed[value] = err
 
 
-def producer(bootstrap, history, writer, stop):
-    def on_error(err):
-        if err.fatal():
-            with history.lock:
-                history.client_errors.append(f"producer {writer}: {err}")
+# librdkafka before 2.3.0 counts a batch that failed with a "possibly
+# persisted" error (a timeout, NOT_ENOUGH_REPLICAS_AFTER_APPEND) as
+# acknowledged before retrying it, and then takes a broker's later
+# OUT_OF_ORDER_SEQUENCE_NUMBER (a sequence gap after a refused batch, which
+# Kafka answers too) for a fatal error (librdkafka PR #4438). Such a
+# producer is replaced by a new one; the checker still holds everything it
+# was told. Current clients must never meet a fatal error.
+OLD_IDEMPOTENCE = confluent_kafka.libversion()[1] < 0x02030000
 
-    p = Producer({
-        "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-        "linger.ms": 5, "message.timeout.ms": 180000, "request.timeout.ms": 10000,
-        "topic.metadata.refresh.interval.ms": 1000, "error_cb": on_error,
-    })
-    seq = 0
-    topics = sorted(TOPICS)
+
+def producer(bootstrap, history, writer, stop):
+    generation = 0
     while not stop.is_set():
-        topic = topics[seq % len(topics)]
-        partition = (seq // len(topics)) % TOPICS[topic][0]
-        value = f"w{writer}:{topic}:{partition}:{seq}".encode()
-        try:
-            p.produce(topic, value=value, partition=partition, on_delivery=history.delivered)
-            seq += 1
-        except BufferError:
-            pass
-        except KafkaException as e:
-            with history.lock:
-                history.client_errors.append(f"producer {writer}: {e}")
-            break
-        p.poll(0.002)
-    p.flush(240)
+        fatal = []
+
+        def on_error(err):
+            if err.fatal():
+                fatal.append(err)
+
+        p = Producer({
+            "bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+            "linger.ms": 5, "message.timeout.ms": 180000, "request.timeout.ms": 10000,
+            "topic.metadata.refresh.interval.ms": 1000, "error_cb": on_error,
+        })
+        name = f"{writer}.{generation}"
+        seq = 0
+        topics = sorted(TOPICS)
+        while not stop.is_set() and not fatal:
+            topic = topics[seq % len(topics)]
+            partition = (seq // len(topics)) % TOPICS[topic][0]
+            value = f"w{name}:{topic}:{partition}:{seq}".encode()
+            try:
+                p.produce(topic, value=value, partition=partition, on_delivery=history.delivered)
+                seq += 1
+                p.poll(0.002)
+            except BufferError:
+                p.poll(0.002)
+            except KafkaException as e:
+                fatal.append(e.args[0])
+        if not fatal:
+            p.flush(240)
+            return
+        err = fatal[0]
+        known = OLD_IDEMPOTENCE and err.code() in (
+            KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError._FATAL)
+        with history.lock:
+            (history.known_client_bugs if known else history.client_errors).append(
+                f"producer {name}: {err}")
+        if not known:
+            return
+        # Delivery reports of what the fatal producer held still arrive.
+        p.flush(30)
+        generation += 1
 
 
 def consumer(bootstrap, history, stop):
@@ -435,6 +462,7 @@ def test_randomized_faults_lose_nothing_acknowledged(cluster):
     assert not history.client_errors, f"{history.client_errors} (seed {seed})"
     assert acked, "nothing was acknowledged"
     print(f"nemesis: {len(acked)} acknowledged, {len(failed)} failed, {len(consumed)} consumed")
+    print(f"nemesis: producers replaced after librdkafka < 2.3.0's fatal errors: {history.known_client_bugs}")
 
     final = {}  # (topic, partition, offset) -> value
     probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "nemesis-probe"})

@@ -103,16 +103,29 @@ impl View {
 pub async fn run_lease(broker: Arc<Broker>, info: NodeInfo) {
     let duration = broker.config.lease_duration_ms;
     let every = Duration::from_millis((duration / 5).max(10) as u64);
+    // When this node renewed after a gap in its lease, until it may lead
+    // again.
+    let mut back_since: Option<i64> = None;
     loop {
         let sent = mono_ms();
         match broker.coord.renew_node(&info, now_ms(), duration).await {
-            Ok(()) => {
-                if broker.fenced() {
-                    // Back after a gap: leadership may have moved meanwhile.
-                    // Lead again only once a fresh view has been applied.
+            Ok(()) if broker.fenced() => {
+                // Back after a gap: leadership may have moved meanwhile.
+                // Lead again only once a view read after this renewal has
+                // been applied (never on one read before it), so roles,
+                // metadata and producer state are current first.
+                let since = *back_since.get_or_insert(sent);
+                if broker.view_read_since(since) {
+                    broker.lease_renewed(sent);
+                    back_since = None;
+                } else {
                     tracing::info!("lease renewed after a gap; waiting for fresh metadata");
-                    let _ = tokio::time::timeout(every * 2, broker.next_view()).await;
+                    let _ = tokio::time::timeout(every, broker.next_view()).await;
+                    continue;
                 }
+            }
+            Ok(()) => {
+                back_since = None;
                 broker.lease_renewed(sent);
             }
             Err(e) => {
@@ -181,6 +194,7 @@ impl Fetchers {
 
 /// Reads the metadata, applies it, and tells everyone who cares.
 pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut Fetchers) {
+    let read_at = mono_ms();
     let view = match View::read(broker.coord.as_ref()).await {
         Ok(v) => v,
         Err(e) => {
@@ -191,7 +205,10 @@ pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut 
     let b = broker.clone();
     let applied = tokio::task::spawn_blocking(move || b.apply_view(view)).await;
     match applied {
-        Ok(Ok(transitions)) => groups.leadership_changed(&transitions),
+        Ok(Ok(transitions)) => {
+            broker.view_read(read_at);
+            groups.leadership_changed(&transitions)
+        }
         Ok(Err(e)) => tracing::error!(error = %e, "applying cluster metadata failed"),
         Err(e) if e.is_cancelled() => {} // the node is stopping
         Err(e) => tracing::error!(error = %e, "applying cluster metadata panicked"),
