@@ -26,6 +26,7 @@ use common::*;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use kafka_protocol::records::Compression;
+use sluice_node::log::batch::{encode_v2, plain_record};
 use sluice_node::protocol::versions::SUPPORTED;
 
 /// SplitMix64: small, fast, and the same sequence for the same seed.
@@ -682,7 +683,7 @@ fn budget() -> Duration {
 /// A batch of 1-20 records with random keys (some missing), values,
 /// headers and timestamps, in a random codec.
 fn random_batch(r: &mut Rng) -> Bytes {
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::Record;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -693,20 +694,12 @@ fn random_batch(r: &mut Rng) -> Bytes {
             let headers = (0..r.below(3))
                 .map(|h| (s(&format!("h{h}")), Some(Bytes::from(r.some_bytes(0, 8)))))
                 .collect();
+            let timestamp = now - r.below(1_000) as i64;
+            let key = (!r.chance(10)).then(|| Bytes::from(format!("k{}", r.below(50))));
+            let value = (!r.chance(5)).then(|| Bytes::from(r.some_bytes(0, 100)));
             Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32 - 1,
-                timestamp: now - r.below(1_000) as i64,
-                key: (!r.chance(10)).then(|| Bytes::from(format!("k{}", r.below(50)))),
-                value: (!r.chance(5)).then(|| Bytes::from(r.some_bytes(0, 100))),
                 headers,
+                ..plain_record(i as i64, timestamp, key, value)
             }
         })
         .collect();
@@ -717,17 +710,7 @@ fn random_batch(r: &mut Rng) -> Bytes {
         Compression::Lz4,
         Compression::Zstd,
     ][r.below(5)];
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode_v2(&records, compression).unwrap()
 }
 
 /// Rewrites a batch's length and CRC after its bytes changed, so only the

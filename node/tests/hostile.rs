@@ -16,10 +16,9 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record};
 use kafka_protocol::ResponseError;
+use sluice_node::log::batch::{encode_v2, plain_record};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -69,37 +68,14 @@ fn keyed_batch(keys: &[Option<&str>], ts: &[i64], compression: Compression) -> B
         .iter()
         .zip(ts)
         .enumerate()
-        .map(|(i, (k, t))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: *t,
-            key: k.map(|k| Bytes::from(k.to_string())),
-            value: Some(Bytes::from(format!("v{i}"))),
-            headers: Default::default(),
+        .map(|(i, (k, t))| {
+            let key = k.map(|k| Bytes::from(k.to_string()));
+            plain_record(i as i64, *t, key, Some(Bytes::from(format!("v{i}"))))
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode_v2(&records, compression).unwrap()
 }
 
-/// Rewrites a batch's length and CRC after its bytes were changed, so it
-/// passes the framing checks and only record validation can refuse it.
 fn reframe(b: &mut BytesMut) {
     let len = (b.len() - 12) as i32;
     b[8..12].copy_from_slice(&len.to_be_bytes());
@@ -294,33 +270,17 @@ fn keyed_batch_values(keys: &[Option<&str>], value: &str, salt: usize) -> Bytes 
     let records: Vec<Record> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: now_ms(),
-            key: k.map(|k| Bytes::from(format!("{k}{salt}"))),
-            value: Some(Bytes::from(value.to_string())),
-            headers: Default::default(),
+        .map(|(i, k)| {
+            let key = k.map(|k| Bytes::from(format!("{k}{salt}")));
+            plain_record(
+                i as i64,
+                now_ms(),
+                key,
+                Some(Bytes::from(value.to_string())),
+            )
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+    encode_v2(&records, Compression::None).unwrap()
 }
 
 #[test]

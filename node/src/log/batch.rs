@@ -369,45 +369,60 @@ pub fn rebuild_spanning(
     Ok(out)
 }
 
-/// Encodes (key, value) records as one v2 batch with `kafka-protocol`, the
-/// way a non-idempotent client would: offsets from 0, one timestamp.
-pub fn encode_records(
-    records: Vec<(Option<Bytes>, Option<Bytes>)>,
+/// A record as a non-idempotent client writes it: no producer, CreateTime,
+/// its sequence following its offset (a batch's base sequence -1).
+pub fn plain_record(
+    offset: i64,
     timestamp: i64,
-    compression: kafka_protocol::records::Compression,
-) -> anyhow::Result<Bytes> {
-    use kafka_protocol::records::TimestampType;
-    let recs: Vec<Record> = records
-        .into_iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // Base sequence -1 (not idempotent); the encoder keeps records
-            // with a constant offset - sequence in one batch.
-            sequence: i as i32 - 1,
-            timestamp,
-            key,
-            value,
-            headers: Default::default(),
-        })
-        .collect();
+    key: Option<Bytes>,
+    value: Option<Bytes>,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset,
+        // The encoder keeps records with a constant offset - sequence in
+        // one batch and derives the base sequence from the first.
+        sequence: (offset as i32).wrapping_sub(1),
+        timestamp,
+        key,
+        value,
+        headers: Default::default(),
+    }
+}
+
+/// Encodes records as one v2 batch with `kafka-protocol`.
+pub fn encode_v2(records: &[Record], compression: Compression) -> anyhow::Result<Bytes> {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        &recs,
+        records,
         &RecordEncodeOptions {
             version: 2,
             compression,
         },
     )?;
     Ok(buf.freeze())
+}
+
+/// Encodes (key, value) records as one v2 batch with `kafka-protocol`, the
+/// way a non-idempotent client would: offsets from 0, one timestamp.
+pub fn encode_records(
+    records: Vec<(Option<Bytes>, Option<Bytes>)>,
+    timestamp: i64,
+    compression: Compression,
+) -> anyhow::Result<Bytes> {
+    let recs: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| plain_record(i as i64, timestamp, key, value))
+        .collect();
+    encode_v2(&recs, compression)
 }
 
 #[cfg(test)]
@@ -426,33 +441,12 @@ pub(crate) mod tests {
         let recs: Vec<Record> = records
             .into_iter()
             .enumerate()
-            .map(|(i, (key, timestamp))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32 - 1,
-                timestamp,
-                key: key.map(Bytes::from),
-                value: Some(Bytes::from(format!("value-{i}"))),
-                headers: Default::default(),
+            .map(|(i, (key, timestamp))| {
+                let value = Some(Bytes::from(format!("value-{i}")));
+                plain_record(i as i64, timestamp, key.map(Bytes::from), value)
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        encode_v2(&recs, compression).unwrap()
     }
 
     pub(crate) fn encode(records: usize, compression: Compression) -> Bytes {
