@@ -61,7 +61,7 @@ pub fn start(
         .collect();
     let mut replicas = target.to_vec();
     replicas.extend(&removing);
-    let next = PartitionRecord {
+    let mut next = PartitionRecord {
         replicas,
         isr: current
             .isr
@@ -73,6 +73,13 @@ pub fn start(
         removing,
         ..current.clone()
     };
+    // A replica that was being added may lead (elected meanwhile); if the
+    // new target drops it, it must not stay leader of a partition it no
+    // longer holds: the first in-sync replica leads at the next epoch.
+    if next.leader.is_some_and(|l| !next.replicas.contains(&l)) {
+        next.leader = next.replicas.iter().copied().find(|r| next.isr.contains(r));
+        next.leader_epoch += 1;
+    }
     Ok(Some(complete(&next).unwrap_or(next)))
 }
 
@@ -163,6 +170,24 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_dropped_by_a_new_target_hands_over() {
+        // 1,2 -> 1,3: replica 3 catches up and is elected leader; then the
+        // move is replaced by one back to 1,2, which drops 3.
+        let p = PartitionRecord::new(vec![1, 2]);
+        let moving = start(&p, &[1, 3]).unwrap().unwrap();
+        let led_by_3 = PartitionRecord {
+            isr: vec![1, 2, 3],
+            leader: Some(3),
+            leader_epoch: 1,
+            ..moving
+        };
+        let back = start(&led_by_3, &[1, 2]).unwrap().unwrap();
+        assert_eq!(back.replicas, vec![1, 2]);
+        assert_eq!((back.leader, back.leader_epoch), (Some(1), 2));
+        assert!(back.isr.iter().all(|r| back.replicas.contains(r)));
+    }
+
+    #[test]
     fn shrinking_completes_at_once() {
         let p = PartitionRecord::new(vec![1, 2, 3]);
         let done = start(&p, &[3, 2]).unwrap().unwrap();
@@ -188,6 +213,29 @@ mod tests {
                 let l = done.leader.unwrap();
                 prop_assert!(target.contains(&l) && done.isr.contains(&l));
                 prop_assert!(done.leader_epoch >= p.leader_epoch);
+            }
+        }
+
+        #[test]
+        fn the_leader_is_always_a_replica(
+            before in proptest::sample::subsequence(vec![0, 1, 2, 3, 4], 1..4),
+            first in proptest::sample::subsequence(vec![0, 1, 2, 3, 4], 1..4),
+            second in proptest::sample::subsequence(vec![0, 1, 2, 3, 4], 1..4),
+            lead in 0usize..5,
+        ) {
+            // A move, any replica of it elected, then another move.
+            let p = PartitionRecord::new(before);
+            let moving = start(&p, &first).unwrap().unwrap_or(p);
+            let leader = moving.replicas[lead % moving.replicas.len()];
+            let elected = PartitionRecord {
+                isr: moving.replicas.clone(),
+                leader: Some(leader),
+                leader_epoch: moving.leader_epoch + 1,
+                ..moving
+            };
+            let next = start(&elected, &second).unwrap().unwrap_or(elected);
+            if let Some(l) = next.leader {
+                prop_assert!(next.replicas.contains(&l) && next.isr.contains(&l));
             }
         }
     }
