@@ -21,7 +21,8 @@ vanished; committed group offsets never went backwards; every partition ends
 with a leader and its full ISR.
 
 The seed is printed and `SLUICE_NEMESIS_SEED=<n>` replays a run;
-`SLUICE_NEMESIS_SECONDS` sets how long the faults go on (90 by default).
+`SLUICE_NEMESIS_SECONDS` sets how long the faults go on (90 by default);
+`SLUICE_NEMESIS_KEEP=1` keeps the nodes' data directories.
 """
 import json
 import os
@@ -409,7 +410,11 @@ def cluster():
     for n in nodes:
         n.kill9()
     kube.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("SLUICE_NEMESIS_KEEP"):
+        # The nodes' data directories, for reading a failure's batches.
+        print(f"nemesis: data kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_randomized_faults_lose_nothing_acknowledged(cluster):
