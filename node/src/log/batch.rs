@@ -429,9 +429,7 @@ pub fn encode_records(
 pub(crate) mod tests {
     use super::*;
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Compression, Record, TimestampType};
 
     /// A batch of (key, timestamp) records with values, offsets from 0.
     pub(crate) fn encode_with(
@@ -475,17 +473,7 @@ pub(crate) mod tests {
                 .collect(),
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        encode_v2(&recs, compression).unwrap()
     }
 
     #[test]

@@ -1607,7 +1607,7 @@ mod tests {
 
     #[test]
     fn producer_state_follows_replication_and_truncation() {
-        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+        use kafka_protocol::records::Record;
         let idem = |first_seq: i32| {
             let recs: Vec<Record> = (0..2)
                 .map(|i| Record {
@@ -1626,17 +1626,7 @@ mod tests {
                     headers: Default::default(),
                 })
                 .collect();
-            let mut b = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut b,
-                &recs,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression: Compression::None,
-                },
-            )
-            .unwrap();
-            b.freeze()
+            batch::encode_v2(&recs, Compression::None).unwrap()
         };
         let (_d, store, leader) = open();
         app(&leader, &idem(0), 0, TimestampType::CreateTime, 0).unwrap();
@@ -1663,7 +1653,7 @@ mod tests {
     /// An idempotent batch of (key, value) records: producer `pid` at
     /// epoch 0, sequences from `first_seq`.
     fn idempotent_keyed(pid: i64, first_seq: i32, keys: &[&str]) -> Bytes {
-        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+        use kafka_protocol::records::Record;
         let recs: Vec<Record> = keys
             .iter()
             .enumerate()
@@ -1683,17 +1673,7 @@ mod tests {
                 headers: Default::default(),
             })
             .collect();
-        let mut b = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut b,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        b.freeze()
+        batch::encode_v2(&recs, Compression::None).unwrap()
     }
 
     #[test]
@@ -1907,7 +1887,7 @@ mod tests {
 
     #[test]
     fn idle_producers_expire() {
-        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions};
+        use kafka_protocol::records::Record;
         let (_d, _s, log) = open();
         let idem = |pid: i64, ts: i64| {
             let r = Record {
@@ -1925,17 +1905,7 @@ mod tests {
                 value: None,
                 headers: Default::default(),
             };
-            let mut b = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut b,
-                [&r],
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression: Compression::None,
-                },
-            )
-            .unwrap();
-            b.freeze()
+            batch::encode_v2(&[r], Compression::None).unwrap()
         };
         app(&log, &idem(1, 1_000), 0, TimestampType::CreateTime, 0).unwrap();
         app(&log, &idem(2, 5_000), 0, TimestampType::CreateTime, 0).unwrap();
