@@ -3,7 +3,7 @@
 //! Protocol handlers call in here; nothing in this module knows about the
 //! wire format of requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,7 +22,7 @@ use crate::replication::replica::{Replica, Role, Transition};
 
 use crate::config::{validate_topic_name, BrokerDefaults, ConfigError, NodeConfig, TopicConfig};
 use crate::log::batch::{self, BatchError, Header};
-use crate::log::producers::SequenceError;
+use crate::log::producers::{self, Refusal, SequenceError};
 use crate::log::validate::{self, RecordProblem};
 use crate::log::{
     AppendError, Appended, PartitionLog, Read, Store, StoreError, StoreOptions, TimestampType,
@@ -55,7 +55,14 @@ pub type TopicRecord = TopicSpec;
 pub struct Partition {
     pub log: Arc<PartitionLog>,
     pub replica: Arc<Replica>,
+    /// Per idempotent producer, the last batch this node refused as leader
+    /// with a retriable error, and that error (see [`producers::gap_left_by`]).
+    refused: std::sync::Mutex<HashMap<i64, Vec<(Refusal, KafkaError)>>>,
 }
+
+/// Refusals remembered per partition at most; past it they are forgotten
+/// (a forgotten one only means OUT_OF_ORDER_SEQUENCE_NUMBER, as Kafka answers).
+const MAX_REFUSALS: usize = 10_000;
 
 impl std::ops::Deref for Partition {
     type Target = PartitionLog;
@@ -69,7 +76,61 @@ impl Partition {
         Ok(Arc::new(Partition {
             log: Arc::new(PartitionLog::open(store.clone(), id, p)?),
             replica: Arc::new(Replica::default()),
+            refused: Default::default(),
         }))
+    }
+
+    /// Remembers that an idempotent batch was refused with `e`; returns `e`.
+    fn refuse(&self, h: &Header, e: KafkaError) -> KafkaError {
+        if h.producer_id() >= 0 {
+            let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if m.len() >= MAX_REFUSALS {
+                m.clear();
+            }
+            let r = Refusal {
+                epoch: h.producer_epoch(),
+                first_seq: h.base_sequence(),
+            };
+            let held = m.entry(h.producer_id()).or_default();
+            // A producer has at most five batches in flight, all of one epoch.
+            held.retain(|(old, _)| old.epoch == r.epoch && old.first_seq != r.first_seq);
+            if held.len() >= producers::REMEMBERED_BATCHES {
+                held.remove(0);
+            }
+            held.push((r, e.clone()));
+        }
+        e
+    }
+
+    /// The answer to a batch whose sequences do not follow: the retriable
+    /// error its predecessor was refused with when that refusal left the gap.
+    fn sequence_error(&self, h: &Header, e: SequenceError) -> KafkaError {
+        let m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let held = m.get(&h.producer_id()).map(Vec::as_slice).unwrap_or(&[]);
+        let left = held
+            .iter()
+            .find(|(r, _)| producers::gap_left_by(&e, h.producer_epoch(), Some(*r)));
+        match left {
+            Some((r, refused)) => KafkaError::new(
+                refused.code,
+                format!(
+                    "sequence {} follows sequence {} which was refused: {}",
+                    h.base_sequence(),
+                    r.first_seq,
+                    refused.message
+                ),
+            ),
+            _ => AppendError::Sequence(e).into(),
+        }
+    }
+
+    fn appended_by(&self, h: &Header) {
+        if h.producer_id() >= 0 {
+            let mut m = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if !m.is_empty() {
+                m.remove(&h.producer_id());
+            }
+        }
     }
 }
 
@@ -1184,7 +1245,7 @@ impl Broker {
         let b = &stored;
         let h = Header::parse(b)?;
         if self.fenced() {
-            return Err(not_leader(name, partition, &p.replica.role()));
+            return Err(p.refuse(&h, not_leader(name, partition, &p.replica.role())));
         }
         let me = self.node_id();
         let min_isr = topic.config.min_insync_replicas;
@@ -1192,13 +1253,13 @@ impl Broker {
             .replica
             .with_leader(me, |v| {
                 if acks == -1 && !isr::enough_replicas(v.isr_len, min_isr) {
-                    return Err(KafkaError::new(
+                    return Err(p.refuse(&h, KafkaError::new(
                         ResponseError::NotEnoughReplicas,
                         format!(
                             "{name}-{partition} has {} in-sync replica(s); min.insync.replicas is {min_isr}",
                             v.isr_len
                         ),
-                    ));
+                    )));
                 }
                 let ts = topic.config.message_timestamp_type;
                 // A replica that is its partition's whole ISR commits at once.
@@ -1207,9 +1268,13 @@ impl Broker {
                 } else {
                     p.log.append(b, v.epoch, ts, now)
                 };
-                r.map_err(KafkaError::from)
+                r.map_err(|e| match e {
+                    AppendError::Sequence(e) => p.sequence_error(&h, e),
+                    e => e.into(),
+                })
             })
-            .map_err(|role| not_leader(name, partition, &role))??;
+            .map_err(|role| p.refuse(&h, not_leader(name, partition, &role)))??;
+        p.appended_by(&h);
         if !appended.duplicate {
             self.metrics
                 .record_append(name, i64::from(h.record_count()), b.len());

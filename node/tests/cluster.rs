@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{batch, create_topic, wait_for, Client, Cluster};
+use common::{batch, create_topic, idempotent_batch, wait_for, Client, Cluster};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -206,6 +206,72 @@ fn acks_all_needs_min_insync_replicas() {
     assert_eq!((code, offset), (0, 3));
     // The refused batch was never written.
     let d = fetch(&mut cl, "m", 0, -1);
+    assert_eq!((d.high_watermark, count_records(&d.records)), (4, 4));
+}
+
+/// A batch refused before it was written (too few in-sync replicas) leaves
+/// a gap in its producer's sequences; the batch after it, arriving once the
+/// replicas are back, is answered with the same retriable error rather than
+/// OUT_OF_ORDER_SEQUENCE_NUMBER, on which librdkafka bumps its epoch and
+/// sends again batches that may already be written.
+#[test]
+fn the_batch_after_a_refused_one_is_refused_alike_not_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 3, FAST);
+    let mut c0 = cluster.client(0);
+    assert_eq!(
+        create_topic(&mut c0, "g", 1, 3, &[("min.insync.replicas", "2")]),
+        0
+    );
+    let (leader, _, _, _, _) = wait_for(Duration::from_secs(20), || {
+        let p = partition0(&mut c0, "g");
+        (p.3.len() == 3).then_some(p)
+    });
+    let leader = leader as usize;
+    let mut cl = cluster.client(leader);
+    let pid = 4242;
+    assert_eq!(
+        produce(&mut cl, "g", idempotent_batch(1, "a", pid, 0, 0), -1),
+        (0, 0)
+    );
+    let followers: Vec<usize> = (0..3).filter(|n| *n != leader).collect();
+    for f in &followers {
+        cluster.stop(*f);
+    }
+    wait_for(Duration::from_secs(20), || {
+        (partition0(&mut cl, "g").3 == vec![leader as i32]).then_some(())
+    });
+    let refused = ResponseError::NotEnoughReplicas.code();
+    assert_eq!(
+        produce(&mut cl, "g", idempotent_batch(2, "b", pid, 0, 1), -1).0,
+        refused
+    );
+    for f in &followers {
+        cluster.start_node(*f);
+    }
+    wait_for(Duration::from_secs(30), || {
+        (partition0(&mut cl, "g").3.len() == 3).then_some(())
+    });
+    // The replicas are back; sequence 3 still follows the refused 1..=2.
+    assert_eq!(
+        produce(&mut cl, "g", idempotent_batch(1, "c", pid, 0, 3), -1).0,
+        refused
+    );
+    // Retried in order, both are written once.
+    assert_eq!(
+        produce(&mut cl, "g", idempotent_batch(2, "b", pid, 0, 1), -1),
+        (0, 1)
+    );
+    assert_eq!(
+        produce(&mut cl, "g", idempotent_batch(1, "c", pid, 0, 3), -1),
+        (0, 3)
+    );
+    // A gap no refusal explains is out of order, as on Kafka.
+    assert_eq!(
+        produce(&mut cl, "g", idempotent_batch(1, "d", pid, 0, 9), -1).0,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+    let d = fetch(&mut cl, "g", 0, -1);
     assert_eq!((d.high_watermark, count_records(&d.records)), (4, 4));
 }
 

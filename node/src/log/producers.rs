@@ -107,6 +107,32 @@ pub fn check(
     Ok(Verdict::Append)
 }
 
+/// A batch of an idempotent producer that this leader refused with a
+/// retriable error (not leading, fenced, too few in-sync replicas) without
+/// writing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub epoch: i16,
+    pub first_seq: i32,
+}
+
+/// Whether a sequence error is only the gap a refused batch left: the batch
+/// expected next is exactly the one this leader just refused. Such a batch
+/// is answered with the refusal's retriable error, not
+/// OUT_OF_ORDER_SEQUENCE_NUMBER: the client then retries both in order
+/// under the same epoch, where an out-of-order answer makes librdkafka bump
+/// its epoch and send again batches that may already be in the log, which
+/// no broker can recognise across epochs (confluentinc/librdkafka#4953).
+pub fn gap_left_by(err: &SequenceError, epoch: i16, refused: Option<Refusal>) -> bool {
+    let Some(r) = refused else { return false };
+    let expected = match err {
+        SequenceError::OutOfOrder { expected, got } if got != expected => *expected,
+        SequenceError::UnknownProducer { .. } => 0,
+        _ => return false,
+    };
+    r.epoch == epoch && r.first_seq == expected
+}
+
 /// When the producer last wrote, by its latest batch's timestamp.
 pub fn last_timestamp(entry: &ProducerEntry) -> i64 {
     entry.batches.back().map(|b| b.max_timestamp).unwrap_or(-1)
@@ -191,6 +217,42 @@ mod tests {
         );
         let e = record(Some(e), 4, meta(0, 2, 10));
         assert_eq!(e.batches.len(), 1);
+    }
+
+    #[test]
+    fn only_the_gap_a_refused_batch_left_is_excused() {
+        let refused = Some(Refusal {
+            epoch: 0,
+            first_seq: 10,
+        });
+        let gap = SequenceError::OutOfOrder {
+            expected: 10,
+            got: 15,
+        };
+        assert!(gap_left_by(&gap, 0, refused));
+        // Another epoch, another gap, no refusal: out of order as before.
+        assert!(!gap_left_by(&gap, 1, refused));
+        let other = SequenceError::OutOfOrder {
+            expected: 5,
+            got: 15,
+        };
+        assert!(!gap_left_by(&other, 0, refused));
+        assert!(!gap_left_by(&gap, 0, None));
+        // A producer whose first batch was refused.
+        let first = Some(Refusal {
+            epoch: 3,
+            first_seq: 0,
+        });
+        assert!(gap_left_by(
+            &SequenceError::UnknownProducer { got: 4 },
+            3,
+            first
+        ));
+        assert!(!gap_left_by(
+            &SequenceError::StaleEpoch { got: 2, current: 3 },
+            3,
+            first
+        ));
     }
 
     #[test]
