@@ -1,4 +1,8 @@
-//! Sluice's shared cluster rules, as pure functions.
+//! Sluice's custom resources and shared cluster rules.
+//!
+//! [`v1alpha1`]: the `Topic` and `ConsumerGroup` custom resources (the YAML
+//! in `crds/` is generated from them). [`topic_config`]: every topic config
+//! and its checks.
 //!
 //! Where replicas go ([`placement`]), who leads a partition ([`election`]),
 //! who is in sync and how far consumers may read ([`isr`]). The same rules
@@ -6,10 +10,13 @@
 //! a laptop cluster and a Kubernetes cluster decide alike. Nothing here does
 //! I/O or reads a clock: time comes in as arguments.
 //!
-//! The `Topic` and `ConsumerGroup` custom resource types join this crate with
-//! the operator.
 
 pub mod election;
 pub mod isr;
 pub mod placement;
 pub mod reassign;
+pub mod topic_config;
+pub mod v1alpha1;
+
+/// The internal topic holding committed offsets and group metadata.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";

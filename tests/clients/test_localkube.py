@@ -74,6 +74,10 @@ spec:
             properties:
               size: {type: integer, minimum: 1, maximum: 10}
               color: {type: string, enum: [red, blue]}
+          status:
+            type: object
+            properties:
+              ready: {type: boolean}
 """,
 }
 
@@ -296,3 +300,59 @@ def test_helm_install_upgrade_uninstall(api, tmp_path):
     helm("uninstall", "demo")
     assert kubectl(kc, "get", "cm", "demo-settings", check=False).returncode != 0
     assert "demo" not in helm("list")
+
+
+CRDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crds")
+
+
+def topic(name, partitions, rf=1, extra=""):
+    return (f"apiVersion: sluice.dev/v1alpha1\nkind: Topic\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  partitions: {partitions}\n  replicationFactor: {rf}\n{extra}")
+
+
+def test_sluice_crds_install_and_refuse_bad_topics(api):
+    """`kubectl apply -f crds/` installs Sluice's CRDs; the API server then
+    refuses what the schema forbids, undeclared config keys under strict
+    field validation, and a decrease of partitions (a CEL transition rule)."""
+    url, kc, _ = api
+    kubectl(kc, "apply", "--validate=false", "-f", CRDS)
+    kubectl(kc, "wait", "--for=condition=Established", "crd/topics.sluice.dev",
+            "crd/consumergroups.sluice.dev", "--timeout=10s")
+    kubectl(kc, "apply", "--validate=false", "-f", "-",
+            stdin=topic("orders", 3, 1, "  config: {retention.ms: '60000'}\n"))
+    assert kubectl(kc, "get", "st", "-o", "name").stdout.split() == ["topic.sluice.dev/orders"]
+    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False, stdin=topic("zero", 0))
+    assert "spec.partitions" in bad.stderr and "greater than or equal to 1" in bad.stderr
+    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+                  stdin=topic("odd", 1, 1, "  topicName: 'no spaces'\n"))
+    assert "spec.topicName" in bad.stderr and "should match" in bad.stderr
+    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+                  stdin=topic("codec", 1, 1, "  config: {compression.type: sideways}\n"))
+    assert "spec.config.compression.type: Unsupported value" in bad.stderr
+    # An unknown config key is pruned (kubectl --validate=false asks for
+    # fieldValidation=Ignore), named in a warning (Warn) or refused (Strict).
+    kubectl(kc, "apply", "--validate=false", "-f", "-",
+            stdin=topic("loose", 1, 1, "  config: {retention.ms: '1', colour: blue}\n"))
+    got = json.loads(kubectl(kc, "get", "st", "loose", "-o", "json").stdout)
+    assert got["spec"]["config"] == {"retention.ms": "1"}
+    topics = "/apis/sluice.dev/v1alpha1/namespaces/default/topics"
+    body = {"apiVersion": "sluice.dev/v1alpha1", "kind": "Topic", "metadata": {"name": "warned"},
+            "spec": {"partitions": 1, "replicationFactor": 1, "config": {"colour": "blue"}}}
+    req = urllib.request.Request(url + topics + "?fieldValidation=Warn", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        assert r.headers.get_all("Warning") == ['299 - "unknown field \\"spec.config.colour\\""']
+    body["metadata"]["name"] = "strict"
+    code, answer = call(url, "POST", topics + "?fieldValidation=Strict", body)
+    assert code == 400 and 'unknown field "spec.config.colour"' in answer["message"], answer
+    # Partitions may grow, never shrink.
+    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=topic("orders", 6))
+    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False, stdin=topic("orders", 2))
+    assert "partitions may not decrease" in bad.stderr, bad.stderr
+    assert kubectl(kc, "get", "st", "orders", "-o", "jsonpath={.spec.partitions}").stdout == "6"
+    # A ConsumerGroup with an offset reset of an unknown kind.
+    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+                  stdin="apiVersion: sluice.dev/v1alpha1\nkind: ConsumerGroup\nmetadata: {name: g}\n"
+                        "spec: {groupId: g, offsetReset: {to: yesterday}}\n")
+    assert "spec.offsetReset.to: Unsupported value" in bad.stderr

@@ -131,6 +131,7 @@ impl Kubelet {
             namespace: ns.into(),
             name: None,
             sub: None,
+            field_validation: "Ignore".into(),
         };
         if let Some(r) = self.server.resource(st, &t) {
             let _ = self.server.create(st, &t, &r, obj);

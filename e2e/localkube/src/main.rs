@@ -102,6 +102,10 @@ pub(crate) struct Target {
     pub(crate) name: Option<String>,
     /// `status`, `scale` or `log`.
     pub(crate) sub: Option<String>,
+    /// The request's `fieldValidation`: `Strict` refuses fields a custom
+    /// resource's schema does not declare; otherwise they are pruned, with
+    /// a warning unless `Ignore`.
+    pub(crate) field_validation: String,
 }
 
 impl Target {
@@ -113,6 +117,7 @@ impl Target {
             namespace: k.2.clone(),
             name: None,
             sub: None,
+            field_validation: "Ignore".into(),
         }
     }
 }
@@ -130,12 +135,25 @@ fn parse_path(path: &str) -> Option<Target> {
         namespace: ns.to_string(),
         name: more.first().map(|s| s.to_string()),
         sub: more.get(1).map(|s| s.to_string()),
+        field_validation: String::new(),
     };
     match rest {
         ["namespaces", ns, res, more @ ..] if more.len() <= 2 => Some(target(ns, res, more)),
         [res, more @ ..] if !res.is_empty() && more.len() <= 2 => Some(target("", res, more)),
         _ => None,
     }
+}
+
+/// Adds `Warning` headers (code 299), as the API server sends them and
+/// kubectl prints them.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response {
@@ -327,23 +345,51 @@ impl Server {
     }
 
     /// What every write does to the object it stores: type fields set,
-    /// Secret string data folded, custom resources checked.
-    fn prepare(&self, t: &Target, r: &Resource, obj: &mut Value) -> Result<(), Box<Response>> {
+    /// Secret string data folded, custom resources admitted (pruned,
+    /// checked against their schema and rules, `old` being the stored
+    /// object on an update). Returns the warnings to send.
+    fn prepare(
+        &self,
+        t: &Target,
+        r: &Resource,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<Vec<String>, Box<Response>> {
         let o = obj.as_object_mut().expect("checked");
         o.insert("apiVersion".into(), json!(t.gv));
         o.insert("kind".into(), json!(r.kind));
         if r.plural == "secrets" {
             fold_string_data(obj);
         }
-        self.check(r, obj)
-    }
-
-    /// Schema checks of custom resources: 422 Invalid naming the field.
-    fn check(&self, r: &Resource, obj: &Value) -> Result<(), Box<Response>> {
-        if let Some(schema) = &r.schema {
-            if let Err(e) = schema::validate_object(obj, schema) {
+        let Some(schema) = &r.schema else {
+            return Ok(vec![]);
+        };
+        let strict = t.field_validation == "Strict";
+        match schema::admit(obj, schema, old, strict) {
+            Ok(_) if t.field_validation == "Ignore" => Ok(vec![]),
+            Ok(unknown) => Ok(unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect()),
+            Err(schema::Refusal::Unknown(fields)) => {
+                let version = t.gv.rsplit('/').next().unwrap_or_default();
+                let list: Vec<String> = fields
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                Err(Box::new(status(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                        list.join(", "),
+                        kind = r.kind
+                    ),
+                )))
+            }
+            Err(schema::Refusal::Invalid(e)) => {
                 let name = meta_str(obj, "name").unwrap_or_default();
-                return Err(Box::new(status(
+                Err(Box::new(status(
                     422,
                     "Invalid",
                     format!(
@@ -351,10 +397,9 @@ impl Server {
                         r.plural,
                         r.gv.split('/').next().unwrap_or_default()
                     ),
-                )));
+                )))
             }
         }
-        Ok(())
     }
 
     pub(crate) fn create(
@@ -398,9 +443,10 @@ impl Server {
                 ),
             );
         }
-        if let Err(resp) = self.prepare(t, r, &mut obj) {
-            return *resp;
-        }
+        let warnings = match self.prepare(t, r, &mut obj, None) {
+            Ok(w) => w,
+            Err(resp) => return *resp,
+        };
         st.rv += 1;
         set_meta(&mut obj, "name", json!(name));
         if r.namespaced {
@@ -419,7 +465,10 @@ impl Server {
         }
         st.objects.insert(key.clone(), obj.clone());
         self.record(st, &key, "ADDED", obj.clone());
-        (StatusCode::CREATED, axum::Json(obj)).into_response()
+        with_warnings(
+            (StatusCode::CREATED, axum::Json(obj)).into_response(),
+            &warnings,
+        )
     }
 
     /// Stores `obj` as the new state of an existing object.
@@ -471,9 +520,10 @@ impl Server {
                 }
             }
         }
-        if let Err(resp) = self.prepare(t, r, &mut obj) {
-            return *resp;
-        }
+        let warnings = match self.prepare(t, r, &mut obj, Some(&current)) {
+            Ok(w) => w,
+            Err(resp) => return *resp,
+        };
         st.rv += 1;
         for k in [
             "uid",
@@ -512,7 +562,7 @@ impl Server {
         }
         st.objects.insert(key.clone(), obj.clone());
         self.record(st, &key, "MODIFIED", obj.clone());
-        axum::Json(obj).into_response()
+        with_warnings(axum::Json(obj).into_response(), &warnings)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -925,13 +975,16 @@ async fn serve_api(
             };
         }
     }
-    let Some(t) = parse_path(path) else {
+    let Some(mut t) = parse_path(path) else {
         return status(
             404,
             "NotFound",
             "the server could not find the requested resource".into(),
         );
     };
+    if let Some(v) = q.get("fieldValidation") {
+        t.field_validation = v.clone();
+    }
     if q.contains_key("dryRun") {
         return status(
             400,

@@ -1,0 +1,325 @@
+//! The custom resources, group `sluice.dev`, version `v1alpha1`: `Topic`
+//! (a Kafka topic: the topic's metadata record on Kubernetes) and
+//! `ConsumerGroup` (a view of, and actions on, a consumer group). The YAML in
+//! `crds/` is generated from these types (`crds_in_the_repository_are_current`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::topic_config::{Kind, SPECS};
+
+/// The API group of Sluice's resources.
+pub const GROUP: &str = "sluice.dev";
+
+/// What a topic should be.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "Topic",
+    doc = "A Kafka topic of the Sluice cluster in this namespace. Apply one and the operator places its partitions; a topic a Kafka client creates appears as one too.",
+    namespaced,
+    shortname = "st",
+    status = "TopicStatus",
+    printcolumn = r#"{"name":"Partitions","type":"integer","jsonPath":".spec.partitions"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicationFactor"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.partitions >= oldSelf.partitions").message("partitions may not decrease"))]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    /// Number of partitions; may grow, never shrink.
+    #[schemars(range(min = 1, max = 100000))]
+    pub partitions: i32,
+    /// Replicas of each partition (at most the cluster's maxNodes).
+    #[schemars(range(min = 1, max = 64))]
+    pub replication_factor: i32,
+    /// Kafka topic configs, as strings (`retention.ms`, `cleanup.policy`,
+    /// `min.insync.replicas`, ...). Keys outside the known set are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "config_schema")]
+    pub config: BTreeMap<String, String>,
+    /// The Kafka topic name, when it is not a valid object name (capitals,
+    /// `_`, longer than 63 characters). Defaults to `metadata.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub topic_name: Option<String>,
+    /// What deleting this object does to the topic's data: `Delete` (the
+    /// default) removes it from every node; `Retain` keeps it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// The schema of `spec.config`: an object of the known topic config keys,
+/// each a string. Not `additionalProperties: false`, which a structural
+/// schema may not combine with `properties`: an unknown key is refused by
+/// the API server's strict field validation (kubectl's default) and pruned
+/// for clients that do not ask for it, as any undeclared field is.
+fn config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let properties: serde_json::Map<String, serde_json::Value> = SPECS
+        .iter()
+        .map(|s| {
+            let mut p = serde_json::json!({"type": "string", "description": s.doc});
+            if let Kind::OneOf(values) = s.kind {
+                p["enum"] = serde_json::json!(values);
+            }
+            (s.name.to_string(), p)
+        })
+        .collect();
+    schemars::Schema::try_from(serde_json::json!({
+        "type": "object",
+        "description": "Kafka topic configs, as strings.",
+        "properties": properties,
+    }))
+    .expect("an object schema")
+}
+
+/// What the operator observed of a topic.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Kafka topic id (a UUID), kept for the topic's whole life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<String>,
+    /// `Ready` (every partition has a leader and its full ISR),
+    /// `Reassigning` (replicas are moving), `Degraded` (what is wrong).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One partition: where it lives and who leads it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    pub partition: i32,
+    pub replicas: Vec<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<i32>,
+    pub leader_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+/// What to do with a consumer group.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "ConsumerGroup",
+    doc = "A Kafka consumer group of the Sluice cluster in this namespace: its state, members and lag in status, and offset resets applied while it is empty.",
+    namespaced,
+    shortname = "scg",
+    status = "ConsumerGroupStatus",
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Members","type":"integer","jsonPath":".status.memberCount"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.totalLag"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerGroupSpec {
+    /// The Kafka group id.
+    #[schemars(length(min = 1, max = 249))]
+    pub group_id: String,
+    /// Committed offsets to set, once per change, while the group is Empty
+    /// (as `kafka-consumer-groups --reset-offsets` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_reset: Option<OffsetReset>,
+    /// Delete the Kafka group (its committed offsets) when this object is
+    /// deleted; by default the group is left alone.
+    #[serde(default)]
+    pub delete_group_on_removal: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetReset {
+    pub to: ResetTo,
+    /// Topics to reset (all the group has offsets for when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// The offset (`to: offset`) or the time in ms since the epoch
+    /// (`to: timestamp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset,
+    Timestamp,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerGroupStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Empty, Stable, PreparingRebalance, CompletingRebalance, Dead, or
+    /// NotFound (no such group yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<GroupMember>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<PartitionLag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_lag: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub host: String,
+    /// Assigned partitions as `topic-partition`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub log_end: i64,
+    pub lag: i64,
+}
+
+/// The Kafka topic name a `Topic` object stands for.
+pub fn kafka_name(t: &Topic) -> String {
+    t.spec
+        .topic_name
+        .clone()
+        .or_else(|| t.metadata.name.clone())
+        .unwrap_or_default()
+}
+
+/// An object name for a Kafka topic name: the name itself when it is a
+/// valid object name (lowercase alphanumerics, `-` and `.`, at most 63
+/// characters), else a cleaned-up name with a hash of the real one (the
+/// Kafka name then goes in `spec.topicName`).
+pub fn object_name(topic: &str) -> String {
+    let valid = !topic.is_empty()
+        && topic.len() <= 63
+        && topic
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && topic.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && topic.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        return topic.to_string();
+    }
+    let clean: String = topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(50)
+        .collect();
+    let clean = clean.trim_matches('-');
+    // FNV-1a: stable across processes and versions.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    if clean.is_empty() {
+        format!("topic-{:08x}", h as u32)
+    } else {
+        format!("{clean}-{:08x}", h as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    /// The YAML files in `crds/` are generated from these types; this test
+    /// fails when they are stale. `SLUICE_UPDATE_CRDS=1 cargo test -p
+    /// sluice-api` rewrites them.
+    #[test]
+    fn crds_in_the_repository_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, crd) in [
+            ("topics.sluice.dev.yaml", Topic::crd()),
+            ("consumergroups.sluice.dev.yaml", ConsumerGroup::crd()),
+        ] {
+            let yaml = format!(
+                "# Generated from crds/src/v1alpha1.rs: do not edit.\n{}",
+                serde_yaml::to_string(&crd).unwrap()
+            );
+            let path = dir.join(file);
+            if std::env::var_os("SLUICE_UPDATE_CRDS").is_some() {
+                std::fs::write(&path, &yaml).unwrap();
+            }
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == yaml,
+                "{file} is stale: run SLUICE_UPDATE_CRDS=1 cargo test -p sluice-api"
+            );
+        }
+    }
+
+    #[test]
+    fn the_topic_schema_says_what_the_api_server_must_refuse() {
+        let crd = serde_json::to_value(Topic::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["properties"]["partitions"]["minimum"], 1.0);
+        assert_eq!(spec["properties"]["replicationFactor"]["minimum"], 1.0);
+        let config = &spec["properties"]["config"];
+        assert!(config.get("additionalProperties").is_none());
+        assert!(config["properties"]["retention.ms"].is_object());
+        let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+        assert!(rules
+            .iter()
+            .any(|r| r["rule"] == "self.partitions >= oldSelf.partitions"));
+        let names = &crd["spec"]["names"];
+        assert_eq!(names["shortNames"][0], "st");
+    }
+
+    #[test]
+    fn object_names_for_kafka_names() {
+        assert_eq!(object_name("orders"), "orders");
+        assert_eq!(object_name("orders.v1"), "orders.v1");
+        let odd = object_name("Orders_V1");
+        assert_ne!(odd, object_name("orders-v1"));
+        assert!(odd.starts_with("orders-v1-"));
+        assert!(object_name(&"x".repeat(249)).len() <= 63);
+        assert_eq!(
+            object_name("__consumer_offsets").len(),
+            "consumer-offsets".len() + 9
+        );
+    }
+}
