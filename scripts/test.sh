@@ -58,6 +58,10 @@ fi
 # `cargo test` built the binary the client tests run.
 export SLUICE_BIN="$CARGO_TARGET_DIR/debug/sluice"
 export LOCALKUBE_BIN="$CARGO_TARGET_DIR/debug/localkube"
+export SLUICE_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/sluice-operator"
+
+step "e2e/up.sh, kubectl and kcat, e2e/down.sh (the by-hand path)"
+SLUICE_BIN_DIR="$CARGO_TARGET_DIR/debug" bash "$ROOT/e2e/smoke.sh"
 cd "$ROOT/tests/clients"
 step "client tests with Debian's clients (librdkafka 2.0, kafka-python 2.0, kcat)"
 /usr/bin/python3 -m pytest -q -p no:cacheprovider "$@"

@@ -105,6 +105,34 @@ pub fn without_dead_followers(
     })
 }
 
+/// Leadership leaving `from`, a node whose process restarted (a new
+/// incarnation in its lease: the old process, and whatever it did not
+/// write, are gone): the first other live in-sync replica leads at the
+/// next epoch, as Kafka's controller moves leadership off a broker that
+/// registers again. `None` when `from` does not lead or no other in-sync
+/// replica is alive (it keeps leading: its log holds everything acknowledged).
+pub fn hand_over(
+    current: &PartitionRecord,
+    from: i32,
+    alive: impl Fn(i32) -> bool,
+) -> Option<PartitionRecord> {
+    if current.leader != Some(from) {
+        return None;
+    }
+    let others = |r: i32| r != from && alive(r);
+    if !current.isr.iter().any(|r| others(*r)) {
+        return None;
+    }
+    elect(
+        current,
+        others,
+        ElectionOptions {
+            unclean: false,
+            preferred: false,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +142,22 @@ mod tests {
         unclean: false,
         preferred: true,
     };
+
+    #[test]
+    fn a_restarted_leader_hands_over_to_another_in_sync_replica() {
+        let p = PartitionRecord::new(vec![1, 2, 3]);
+        let next = hand_over(&p, 1, |_| true).unwrap();
+        assert_eq!((next.leader, next.leader_epoch), (Some(2), 1));
+        assert_eq!(next.isr, vec![2, 3]);
+        // Not the leader, or alone in sync: nothing moves.
+        assert_eq!(hand_over(&p, 2, |_| true), None);
+        let alone = PartitionRecord {
+            isr: vec![1],
+            ..PartitionRecord::new(vec![1, 2, 3])
+        };
+        assert_eq!(hand_over(&alone, 1, |_| true), None);
+        assert_eq!(hand_over(&p, 1, |r| r == 1), None);
+    }
 
     #[test]
     fn healthy_leader_stays() {

@@ -31,6 +31,17 @@ pub fn original(current: &PartitionRecord) -> Vec<i32> {
         .collect()
 }
 
+/// The replicas the partition will have when its reassignment completes
+/// (its replicas when none is in progress).
+pub fn target(current: &PartitionRecord) -> Vec<i32> {
+    current
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| !current.removing.contains(r))
+        .collect()
+}
+
 /// The record that starts moving `current` to `target` (replacing a
 /// reassignment in progress); `None` when there is nothing to do.
 pub fn start(

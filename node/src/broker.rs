@@ -14,7 +14,7 @@ use sluice_api::{election, isr, placement};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::cluster::View;
+use crate::coord::View;
 use crate::coord::{
     BrokerConfigs, CoordError, Coordination, PartitionKey, PartitionRecord, TopicSpec,
 };
@@ -275,7 +275,7 @@ pub fn refuse_internal(name: &str) -> KResult<()> {
 }
 
 pub fn is_internal(name: &str) -> bool {
-    name == crate::group::OFFSETS_TOPIC
+    name == sluice_api::OFFSETS_TOPIC
 }
 
 pub fn no_such_topic(name: &str) -> KafkaError {
@@ -295,6 +295,16 @@ pub struct NewTopic {
     pub assignment: Option<Vec<Vec<i32>>>,
 }
 
+/// What applying a view changed.
+#[derive(Debug, Default)]
+pub struct ViewApplied {
+    /// Replica role changes: (topic, partition, transition).
+    pub transitions: Vec<(String, i32, Transition)>,
+    /// Topics being deleted whose data this node has dropped (or never had),
+    /// not reported yet.
+    pub dropped: Vec<(String, Uuid)>,
+}
+
 /// How long admin requests wait for this node to see their own change.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -305,6 +315,9 @@ pub struct Broker {
     pub coord: Arc<dyn Coordination>,
     store: Arc<Store>,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Topics whose data this node keeps although the metadata no longer
+    /// names them (their Topic objects were lost, not deleted), by id.
+    orphans: RwLock<BTreeMap<Uuid, Arc<Topic>>>,
     view: RwLock<Arc<View>>,
     /// Topic defaults in force: the static ones under the dynamic broker
     /// configs of the last view applied.
@@ -418,7 +431,31 @@ impl Broker {
                 }),
             );
         }
-        tracing::info!(topics = topics.len(), cluster_id, "store opened");
+        let mut orphans = BTreeMap::new();
+        for json in store.list_orphans()? {
+            let record: TopicRecord = serde_json::from_slice(&json)
+                .map_err(|e| anyhow::anyhow!("a kept topic has unreadable metadata: {e}"))?;
+            let tc = config
+                .defaults
+                .resolve_topic(&record.name, &record.configs)?;
+            let partitions = (0..record.partitions)
+                .map(|p| Partition::open(&store, &record.id, p))
+                .collect::<Result<Vec<_>, _>>()?;
+            orphans.insert(
+                record.id,
+                Arc::new(Topic {
+                    record,
+                    config: tc,
+                    partitions,
+                }),
+            );
+        }
+        tracing::info!(
+            topics = topics.len(),
+            kept = orphans.len(),
+            cluster_id,
+            "store opened"
+        );
         Ok(Arc::new_cyclic(|me| Broker {
             me: me.clone(),
             cluster_id,
@@ -426,6 +463,7 @@ impl Broker {
             coord,
             store,
             topics: RwLock::new(topics),
+            orphans: RwLock::new(orphans),
             view: RwLock::new(Arc::new(View::default())),
             defaults: RwLock::new(Arc::new(config.defaults.clone())),
             appended: Notify::new(),
@@ -475,6 +513,17 @@ impl Broker {
             .expect("topics lock")
             .values()
             .cloned()
+            .collect()
+    }
+
+    /// Topics whose data this node keeps though the metadata no longer
+    /// names them, by name (announced in the node's lease).
+    pub fn orphans(&self) -> BTreeMap<String, Uuid> {
+        self.orphans
+            .read()
+            .expect("orphans lock")
+            .values()
+            .map(|t| (t.record.name.clone(), t.record.id))
             .collect()
     }
 
@@ -587,9 +636,12 @@ impl Broker {
     }
 
     /// Makes this node's topics and replica roles match the cluster's
-    /// metadata: creates, grows, reconfigures and deletes local topics, then
-    /// applies every partition record. Returns the role changes.
-    pub fn apply_view(&self, view: View) -> KResult<Vec<(String, i32, Transition)>> {
+    /// metadata: creates, grows and reconfigures local topics, drops the data
+    /// of topics deleted on purpose, keeps (without serving) the data of
+    /// topics the metadata no longer names, then applies every partition
+    /// record. Returns the role changes and the deleted topics whose data it
+    /// dropped (to report).
+    pub fn apply_view(&self, view: View) -> KResult<ViewApplied> {
         let me = self.node_id();
         // The view first: whoever sees a topic change below also sees the
         // metadata it came from (the versions the next change is based on).
@@ -608,9 +660,48 @@ impl Broker {
         if defaults_changed {
             tracing::info!(dynamic = ?defaults.dynamic, "dynamic broker configs changed");
         }
-        let mut removed = vec![];
+        // Topics this node stops serving (deleted, or no longer named).
+        let mut unserved: Vec<Arc<Topic>> = vec![];
+        // Deleted topics whose data this node has dropped, to report.
+        let mut dropped: Vec<(String, Uuid)> = vec![];
         {
             let mut topics = self.topics.write().expect("topics lock");
+            let mut orphans = self.orphans.write().expect("orphans lock");
+            // 1. Deleted on purpose: the data goes, and the node says so.
+            for (name, v) in view.topics.iter().filter(|(_, v)| v.value.deleting) {
+                let spec = &v.value;
+                let served = topics
+                    .get(name)
+                    .filter(|t| t.record.id == spec.id)
+                    .is_some();
+                let local = if served {
+                    topics.remove(name)
+                } else {
+                    orphans.remove(&spec.id)
+                };
+                if let Some(t) = local {
+                    for p in &t.partitions {
+                        p.log.close();
+                    }
+                    // One write whatever the partition count: the topic's
+                    // record and range deletes over its data.
+                    let mut wb = rocksdb::WriteBatch::default();
+                    if served {
+                        self.store.delete_topic(&mut wb, name);
+                    }
+                    self.store.delete_orphan(&mut wb, &spec.id);
+                    self.store.delete_topic_data(&mut wb, &spec.id);
+                    self.store.write(wb)?;
+                    tracing::info!(topic = %name, partitions = t.partitions.len(), "topic deleted: its data is dropped");
+                    self.reclaim(spec.id);
+                    unserved.push(t);
+                }
+                if !spec.dropped_on.contains(&me) {
+                    dropped.push((name.clone(), spec.id));
+                }
+            }
+            // 2. No longer named by the metadata (its Topic object lost, not
+            //    deleted), or named with another id: not served, data kept.
             let gone: Vec<String> = topics
                 .iter()
                 .filter(|(name, t)| {
@@ -622,22 +713,31 @@ impl Broker {
                 .collect();
             for name in gone {
                 let t = topics.remove(&name).expect("listed");
-                for p in &t.partitions {
-                    p.log.close();
-                }
-                // One write whatever the partition count: the topic's
-                // record and range deletes over its data.
+                let json = serde_json::to_vec(&t.record).expect("topic record serializes");
                 let mut wb = rocksdb::WriteBatch::default();
                 self.store.delete_topic(&mut wb, &name);
-                self.store.delete_topic_data(&mut wb, &t.record.id);
+                self.store.put_orphan(&mut wb, &t.record.id, &json);
                 self.store.write(wb)?;
-                tracing::info!(topic = %name, partitions = t.partitions.len(), "topic deleted");
-                removed.push(t);
+                tracing::warn!(topic = %name, id = %t.record.id, "topic no longer in the cluster metadata: its data is kept, not served");
+                unserved.push(t.clone());
+                orphans.insert(t.record.id, t);
             }
-            for (name, spec) in &view.topics {
+            // 3. Named by the metadata: served (an orphan of the same id
+            //    comes back with its data).
+            for (name, spec) in view.topics.iter().filter(|(_, v)| !v.value.deleting) {
                 let spec = &spec.value;
-                let current = topics.get(name).cloned();
-                if !defaults_changed && current.as_ref().is_some_and(|t| t.record == *spec) {
+                let mut current = topics.get(name).cloned();
+                if current.is_none() {
+                    if let Some(t) = orphans.remove(&spec.id) {
+                        let mut wb = rocksdb::WriteBatch::default();
+                        self.store.delete_orphan(&mut wb, &spec.id);
+                        self.store.write(wb)?;
+                        tracing::info!(topic = %name, id = %spec.id, "topic back in the cluster metadata: its kept data is served again");
+                        current = Some(t);
+                    }
+                }
+                let changed_record = current.as_ref().is_none_or(|t| t.record != *spec);
+                if !defaults_changed && !changed_record && topics.contains_key(name) {
                     continue;
                 }
                 let config = defaults.resolve_topic(name, &spec.configs).unwrap_or_else(|e| {
@@ -653,9 +753,10 @@ impl Broker {
                 for p in partitions.len() as i32..spec.partitions {
                     partitions.push(Partition::open(&self.store, &spec.id, p)?);
                 }
-                if current
-                    .as_ref()
-                    .is_some_and(|t| t.record == *spec && t.config == config)
+                if topics.contains_key(name)
+                    && current
+                        .as_ref()
+                        .is_some_and(|t| t.record == *spec && t.config == config)
                 {
                     continue;
                 }
@@ -678,11 +779,10 @@ impl Broker {
                 );
             }
         }
-        for t in removed {
+        for t in unserved {
             for p in &t.partitions {
                 p.replica.apply(me, None, 0, 0);
             }
-            self.reclaim(t.record.id);
         }
         let now = now_ms();
         let mut transitions = vec![];
@@ -709,7 +809,10 @@ impl Broker {
         }
         self.applied.notify_waiters();
         self.appended.notify_waiters();
-        Ok(transitions)
+        Ok(ViewApplied {
+            transitions,
+            dropped,
+        })
     }
 
     /// Gives a deleted topic's disk space back in the background.
@@ -758,7 +861,18 @@ impl Broker {
     pub async fn plan_new_topic(&self, t: &NewTopic) -> KResult<(TopicConfig, Vec<Vec<i32>>)> {
         validate_topic_name(&t.name)
             .map_err(|m| KafkaError::new(ResponseError::InvalidTopicException, m))?;
-        if self.topic(&t.name).is_some() || self.view().topics.contains_key(&t.name) {
+        if let Some(v) = self.view().topics.get(&t.name) {
+            let why = if v.value.deleting {
+                "is marked for deletion"
+            } else {
+                "already exists"
+            };
+            return Err(KafkaError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {} {why}", t.name),
+            ));
+        }
+        if self.topic(&t.name).is_some() {
             return Err(KafkaError::new(
                 ResponseError::TopicAlreadyExists,
                 format!("topic {} already exists", t.name),
@@ -825,13 +939,13 @@ impl Broker {
     /// metadata and returns once this node serves it.
     pub async fn create_topic(&self, t: NewTopic) -> KResult<Arc<Topic>> {
         let (_, assignment) = self.plan_new_topic(&t).await?;
-        let spec = TopicSpec {
-            name: t.name.clone(),
-            id: Uuid::new_v4(),
-            partitions: t.partitions,
-            replication_factor: t.replication_factor,
-            configs: t.configs,
-        };
+        let spec = TopicSpec::new(
+            &t.name,
+            Uuid::new_v4(),
+            t.partitions,
+            t.replication_factor,
+            t.configs,
+        );
         let id = spec.id;
         let records = assignment.into_iter().map(PartitionRecord::new).collect();
         self.coord
@@ -879,10 +993,19 @@ impl Broker {
             .map(|t| t.value.id)
             .ok_or_else(|| no_such_topic(name))?;
         self.coord.delete_topic(name).await.map_err(coord_error)?;
+        // Answered once the deletion is complete: every node that held the
+        // topic dropped its data and the controller removed it (a node that
+        // is down holds it up, as in Kafka).
         self.until_applied("the deletion", |b| {
-            b.topic(name).is_none_or(|t| t.record.id != id)
+            b.view().topics.get(name).is_none_or(|t| t.value.id != id)
         })
-        .await?;
+        .await
+        .map_err(|_| {
+            KafkaError::new(
+                ResponseError::RequestTimedOut,
+                format!("{name} is being deleted; it is removed once every node that holds it has dropped its data"),
+            )
+        })?;
         Ok(id)
     }
 
@@ -890,11 +1013,10 @@ impl Broker {
     /// compare-and-swap based on it.
     async fn stored_topic(&self, name: &str) -> KResult<crate::coord::Versioned<TopicSpec>> {
         self.coord
-            .topics()
+            .topic(name)
             .await
             .map_err(coord_error)?
-            .into_iter()
-            .find(|t| t.value.name == name)
+            .filter(|t| !t.value.deleting)
             .ok_or_else(|| no_such_topic(name))
     }
 
@@ -1168,7 +1290,30 @@ impl Broker {
             .await
             .map_err(coord_error)?;
         tracing::info!(topic, partition, replicas = ?next.replicas, adding = ?next.adding, removing = ?next.removing, "reassignment requested");
-        Ok(())
+        // The replication factor is the topic's (its Topic's
+        // spec.replicationFactor), which the controller keeps every
+        // partition at: a move to another size changes it for the topic.
+        let size = sluice_api::reassign::target(&next).len();
+        self.set_replication_factor(topic, size as i16).await
+    }
+
+    /// Sets a topic's replication factor in its spec, by compare-and-swap.
+    async fn set_replication_factor(&self, topic: &str, rf: i16) -> KResult<()> {
+        loop {
+            let Some(t) = self.coord.topic(topic).await.map_err(coord_error)? else {
+                return Err(no_such_topic(topic));
+            };
+            if t.value.replication_factor == rf {
+                return Ok(());
+            }
+            let mut spec = t.value.clone();
+            spec.replication_factor = rf;
+            match self.coord.update_topic(spec, t.version).await {
+                Ok(_) => return Ok(()),
+                Err(CoordError::Conflict(_)) => continue,
+                Err(e) => return Err(coord_error(e)),
+            }
+        }
     }
 
     /// A partition this node leads, for a client at `current_leader_epoch`

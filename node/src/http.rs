@@ -21,6 +21,8 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         {
+            // Deleted topics' series go with them.
+            broker.metrics.log_size_bytes.clear();
             for t in broker.topics() {
                 let size: i64 = t.partitions.iter().map(|p| p.size_bytes()).sum();
                 broker.metrics.set_log_size(&t.record.name, size);

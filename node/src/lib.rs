@@ -9,11 +9,11 @@
 //! - [`log`]: the partition log on RocksDB (record batches stored as produced)
 //!   and the compaction rules; [`cleaner`]: the task that compacts;
 //! - [`replication`]: followers pulling from leaders over gRPC;
-//! - [`coord`]: cluster metadata (node leases, topics, partition records)
-//!   behind one trait, with an in-memory backend;
+//! - [`coord`] (crate `sluice-coord`, shared with the operator): cluster
+//!   metadata (node leases, topics, partition records) behind one trait,
+//!   its backends, and the controller that elects leaders;
 //! - [`cluster`]: the node's lease and self-fencing, applying the metadata
-//!   (topics, replica roles, follower sessions, ISR changes), and the
-//!   controller that elects leaders;
+//!   (topics, replica roles, follower sessions, ISR changes);
 //! - [`group`]: the group coordinator and committed offsets;
 //! - [`config`]: node settings and topic config validation (pure);
 //! - [`metrics`] and [`http`]: Prometheus metrics and health on the admin port.
@@ -22,7 +22,9 @@ pub mod broker;
 pub mod cleaner;
 pub mod cluster;
 pub mod config;
-pub mod coord;
+/// Cluster coordination (the metadata store, its view, the controller),
+/// shared with the operator: crate `sluice-coord`.
+pub use sluice_coord as coord;
 pub mod group;
 pub mod http;
 pub mod log;

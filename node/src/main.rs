@@ -91,6 +91,11 @@ struct ServeArgs {
     /// Nodes the cluster is meant to have (the StatefulSet's replicas).
     #[arg(long, default_value_t = 3, env = "SLUICE_EXPECTED_NODES")]
     expected_nodes: usize,
+    /// Stand as a candidate for the cluster's controller (with --metadata
+    /// kubernetes): for a cluster run without the operator, which
+    /// otherwise runs the one controller.
+    #[arg(long, env = "SLUICE_CONTROLLER")]
+    controller: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -317,6 +322,7 @@ fn main() -> anyhow::Result<()> {
                     namespace: a.namespace,
                     cluster: a.cluster_name,
                     expected_nodes: a.expected_nodes,
+                    controller: a.controller,
                 };
             }
             a.common.apply(&mut c, false);

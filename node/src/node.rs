@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::broker::{mono_ms, now_ms, Broker};
-use crate::cluster::controller::{self, ControllerConfig};
 use crate::cluster::{self, Fetchers};
 use crate::config::NodeConfig;
+use crate::coord::controller::{self, ControllerConfig};
 use crate::coord::{
-    CResult, CoordError, Coordination, InMemory, NodeInfo, NodeLease, PartitionKey,
+    CResult, CoordError, Coordination, InMemory, LockRecord, NodeInfo, NodeLease, PartitionKey,
     PartitionRecord, TopicSpec, Version, Versioned,
 };
 use crate::group::Coordinator;
@@ -61,17 +61,21 @@ pub enum Metadata {
         namespace: String,
         cluster: String,
         expected_nodes: usize,
+        /// Stand as a candidate for the cluster's controller (the
+        /// `<cluster>-controller` lock): for clusters run without the
+        /// operator. Under the operator, nodes leave the controller to it.
+        controller: bool,
     },
 }
 
-/// One node, serving until SIGINT or SIGTERM, with the controller beside it.
-/// Prints `sluice ready kafka=ADDR admin=ADDR` on stdout once it accepts
-/// connections, with the ports actually bound (useful with port 0).
+/// One node, serving until SIGINT or SIGTERM. Prints `sluice ready
+/// kafka=ADDR admin=ADDR` on stdout once it accepts connections, with the
+/// ports actually bound (useful with port 0).
 ///
-/// On Kubernetes every node runs the controller: its rules write by
-/// compare-and-swap, so concurrent controllers agree (one write wins, the
-/// others see a conflict and re-read) and any surviving node keeps elections
-/// going. The operator takes this over when it lands.
+/// With local metadata the node runs the controller beside itself. On
+/// Kubernetes exactly one controller is active, elected through the
+/// `<cluster>-controller` lock: the operator's replicas are its candidates,
+/// and nodes only with `--controller` (a cluster run without the operator).
 pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (coord, expected, import_local): (Arc<dyn Coordination>, usize, bool) = match &metadata {
@@ -84,6 +88,7 @@ pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
             namespace,
             cluster,
             expected_nodes,
+            ..
         } => {
             let client = kube::Client::try_default()
                 .await
@@ -95,10 +100,31 @@ pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
             )
         }
     };
-    tokio::spawn(controller::run(
-        coord.clone(),
-        controller_config(&config, expected),
-    ));
+    let controller_config = controller_config(&config, expected);
+    match &metadata {
+        Metadata::Local => {
+            tokio::spawn(controller::run(coord.clone(), controller_config));
+        }
+        Metadata::Kubernetes {
+            cluster,
+            controller: true,
+            ..
+        } => {
+            let elector = crate::coord::elector::ElectorConfig {
+                name: format!("{cluster}-controller"),
+                identity: format!("node-{}", config.node_id),
+                duration_ms: config.lease_duration_ms,
+                renew_every_ms: (config.lease_duration_ms / 5).max(100),
+            };
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(crate::coord::elector::run(coord.clone(), elector, tx));
+            let c = coord.clone();
+            tokio::spawn(crate::coord::elector::while_leading(rx, move || {
+                controller::run(c.clone(), controller_config.clone())
+            }));
+        }
+        Metadata::Kubernetes { .. } => {}
+    }
     let (tx, rx) = oneshot::channel();
     let mut node = tokio::spawn(serve(config, coord, import_local, tx));
     let ready = tokio::select! {
@@ -210,6 +236,8 @@ pub async fn serve(
         kafka_port: kafka_port as u16,
         replication_addr: format!("{repl_host}:{}", addrs.replication.port()),
         rack: config.rack.clone(),
+        orphans: Default::default(),
+        incarnation: uuid::Uuid::new_v4(),
     };
     let sent = mono_ms();
     coord
@@ -279,6 +307,10 @@ impl Coordination for Reachable {
         self.check()?;
         self.inner.topics().await
     }
+    async fn topic(&self, name: &str) -> CResult<Option<Versioned<TopicSpec>>> {
+        self.check()?;
+        self.inner.topic(name).await
+    }
     async fn create_topic(&self, spec: TopicSpec, partitions: Vec<PartitionRecord>) -> CResult<()> {
         self.check()?;
         self.inner.create_topic(spec, partitions).await
@@ -290,6 +322,14 @@ impl Coordination for Reachable {
     async fn delete_topic(&self, name: &str) -> CResult<()> {
         self.check()?;
         self.inner.delete_topic(name).await
+    }
+    async fn topic_dropped(&self, name: &str, id: uuid::Uuid, node: i32) -> CResult<()> {
+        self.check()?;
+        self.inner.topic_dropped(name, id, node).await
+    }
+    async fn remove_topic(&self, name: &str, id: uuid::Uuid) -> CResult<()> {
+        self.check()?;
+        self.inner.remove_topic(name, id).await
     }
     async fn partitions(&self) -> CResult<Vec<(PartitionKey, Versioned<PartitionRecord>)>> {
         self.check()?;
@@ -336,6 +376,19 @@ impl Coordination for Reachable {
     ) -> CResult<Version> {
         self.check()?;
         self.inner.put_broker_configs(configs, expected).await
+    }
+    async fn lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>> {
+        self.check()?;
+        self.inner.lock(name).await
+    }
+    async fn put_lock(
+        &self,
+        name: &str,
+        record: LockRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.check()?;
+        self.inner.put_lock(name, record, expected).await
     }
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changes()

@@ -13,6 +13,15 @@ import time
 
 import pytest
 
+CRDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crds")
+
+
+def install_crds(kubeconfig):
+    """`kubectl apply -f crds/`: the Topic and ConsumerGroup resources that
+    `--metadata kubernetes` keeps topics in."""
+    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--validate=false",
+                    "-f", CRDS], check=True, capture_output=True, timeout=60)
+
 
 def _free_port():
     with socket.socket() as s:

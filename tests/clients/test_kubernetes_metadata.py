@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import wait_for
+from conftest import install_crds, wait_for
 
 LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
 pytestmark = pytest.mark.skipif(
@@ -46,6 +46,7 @@ class ServeNode:
              "--admin-listen", self.admin, "--replication-listen", "127.0.0.1:0",
              "--data-dir", self.data_dir, "--metadata", "kubernetes",
              "--namespace", "default", "--cluster-name", "e2e", "--expected-nodes", "3",
+             "--controller",
              "--lease-duration-ms", "2000", "--replica-lag-time-max-ms", "2000",
              "--auto-create-topics", "true", "--default-replication-factor", "3"],
             stdout=subprocess.PIPE, stderr=None, text=True,
@@ -68,6 +69,7 @@ def kube_cluster():
     lk = subprocess.Popen([LOCALKUBE, "--kubeconfig", kubeconfig],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = read_ready(lk, "localkube ready ")["url"]
+    install_crds(kubeconfig)
     nodes = [ServeNode(i, os.path.join(work, f"node-{i}"), kubeconfig).start() for i in range(3)]
     yield url, nodes
     for n in nodes:

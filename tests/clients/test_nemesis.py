@@ -42,7 +42,7 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import wait_for
+from conftest import install_crds, wait_for
 
 LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
 pytestmark = pytest.mark.skipif(
@@ -91,6 +91,7 @@ class Node:
              "--admin-listen", self.admin, "--replication-listen", "127.0.0.1:0",
              "--data-dir", self.data_dir, "--metadata", "kubernetes",
              "--namespace", "default", "--cluster-name", "nemesis", "--expected-nodes", "3",
+             "--controller",
              "--lease-duration-ms", str(LEASE_MS), "--replica-lag-time-max-ms", "3000",
              "--offsets-topic-num-partitions", "3", "--group-initial-rebalance-delay-ms", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -121,6 +122,7 @@ class LocalKube:
             [LOCALKUBE, "--kubeconfig", self.kubeconfig],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.url = read_ready(self.proc, "localkube ready ")["url"]
+        install_crds(self.kubeconfig)
 
     def faults(self, rules):
         req = urllib.request.Request(

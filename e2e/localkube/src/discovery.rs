@@ -63,6 +63,9 @@ pub fn builtin() -> Vec<Resource> {
             &["pdb"],
         ),
         r("coordination.k8s.io/v1", "leases", "Lease", true, &[]),
+        // What controllers publish through kube-rs's and client-go's
+        // recorders (kept apart from core v1 events here).
+        r("events.k8s.io/v1", "events", "Event", true, &[]),
         r("rbac.authorization.k8s.io/v1", "roles", "Role", true, &[]),
         r(
             "rbac.authorization.k8s.io/v1",

@@ -36,6 +36,9 @@ pub struct Config {
     /// Image name (without tag) -> program and leading arguments.
     pub images: HashMap<String, Vec<String>>,
     pub state_dir: PathBuf,
+    /// Given to every pod as `KUBECONFIG`: its way to the API server, as a
+    /// real kubelet mounts the service account's credentials.
+    pub kubeconfig: PathBuf,
 }
 
 struct Running {
@@ -540,7 +543,17 @@ impl Kubelet {
                     "metadata.uid" => meta_str(pod, "uid").map(str::to_string),
                     "status.podIP" | "status.hostIP" => Some(ip.to_string()),
                     "spec.nodeName" => Some("localkube".into()),
-                    _ => None,
+                    f => f
+                        .strip_prefix("metadata.labels['")
+                        .map(|k| ("labels", k))
+                        .or_else(|| {
+                            f.strip_prefix("metadata.annotations['")
+                                .map(|k| ("annotations", k))
+                        })
+                        .and_then(|(field, k)| {
+                            let k = k.strip_suffix("']")?;
+                            pod["metadata"][field][k].as_str().map(str::to_string)
+                        }),
                 }
             } else if let Some(r) = e["valueFrom"]["configMapKeyRef"].as_object() {
                 lookup(
@@ -558,9 +571,13 @@ impl Kubelet {
                 None
             };
             if let Some(v) = value {
+                // `$(VAR)` names a variable defined before this one.
+                let v = expand(&v, &env);
                 env.push((n.to_string(), v));
             }
         }
+        // Command and args may name any of the container's variables.
+        let argv = argv.iter().map(|a| expand(a, &env)).collect();
         let cwd = self.pod_dir(ns, name);
         Ok((argv, env, cwd))
     }
@@ -859,6 +876,7 @@ fn self_command(
         });
     }
     cmd.args(args)
+        .env("KUBECONFIG", &config.kubeconfig)
         .envs(env)
         .env("HOSTNAME", name)
         .current_dir(&cwd)
@@ -868,4 +886,60 @@ fn self_command(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("starting {prog}: {e}"))
+}
+
+/// Kubernetes' variable references: `$(VAR)` becomes the value of `VAR`
+/// when it is defined in `env`, and stays as written when it is not; `$$`
+/// is a literal `$`.
+fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(more) = after.strip_prefix('$') {
+            out.push('$');
+            rest = more;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(end) => {
+                    let name = &inner[..end];
+                    match env.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => out.push_str(v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &inner[end + 1..];
+                }
+                None => {
+                    out.push_str(&rest[i..]);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand;
+
+    #[test]
+    fn variable_references_expand_as_kubernetes_does() {
+        let env = vec![
+            ("POD_IP".to_string(), "127.0.0.7".to_string()),
+            ("PORT".to_string(), "9092".to_string()),
+        ];
+        assert_eq!(expand("$(POD_IP):$(PORT)", &env), "127.0.0.7:9092");
+        assert_eq!(expand("$(NOPE)-x", &env), "$(NOPE)-x");
+        assert_eq!(expand("$$(POD_IP) $5 $(", &env), "$(POD_IP) $5 $(");
+    }
 }

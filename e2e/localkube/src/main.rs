@@ -1166,6 +1166,7 @@ async fn main() -> anyhow::Result<()> {
             kubelet::Config {
                 images,
                 state_dir: state_dir.clone(),
+                kubeconfig: std::path::absolute(&cli.kubeconfig)?,
             },
         )
         .run(),

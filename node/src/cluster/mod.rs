@@ -9,104 +9,36 @@
 //! - the leader's side of the ISR: follower progress from replication
 //!   fetches, periodic shrink checks, and storing ISR changes by
 //!   compare-and-swap;
-//! - [`controller`]: elections and the offsets topic, run by one process
-//!   for the whole cluster (in process in `sluice dev`, the operator later).
+//!
+//! The controller (elections, the offsets topic) is in `sluice_coord`: one
+//! process runs it for the whole cluster (in process in `sluice dev`, the
+//! operator on Kubernetes).
 
-pub mod controller;
-
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::broker::{mono_ms, now_ms, Broker};
-use crate::coord::{
-    BrokerConfigs, CResult, CoordError, Coordination, NodeInfo, NodeLease, PartitionKey,
-    PartitionRecord, TopicSpec, Versioned,
-};
+use crate::coord::{CoordError, NodeInfo, PartitionKey, PartitionRecord, View};
 use crate::group::Coordinator;
 use crate::log::PartitionLog;
 use crate::replication::replica::{IsrChange, Role};
 use crate::replication::{follower, FetchError, Following, LeaderLogs};
 
-/// The cluster's metadata as one node last read it.
-#[derive(Debug, Default)]
-pub struct View {
-    pub nodes: Vec<NodeLease>,
-    pub topics: BTreeMap<String, Versioned<TopicSpec>>,
-    /// Per topic, the record of each partition by index.
-    pub records: HashMap<String, Vec<Option<Versioned<PartitionRecord>>>>,
-    /// Dynamic broker configs: cluster-wide and per node.
-    pub broker_configs: Vec<Versioned<BrokerConfigs>>,
-}
-
-impl View {
-    pub fn topic_records(&self, topic: &str) -> Option<&Vec<Option<Versioned<PartitionRecord>>>> {
-        self.records.get(topic)
-    }
-
-    pub fn record(&self, topic: &str, partition: i32) -> Option<&Versioned<PartitionRecord>> {
-        self.records
-            .get(topic)?
-            .get(usize::try_from(partition).ok()?)?
-            .as_ref()
-    }
-
-    pub fn node(&self, id: i32) -> Option<&NodeLease> {
-        self.nodes.iter().find(|n| n.info.id == id)
-    }
-
-    /// The stored dynamic configs of one node (`Some(id)`) or the cluster
-    /// (`None`).
-    pub fn broker_configs(&self, node: Option<i32>) -> Option<&Versioned<BrokerConfigs>> {
-        self.broker_configs.iter().find(|c| c.value.node == node)
-    }
-
-    /// Whether node `id`'s lease is alive now (see [`NodeLease::alive`]).
-    pub fn alive(&self, id: i32) -> bool {
-        let now = mono_ms();
-        self.node(id).is_some_and(|n| n.alive(now))
-    }
-
-    /// Reads everything from the coordination backend.
-    pub async fn read(coord: &dyn Coordination) -> CResult<View> {
-        let nodes = coord.nodes().await?;
-        let topics = coord
-            .topics()
-            .await?
-            .into_iter()
-            .map(|t| (t.value.name.clone(), t))
-            .collect::<BTreeMap<_, _>>();
-        let mut records: HashMap<String, Vec<Option<Versioned<PartitionRecord>>>> = HashMap::new();
-        for (key, rec) in coord.partitions().await? {
-            let Ok(i) = usize::try_from(key.partition) else {
-                continue;
-            };
-            let list = records.entry(key.topic).or_default();
-            if list.len() <= i {
-                list.resize(i + 1, None);
-            }
-            list[i] = Some(rec);
-        }
-        Ok(View {
-            nodes,
-            topics,
-            records,
-            broker_configs: coord.broker_configs().await?,
-        })
-    }
-}
-
 /// Renews this node's lease forever. Each success extends how long the node
 /// may lead (see [`Broker::lease_renewed`]).
-pub async fn run_lease(broker: Arc<Broker>, info: NodeInfo) {
+pub async fn run_lease(broker: Arc<Broker>, mut info: NodeInfo) {
     let duration = broker.config.lease_duration_ms;
     let every = Duration::from_millis((duration / 5).max(10) as u64);
     // When this node renewed after a gap in its lease, until it may lead
     // again.
     let mut back_since: Option<i64> = None;
     loop {
+        // Data kept for topics the metadata lost is announced, so a topic of
+        // that name declared again takes its old id.
+        info.orphans = broker.orphans();
         let sent = mono_ms();
         match broker.coord.renew_node(&info, now_ms(), duration).await {
             Ok(()) if broker.fenced() => {
@@ -205,9 +137,18 @@ pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut 
     let b = broker.clone();
     let applied = tokio::task::spawn_blocking(move || b.apply_view(view)).await;
     match applied {
-        Ok(Ok(transitions)) => {
+        Ok(Ok(applied)) => {
             broker.view_read(read_at);
-            groups.leadership_changed(&transitions)
+            groups.leadership_changed(&applied.transitions);
+            for (name, id) in applied.dropped {
+                if let Err(e) = broker
+                    .coord
+                    .topic_dropped(&name, id, broker.node_id())
+                    .await
+                {
+                    tracing::warn!(topic = %name, error = %e, "reporting a deleted topic's data dropped failed; the next view retries");
+                }
+            }
         }
         Ok(Err(e)) => tracing::error!(error = %e, "applying cluster metadata failed"),
         Err(e) if e.is_cancelled() => {} // the node is stopping

@@ -27,7 +27,7 @@ use crate::log::batch::{self, Header};
 use crate::log::Appended;
 use crate::replication::replica::Transition;
 
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use sluice_api::OFFSETS_TOPIC;
 
 /// Committed offsets by (topic, partition); `None` where nothing is committed.
 pub type FetchedOffsets = Vec<((String, i32), Option<Committed>)>;

@@ -6,7 +6,9 @@
 //! - `tsidx`: same key as `log`, value = the batch's max timestamp (8, BE);
 //!   written only when a batch raises the partition's running max timestamp,
 //!   so the first entry at or above a target time names the batch to search.
-//! - `meta`: topic metadata (`topic/<name>` -> JSON), per-partition state
+//! - `meta`: topic metadata (`topic/<name>` -> JSON; `orphan/<id>` -> JSON
+//!   for a topic whose data this node keeps though the metadata no longer
+//!   names it), per-partition state
 //!   (`part/` + topic id + partition -> [`PartitionState`]), the log
 //!   cleaner's checkpoint (`clean/` + topic id + partition -> JSON), the
 //!   cluster id.
@@ -164,6 +166,12 @@ fn epochs_key(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
 fn cleaner_key(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
     let mut k = b"clean/".to_vec();
     k.extend_from_slice(prefix);
+    k
+}
+
+fn orphan_key(id: &Uuid) -> Vec<u8> {
+    let mut k = b"orphan/".to_vec();
+    k.extend_from_slice(id.as_bytes());
     k
 }
 
@@ -408,6 +416,29 @@ impl Store {
 
     pub fn delete_topic(&self, wb: &mut WriteBatch, name: &str) {
         wb.delete_cf(self.cf(CF_META), topic_key(name));
+    }
+
+    /// Keeps the record of a topic this node holds data for although the
+    /// metadata no longer names it (an orphan), under its id.
+    pub fn put_orphan(&self, wb: &mut WriteBatch, id: &Uuid, json: &[u8]) {
+        wb.put_cf(self.cf(CF_META), orphan_key(id), json);
+    }
+
+    pub fn delete_orphan(&self, wb: &mut WriteBatch, id: &Uuid) {
+        wb.delete_cf(self.cf(CF_META), orphan_key(id));
+    }
+
+    /// Every orphan's record (JSON).
+    pub fn list_orphans(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), b"orphan/") {
+            let (k, v) = item?;
+            if !k.starts_with(b"orphan/") {
+                break;
+            }
+            out.push(v.to_vec());
+        }
+        Ok(out)
     }
 
     /// All stored topics as (name, JSON).

@@ -48,7 +48,7 @@ pub fn find_coordinator(
             0 => {
                 let p = svc.groups.partition_for(&key);
                 let leader = view
-                    .record(crate::group::OFFSETS_TOPIC, p)
+                    .record(sluice_api::OFFSETS_TOPIC, p)
                     .and_then(|r| r.value.leader)
                     .and_then(|l| view.node(l))
                     .filter(|n| n.alive(now));
@@ -63,7 +63,7 @@ pub fn find_coordinator(
                         .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                         .with_error_message(Some(str_bytes(format!(
                             "{}-{p} has no leader yet",
-                            crate::group::OFFSETS_TOPIC
+                            sluice_api::OFFSETS_TOPIC
                         )))),
                 }
             }

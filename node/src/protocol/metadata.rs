@@ -15,8 +15,8 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 
 use super::{ops, str_bytes};
 use crate::broker::{mono_ms, Broker, Topic};
-use crate::cluster::View;
 use crate::config::validate_topic_name;
+use crate::coord::View;
 
 /// The address clients should use for this node.
 pub(crate) fn advertised(broker: &Broker) -> (String, i32) {

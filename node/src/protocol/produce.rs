@@ -75,7 +75,7 @@ pub async fn produce(
                     ResponseError::UnknownTopicOrPartition,
                     format!("topic {name} does not exist"),
                 )),
-                (None, Some(t)) if t.record.name == crate::group::OFFSETS_TOPIC => {
+                (None, Some(t)) if t.record.name == sluice_api::OFFSETS_TOPIC => {
                     Err(KafkaError::new(
                         ResponseError::InvalidTopicException,
                         format!("{name} is internal; clients may not produce to it"),

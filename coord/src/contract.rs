@@ -15,17 +15,19 @@ fn node(id: i32) -> NodeInfo {
         kafka_port: 9092 + id as u16,
         replication_addr: format!("127.0.0.1:{}", 19092 + id),
         rack: None,
+        orphans: Default::default(),
+        incarnation: Default::default(),
     }
 }
 
 fn spec(name: &str, partitions: i32) -> TopicSpec {
-    TopicSpec {
-        name: name.into(),
-        id: Uuid::new_v4(),
+    TopicSpec::new(
+        name,
+        Uuid::new_v4(),
         partitions,
-        replication_factor: 2,
-        configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
-    }
+        2,
+        BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
+    )
 }
 
 /// Runs every check against `c`, which must start empty. Panics on the first
@@ -207,8 +209,31 @@ pub async fn run(c: &dyn Coordination) {
     assert_eq!((&d.value, d.version), (&defaults, v2));
     assert!(stored.iter().any(|s| s.value == per_node));
 
-    // Deleting a topic removes its partition records.
+    // Deleting a topic: marked, its nodes say they dropped its data, then
+    // it is removed with its partition records.
+    let id = c.topics().await.unwrap()[0].value.id;
     c.delete_topic("orders").await.unwrap();
+    let marked = c.topics().await.unwrap();
+    assert!(marked[0].value.deleting, "a deleted topic is marked first");
+    assert_eq!(
+        c.partitions().await.unwrap().len(),
+        5,
+        "records stay meanwhile"
+    );
+    c.delete_topic("orders").await.unwrap();
+    for node in [2, 1, 2] {
+        c.topic_dropped("orders", id, node).await.unwrap();
+    }
+    assert_eq!(
+        c.topics().await.unwrap()[0].value.dropped_on,
+        vec![1, 2],
+        "each node once"
+    );
+    assert!(matches!(
+        c.topic_dropped("orders", Uuid::new_v4(), 1).await,
+        Err(CoordError::NotFound(_))
+    ));
+    c.remove_topic("orders", id).await.unwrap();
     assert!(c.topics().await.unwrap().is_empty());
     assert!(c.partitions().await.unwrap().is_empty());
     assert!(matches!(

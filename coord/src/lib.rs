@@ -1,4 +1,5 @@
-//! The coordination room: the cluster's metadata behind one trait.
+//! The coordination room: the cluster's metadata behind one trait, shared
+//! by the storage nodes and the operator.
 //!
 //! Node leases (liveness and addresses), topics, one record per partition
 //! (replicas, ISR, leader, leader epoch) and dynamic broker configs, each
@@ -12,8 +13,11 @@
 //! records change only when leadership, ISR or assignment change.
 
 pub mod contract;
+pub mod controller;
+pub mod elector;
 mod kubernetes;
 mod memory;
+mod view;
 
 use std::collections::BTreeMap;
 
@@ -22,8 +26,9 @@ use serde::{Deserialize, Serialize};
 pub use sluice_api::election::PartitionRecord;
 use uuid::Uuid;
 
-pub use kubernetes::Kubernetes;
+pub use kubernetes::{client_from_kubeconfig, winners, Kubernetes};
 pub use memory::InMemory;
+pub use view::View;
 
 /// What a node announces in its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +40,18 @@ pub struct NodeInfo {
     /// `host:port` of the replication (gRPC) endpoint.
     pub replication_addr: String,
     pub rack: Option<String>,
+    /// Topics whose data this node keeps although the metadata no longer
+    /// names them (their `Topic` objects were lost, not deleted), by name,
+    /// with their ids: a topic of that name that comes back takes its old
+    /// id and finds its data.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub orphans: BTreeMap<String, Uuid>,
+    /// Chosen afresh by every process at start. A lease renewed under a new
+    /// incarnation means the node restarted: the old process is gone (one
+    /// process per data directory), and the controller moves leadership off
+    /// it at once instead of waiting for a lease to lapse that never will.
+    #[serde(default)]
+    pub incarnation: Uuid,
 }
 
 /// A node's lease as last renewed.
@@ -98,6 +115,36 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// Being deleted on purpose (DeleteTopics, `kubectl delete topic`):
+    /// every node drops its data and says so
+    /// ([`Coordination::topic_dropped`]); the controller then removes the
+    /// topic. A topic that is merely absent from the metadata keeps its
+    /// data on every node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
+    /// Nodes that dropped the data of a topic being deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_on: Vec<i32>,
+}
+
+impl TopicSpec {
+    pub fn new(
+        name: &str,
+        id: Uuid,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> TopicSpec {
+        TopicSpec {
+            name: name.to_string(),
+            id,
+            partitions,
+            replication_factor,
+            configs,
+            deleting: false,
+            dropped_on: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -122,6 +169,20 @@ impl PartitionKey {
 pub struct BrokerConfigs {
     pub node: Option<i32>,
     pub configs: BTreeMap<String, String>,
+}
+
+/// A lock that one process holds at a time (the controller's), renewed by
+/// its holder; like a Kubernetes `Lease` used for leader election.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRecord {
+    /// Who holds it (an operator pod's name, a node's id).
+    pub holder: String,
+    pub duration_ms: i64,
+    /// The holder's wall clock at its last renewal (for people; observers
+    /// judge expiry on their own clock, see [`elector`]).
+    pub renewed_ms: i64,
+    /// How many times it changed hands.
+    pub transitions: i32,
 }
 
 /// A version of a stored object (a Kubernetes resourceVersion).
@@ -155,12 +216,48 @@ pub trait Coordination: Send + Sync + 'static {
     async fn nodes(&self) -> CResult<Vec<NodeLease>>;
 
     async fn topics(&self) -> CResult<Vec<Versioned<TopicSpec>>>;
+    /// One topic as stored now (not as a cache last saw it), for a
+    /// compare-and-swap based on it.
+    async fn topic(&self, name: &str) -> CResult<Option<Versioned<TopicSpec>>>;
+    /// Topics declared but not set up yet (a `Topic` object applied with
+    /// kubectl): no id (nil), no partition records. The controller sets them
+    /// up with [`adopt_topic`](Self::adopt_topic). None where topics are only
+    /// made by [`create_topic`](Self::create_topic).
+    async fn pending_topics(&self) -> CResult<Vec<Versioned<TopicSpec>>> {
+        Ok(vec![])
+    }
+    /// Sets up a pending topic: gives it `spec.id` and the records of its
+    /// partitions, if it is still at `expected`.
+    async fn adopt_topic(
+        &self,
+        spec: TopicSpec,
+        _partitions: Vec<PartitionRecord>,
+        _expected: Version,
+    ) -> CResult<()> {
+        Err(CoordError::NotFound(format!("pending topic {}", spec.name)))
+    }
+    /// The topic ids partition records remember, by topic name (a topic
+    /// whose spec was lost and is declared again takes its old id).
+    async fn partition_topic_ids(&self) -> CResult<BTreeMap<String, Uuid>> {
+        Ok(BTreeMap::new())
+    }
+    /// Upkeep particular to the backend, run by the controller on every pass
+    /// (on Kubernetes: deciding what the deletion of a `Topic` object means).
+    async fn housekeeping(&self) -> CResult<()> {
+        Ok(())
+    }
     /// Creates a topic and the records of its partitions.
     async fn create_topic(&self, spec: TopicSpec, partitions: Vec<PartitionRecord>) -> CResult<()>;
     /// Replaces a topic's spec if it is still at `expected`.
     async fn update_topic(&self, spec: TopicSpec, expected: Version) -> CResult<Version>;
-    /// Deletes a topic and its partition records.
+    /// Starts deleting a topic on purpose: it is marked
+    /// [`deleting`](TopicSpec::deleting) and its data goes from every node.
     async fn delete_topic(&self, name: &str) -> CResult<()>;
+    /// Node `node` dropped the data of topic `id` (being deleted).
+    async fn topic_dropped(&self, name: &str, id: Uuid, node: i32) -> CResult<()>;
+    /// Removes a deleted topic and its partition records (the controller,
+    /// once every node that held it dropped its data).
+    async fn remove_topic(&self, name: &str, id: Uuid) -> CResult<()>;
 
     async fn partitions(&self) -> CResult<Vec<(PartitionKey, Versioned<PartitionRecord>)>>;
     /// One partition's record, if it exists.
@@ -203,6 +300,17 @@ pub trait Coordination: Send + Sync + 'static {
     async fn put_broker_configs(
         &self,
         configs: BrokerConfigs,
+        expected: Option<Version>,
+    ) -> CResult<Version>;
+
+    /// The lock called `name`, if anyone ever took it.
+    async fn lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>>;
+    /// Takes the lock (`expected: None`: it must not exist) or renews or
+    /// takes it over if it is still at `expected`.
+    async fn put_lock(
+        &self,
+        name: &str,
+        record: LockRecord,
         expected: Option<Version>,
     ) -> CResult<Version>;
 

@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use uuid::Uuid;
+
 use async_trait::async_trait;
 use tokio::sync::watch;
 
@@ -28,6 +30,8 @@ struct State {
     topics: BTreeMap<String, Versioned<TopicSpec>>,
     partitions: BTreeMap<PartitionKey, Versioned<PartitionRecord>>,
     broker_configs: BTreeMap<Option<i32>, Versioned<BrokerConfigs>>,
+    /// Locks, like leases, are not kept on disk.
+    locks: BTreeMap<String, Versioned<LockRecord>>,
     /// Lines in the journal since the last snapshot.
     journaled: usize,
 }
@@ -320,6 +324,16 @@ impl Coordination for InMemory {
             .collect())
     }
 
+    async fn topic(&self, name: &str) -> CResult<Option<Versioned<TopicSpec>>> {
+        Ok(self
+            .state
+            .lock()
+            .expect("coordination lock")
+            .topics
+            .get(name)
+            .cloned())
+    }
+
     async fn create_topic(&self, spec: TopicSpec, partitions: Vec<PartitionRecord>) -> CResult<()> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
@@ -354,8 +368,39 @@ impl Coordination for InMemory {
     async fn delete_topic(&self, name: &str) -> CResult<()> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock().expect("coordination lock");
-        if !st.topics.contains_key(name) {
+        let Some(t) = st.topics.get(name) else {
             return Err(CoordError::NotFound(format!("topic {name}")));
+        };
+        if t.value.deleting {
+            return Ok(());
+        }
+        let mut next = t.value.clone();
+        next.deleting = true;
+        self.change(&mut st, |v| vec![Op::PutTopic(next, v)])?;
+        Ok(())
+    }
+
+    async fn topic_dropped(&self, name: &str, id: Uuid, node: i32) -> CResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("coordination lock");
+        let Some(t) = st.topics.get(name).filter(|t| t.value.id == id) else {
+            return Err(CoordError::NotFound(format!("topic {name} ({id})")));
+        };
+        if t.value.dropped_on.contains(&node) {
+            return Ok(());
+        }
+        let mut next = t.value.clone();
+        next.dropped_on.push(node);
+        next.dropped_on.sort_unstable();
+        self.change(&mut st, |v| vec![Op::PutTopic(next, v)])?;
+        Ok(())
+    }
+
+    async fn remove_topic(&self, name: &str, id: Uuid) -> CResult<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("coordination lock");
+        if st.topics.get(name).is_none_or(|t| t.value.id != id) {
+            return Err(CoordError::NotFound(format!("topic {name} ({id})")));
         }
         self.change(&mut st, |_| vec![Op::DeleteTopic(name.to_string())])?;
         Ok(())
@@ -459,6 +504,44 @@ impl Coordination for InMemory {
         self.change(&mut st, |v| vec![Op::PutConfigs(configs, v)])
     }
 
+    async fn lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>> {
+        Ok(self
+            .state
+            .lock()
+            .expect("coordination lock")
+            .locks
+            .get(name)
+            .cloned())
+    }
+
+    async fn put_lock(
+        &self,
+        name: &str,
+        record: LockRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("coordination lock");
+        let what = format!("lock {name}");
+        match (st.locks.get(name), expected) {
+            (Some(_), None) => return Err(CoordError::AlreadyExists(what)),
+            (None, Some(_)) => return Err(CoordError::NotFound(what)),
+            (Some(l), Some(v)) if l.version != v => return Err(CoordError::Conflict(what)),
+            _ => {}
+        }
+        // A renewal is not news to anyone watching the metadata.
+        let version = st.version + 1;
+        st.version = version;
+        st.locks.insert(
+            name.to_string(),
+            Versioned {
+                value: record,
+                version,
+            },
+        );
+        Ok(version)
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -478,13 +561,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cluster.json");
         let c = InMemory::persistent(file.clone()).unwrap();
-        let spec = |name: &str| TopicSpec {
-            name: name.into(),
-            id: uuid::Uuid::new_v4(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: Default::default(),
-        };
+        let spec =
+            |name: &str| TopicSpec::new(name, uuid::Uuid::new_v4(), 1, 1, Default::default());
         c.create_topic(spec("a"), vec![PartitionRecord::new(vec![0])])
             .await
             .unwrap();
@@ -526,13 +604,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = InMemory::persistent(dir.path().join("sub/cluster.json")).unwrap();
         // The directory the files go in does not exist: every save fails.
-        let spec = TopicSpec {
-            name: "t".into(),
-            id: uuid::Uuid::new_v4(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: Default::default(),
-        };
+        let spec = TopicSpec::new("t", uuid::Uuid::new_v4(), 1, 1, Default::default());
         let before = *c.changes().borrow();
         assert!(matches!(
             c.create_topic(spec, vec![PartitionRecord::new(vec![0])])
@@ -544,13 +616,7 @@ mod tests {
         assert_eq!(*c.changes().borrow(), before, "nothing announced");
         // Once it can be saved, it is made.
         std::fs::create_dir_all(dir.path().join("sub")).unwrap();
-        let spec = TopicSpec {
-            name: "t".into(),
-            id: uuid::Uuid::new_v4(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: Default::default(),
-        };
+        let spec = TopicSpec::new("t", uuid::Uuid::new_v4(), 1, 1, Default::default());
         c.create_topic(spec, vec![PartitionRecord::new(vec![0])])
             .await
             .unwrap();

@@ -1,0 +1,446 @@
+//! The storage nodes' objects, as pure functions of the settings and the
+//! node count: the StatefulSet (stable ordinals are node ids, one PVC
+//! each), a headless Service (pod DNS names, replication), a client
+//! (bootstrap) Service, a PodDisruptionBudget (one node down at a time),
+//! and the nodes' ServiceAccount with a Role allowing what a node does
+//! (its lease, partition Leases, Topics). [`apply`] writes them with
+//! server-side apply, each owned by the operator's ConfigMap, so deleting
+//! that (`helm uninstall`) removes them all and leaves the PVCs.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde_json::{json, Value};
+
+use crate::config::{Advertise, Settings};
+
+/// The field manager of everything the operator applies.
+pub const MANAGER: &str = "sluice-operator";
+
+/// Names of the cluster's objects.
+pub struct Names<'a>(pub &'a str);
+
+impl Names<'_> {
+    /// The StatefulSet; its pods are `<cluster>-node-<id>`.
+    pub fn statefulset(&self) -> String {
+        format!("{}-node", self.0)
+    }
+    /// The headless Service giving pods their DNS names.
+    pub fn headless(&self) -> String {
+        format!("{}-nodes", self.0)
+    }
+    /// The client (bootstrap) Service.
+    pub fn bootstrap(&self) -> String {
+        self.0.to_string()
+    }
+    pub fn service_account(&self) -> String {
+        format!("{}-node", self.0)
+    }
+    /// The controller lock (a Lease).
+    pub fn controller_lock(&self) -> String {
+        format!("{}-controller", self.0)
+    }
+    /// The operator's ConfigMap, owner of everything else.
+    pub fn owner(&self) -> String {
+        format!("{}-operator", self.0)
+    }
+}
+
+fn labels(s: &Settings) -> Value {
+    json!({
+        "app.kubernetes.io/name": "sluice",
+        "app.kubernetes.io/instance": s.cluster_name,
+        "app.kubernetes.io/component": "node",
+        "app.kubernetes.io/managed-by": MANAGER,
+    })
+}
+
+fn meta(name: &str, namespace: &str, s: &Settings, owner: &OwnerReference) -> Value {
+    json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(s),
+        "ownerReferences": [owner],
+    })
+}
+
+/// The environment and listen addresses a node needs, for either way of
+/// advertising.
+fn node_env(s: &Settings, namespace: &str, replicas: i32) -> Vec<Value> {
+    let names = Names(&s.cluster_name);
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let val = |name: &str, v: String| json!({"name": name, "value": v});
+    // On a cluster with pod DNS, listen everywhere (kubectl port-forward
+    // reaches the pod's loopback); where pods share a host (localkube),
+    // only on the pod's own address.
+    let host = match s.advertise {
+        Advertise::Dns => "0.0.0.0".to_string(),
+        Advertise::PodIp => "$(POD_IP)".to_string(),
+    };
+    let advertised = match s.advertise {
+        Advertise::Dns => format!("$(POD_NAME).{}.{namespace}.svc", names.headless()),
+        Advertise::PodIp => "$(POD_IP)".to_string(),
+    };
+    vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("POD_IP", "status.podIP"),
+        field(
+            "SLUICE_NODE_ID",
+            "metadata.labels['apps.kubernetes.io/pod-index']",
+        ),
+        val("SLUICE_METADATA", "kubernetes".into()),
+        val("SLUICE_CLUSTER_NAME", s.cluster_name.clone()),
+        val("SLUICE_EXPECTED_NODES", replicas.to_string()),
+        val("SLUICE_DATA_DIR", "/var/lib/sluice".into()),
+        val("SLUICE_LISTEN", format!("{host}:{}", s.kafka_port)),
+        val("SLUICE_ADMIN_LISTEN", format!("{host}:{}", s.admin_port)),
+        val(
+            "SLUICE_REPLICATION_LISTEN",
+            format!("{host}:{}", s.replication_port),
+        ),
+        val("SLUICE_ADVERTISED_ADDRESS", advertised),
+    ]
+}
+
+/// The nodes' StatefulSet with `replicas` pods.
+pub fn statefulset(
+    s: &Settings,
+    namespace: &str,
+    replicas: i32,
+    owner: &OwnerReference,
+) -> StatefulSet {
+    let names = Names(&s.cluster_name);
+    let mut args = vec![
+        "serve".to_string(),
+        format!("--lease-duration-ms={}", s.node_lease_ms),
+    ];
+    for (k, v) in &s.topic_defaults {
+        // Checked against TOPIC_DEFAULTS when the settings load.
+        args.push(format!("--{}={v}", k.replace('.', "-")));
+    }
+    let mut resources = json!({});
+    if !s.requests.is_empty() {
+        resources["requests"] = json!(s.requests);
+    }
+    if !s.limits.is_empty() {
+        resources["limits"] = json!(s.limits);
+    }
+    let probe = |path: &str, period: i32| {
+        json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": period,
+               "failureThreshold": 3, "timeoutSeconds": 2})
+    };
+    let mut pod_spec = json!({
+        "serviceAccountName": names.service_account(),
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001},
+        "containers": [{
+            "name": "sluice",
+            "image": s.node_image,
+            "imagePullPolicy": s.image_pull_policy,
+            "args": args,
+            "env": node_env(s, namespace, replicas),
+            "ports": [
+                {"name": "kafka", "containerPort": s.kafka_port},
+                {"name": "replication", "containerPort": s.replication_port},
+                {"name": "admin", "containerPort": s.admin_port},
+            ],
+            "readinessProbe": probe("/readyz", 2),
+            "livenessProbe": probe("/healthz", 10),
+            "resources": resources,
+            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/sluice"}],
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]}},
+        }],
+    });
+    if let Some(key) = &s.rack_topology_key {
+        pod_spec["topologySpreadConstraints"] = json!([{
+            "maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": labels(s)},
+        }]);
+    }
+    let mut claim = json!({
+        "metadata": {"name": "data", "labels": labels(s)},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": s.storage_size}}},
+    });
+    if let Some(class) = &s.storage_class {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": meta(&names.statefulset(), namespace, s, owner),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": names.headless(),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels(s)},
+            "template": {"metadata": {"labels": labels(s)}, "spec": pod_spec},
+            "volumeClaimTemplates": [claim],
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        },
+    }))
+    .expect("a valid StatefulSet")
+}
+
+/// The headless Service (pod DNS names; unready pods published so nodes
+/// find each other while starting) and the client Service.
+pub fn services(s: &Settings, namespace: &str, owner: &OwnerReference) -> [Service; 2] {
+    let names = Names(&s.cluster_name);
+    let headless = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": meta(&names.headless(), namespace, s, owner),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": labels(s),
+            "ports": [
+                {"name": "kafka", "port": s.kafka_port, "targetPort": "kafka"},
+                {"name": "replication", "port": s.replication_port, "targetPort": "replication"},
+                {"name": "admin", "port": s.admin_port, "targetPort": "admin"},
+            ],
+        },
+    });
+    let bootstrap = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": meta(&names.bootstrap(), namespace, s, owner),
+        "spec": {
+            "selector": labels(s),
+            "ports": [{"name": "kafka", "port": s.kafka_port, "targetPort": "kafka"}],
+        },
+    });
+    [
+        serde_json::from_value(headless).expect("a valid Service"),
+        serde_json::from_value(bootstrap).expect("a valid Service"),
+    ]
+}
+
+/// At most one node down by choice (drains, rolls) at a time.
+pub fn disruption_budget(
+    s: &Settings,
+    namespace: &str,
+    owner: &OwnerReference,
+) -> PodDisruptionBudget {
+    let names = Names(&s.cluster_name);
+    serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": meta(&names.statefulset(), namespace, s, owner),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(s)}},
+    }))
+    .expect("a valid PodDisruptionBudget")
+}
+
+/// The nodes' identity and what it may do: Leases (its own, partitions',
+/// the controller lock when nodes elect one), Topics and their status, and
+/// reading CRDs and its namespace (to tell a deleted CRD or namespace from
+/// a deleted topic).
+pub fn node_rbac(
+    s: &Settings,
+    namespace: &str,
+    owner: &OwnerReference,
+) -> (ServiceAccount, Role, RoleBinding) {
+    let names = Names(&s.cluster_name);
+    let name = names.service_account();
+    let sa = json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": meta(&name, namespace, s, owner),
+    });
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": meta(&name, namespace, s, owner),
+        "rules": [
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": ["sluice.dev"], "resources": ["topics"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            {"apiGroups": ["sluice.dev"], "resources": ["topics/status"],
+             "verbs": ["get", "update", "patch"]},
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": meta(&name, namespace, s, owner),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+    });
+    (
+        serde_json::from_value(sa).expect("a valid ServiceAccount"),
+        serde_json::from_value(role).expect("a valid Role"),
+        serde_json::from_value(binding).expect("a valid RoleBinding"),
+    )
+}
+
+/// The owner reference every applied object carries: the operator's
+/// ConfigMap.
+pub fn owner_of(cm: &ConfigMap) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: cm.metadata.name.clone().unwrap_or_default(),
+        uid: cm.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+async fn apply_one<K>(client: &Client, namespace: &str, obj: &K) -> kube::Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies every object of the node cluster with `replicas` nodes.
+pub async fn apply(
+    client: &Client,
+    s: &Settings,
+    namespace: &str,
+    replicas: i32,
+    owner: &OwnerReference,
+) -> kube::Result<()> {
+    let (sa, role, binding) = node_rbac(s, namespace, owner);
+    apply_one(client, namespace, &sa).await?;
+    apply_one(client, namespace, &role).await?;
+    apply_one(client, namespace, &binding).await?;
+    for svc in services(s, namespace, owner) {
+        apply_one(client, namespace, &svc).await?;
+    }
+    apply_one(client, namespace, &disruption_budget(s, namespace, owner)).await?;
+    apply_one(
+        client,
+        namespace,
+        &statefulset(s, namespace, replicas, owner),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "sluice-operator".into(),
+            uid: "u-1".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn env_of(sts: &StatefulSet) -> Vec<(String, String)> {
+        let c = &sts
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| {
+                let v = e.value.clone().unwrap_or_else(|| {
+                    e.value_from
+                        .as_ref()
+                        .unwrap()
+                        .field_ref
+                        .as_ref()
+                        .unwrap()
+                        .field_path
+                        .clone()
+                });
+                (e.name.clone(), v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nodes_take_their_id_from_the_ordinal_and_advertise_as_configured() {
+        let s = Settings::default();
+        let sts = statefulset(&s, "data", 3, &owner());
+        assert_eq!(sts.metadata.name.as_deref(), Some("sluice-node"));
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(3));
+        let env = env_of(&sts);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("SLUICE_NODE_ID").as_deref(),
+            Some("metadata.labels['apps.kubernetes.io/pod-index']")
+        );
+        assert_eq!(
+            get("SLUICE_ADVERTISED_ADDRESS").as_deref(),
+            Some("$(POD_NAME).sluice-nodes.data.svc")
+        );
+        assert_eq!(get("SLUICE_LISTEN").as_deref(), Some("0.0.0.0:9092"));
+        assert_eq!(get("SLUICE_EXPECTED_NODES").as_deref(), Some("3"));
+        let local = Settings {
+            advertise: Advertise::PodIp,
+            ..Settings::default()
+        };
+        let env = env_of(&statefulset(&local, "data", 1, &owner()));
+        assert!(env.contains(&("SLUICE_LISTEN".into(), "$(POD_IP):9092".into())));
+        assert!(env.contains(&("SLUICE_ADVERTISED_ADDRESS".into(), "$(POD_IP)".into())));
+        // Every object is owned by the operator's ConfigMap.
+        assert_eq!(
+            sts.metadata.owner_references.unwrap()[0].name,
+            "sluice-operator"
+        );
+    }
+
+    #[test]
+    fn volumes_are_kept_and_disruptions_are_one_at_a_time() {
+        let s = Settings {
+            storage_class: Some("fast".into()),
+            ..Settings::default()
+        };
+        let sts = statefulset(&s, "data", 3, &owner());
+        let spec = sts.spec.unwrap();
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        assert_eq!(
+            claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+            Some("fast")
+        );
+        let keep = spec.persistent_volume_claim_retention_policy.unwrap();
+        assert_eq!(keep.when_deleted.as_deref(), Some("Retain"));
+        let pdb = disruption_budget(&s, "data", &owner());
+        assert_eq!(
+            serde_json::to_value(pdb.spec.unwrap().max_unavailable).unwrap(),
+            json!(1)
+        );
+    }
+
+    #[test]
+    fn the_nodes_role_names_only_leases_and_topics() {
+        let (_, role, binding) = node_rbac(&Settings::default(), "data", &owner());
+        let groups: Vec<String> = role
+            .rules
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.api_groups.clone().unwrap())
+            .collect();
+        assert_eq!(groups, ["coordination.k8s.io", "sluice.dev", "sluice.dev"]);
+        assert_eq!(binding.subjects.unwrap()[0].name, "sluice-node");
+    }
+}

@@ -1,0 +1,226 @@
+//! The operator's settings: a YAML file (the ConfigMap the chart writes,
+//! mounted at `--config`) with `--set key=value` on top (for tests and
+//! quick changes). Every key has a default, so an empty file is a working
+//! three-node cluster.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How nodes tell clients where to reach them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Advertise {
+    /// The pod's stable DNS name through the headless Service
+    /// (`<pod>.<cluster>-nodes.<namespace>.svc`): survives rescheduling.
+    #[default]
+    Dns,
+    /// The pod's IP: for clusters without DNS for pods (localkube).
+    PodIp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Settings {
+    /// The cluster's name: prefixes every object the operator owns and the
+    /// Leases of its metadata.
+    pub cluster_name: String,
+    /// The storage nodes' image (`sluice serve` is its entrypoint).
+    pub node_image: String,
+    pub image_pull_policy: String,
+    /// The StatefulSet has clamp(max(minNodes, largest replicationFactor
+    /// among Topics), maxNodes) replicas.
+    pub min_nodes: i32,
+    pub max_nodes: i32,
+    /// Each node's volume (one PVC per node, kept when pods go).
+    pub storage_size: String,
+    pub storage_class: Option<String>,
+    /// Container resources, as Kubernetes quantities (`cpu: "1"`,
+    /// `memory: 2Gi`).
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+    /// A node label (e.g. `topology.kubernetes.io/zone`): nodes spread over
+    /// its values, one replica of a partition per value where possible.
+    pub rack_topology_key: Option<String>,
+    pub kafka_port: u16,
+    pub replication_port: u16,
+    pub admin_port: u16,
+    pub advertise: Advertise,
+    /// Defaults of new topics, under Kafka's broker config names (one of
+    /// [`TOPIC_DEFAULTS`]), passed to the nodes as their flags.
+    pub topic_defaults: BTreeMap<String, String>,
+    /// How long a node's lease lasts (ms): a dead leader is replaced within
+    /// about this long.
+    pub node_lease_ms: i64,
+    /// How long the controller lock lasts (ms): a dead operator replica is
+    /// replaced within about this long.
+    pub controller_lease_ms: i64,
+    /// How often every Topic's status is refreshed (ms), besides on changes.
+    pub status_interval_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            cluster_name: "sluice".into(),
+            node_image: format!(
+                "ghcr.io/sluice-streaming/sluice:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            image_pull_policy: "IfNotPresent".into(),
+            min_nodes: 3,
+            max_nodes: 9,
+            storage_size: "10Gi".into(),
+            storage_class: None,
+            requests: BTreeMap::new(),
+            limits: BTreeMap::new(),
+            rack_topology_key: None,
+            kafka_port: 9092,
+            replication_port: 9095,
+            admin_port: 9644,
+            advertise: Advertise::Dns,
+            topic_defaults: BTreeMap::new(),
+            node_lease_ms: 4_000,
+            controller_lease_ms: 6_000,
+            status_interval_ms: 2_000,
+        }
+    }
+}
+
+/// The broker configs `topicDefaults` may set.
+pub const TOPIC_DEFAULTS: &[&str] = &[
+    "num.partitions",
+    "default.replication.factor",
+    "min.insync.replicas",
+    "auto.create.topics.enable",
+    "log.retention.ms",
+    "log.retention.bytes",
+    "message.max.bytes",
+    "log.message.timestamp.type",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Invalid(String, String),
+}
+
+impl Settings {
+    /// Settings from a YAML document (absent keys take their defaults) and
+    /// `key=value` overrides, each value read as YAML (`minNodes=5`,
+    /// `advertise=podIp`, `topicDefaults={num.partitions: "6"}`).
+    pub fn load(yaml: Option<&str>, overrides: &[String]) -> Result<Settings, SettingsError> {
+        let mut doc: serde_json::Value = match yaml {
+            Some(y) if !y.trim().is_empty() => serde_yaml::from_str(y)
+                .map_err(|e| SettingsError::Invalid("the settings file".into(), e.to_string()))?,
+            _ => serde_json::json!({}),
+        };
+        if !doc.is_object() {
+            return Err(SettingsError::Invalid(
+                "the settings file".into(),
+                "must be a mapping of settings".into(),
+            ));
+        }
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| {
+                SettingsError::Invalid(format!("--set {o}"), "expected key=value".into())
+            })?;
+            let value: serde_json::Value = serde_yaml::from_str(v)
+                .map_err(|e| SettingsError::Invalid(format!("--set {o}"), e.to_string()))?;
+            doc[k] = value;
+        }
+        let s: Settings = serde_json::from_value(doc)
+            .map_err(|e| SettingsError::Invalid("settings".into(), e.to_string()))?;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let bad = |k: &str, why: String| Err(SettingsError::Invalid(k.into(), why));
+        if self.min_nodes < 1 {
+            return bad("minNodes", format!("{} is below 1", self.min_nodes));
+        }
+        if self.max_nodes < self.min_nodes {
+            return bad(
+                "maxNodes",
+                format!("{} is below minNodes ({})", self.max_nodes, self.min_nodes),
+            );
+        }
+        if self.node_lease_ms < 1_000 || self.controller_lease_ms < 1_000 {
+            return bad("nodeLeaseMs/controllerLeaseMs", "below 1000 ms".into());
+        }
+        if let Some(k) = self
+            .topic_defaults
+            .keys()
+            .find(|k| !TOPIC_DEFAULTS.contains(&k.as_str()))
+        {
+            return bad(
+                "topicDefaults",
+                format!("{k} is not one of {}", TOPIC_DEFAULTS.join(", ")),
+            );
+        }
+        if self.cluster_name.is_empty()
+            || self.cluster_name.len() > 40
+            || !self
+                .cluster_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return bad(
+                "clusterName",
+                format!(
+                    "{:?} must be 1-40 lowercase letters, digits and '-'",
+                    self.cluster_name
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The StatefulSet's replicas for the largest replication factor any
+    /// Topic asks for.
+    pub fn node_count(&self, largest_rf: i32) -> i32 {
+        self.min_nodes.max(largest_rf).min(self.max_nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_and_overrides_win() {
+        assert_eq!(Settings::load(None, &[]).unwrap(), Settings::default());
+        let s = Settings::load(
+            Some("minNodes: 1\nadvertise: podIp\ntopicDefaults: {num.partitions: '6'}\n"),
+            &["maxNodes=4".into(), "nodeImage=sluice:dev".into()],
+        )
+        .unwrap();
+        assert_eq!((s.min_nodes, s.max_nodes), (1, 4));
+        assert_eq!(s.advertise, Advertise::PodIp);
+        assert_eq!(s.node_image, "sluice:dev");
+        assert_eq!(s.topic_defaults["num.partitions"], "6");
+    }
+
+    #[test]
+    fn wrong_settings_are_named() {
+        let e = Settings::load(Some("minNodes: 0\n"), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("minNodes:"), "{e}");
+        let e = Settings::load(Some("minNode: 3\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown field `minNode`"), "{e}");
+        let e = Settings::load(None, &["maxNodes=2".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("maxNodes:"), "{e}");
+        let e = Settings::load(None, &["oops".into()]).unwrap_err();
+        assert!(e.to_string().contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn the_node_count_follows_the_largest_replication_factor_within_bounds() {
+        let s = Settings::default();
+        assert_eq!(s.node_count(1), 3);
+        assert_eq!(s.node_count(5), 5);
+        assert_eq!(s.node_count(64), 9);
+    }
+}

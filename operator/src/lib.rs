@@ -1,0 +1,15 @@
+//! The operator's room: Kubernetes glue around the shared controller.
+//!
+//! One replica at a time leads, elected through the `<cluster>-controller`
+//! lock (a Lease; [`sluice_coord::elector`]). The leader runs the cluster's
+//! controller ([`sluice_coord::controller`]: leaders, ISR, placement,
+//! reassignment, topics declared with kubectl), keeps the storage nodes'
+//! StatefulSet and its companions as [`cluster`] describes them, and writes
+//! each `Topic`'s status ([`status`]). Nothing here decides what a node
+//! decides for itself; the rules live in `sluice-api` and `sluice-coord`.
+
+pub mod cluster;
+pub mod config;
+pub mod metrics;
+pub mod run;
+pub mod status;

@@ -1,0 +1,332 @@
+"""The operator end to end on localkube: its kubelet runs the real `sluice`
+binary as the StatefulSet's pods, two `sluice-operator` processes campaign
+for the controller lock, and everything is driven the way a user drives it:
+`kubectl apply` of Topics, then librdkafka clients against the pods.
+
+Scenarios (one cluster, in order, each lean): the node cluster comes up;
+a 12-partition RF=3 Topic becomes Ready and takes 100,000 idempotent
+acks=all records that read back intact; partitions are raised; a topic a
+Kafka client creates appears as a Topic object, and one deleted with
+kubectl leaves Metadata; bad objects get conditions; the leader pod of a
+partition is killed under load and a new leader takes over with every
+acknowledged record present once; the active operator is killed and the
+standby leads.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import install_crds, wait_for
+
+LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
+OPERATOR = os.environ.get("SLUICE_OPERATOR_BIN")
+pytestmark = pytest.mark.skipif(
+    not (LOCALKUBE and OPERATOR),
+    reason="LOCALKUBE_BIN and SLUICE_OPERATOR_BIN are not set (scripts/test.sh sets them)")
+
+IMAGE = "ghcr.io/sluice-streaming/sluice"
+
+
+def read_ready(proc, prefix):
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"exited with {proc.wait()}")
+        if line.startswith(prefix):
+            return dict(kv.split("=", 1) for kv in line.split()[2:])
+
+
+class Env:
+    def __init__(self, work):
+        self.work = work
+        self.kubeconfig = os.path.join(work, "kubeconfig")
+        images = os.path.join(work, "images.json")
+        with open(images, "w") as f:
+            json.dump({IMAGE: [os.environ.get("SLUICE_BIN", "sluice")]}, f)
+        self.kube = subprocess.Popen(
+            [LOCALKUBE, "--kubeconfig", self.kubeconfig, "--images", images],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "RUST_LOG": "warn"})
+        read_ready(self.kube, "localkube ready ")
+        install_crds(self.kubeconfig)
+        self.operators = {}
+
+    def kubectl(self, *args, check=True, stdin=None):
+        r = subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, *args], input=stdin,
+                           capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
+
+    def get(self, *args):
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def start_operator(self, name):
+        proc = subprocess.Popen(
+            [OPERATOR, "--kubeconfig", self.kubeconfig, "--namespace", "default",
+             "--identity", name, "--metrics-listen", "127.0.0.1:0",
+             "--set", "advertise=podIp", "--set", "minNodes=3", "--set", "maxNodes=5",
+             "--set", "controllerLeaseMs=3000", "--set", "statusIntervalMs=1000"],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, f"{name}.log"), "w"),
+            text=True, env={**os.environ, "RUST_LOG": "info,kube=warn"})
+        read_ready(proc, "sluice-operator ready ")
+        self.operators[name] = proc
+        return proc
+
+    def leader(self):
+        lease = self.get("lease", "sluice-controller")
+        return lease["spec"]["holderIdentity"]
+
+    def bootstrap(self):
+        pods = self.get("pods", "-l", "app.kubernetes.io/instance=sluice")["items"]
+        return ",".join(f"{p['status']['podIP']}:9092" for p in pods if p["status"].get("podIP"))
+
+    def stop(self):
+        for p in self.operators.values():
+            p.kill()
+            p.wait()
+        self.kube.kill()
+        self.kube.wait()
+
+
+@pytest.fixture(scope="module")
+def env():
+    work = tempfile.mkdtemp(prefix="sluice-operator-")
+    e = Env(work)
+    yield e
+    e.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def condition(topic, kind):
+    for c in (topic.get("status") or {}).get("conditions", []):
+        if c["type"] == kind:
+            return c
+    return None
+
+
+def topic_yaml(name, partitions, rf, extra=""):
+    return (f"apiVersion: sluice.dev/v1alpha1\nkind: Topic\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  partitions: {partitions}\n  replicationFactor: {rf}\n{extra}")
+
+
+def ready(env, name):
+    t = env.get("topic", name)
+    c = condition(t, "Ready")
+    return t if c and c["status"] == "True" and t["status"].get("observedGeneration") == \
+        t["metadata"]["generation"] else None
+
+
+def test_the_node_cluster_comes_up_under_an_elected_operator(env):
+    env.start_operator("op-a")
+    env.start_operator("op-b")
+    wait_for(lambda: env.kubectl("get", "lease", "sluice-controller", check=False).returncode == 0,
+             timeout=30)
+    sts = wait_for(lambda: (lambda s: s if s.get("status", {}).get("readyReplicas") == 3 else None)(
+        env.get("statefulset", "sluice-node")), timeout=120)
+    assert sts["metadata"]["ownerReferences"][0]["name"] == "sluice-operator"
+    for kind, name in [("service", "sluice"), ("service", "sluice-nodes"),
+                       ("pdb", "sluice-node"), ("serviceaccount", "sluice-node"),
+                       ("role", "sluice-node"), ("rolebinding", "sluice-node")]:
+        env.get(kind, name)
+    assert env.leader() in ("op-a", "op-b")
+
+
+def test_a_topic_applied_becomes_ready_and_keeps_every_record(env):
+    started = time.monotonic()
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("orders", 12, 3))
+    t = wait_for(lambda: ready(env, "orders"), timeout=90)
+    print(f"operator: 12-partition RF=3 Topic Ready in {time.monotonic() - started:.1f} s")
+    assert len(t["status"]["partitions"]) == 12
+    assert all(len(p["isr"]) == 3 and p["leader"] is not None for p in t["status"]["partitions"])
+    assert t["status"]["topicId"]
+    bootstrap = env.bootstrap()
+    acked = []
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                  "linger.ms": 5})
+
+    def done(err, msg):
+        assert err is None, err
+        acked.append((msg.partition(), msg.offset(), msg.value()))
+    for i in range(100_000):
+        while True:
+            try:
+                p.produce("orders", key=str(i).encode(), value=b"v%d" % i, on_delivery=done)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    assert p.flush(120) == 0
+    assert len(acked) == 100_000
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "orders-check",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition("orders", i, 0) for i in range(12)])
+    seen = {}
+    deadline = time.monotonic() + 120
+    while len(seen) < 100_000 and time.monotonic() < deadline:
+        for m in c.consume(5000, timeout=1):
+            if m.error() is None:
+                seen[(m.partition(), m.offset())] = m.value()
+    c.close()
+    assert seen == {(part, off): v for part, off, v in acked}
+
+
+def test_partitions_are_raised_and_never_lowered(env):
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("orders", 16, 3))
+    t = wait_for(lambda: (lambda t: t if t and len(t["status"]["partitions"]) == 16 else None)(
+        ready(env, "orders")), timeout=60)
+    md = AdminClient({"bootstrap.servers": env.bootstrap()}).list_topics("orders", timeout=10)
+    assert len(md.topics["orders"].partitions) == 16
+    bad = env.kubectl("apply", "-f", "-", "--validate=false", check=False,
+                      stdin=topic_yaml("orders", 8, 3))
+    assert "partitions may not decrease" in bad.stderr
+    assert t["spec"]["partitions"] == 16
+
+
+def test_kafka_clients_and_kubectl_share_one_topic_store(env):
+    admin = AdminClient({"bootstrap.servers": env.bootstrap()})
+    admin.create_topics([NewTopic("From_Kafka", 2, 1)])["From_Kafka"].result(30)
+    # The Kafka name is not a valid object name: the object carries it.
+    objs = wait_for(lambda: [t for t in env.get("topics")["items"]
+                             if t["spec"].get("topicName") == "From_Kafka"] or None, timeout=30)
+    assert objs[0]["spec"]["partitions"] == 2
+    name = objs[0]["metadata"]["name"]
+    wait_for(lambda: ready(env, name), timeout=60)
+    held = lambda: [p for p in env.get("pods", "-l", "app.kubernetes.io/instance=sluice")["items"]
+                    if 'topic="From_Kafka"' in metrics_of(p)]
+    assert held(), "no node reports the topic's data"
+    env.kubectl("delete", "topic", name, "--wait=false")
+    wait_for(lambda: "From_Kafka" not in admin.list_topics(timeout=10).topics or None, timeout=60)
+    # The finalizer lets the object go once every node dropped the data.
+    wait_for(lambda: env.kubectl("get", "topic", name, check=False).returncode != 0, timeout=60)
+    assert not held()
+
+
+def metrics_of(pod):
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:9644/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def test_the_replication_factor_changes_with_the_data_intact(env):
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("grow", 2, 1))
+    wait_for(lambda: ready(env, "grow"), timeout=60)
+    bootstrap = env.bootstrap()
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    for i in range(1000):
+        p.produce("grow", value=b"g%d" % i, partition=i % 2)
+    assert p.flush(60) == 0
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("grow", 2, 3))
+    t = wait_for(lambda: (lambda t: t if t and all(len(x["replicas"]) == 3 and len(x["isr"]) == 3
+                                                   for x in t["status"]["partitions"]) else None)(
+        ready(env, "grow")), timeout=90)
+    # Every replica has it all: read each partition from its new leader.
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "grow-check",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition("grow", 0, 0), TopicPartition("grow", 1, 0)])
+    got = set()
+    deadline = time.monotonic() + 60
+    while len(got) < 1000 and time.monotonic() < deadline:
+        for m in c.consume(1000, timeout=1):
+            if m.error() is None:
+                got.add(m.value())
+    c.close()
+    assert got == {b"g%d" % i for i in range(1000)}
+    # Then down to two: the extra replicas leave.
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("grow", 2, 2))
+    wait_for(lambda: (lambda t: t if t and all(len(x["replicas"]) == 2
+                                               for x in t["status"]["partitions"]) else None)(
+        ready(env, "grow")), timeout=90)
+
+
+def test_a_killed_leader_pod_is_replaced_by_an_in_sync_replica(env):
+    t = ready(env, "orders")
+    before = t["status"]["partitions"][0]
+    victim = f"sluice-node-{before['leader']}"
+    bootstrap = env.bootstrap()
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+
+    def produce():
+        p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                      "acks": "all", "linger.ms": 2, "topic.metadata.refresh.interval.ms": 500})
+        i = 0
+        while not stop.is_set():
+            sent = time.monotonic()
+
+            def done(err, msg, sent=sent):
+                if err is None:
+                    with lock:
+                        acked.append((time.monotonic(), sent, msg.partition(), msg.offset(),
+                                      msg.value()))
+            try:
+                p.produce("orders", value=b"k%d" % i, partition=0, on_delivery=done)
+                i += 1
+            except BufferError:
+                pass
+            p.poll(0.001)
+        p.flush(60)
+    w = threading.Thread(target=produce)
+    w.start()
+    wait_for(lambda: len(acked) > 1000 or None, timeout=30)
+    killed = time.monotonic()
+    env.kubectl("delete", "pod", victim, "--grace-period=0", "--force", "--wait=false")
+    gone = time.monotonic()
+    after = wait_for(lambda: (lambda p: p if p["leader"] not in (None, before["leader"]) else None)(
+        env.get("topic", "orders")["status"]["partitions"][0]), timeout=60)
+    assert after["leaderEpoch"] > before["leaderEpoch"]
+    # The first acknowledgement of a record sent once the pod was gone.
+    first = wait_for(lambda: next((a[0] for a in list(acked) if a[1] > gone), None), timeout=60)
+    print(f"operator: leader pod killed -> first acks=all ack of a record sent after it in "
+          f"{first - killed:.1f} s (new leader {after['leader']}, epoch {after['leaderEpoch']})")
+    time.sleep(1)
+    stop.set()
+    w.join(90)
+    # The pod comes back and catches up; every acknowledged record is there once.
+    wait_for(lambda: (lambda s: s if s.get("status", {}).get("readyReplicas") == 3 else None)(
+        env.get("statefulset", "sluice-node")), timeout=120)
+    c = Consumer({"bootstrap.servers": env.bootstrap(), "group.id": "kill-check",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition("orders", 0, 0)])
+    held = {}
+    want = {(off, v) for _, _, part, off, v in acked}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not want <= set(held.items()):
+        for m in c.consume(5000, timeout=1):
+            if m.error() is None:
+                held[m.offset()] = m.value()
+    c.close()
+    assert want <= set(held.items())
+    values = list(held.values())
+    assert len(values) == len(set(values)), "a record is there twice"
+
+
+def test_a_bad_topic_is_a_condition_and_the_rest_goes_on(env):
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("too-wide", 1, 7))
+    t = wait_for(lambda: (lambda t: t if condition(t, "Degraded") and
+                          condition(t, "Degraded")["status"] == "True" else None)(
+        env.get("topic", "too-wide")), timeout=60)
+    assert "above maxNodes (5)" in condition(t, "Degraded")["message"]
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("fine", 1, 1))
+    wait_for(lambda: ready(env, "fine"), timeout=60)
+    env.kubectl("delete", "topic", "too-wide", "fine", "--wait=false")
+
+
+def test_the_standby_operator_leads_when_the_active_one_dies(env):
+    active = env.leader()
+    standby = ({"op-a", "op-b"} - {active}).pop()
+    killed = time.monotonic()
+    env.operators[active].kill()
+    wait_for(lambda: env.leader() == standby or None, timeout=30)
+    print(f"operator: standby leads {time.monotonic() - killed:.1f} s after the active one died")
+    # And it reconciles: a new Topic becomes Ready under it.
+    env.kubectl("apply", "-f", "-", "--validate=false", stdin=topic_yaml("after-failover", 3, 3))
+    wait_for(lambda: ready(env, "after-failover"), timeout=60)
