@@ -230,7 +230,7 @@ pub fn plan(
                 .handing_over
                 .get(&key)
                 .filter(|e| **e == rec.value.leader_epoch)
-                .and_then(|_| rec.value.leader);
+                .and(rec.value.leader);
             let decided = restarted
                 .and_then(|from| election::hand_over(&rec.value, from, alive))
                 .or_else(|| election::elect(&rec.value, alive, opts))
