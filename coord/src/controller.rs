@@ -280,17 +280,7 @@ pub fn plan(
             }
             continue;
         }
-        let existing: Vec<Vec<i32>> = records
-            .map(|r| {
-                r.iter()
-                    .map(|p| {
-                        p.as_ref()
-                            .map(|v| v.value.replicas.clone())
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let existing = view.replica_lists(&spec.name);
         if spec.partitions > have && have > 0 {
             if let Ok(a) = placement::assign(&live, &existing, spec.partitions as usize, rf) {
                 out.push(Action::CreatePartitions {

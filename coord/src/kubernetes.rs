@@ -68,6 +68,11 @@ pub struct Kubernetes {
     /// When this process saw each node lease's current resource version.
     sightings: LeaseSightings,
     lease_cache: Store<Lease>,
+    /// Read-your-writes: the highest resourceVersion each cache has seen,
+    /// and the highest this process wrote to it. A cached read first waits
+    /// (briefly) for the cache to reach this process's own last write.
+    lease_rv: Progress,
+    topic_rv: Progress,
     topic_cache: Store<Topic>,
     /// The resource version of each node lease this process last wrote,
     /// so a renewal is one write and no read.
@@ -97,27 +102,10 @@ fn backend(e: impl std::fmt::Display) -> CoordError {
     CoordError::Backend(e.to_string())
 }
 
-/// A name part for `topic`: lowercase alphanumerics and dashes, at most 60
-/// characters, then a hash of the real name so distinct topics never meet.
+/// A name part for `topic` in Lease names and labels (see
+/// [`v1alpha1::name_part`]).
 fn name_part(topic: &str) -> String {
-    let clean: String = topic
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(60)
-        .collect();
-    // FNV-1a: stable across processes and versions, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{}-{:08x}", clean.trim_matches('-'), h as u32)
+    v1alpha1::name_part(topic, 60)
 }
 
 fn rv_of(meta: &ObjectMeta) -> CResult<Version> {
@@ -214,6 +202,44 @@ pub fn winners(all: &[std::sync::Arc<Topic>]) -> BTreeMap<String, std::sync::Arc
     by_name
 }
 
+/// How far a cache has followed the API server, against what this
+/// process wrote.
+#[derive(Clone, Default)]
+struct Progress(
+    std::sync::Arc<(
+        std::sync::atomic::AtomicU64,
+        std::sync::atomic::AtomicU64,
+        tokio::sync::Notify,
+    )>,
+);
+
+impl Progress {
+    fn seen(&self, rv: Version) {
+        self.0 .0.fetch_max(rv, std::sync::atomic::Ordering::SeqCst);
+        self.0 .2.notify_waiters();
+    }
+    fn wrote(&self, meta: &ObjectMeta) {
+        if let Ok(rv) = rv_of(meta) {
+            self.0 .1.fetch_max(rv, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    /// Waits until the cache has seen this process's last write (at most
+    /// two seconds: then the read goes on with what the cache has).
+    async fn caught_up(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let notified = self.0 .2.notified();
+            let seen = self.0 .0.load(std::sync::atomic::Ordering::SeqCst);
+            if seen >= self.0 .1.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Starts a reflector on `api` and drives it forever, bumping `changes` on
 /// every event; returns its store once it has listed everything.
 async fn cached<K>(
@@ -221,6 +247,7 @@ async fn cached<K>(
     cfg: watcher::Config,
     changes: watch::Sender<u64>,
     what: &'static str,
+    progress: Progress,
 ) -> CResult<Store<K>>
 where
     K: kube::Resource<DynamicType = ()>
@@ -237,7 +264,15 @@ where
         let mut events = stream.boxed();
         while let Some(e) = events.next().await {
             match e {
-                Ok(_) => {
+                Ok(ev) => {
+                    if let watcher::Event::Apply(o)
+                    | watcher::Event::Delete(o)
+                    | watcher::Event::InitApply(o) = &ev
+                    {
+                        if let Ok(rv) = rv_of(o.meta()) {
+                            progress.seen(rv);
+                        }
+                    }
                     changes.send_modify(|v| *v += 1);
                 }
                 Err(e) => tracing::warn!(what, error = %e, "watch failed; retrying"),
@@ -273,11 +308,13 @@ impl Kubernetes {
                 _ => backend(e),
             })?;
         let (tx, _) = watch::channel(0u64);
+        let (lease_rv, topic_rv) = (Progress::default(), Progress::default());
         let lease_cache = cached(
             leases.clone(),
             watcher::Config::default().labels(&format!("{CLUSTER}={cluster}")),
             tx.clone(),
             "lease",
+            lease_rv.clone(),
         )
         .await?;
         let topic_cache = cached(
@@ -285,6 +322,7 @@ impl Kubernetes {
             watcher::Config::default(),
             tx.clone(),
             "topic",
+            topic_rv.clone(),
         )
         .await?;
         Ok(Kubernetes {
@@ -297,6 +335,8 @@ impl Kubernetes {
             sightings: LeaseSightings::default(),
             lease_cache,
             topic_cache,
+            lease_rv,
+            topic_rv,
             renewed: Mutex::new(BTreeMap::new()),
         })
     }
@@ -346,7 +386,8 @@ impl Kubernetes {
     }
 
     /// Cached leases of one kind.
-    fn cached_leases(&self, kind: &str) -> Vec<std::sync::Arc<Lease>> {
+    async fn cached_leases(&self, kind: &str) -> Vec<std::sync::Arc<Lease>> {
+        self.lease_rv.caught_up().await;
         self.lease_cache
             .state()
             .into_iter()
@@ -362,7 +403,8 @@ impl Kubernetes {
 
     /// The object standing for Kafka topic `name` (the one that wins a
     /// clash), from the cache.
-    fn cached_topic(&self, name: &str) -> Option<std::sync::Arc<Topic>> {
+    async fn cached_topic(&self, name: &str) -> Option<std::sync::Arc<Topic>> {
+        self.topic_rv.caught_up().await;
         winners(&self.topic_cache.state()).remove(name)
     }
 
@@ -370,6 +412,7 @@ impl Kubernetes {
     async fn fresh_topic(&self, name: &str) -> CResult<Option<Topic>> {
         let object = self
             .cached_topic(name)
+            .await
             .map(|t| t.name_any())
             .unwrap_or_else(|| v1alpha1::object_name(name));
         let t = self.topics.get_opt(&object).await.map_err(backend)?;
@@ -419,7 +462,7 @@ impl Kubernetes {
             let key = PartitionKey::new(topic, first + i as i32);
             let l = self.partition_lease(&key, record, Some(id), None);
             match self.leases.create(&PostParams::default(), &l).await {
-                Ok(_) => {}
+                Ok(l) => self.lease_rv.wrote(&l.metadata),
                 Err(e) if status_code(&e) == Some(409) => {}
                 Err(e) => return Err(backend(e)),
             }
@@ -435,6 +478,7 @@ impl Kubernetes {
             .await
         {
             Ok(l) => {
+                self.lease_rv.wrote(&l.metadata);
                 self.announce();
                 rv_of(&l.metadata)
             }
@@ -454,6 +498,7 @@ impl Kubernetes {
             .await
         {
             Ok(t) => {
+                self.topic_rv.wrote(&t.metadata);
                 self.announce();
                 rv_of(&t.metadata)
             }
@@ -630,6 +675,7 @@ impl Coordination for Kubernetes {
         let mut renewed = self.renewed.lock().expect("renewals lock");
         match written {
             Ok(l) => {
+                self.lease_rv.wrote(&l.metadata);
                 if let Some(rv) = l.metadata.resource_version {
                     renewed.insert(info.id, rv);
                 }
@@ -709,7 +755,7 @@ impl Coordination for Kubernetes {
 
     async fn nodes(&self) -> CResult<Vec<NodeLease>> {
         let mut out = vec![];
-        for l in self.cached_leases("node") {
+        for l in self.cached_leases("node").await {
             let v: NodeValue = value_of(&l)?;
             let rv = l.metadata.resource_version.clone().unwrap_or_default();
             out.push(NodeLease {
@@ -725,6 +771,7 @@ impl Coordination for Kubernetes {
 
     async fn topics(&self) -> CResult<Vec<Versioned<TopicSpec>>> {
         let mut out = vec![];
+        self.topic_rv.caught_up().await;
         for t in winners(&self.topic_cache.state()).into_values() {
             if topic_id(&t).is_none() {
                 continue;
@@ -753,6 +800,7 @@ impl Coordination for Kubernetes {
 
     async fn pending_topics(&self) -> CResult<Vec<Versioned<TopicSpec>>> {
         let mut out = vec![];
+        self.topic_rv.caught_up().await;
         for t in winners(&self.topic_cache.state()).into_values() {
             if topic_id(&t).is_some() || t.metadata.deletion_timestamp.is_some() {
                 continue;
@@ -819,14 +867,14 @@ impl Coordination for Kubernetes {
             },
             status: None,
         };
-        if self.cached_topic(&spec.name).is_some() {
+        if self.cached_topic(&spec.name).await.is_some() {
             return Err(CoordError::AlreadyExists(format!("topic {}", spec.name)));
         }
         // Records first: a topic the nodes see has its partitions.
         self.create_partition_leases(&spec.name, spec.id, 0, partitions)
             .await?;
         match self.topics.create(&PostParams::default(), &t).await {
-            Ok(_) => {}
+            Ok(t) => self.topic_rv.wrote(&t.metadata),
             Err(e) if status_code(&e) == Some(409) => {
                 return Err(CoordError::AlreadyExists(format!("topic {}", spec.name)))
             }
@@ -867,6 +915,13 @@ impl Coordination for Kubernetes {
             }
             Err(e) => return Err(backend(e)),
         }
+        // An explicit delete: decide at once what it means for the data
+        // (the controller's housekeeping would, a pass later).
+        if let Some(t) = self.fresh_topic(name).await? {
+            if t.metadata.deletion_timestamp.is_some() && annotation(&t, DROP_DATA).is_none() {
+                self.settle_deletion(&t).await?;
+            }
+        }
         self.announce();
         Ok(())
     }
@@ -901,6 +956,7 @@ impl Coordination for Kubernetes {
     }
 
     async fn housekeeping(&self) -> CResult<()> {
+        self.topic_rv.caught_up().await;
         for t in self.topic_cache.state() {
             let ours = t
                 .metadata
@@ -919,7 +975,7 @@ impl Coordination for Kubernetes {
 
     async fn partitions(&self) -> CResult<Vec<(PartitionKey, Versioned<PartitionRecord>)>> {
         let mut out = vec![];
-        for l in self.cached_leases("partition") {
+        for l in self.cached_leases("partition").await {
             let v: PartitionValue = value_of(&l)?;
             out.push((
                 PartitionKey::new(&v.topic, v.partition),
@@ -951,7 +1007,7 @@ impl Coordination for Kubernetes {
 
     async fn partition_topic_ids(&self) -> CResult<BTreeMap<String, Uuid>> {
         let mut out = BTreeMap::new();
-        for l in self.cached_leases("partition") {
+        for l in self.cached_leases("partition").await {
             let v: PartitionValue = value_of(&l)?;
             if let Some(id) = v.topic_id {
                 out.insert(v.topic, id);
@@ -965,10 +1021,14 @@ impl Coordination for Kubernetes {
         key: &PartitionKey,
         record: PartitionRecord,
     ) -> CResult<Version> {
-        let id = self.cached_topic(&key.topic).and_then(|t| topic_id(&t));
+        let id = self
+            .cached_topic(&key.topic)
+            .await
+            .and_then(|t| topic_id(&t));
         let l = self.partition_lease(key, &record, id, None);
         match self.leases.create(&PostParams::default(), &l).await {
             Ok(l) => {
+                self.lease_rv.wrote(&l.metadata);
                 self.announce();
                 rv_of(&l.metadata)
             }
@@ -989,19 +1049,26 @@ impl Coordination for Kubernetes {
         let name = self.partition_name(key);
         let what = format!("partition {}-{}", key.topic, key.partition);
         // The topic id travels with the record: keep what is stored.
-        let id = self
+        self.lease_rv.caught_up().await;
+        let kept = self
             .lease_cache
             .get(&reflector::ObjectRef::new(&name).within(&self.namespace))
             .and_then(|l| value_of::<PartitionValue>(&l).ok())
-            .and_then(|v| v.topic_id)
-            .or_else(|| self.cached_topic(&key.topic).and_then(|t| topic_id(&t)));
+            .and_then(|v| v.topic_id);
+        let id = match kept {
+            Some(id) => Some(id),
+            None => self
+                .cached_topic(&key.topic)
+                .await
+                .and_then(|t| topic_id(&t)),
+        };
         let l = self.partition_lease(key, &record, id, Some(expected.to_string()));
         self.replace_lease(&name, &l, what).await
     }
 
     async fn broker_configs(&self) -> CResult<Vec<Versioned<BrokerConfigs>>> {
         let mut out = vec![];
-        for l in self.cached_leases("config") {
+        for l in self.cached_leases("config").await {
             out.push(Versioned {
                 value: value_of(&l)?,
                 version: rv_of(&l.metadata)?,
@@ -1038,6 +1105,7 @@ impl Coordination for Kubernetes {
             Some(_) => self.replace_lease(&name, &lease, what).await,
             None => match self.leases.create(&PostParams::default(), &lease).await {
                 Ok(l) => {
+                    self.lease_rv.wrote(&l.metadata);
                     self.announce();
                     rv_of(&l.metadata)
                 }

@@ -30,6 +30,23 @@ impl View {
             .as_ref()
     }
 
+    /// The replicas of each partition of `topic` by index (empty where a
+    /// record is missing; no partitions for an unknown topic), as placement
+    /// takes them.
+    pub fn replica_lists(&self, topic: &str) -> Vec<Vec<i32>> {
+        self.topic_records(topic)
+            .map(|r| {
+                r.iter()
+                    .map(|p| {
+                        p.as_ref()
+                            .map(|v| v.value.replicas.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn node(&self, id: i32) -> Option<&NodeLease> {
         self.nodes.iter().find(|n| n.info.id == id)
     }

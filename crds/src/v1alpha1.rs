@@ -236,7 +236,14 @@ pub fn object_name(topic: &str) -> String {
     if valid {
         return topic.to_string();
     }
-    let clean: String = topic
+    name_part(topic, 50)
+}
+
+/// A part of an object name standing for `name`: its lowercase
+/// alphanumerics (others as `-`), at most `max` of them, then `-` and a
+/// hash of the whole name, so distinct names never meet.
+pub fn name_part(name: &str, max: usize) -> String {
+    let clean: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -245,20 +252,24 @@ pub fn object_name(topic: &str) -> String {
                 '-'
             }
         })
-        .take(50)
+        .take(max)
         .collect();
-    let clean = clean.trim_matches('-');
-    // FNV-1a: stable across processes and versions.
+    let clean = match clean.trim_matches('-') {
+        "" => "topic",
+        c => c,
+    };
+    format!("{clean}-{:08x}", name_hash(name))
+}
+
+/// FNV-1a of a name, folded to 32 bits: stable across processes and
+/// versions, unlike std's hasher.
+pub fn name_hash(name: &str) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes() {
+    for b in name.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    if clean.is_empty() {
-        format!("topic-{:08x}", h as u32)
-    } else {
-        format!("{clean}-{:08x}", h as u32)
-    }
+    h as u32
 }
 
 #[cfg(test)]

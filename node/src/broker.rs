@@ -412,43 +412,31 @@ impl Broker {
                 id
             }
         };
-        let mut topics = BTreeMap::new();
-        for (name, json) in store.list_topics()? {
-            let record: TopicRecord = serde_json::from_slice(&json)
-                .map_err(|e| anyhow::anyhow!("topic {name} has unreadable metadata: {e}"))?;
-            let tc = config
+        // A topic as stored: its record and its partitions opened.
+        let open = |json: &[u8], what: &str| -> anyhow::Result<Arc<Topic>> {
+            let record: TopicRecord = serde_json::from_slice(json)
+                .map_err(|e| anyhow::anyhow!("{what} has unreadable metadata: {e}"))?;
+            let config = config
                 .defaults
                 .resolve_topic(&record.name, &record.configs)?;
             let partitions = (0..record.partitions)
                 .map(|p| Partition::open(&store, &record.id, p))
                 .collect::<Result<Vec<_>, _>>()?;
-            topics.insert(
-                name,
-                Arc::new(Topic {
-                    record,
-                    config: tc,
-                    partitions,
-                }),
-            );
+            Ok(Arc::new(Topic {
+                record,
+                config,
+                partitions,
+            }))
+        };
+        let mut topics = BTreeMap::new();
+        for (name, json) in store.list_topics()? {
+            let t = open(&json, &format!("topic {name}"))?;
+            topics.insert(name, t);
         }
         let mut orphans = BTreeMap::new();
         for json in store.list_orphans()? {
-            let record: TopicRecord = serde_json::from_slice(&json)
-                .map_err(|e| anyhow::anyhow!("a kept topic has unreadable metadata: {e}"))?;
-            let tc = config
-                .defaults
-                .resolve_topic(&record.name, &record.configs)?;
-            let partitions = (0..record.partitions)
-                .map(|p| Partition::open(&store, &record.id, p))
-                .collect::<Result<Vec<_>, _>>()?;
-            orphans.insert(
-                record.id,
-                Arc::new(Topic {
-                    record,
-                    config: tc,
-                    partitions,
-                }),
-            );
+            let t = open(&json, "a kept topic")?;
+            orphans.insert(t.record.id, t);
         }
         tracing::info!(
             topics = topics.len(),
@@ -1052,18 +1040,7 @@ impl Broker {
             ));
         }
         let nodes = self.live_nodes().await?;
-        let existing: Vec<Vec<i32>> = view
-            .topic_records(name)
-            .map(|r| {
-                r.iter()
-                    .map(|p| {
-                        p.as_ref()
-                            .map(|v| v.value.replicas.clone())
-                            .unwrap_or_default()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let existing = view.replica_lists(name);
         let added: Vec<Vec<i32>> = match assignment {
             Some(a) => {
                 if a.len() != (count - have) as usize {

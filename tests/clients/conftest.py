@@ -16,6 +16,17 @@ import pytest
 CRDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "crds")
 
 
+def read_ready(proc, prefix):
+    """The `key=value` fields of the line starting with `prefix` a process
+    prints once it is ready (`sluice ready ...`, `localkube ready ...`)."""
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"exited with {proc.wait()}")
+        if line.startswith(prefix):
+            return dict(kv.split("=", 1) for kv in line.split()[2:])
+
+
 def install_crds(kubeconfig):
     """`kubectl apply -f crds/`: the Topic and ConsumerGroup resources that
     `--metadata kubernetes` keeps topics in."""

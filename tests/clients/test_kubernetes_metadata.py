@@ -14,20 +14,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import install_crds, wait_for
+from conftest import install_crds, read_ready, wait_for
 
 LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
 pytestmark = pytest.mark.skipif(
     not LOCALKUBE, reason="LOCALKUBE_BIN is not set (scripts/test.sh sets it)")
-
-
-def read_ready(proc, prefix):
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"exited with {proc.wait()}")
-        if line.startswith(prefix):
-            return dict(kv.split("=", 1) for kv in line.split()[2:])
 
 
 class ServeNode:

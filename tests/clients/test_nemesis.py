@@ -42,7 +42,7 @@ import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import install_crds, wait_for
+from conftest import install_crds, read_ready, wait_for
 
 LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
 pytestmark = pytest.mark.skipif(
@@ -51,15 +51,6 @@ pytestmark = pytest.mark.skipif(
 LEASE_MS = 2000
 TOPICS = {"jepsen-3": (3, 3), "jepsen-2": (3, 2)}  # name: (partitions, RF)
 GROUP = "nemesis-group"
-
-
-def read_ready(proc, prefix):
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"exited with {proc.wait()}")
-        if line.startswith(prefix):
-            return dict(kv.split("=", 1) for kv in line.split()[2:])
 
 
 def kubeconfig(path, url, token):

@@ -26,7 +26,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import install_crds, wait_for
+from conftest import install_crds, read_ready, wait_for
 
 LOCALKUBE = os.environ.get("LOCALKUBE_BIN")
 OPERATOR = os.environ.get("SLUICE_OPERATOR_BIN")
@@ -35,15 +35,6 @@ pytestmark = pytest.mark.skipif(
     reason="LOCALKUBE_BIN and SLUICE_OPERATOR_BIN are not set (scripts/test.sh sets them)")
 
 IMAGE = "ghcr.io/sluice-streaming/sluice"
-
-
-def read_ready(proc, prefix):
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"exited with {proc.wait()}")
-        if line.startswith(prefix):
-            return dict(kv.split("=", 1) for kv in line.split()[2:])
 
 
 class Env:

@@ -1155,6 +1155,20 @@ async fn main() -> anyhow::Result<()> {
         state_dir: state_dir.clone(),
         faults: faults::Faults::default(),
     });
+    {
+        // The namespaces every cluster starts with.
+        let mut st = server.store.lock().expect("store lock");
+        for ns in ["default", "kube-system", "kube-public"] {
+            let t = parse_path("/api/v1/namespaces").expect("a path");
+            let r = server.resource(&st, &t).expect("namespaces are built in");
+            let _ = server.create(
+                &mut st,
+                &t,
+                &r,
+                serde_json::json!({"metadata": {"name": ns}}),
+            );
+        }
+    }
     let images: HashMap<String, Vec<String>> = match &cli.images {
         Some(f) => serde_json::from_slice(&std::fs::read(f)?)
             .map_err(|e| anyhow::anyhow!("image map {}: {e}", f.display()))?,
