@@ -92,6 +92,9 @@ pub(crate) struct Server {
     state_dir: PathBuf,
     /// Faults a test injected.
     faults: faults::Faults,
+    /// Requests served, by `<verb> <resource>` (`get`, `list`, `watch`,
+    /// `create`, `update`, `patch`, `delete`): `/localkube/stats`.
+    stats: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The parts of a request path: `/api/v1/...` or `/apis/<group>/<version>/...`.
@@ -912,8 +915,34 @@ async fn handle(
             ),
         };
     }
-    let client = faults::client_of(&headers);
+    if uri.path() == "/localkube/stats" {
+        let stats = server.stats.lock().expect("stats lock").clone();
+        return axum::Json(stats).into_response();
+    }
     let watching = q.get("watch").is_some_and(|v| v == "true" || v == "1");
+    if let Some(t) = parse_path(uri.path()) {
+        let verb = match (&method, t.name.is_some(), watching) {
+            (&Method::GET, _, true) => "watch",
+            (&Method::GET, true, _) => "get",
+            (&Method::GET, false, _) => "list",
+            (&Method::POST, ..) => "create",
+            (&Method::PUT, ..) => "update",
+            (&Method::PATCH, ..) => "patch",
+            (&Method::DELETE, ..) => "delete",
+            _ => "other",
+        };
+        let resource = match &t.sub {
+            Some(sub) => format!("{}/{sub}", t.resource),
+            None => t.resource.clone(),
+        };
+        *server
+            .stats
+            .lock()
+            .expect("stats lock")
+            .entry(format!("{verb} {resource}"))
+            .or_insert(0) += 1;
+    }
+    let client = faults::client_of(&headers);
     match server.faults.verdict(&client, &method) {
         faults::Verdict::Serve => {}
         faults::Verdict::Isolated => return faults::failure(503, "this client is cut off"),
@@ -1154,6 +1183,7 @@ async fn main() -> anyhow::Result<()> {
         history: cli.watch_history.max(1),
         state_dir: state_dir.clone(),
         faults: faults::Faults::default(),
+        stats: Mutex::new(BTreeMap::new()),
     });
     {
         // The namespaces every cluster starts with.
