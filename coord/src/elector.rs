@@ -132,7 +132,11 @@ pub async fn run(coord: Arc<dyn Coordination>, cfg: ElectorConfig, leading: watc
             tracing::warn!(lock = %cfg.name, identity = %cfg.identity, "no longer leading");
         }
         leading.send_if_modified(|l| std::mem::replace(l, now_leading) != now_leading);
-        // Wake in time to stop leading at the deadline even if the backend hangs.
+        // Wake in time to stop leading at the deadline when renewals fail
+        // fast. (A backend call that hangs holds this loop until the
+        // client's own timeout; the controller's writes are
+        // compare-and-swaps on that same unreachable server, so they fail
+        // meanwhile rather than act twice.)
         let wait = match lead_until {
             Some(t) => (t - mono_ms()).clamp(0, cfg.renew_every_ms),
             None => cfg.renew_every_ms,
