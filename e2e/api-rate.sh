@@ -47,7 +47,7 @@ print(f"{label}: {reads / window:.2f} reads/s, {writes / window:.2f} writes/s, "
 PY
 }
 
-cat <<'EOF' | kubectl apply --validate=false -f - > /dev/null
+cat <<'EOF' | kubectl apply -f - > /dev/null
 apiVersion: sluice.dev/v1alpha1
 kind: Topic
 metadata: {name: ten}
@@ -56,7 +56,7 @@ EOF
 ready ten
 measure "3 nodes, 10 partitions (plus __consumer_offsets' 50)"
 
-cat <<'EOF' | kubectl apply --validate=false -f - > /dev/null
+cat <<'EOF' | kubectl apply -f - > /dev/null
 apiVersion: sluice.dev/v1alpha1
 kind: Topic
 metadata: {name: many}

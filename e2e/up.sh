@@ -44,7 +44,7 @@ for _ in $(seq 100); do grep -q "localkube ready" "$STATE/localkube.out" && brea
 grep -q "localkube ready" "$STATE/localkube.out" || { cat "$STATE/localkube.log" >&2; exit 1; }
 export KUBECONFIG="$STATE/kubeconfig"
 
-kubectl apply --validate=false -f "$ROOT/crds/" > /dev/null
+kubectl apply -f "$ROOT/crds/" > /dev/null
 setsid "$BIN/sluice-operator" --namespace default --identity operator-0 \
   --metrics-listen 127.0.0.1:0 --set advertise=podIp --set "minNodes=$NODES" \
   > "$STATE/operator.out" 2> "$STATE/operator.log" < /dev/null &

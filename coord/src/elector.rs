@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{mono_ms, CoordError, Coordination, LockRecord, Version, Versioned};
+use crate::{mono_ms, CResult, CoordError, Coordination, LockRecord, Version, Versioned};
 
 #[derive(Debug, Clone)]
 pub struct ElectorConfig {
@@ -92,27 +92,75 @@ pub fn decide(
     }
 }
 
+/// What the elector needs of a backend: the lock, read and written.
+/// Every [`Coordination`] has it.
+#[async_trait::async_trait]
+pub trait Locks: Send + Sync + 'static {
+    async fn read_lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>>;
+    async fn write_lock(
+        &self,
+        name: &str,
+        record: LockRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version>;
+}
+
+#[async_trait::async_trait]
+impl<T: Coordination + ?Sized> Locks for T {
+    async fn read_lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>> {
+        self.lock(name).await
+    }
+    async fn write_lock(
+        &self,
+        name: &str,
+        record: LockRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.put_lock(name, record, expected).await
+    }
+}
+
 /// Campaigns for the lock forever, saying on `leading` whether this
 /// candidate leads now.
-pub async fn run(coord: Arc<dyn Coordination>, cfg: ElectorConfig, leading: watch::Sender<bool>) {
+pub async fn run<C: Locks + ?Sized>(
+    coord: Arc<C>,
+    cfg: ElectorConfig,
+    leading: watch::Sender<bool>,
+) {
     let mut seen = Sighting::default();
     // Until when the last successful write lets this candidate lead.
     let mut lead_until: Option<i64> = None;
     loop {
         let sent = mono_ms();
-        let current = coord.lock(&cfg.name).await;
-        let step = match &current {
-            Ok(c) => decide(&cfg, c.as_ref(), &mut seen, sent, now_wall_ms()),
-            Err(e) => {
-                tracing::warn!(lock = %cfg.name, error = %e, "reading the lock failed");
-                Step::Wait
+        // A backend call that hangs must not keep a leader leading past
+        // its deadline: the round (read, then write) gets only the time
+        // that is left of it, or a renew deadline when not leading.
+        let budget = match lead_until {
+            Some(t) => (t - sent).max(1),
+            None => cfg.renew_deadline_ms(),
+        };
+        let round = async {
+            let current = coord.read_lock(&cfg.name).await;
+            let step = match &current {
+                Ok(c) => decide(&cfg, c.as_ref(), &mut seen, sent, now_wall_ms()),
+                Err(e) => {
+                    tracing::warn!(lock = %cfg.name, error = %e, "reading the lock failed");
+                    Step::Wait
+                }
+            };
+            match step {
+                Step::Create(r) => coord.write_lock(&cfg.name, r, None).await.map(Some),
+                Step::Write(r, v) => coord.write_lock(&cfg.name, r, Some(v)).await.map(Some),
+                Step::Wait => Ok(None),
             }
         };
-        let wrote = match step {
-            Step::Create(r) => coord.put_lock(&cfg.name, r, None).await.map(Some),
-            Step::Write(r, v) => coord.put_lock(&cfg.name, r, Some(v)).await.map(Some),
-            Step::Wait => Ok(None),
-        };
+        let wrote = tokio::time::timeout(Duration::from_millis(budget as u64), round)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CoordError::Backend(format!(
+                    "no answer from the backend within {budget} ms"
+                )))
+            });
         match wrote {
             Ok(Some(_)) => {
                 if lead_until.is_none() {
@@ -132,11 +180,7 @@ pub async fn run(coord: Arc<dyn Coordination>, cfg: ElectorConfig, leading: watc
             tracing::warn!(lock = %cfg.name, identity = %cfg.identity, "no longer leading");
         }
         leading.send_if_modified(|l| std::mem::replace(l, now_leading) != now_leading);
-        // Wake in time to stop leading at the deadline when renewals fail
-        // fast. (A backend call that hangs holds this loop until the
-        // client's own timeout; the controller's writes are
-        // compare-and-swaps on that same unreachable server, so they fail
-        // meanwhile rather than act twice.)
+        // Wake in time to stop leading at the deadline when renewals fail.
         let wait = match lead_until {
             Some(t) => (t - mono_ms()).clamp(0, cfg.renew_every_ms),
             None => cfg.renew_every_ms,
@@ -255,6 +299,56 @@ mod tests {
             decide(&cfg("b"), Some(&held("", 9)), &mut seen, 0, 0),
             Step::Write(r, 9) if r.holder == "b"
         ));
+    }
+
+    /// A backend whose lock calls hang (an API server that accepts the
+    /// connection and never answers) once `hang` is set.
+    struct Hanging {
+        inner: InMemory,
+        hang: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Locks for Hanging {
+        async fn read_lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>> {
+            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.lock(name).await
+        }
+        async fn write_lock(
+            &self,
+            name: &str,
+            record: LockRecord,
+            expected: Option<Version>,
+        ) -> CResult<Version> {
+            if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            self.inner.put_lock(name, record, expected).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_backend_stops_answering_steps_down_before_anyone_could_take_over() {
+        let coord = Arc::new(Hanging {
+            inner: InMemory::new(),
+            hang: false.into(),
+        });
+        let (tx, mut rx) = watch::channel(false);
+        let a = tokio::spawn(run(coord.clone(), cfg("a"), tx));
+        rx.wait_for(|l| *l).await.unwrap();
+        let last_renewal = mono_ms();
+        coord.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+        rx.wait_for(|l| !*l).await.unwrap();
+        // Another candidate counts a whole duration (3000 ms) from the
+        // last renewal it saw; this one stopped at its renew deadline.
+        let led_for = mono_ms() - last_renewal;
+        assert!(
+            led_for < 3000,
+            "still leading {led_for} ms after the last renewal"
+        );
+        a.abort();
     }
 
     #[tokio::test]

@@ -96,6 +96,19 @@ struct ServeArgs {
     /// otherwise runs the one controller.
     #[arg(long, env = "SLUICE_CONTROLLER")]
     controller: bool,
+    /// Take the rack from this label of the Kubernetes node the pod runs
+    /// on (with --metadata kubernetes; e.g. topology.kubernetes.io/zone).
+    /// The node's name comes from --kubernetes-node.
+    #[arg(
+        long,
+        env = "SLUICE_RACK_FROM_NODE_LABEL",
+        requires = "kubernetes_node"
+    )]
+    rack_from_node_label: Option<String>,
+    /// The Kubernetes node this pod runs on (the downward API's
+    /// spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    kubernetes_node: Option<String>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -323,6 +336,7 @@ fn main() -> anyhow::Result<()> {
                     cluster: a.cluster_name,
                     expected_nodes: a.expected_nodes,
                     controller: a.controller,
+                    rack_from: a.rack_from_node_label.zip(a.kubernetes_node),
                 };
             }
             a.common.apply(&mut c, false);

@@ -65,7 +65,53 @@ pub enum Metadata {
         /// `<cluster>-controller` lock): for clusters run without the
         /// operator. Under the operator, nodes leave the controller to it.
         controller: bool,
+        /// Take the rack from a label of the Kubernetes node the pod runs
+        /// on: (label key, node name).
+        rack_from: Option<(String, String)>,
     },
+}
+
+/// The value of label `key` on Kubernetes node `node`: this node's rack.
+/// Retried a few times (the API server may be starting too); a refusal or
+/// a missing node ends startup with the reason, since a node with the
+/// wrong rack would weaken every placement made with it.
+async fn rack_from_node(
+    client: &kube::Client,
+    key: &str,
+    node: &str,
+) -> anyhow::Result<Option<String>> {
+    use k8s_openapi::api::core::v1::Node;
+    let api: kube::Api<Node> = kube::Api::all(client.clone());
+    let mut last = None;
+    for attempt in 0..5u32 {
+        match api.get(node).await {
+            Ok(n) => {
+                let rack = n.metadata.labels.and_then(|l| l.get(key).cloned());
+                if rack.is_none() {
+                    tracing::warn!(
+                        node,
+                        key,
+                        "the Kubernetes node has no such label; this node has no rack"
+                    );
+                }
+                return Ok(rack);
+            }
+            Err(kube::Error::Api(e)) if matches!(e.code, 403 | 404) => {
+                anyhow::bail!(
+                    "reading Kubernetes node {node} for its {key} label: {} (the node's \
+                     ServiceAccount needs get on nodes; the operator binds it when \
+                     rackTopologyKey is set)",
+                    e.message
+                );
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+    }
+    anyhow::bail!(
+        "reading Kubernetes node {node} for its {key} label: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )
 }
 
 /// One node, serving until SIGINT or SIGTERM. Prints `sluice ready
@@ -76,7 +122,7 @@ pub enum Metadata {
 /// Kubernetes exactly one controller is active, elected through the
 /// `<cluster>-controller` lock: the operator's replicas are its candidates,
 /// and nodes only with `--controller` (a cluster run without the operator).
-pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
+pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let (coord, expected, import_local): (Arc<dyn Coordination>, usize, bool) = match &metadata {
         Metadata::Local => (
@@ -88,11 +134,16 @@ pub async fn run(config: NodeConfig, metadata: Metadata) -> anyhow::Result<()> {
             namespace,
             cluster,
             expected_nodes,
+            rack_from,
             ..
         } => {
             let client = kube::Client::try_default()
                 .await
                 .map_err(|e| anyhow::anyhow!("no Kubernetes API server reachable: {e}"))?;
+            if let Some((key, node)) = rack_from {
+                config.rack = rack_from_node(&client, key, node).await?;
+                tracing::info!(rack = ?config.rack, node, "rack from the Kubernetes node's label");
+            }
             (
                 Arc::new(crate::coord::Kubernetes::new(client, namespace, cluster).await?),
                 *expected_nodes,

@@ -10,7 +10,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
@@ -105,6 +105,14 @@ fn node_env(s: &Settings, namespace: &str, replicas: i32) -> Vec<Value> {
         ),
         val("SLUICE_ADVERTISED_ADDRESS", advertised),
     ]
+    .into_iter()
+    .chain(s.rack_topology_key.iter().flat_map(|key| {
+        [
+            field("NODE_NAME", "spec.nodeName"),
+            val("SLUICE_RACK_FROM_NODE_LABEL", key.clone()),
+        ]
+    }))
+    .collect()
 }
 
 /// The nodes' StatefulSet with `replicas` pods.
@@ -236,9 +244,7 @@ pub fn disruption_budget(
 }
 
 /// The nodes' identity and what it may do: Leases (its own, partitions',
-/// the controller lock when nodes elect one), Topics and their status, and
-/// reading CRDs and its namespace (to tell a deleted CRD or namespace from
-/// a deleted topic).
+/// the controller lock when nodes elect one), Topics and their status.
 pub fn node_rbac(
     s: &Settings,
     namespace: &str,
@@ -275,6 +281,35 @@ pub fn node_rbac(
     )
 }
 
+/// With `rackTopologyKey`: a ClusterRole that may read Node objects and
+/// its binding to the nodes' ServiceAccount, so each node reads its rack
+/// from the label on the Kubernetes node it runs on. Cluster-scoped, so
+/// owned by nothing: `<cluster>-node-racks-<namespace>`, labelled with the
+/// cluster and namespace, and left in place when the setting is removed
+/// (they grant only reading Node objects).
+pub fn rack_rbac(s: &Settings, namespace: &str) -> Option<(ClusterRole, ClusterRoleBinding)> {
+    s.rack_topology_key.as_ref()?;
+    let names = Names(&s.cluster_name);
+    let name = format!("{}-node-racks-{namespace}", s.cluster_name);
+    let mut labels = labels(s);
+    labels["sluice.dev/namespace"] = json!(namespace);
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": names.service_account(), "namespace": namespace}],
+    });
+    Some((
+        serde_json::from_value(role).expect("a valid ClusterRole"),
+        serde_json::from_value(binding).expect("a valid ClusterRoleBinding"),
+    ))
+}
+
 /// The owner reference every applied object carries: the operator's
 /// ConfigMap.
 pub fn owner_of(cm: &ConfigMap) -> OwnerReference {
@@ -308,6 +343,26 @@ where
     Ok(())
 }
 
+async fn apply_cluster_scoped<K>(client: &Client, obj: &K) -> kube::Result<()>
+where
+    K: Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Applies every object of the node cluster with `replicas` nodes.
 pub async fn apply(
     client: &Client,
@@ -320,6 +375,10 @@ pub async fn apply(
     apply_one(client, namespace, &sa).await?;
     apply_one(client, namespace, &role).await?;
     apply_one(client, namespace, &binding).await?;
+    if let Some((role, binding)) = rack_rbac(s, namespace) {
+        apply_cluster_scoped(client, &role).await?;
+        apply_cluster_scoped(client, &binding).await?;
+    }
     for svc in services(s, namespace, owner) {
         apply_one(client, namespace, &svc).await?;
     }
@@ -429,6 +488,123 @@ mod tests {
             serde_json::to_value(pdb.spec.unwrap().max_unavailable).unwrap(),
             json!(1)
         );
+    }
+
+    /// The whole node cluster goes out by server-side apply, owned by the
+    /// operator's field manager, in an order where nothing refers to an
+    /// object not yet applied (the account before the pods that use it).
+    #[tokio::test]
+    async fn apply_writes_every_object_by_server_side_apply() {
+        use crate::fixtures::{self, echo};
+        let (client, mut server) = fixtures::client();
+        let s = Settings::default();
+        let apply = tokio::spawn(async move { apply(&client, &s, "data", 3, &owner()).await });
+        let expected = [
+            (
+                "/api/v1/namespaces/data/serviceaccounts/sluice-node",
+                "ServiceAccount",
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/data/roles/sluice-node",
+                "Role",
+            ),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/data/rolebindings/sluice-node",
+                "RoleBinding",
+            ),
+            ("/api/v1/namespaces/data/services/sluice-nodes", "Service"),
+            ("/api/v1/namespaces/data/services/sluice", "Service"),
+            (
+                "/apis/policy/v1/namespaces/data/poddisruptionbudgets/sluice-node",
+                "PodDisruptionBudget",
+            ),
+            (
+                "/apis/apps/v1/namespaces/data/statefulsets/sluice-node",
+                "StatefulSet",
+            ),
+        ];
+        for (path, kind) in expected {
+            let seen = server.expect("PATCH", path, 200, echo).await;
+            assert_eq!(seen.content_type, "application/apply-patch+yaml");
+            assert!(
+                seen.query.contains("fieldManager=sluice-operator"),
+                "{}",
+                seen.query
+            );
+            assert!(seen.query.contains("force=true"), "{}", seen.query);
+            assert_eq!(seen.body["kind"], kind);
+            assert_eq!(seen.body["metadata"]["ownerReferences"][0]["uid"], "u-1");
+            if kind == "StatefulSet" {
+                assert_eq!(seen.body["spec"]["replicas"], 3);
+            }
+        }
+        apply.await.unwrap().expect("applied");
+        server.done().await;
+    }
+
+    /// A refusal stops the pass at the object refused (the caller backs
+    /// off and tries the whole pass again) and says why.
+    #[tokio::test]
+    async fn apply_stops_at_a_refusal_and_returns_it() {
+        use crate::fixtures::{self, echo, failure};
+        let (client, mut server) = fixtures::client();
+        let s = Settings::default();
+        let apply = tokio::spawn(async move { apply(&client, &s, "data", 1, &owner()).await });
+        server
+            .expect(
+                "PATCH",
+                "/api/v1/namespaces/data/serviceaccounts/sluice-node",
+                200,
+                echo,
+            )
+            .await;
+        server
+            .expect(
+                "PATCH",
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/data/roles/sluice-node",
+                403,
+                |_| {
+                    failure(
+                        403,
+                        "Forbidden",
+                        "roles is forbidden: the operator may not escalate",
+                    )
+                },
+            )
+            .await;
+        match apply.await.unwrap() {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 403);
+                assert!(e.message.contains("may not escalate"), "{}", e.message);
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        server.done().await;
+    }
+
+    #[test]
+    fn with_a_rack_key_nodes_read_their_rack_from_their_kubernetes_node() {
+        assert!(rack_rbac(&Settings::default(), "data").is_none());
+        let s = Settings {
+            rack_topology_key: Some("topology.kubernetes.io/zone".into()),
+            ..Settings::default()
+        };
+        let env = env_of(&statefulset(&s, "data", 3, &owner()));
+        assert!(env.contains(&("NODE_NAME".into(), "spec.nodeName".into())));
+        assert!(env.contains(&(
+            "SLUICE_RACK_FROM_NODE_LABEL".into(),
+            "topology.kubernetes.io/zone".into()
+        )));
+        let (role, binding) = rack_rbac(&s, "data").unwrap();
+        let rule = &role.rules.unwrap()[0];
+        assert_eq!(rule.resources.as_deref(), Some(&["nodes".to_string()][..]));
+        assert_eq!(rule.verbs, ["get"]);
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.name.as_str(), subject.namespace.as_deref()),
+            ("sluice-node", Some("data"))
+        );
+        assert_eq!(binding.role_ref.name, "sluice-node-racks-data");
     }
 
     #[test]

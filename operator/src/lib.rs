@@ -10,6 +10,8 @@
 
 pub mod cluster;
 pub mod config;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
 pub mod run;
 pub mod status;

@@ -41,6 +41,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
+        // Logs to stderr; stdout carries only the ready line, which a
+        // parent may read and then stop reading.
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let yaml = match &args.config {

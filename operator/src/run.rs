@@ -338,3 +338,241 @@ pub fn recorder(client: Client, identity: &str) -> Recorder {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{self, echo, failure, Seen};
+    use kube::runtime::watcher;
+    use serde_json::{json, Value};
+    use sluice_api::election::PartitionRecord;
+    use sluice_api::v1alpha1::TopicSpec as TopicObjectSpec;
+    use sluice_coord::{InMemory, TopicSpec};
+
+    /// An operator whose API requests go to `client`; the events it
+    /// publishes are answered (and collected) apart.
+    fn operator(
+        client: Client,
+        coord: Arc<InMemory>,
+    ) -> (Operator, tokio::task::JoinHandle<Vec<Seen>>) {
+        let (events_client, events) = fixtures::client();
+        let events = tokio::spawn(events.serve(|seen| (201, seen.body.clone())));
+        let op = Operator {
+            client,
+            settings: Settings::default(),
+            namespace: fixtures::NAMESPACE.into(),
+            identity: "sluice-operator-0".into(),
+            coord,
+            metrics: Arc::new(Metrics::default()),
+            recorder: recorder(events_client, "sluice-operator-0"),
+        };
+        (op, events)
+    }
+
+    fn topic(name: &str, partitions: i32, kafka_name: Option<&str>) -> Topic {
+        let mut t = Topic::new(
+            name,
+            TopicObjectSpec {
+                partitions,
+                replication_factor: 1,
+                config: Default::default(),
+                topic_name: kafka_name.map(str::to_string),
+                deletion_policy: Default::default(),
+            },
+        );
+        t.metadata.namespace = Some(fixtures::NAMESPACE.into());
+        t.metadata.generation = Some(1);
+        t.metadata.uid = Some(format!("uid-{name}"));
+        t.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::chrono::DateTime::UNIX_EPOCH,
+        ));
+        t
+    }
+
+    fn store_of(topics: &[Topic]) -> Store<Topic> {
+        let (store, mut writer) = reflector::store();
+        for t in topics {
+            writer.apply_watcher_event(&watcher::Event::Apply(t.clone()));
+        }
+        store
+    }
+
+    fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+            .unwrap_or_else(|| panic!("no {kind} condition in {status}"))
+    }
+
+    #[tokio::test]
+    async fn the_owner_is_made_when_missing_and_read_back_when_another_made_it() {
+        let (client, mut server) = fixtures::client();
+        let s = Settings::default();
+        let run = tokio::spawn(async move { ensure_owner(&client, "data", &s).await });
+        let path = "/api/v1/namespaces/data/configmaps/sluice-operator";
+        server
+            .expect("GET", path, 404, |_| {
+                failure(404, "NotFound", "configmaps \"sluice-operator\" not found")
+            })
+            .await;
+        let made = server
+            .expect("POST", "/api/v1/namespaces/data/configmaps", 201, |seen| {
+                let mut cm = seen.body.clone();
+                cm["metadata"]["uid"] = json!("u-7");
+                cm
+            })
+            .await;
+        assert!(made.body["data"]["settings.yaml"]
+            .as_str()
+            .unwrap()
+            .contains("clusterName: sluice"));
+        let cm = run.await.unwrap().expect("made");
+        assert_eq!(cm.metadata.uid.as_deref(), Some("u-7"));
+        server.done().await;
+
+        // Two replicas starting together: the one that loses the create
+        // reads the winner's.
+        let (client, mut server) = fixtures::client();
+        let s = Settings::default();
+        let run = tokio::spawn(async move { ensure_owner(&client, "data", &s).await });
+        server
+            .expect("GET", path, 404, |_| failure(404, "NotFound", "not found"))
+            .await;
+        server
+            .expect("POST", "/api/v1/namespaces/data/configmaps", 409, |_| {
+                failure(
+                    409,
+                    "AlreadyExists",
+                    "configmaps \"sluice-operator\" already exists",
+                )
+            })
+            .await;
+        server
+            .expect("GET", path, 200, |_| {
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "sluice-operator", "namespace": "data", "uid": "u-8"}})
+            })
+            .await;
+        assert_eq!(
+            run.await.unwrap().unwrap().metadata.uid.as_deref(),
+            Some("u-8")
+        );
+        server.done().await;
+    }
+
+    /// One pass over the Topics: each gets the status the metadata says,
+    /// a write that fails does not stop the others, a clash and a
+    /// decrease are conditions, and a status already current is not
+    /// written again.
+    #[tokio::test]
+    async fn statuses_follow_the_metadata_and_one_failure_stops_nothing() {
+        let coord = Arc::new(InMemory::new());
+        for (name, partitions) in [("orders", 2), ("payments", 1), ("shrunk", 3)] {
+            let spec = TopicSpec::new(
+                name,
+                uuid::Uuid::new_v4(),
+                partitions,
+                1,
+                Default::default(),
+            );
+            let records = (0..partitions)
+                .map(|_| PartitionRecord::new(vec![0]))
+                .collect();
+            coord.create_topic(spec, records).await.unwrap();
+        }
+        let topics = [
+            topic("orders", 2, None),
+            topic("payments", 1, None),
+            // A second object for the Kafka topic `orders`: the older
+            // object keeps it (same timestamp here: the name decides).
+            topic("orders-again", 2, Some("orders")),
+            // Asks for fewer partitions than the topic has.
+            topic("shrunk", 1, None),
+        ];
+        let (client, server) = fixtures::client();
+        let stored = topics.clone();
+        let answered = tokio::spawn(server.serve(move |seen| {
+            if seen.path.ends_with("/topics/payments/status") {
+                return (
+                    500,
+                    failure(500, "InternalError", "etcdserver: request timed out"),
+                );
+            }
+            // The object as stored after the merge patch.
+            let name = seen.path.rsplit('/').nth(1).unwrap_or_default();
+            let t = stored
+                .iter()
+                .find(|t| t.metadata.name.as_deref() == Some(name));
+            let mut object = serde_json::to_value(t.expect("a known Topic")).unwrap();
+            object["status"] = seen.body["status"].clone();
+            (200, object)
+        }));
+        let (op, events) = operator(client.clone(), coord.clone());
+        let api: Api<Topic> = Api::namespaced(client, fixtures::NAMESPACE);
+        op.refresh_statuses(&api, &store_of(&topics)).await;
+        drop(api);
+        drop(op);
+        let seen = answered.await.unwrap();
+        let status_of = |name: &str| -> Value {
+            let path = format!("/apis/sluice.dev/v1alpha1/namespaces/data/topics/{name}/status");
+            let s = seen
+                .iter()
+                .find(|s| s.path == path)
+                .unwrap_or_else(|| panic!("no status written for {name}"));
+            assert_eq!(s.method, "PATCH");
+            assert_eq!(s.content_type, "application/merge-patch+json");
+            s.body["status"].clone()
+        };
+        let orders = status_of("orders");
+        assert_eq!(condition(&orders, "Ready")["status"], "True");
+        assert_eq!(orders["partitions"].as_array().unwrap().len(), 2);
+        assert_eq!(orders["partitions"][1]["leader"], 0);
+        status_of("payments"); // tried, refused, and the pass went on
+        let again = status_of("orders-again");
+        assert_eq!(condition(&again, "Degraded")["status"], "True");
+        assert!(
+            condition(&again, "Degraded")["message"]
+                .as_str()
+                .unwrap()
+                .contains("orders"),
+            "{again}"
+        );
+        let shrunk = status_of("shrunk");
+        assert_eq!(condition(&shrunk, "Degraded")["status"], "True");
+        assert_eq!(
+            shrunk["partitions"].as_array().unwrap().len(),
+            3,
+            "{shrunk}"
+        );
+        assert_eq!(seen.len(), 4, "one write per Topic");
+        // Each new condition became an event on its object.
+        let events = events.await.unwrap();
+        assert!(events
+            .iter()
+            .any(|e| e.body["regarding"]["name"] == "orders"
+                && e.body["reason"] == "AllPartitionsInSync"));
+
+        // The next pass, with every written status stored, writes nothing.
+        let current: Vec<Topic> = topics
+            .iter()
+            .filter(|t| t.metadata.name.as_deref() != Some("payments"))
+            .map(|t| {
+                let mut t = t.clone();
+                let status = status_of(t.metadata.name.as_deref().unwrap());
+                t.status = Some(serde_json::from_value(status).unwrap());
+                t
+            })
+            .collect();
+        let (client, server) = fixtures::client();
+        let answered = tokio::spawn(server.serve(|seen| (200, echo(seen))));
+        let (op, _events) = operator(client.clone(), coord);
+        let api: Api<Topic> = Api::namespaced(client, fixtures::NAMESPACE);
+        op.refresh_statuses(&api, &store_of(&current)).await;
+        drop(api);
+        drop(op);
+        assert!(
+            answered.await.unwrap().is_empty(),
+            "a current status is written again"
+        );
+    }
+}

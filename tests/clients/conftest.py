@@ -30,7 +30,7 @@ def read_ready(proc, prefix):
 def install_crds(kubeconfig):
     """`kubectl apply -f crds/`: the Topic and ConsumerGroup resources that
     `--metadata kubernetes` keeps topics in."""
-    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "--validate=false",
+    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply",
                     "-f", CRDS], check=True, capture_output=True, timeout=60)
 
 

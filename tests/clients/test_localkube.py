@@ -4,8 +4,8 @@ scale, delete; CRDs served at once with their schema enforced; optimistic
 concurrency; watches that resume, and expire; finalizers and garbage
 collection; patches.
 
-kubectl runs with --validate=false: localkube serves no OpenAPI documents,
-which kubectl only needs for client-side validation."""
+kubectl and helm run as on a real cluster: they read localkube's OpenAPI
+documents, leave validation to the server, and see its Tables."""
 import json
 import os
 import shutil
@@ -123,7 +123,7 @@ def call(url, method, path, body=None, content_type="application/json"):
 
 def test_kubectl_apply_get_wait_scale_delete(api):
     url, kc, manifests = api
-    out = kubectl(kc, "apply", "--validate=false", "-f", manifests).stdout
+    out = kubectl(kc, "apply", "-f", manifests).stdout
     assert "configmap/settings created" in out and "statefulset.apps/web created" in out
     names = kubectl(kc, "get", "configmaps", "-l", "app=demo", "-o", "name").stdout.split()
     assert names == ["configmap/settings"]
@@ -135,7 +135,7 @@ def test_kubectl_apply_get_wait_scale_delete(api):
     sts = json.loads(kubectl(kc, "get", "sts", "web", "-o", "json").stdout)
     assert sts["spec"]["replicas"] == 3 and sts["metadata"]["generation"] == 2
     # Applying again is idempotent for unchanged objects.
-    out = kubectl(kc, "apply", "--validate=false", "-f", os.path.join(manifests, "config.yaml")).stdout
+    out = kubectl(kc, "apply", "-f", os.path.join(manifests, "config.yaml")).stdout
     assert "configmap/settings unchanged" in out
     kubectl(kc, "delete", "cm", "other")
     assert kubectl(kc, "get", "cm", "other", check=False).returncode != 0
@@ -143,15 +143,15 @@ def test_kubectl_apply_get_wait_scale_delete(api):
 
 def test_crds_are_served_at_once_and_their_schema_enforced(api):
     url, kc, manifests = api
-    kubectl(kc, "apply", "--validate=false", "-f", os.path.join(manifests, "crd.yaml"))
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+    kubectl(kc, "apply", "-f", os.path.join(manifests, "crd.yaml"))
+    bad = kubectl(kc, "apply", "-f", "-", check=False,
                   stdin="apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 20}\n")
     assert bad.returncode != 0
     assert "spec.size" in bad.stderr and "less than or equal to 10" in bad.stderr
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+    bad = kubectl(kc, "apply", "-f", "-", check=False,
                   stdin="apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {color: green}\n")
     assert "spec.size: Required value" in bad.stderr and "spec.color: Unsupported value" in bad.stderr
-    kubectl(kc, "apply", "--validate=false", "-f", "-",
+    kubectl(kc, "apply", "-f", "-",
             stdin="apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: 3}\n")
     assert kubectl(kc, "get", "wd", "-o", "name").stdout.split() == ["widget.example.com/w"]
     # The status subresource changes status only; the main resource keeps it.
@@ -277,8 +277,8 @@ spec:
 
 
 def test_helm_install_upgrade_uninstall(api, tmp_path):
-    """helm runs with --disable-openapi-validation: localkube serves no
-    OpenAPI documents. (helm --wait needs the process kubelet, to come.)"""
+    """helm install, upgrade and uninstall with helm's own validation (it
+    reads localkube's OpenAPI documents)."""
     _, kc, _ = api
     for name, text in CHART.items():
         p = tmp_path / "chart" / name
@@ -291,9 +291,9 @@ def test_helm_install_upgrade_uninstall(api, tmp_path):
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    helm("install", "demo", chart, "--disable-openapi-validation")
+    helm("install", "demo", chart)
     assert kubectl(kc, "get", "cm", "demo-settings", "-o", "jsonpath={.data.replicas}").stdout == "1"
-    helm("upgrade", "demo", chart, "--set", "replicas=3", "--disable-openapi-validation")
+    helm("upgrade", "demo", chart, "--set", "replicas=3")
     assert kubectl(kc, "get", "cm", "demo-settings", "-o", "jsonpath={.data.replicas}").stdout == "3"
     assert kubectl(kc, "get", "gadgets", "demo-gadget", "-o", "jsonpath={.spec.size}").stdout == "3"
     assert "deployed" in helm("list")
@@ -315,24 +315,27 @@ def test_sluice_crds_install_and_refuse_bad_topics(api):
     refuses what the schema forbids, undeclared config keys under strict
     field validation, and a decrease of partitions (a CEL transition rule)."""
     url, kc, _ = api
-    kubectl(kc, "apply", "--validate=false", "-f", CRDS)
+    kubectl(kc, "apply", "-f", CRDS)
     kubectl(kc, "wait", "--for=condition=Established", "crd/topics.sluice.dev",
             "crd/consumergroups.sluice.dev", "--timeout=10s")
-    kubectl(kc, "apply", "--validate=false", "-f", "-",
+    kubectl(kc, "apply", "-f", "-",
             stdin=topic("orders", 3, 1, "  config: {retention.ms: '60000'}\n"))
     assert kubectl(kc, "get", "st", "-o", "name").stdout.split() == ["topic.sluice.dev/orders"]
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False, stdin=topic("zero", 0))
+    bad = kubectl(kc, "apply", "-f", "-", check=False, stdin=topic("zero", 0))
     assert "spec.partitions" in bad.stderr and "greater than or equal to 1" in bad.stderr
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+    bad = kubectl(kc, "apply", "-f", "-", check=False,
                   stdin=topic("odd", 1, 1, "  topicName: 'no spaces'\n"))
     assert "spec.topicName" in bad.stderr and "should match" in bad.stderr
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+    bad = kubectl(kc, "apply", "-f", "-", check=False,
                   stdin=topic("codec", 1, 1, "  config: {compression.type: sideways}\n"))
     assert "spec.config.compression.type: Unsupported value" in bad.stderr
-    # An unknown config key is pruned (kubectl --validate=false asks for
-    # fieldValidation=Ignore), named in a warning (Warn) or refused (Strict).
-    kubectl(kc, "apply", "--validate=false", "-f", "-",
-            stdin=topic("loose", 1, 1, "  config: {retention.ms: '1', colour: blue}\n"))
+    # An unknown config key is refused (kubectl's default asks for
+    # fieldValidation=Strict), pruned (--validate=false asks for Ignore) or
+    # named in a warning (Warn).
+    loose = topic("loose", 1, 1, "  config: {retention.ms: '1', colour: blue}\n")
+    bad = kubectl(kc, "apply", "-f", "-", check=False, stdin=loose)
+    assert 'unknown field "spec.config.colour"' in bad.stderr, bad.stderr
+    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=loose)
     got = json.loads(kubectl(kc, "get", "st", "loose", "-o", "json").stdout)
     assert got["spec"]["config"] == {"retention.ms": "1"}
     topics = "/apis/sluice.dev/v1alpha1/namespaces/default/topics"
@@ -347,12 +350,41 @@ def test_sluice_crds_install_and_refuse_bad_topics(api):
     code, answer = call(url, "POST", topics + "?fieldValidation=Strict", body)
     assert code == 400 and 'unknown field "spec.config.colour"' in answer["message"], answer
     # Partitions may grow, never shrink.
-    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=topic("orders", 6))
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False, stdin=topic("orders", 2))
+    kubectl(kc, "apply", "-f", "-", stdin=topic("orders", 6))
+    bad = kubectl(kc, "apply", "-f", "-", check=False, stdin=topic("orders", 2))
     assert "partitions may not decrease" in bad.stderr, bad.stderr
     assert kubectl(kc, "get", "st", "orders", "-o", "jsonpath={.spec.partitions}").stdout == "6"
     # A ConsumerGroup with an offset reset of an unknown kind.
-    bad = kubectl(kc, "apply", "--validate=false", "-f", "-", check=False,
+    bad = kubectl(kc, "apply", "-f", "-", check=False,
                   stdin="apiVersion: sluice.dev/v1alpha1\nkind: ConsumerGroup\nmetadata: {name: g}\n"
                         "spec: {groupId: g, offsetReset: {to: yesterday}}\n")
     assert "spec.offsetReset.to: Unsupported value" in bad.stderr
+
+
+def test_kubectl_reads_openapi_validates_on_the_server_and_prints_tables(api):
+    """No client-side flags: kubectl reads localkube's OpenAPI documents
+    (`kubectl explain` too), the server refuses unknown fields of built-in
+    kinds as strict decoding does, and `kubectl get` prints a CRD's
+    columns from the server's Table."""
+    url, kc, _ = api
+    status, index = call(url, "GET", "/openapi/v3")
+    assert status == 200 and "apis/apps/v1" in index["paths"]
+    misspelt = ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\n"
+                "datta: {k: v}\n")
+    bad = kubectl(kc, "apply", "-f", "-", check=False, stdin=misspelt)
+    assert 'unknown field "datta"' in bad.stderr, bad.stderr
+    assert kubectl(kc, "get", "cm", "typo", check=False).returncode != 0
+    svc = ("apiVersion: v1\nkind: Service\nmetadata: {name: web}\n"
+           "spec:\n  ports: [{port: 80, targetPortt: 8080}]\n")
+    bad = kubectl(kc, "apply", "-f", "-", check=False, stdin=svc)
+    assert 'unknown field "spec.ports[0].targetPortt"' in bad.stderr, bad.stderr
+    kubectl(kc, "apply", "-f", CRDS)
+    kubectl(kc, "wait", "--for=condition=Established", "crd/topics.sluice.dev", "--timeout=10s")
+    explained = kubectl(kc, "explain", "topic.spec.partitions").stdout
+    assert "may grow, never shrink" in explained, explained
+    kubectl(kc, "apply", "-f", "-", stdin=topic("tabled", 4, 1))
+    lines = kubectl(kc, "get", "topics").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "PARTITIONS", "REPLICAS", "READY", "AGE"], lines
+    row = next(line.split() for line in lines[1:] if line.startswith("tabled "))
+    assert row[1:3] == ["4", "1"], row
+    kubectl(kc, "delete", "topic", "tabled")

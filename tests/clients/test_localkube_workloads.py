@@ -95,7 +95,7 @@ def ready_replicas(kc, kind, name):
 
 def test_statefulset_pods_have_addresses_and_keep_their_volumes(kube):
     kc, work = kube
-    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=STATEFULSET)
+    kubectl(kc, "apply", "-f", "-", stdin=STATEFULSET)
     kubectl(kc, "wait", "--for=jsonpath={.status.readyReplicas}=3", "statefulset/web", "--timeout=90s")
     ps = sorted(pods(kc, "app=web"), key=lambda p: p["metadata"]["name"])
     assert [p["metadata"]["name"] for p in ps] == ["web-0", "web-1", "web-2"]
@@ -175,11 +175,11 @@ spec:
 
 def test_deployment_rolls_out_a_changed_template(kube):
     kc, _ = kube
-    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=DEPLOYMENT % "hello")
+    kubectl(kc, "apply", "-f", "-", stdin=DEPLOYMENT % "hello")
     kubectl(kc, "wait", "--for=condition=Available", "deployment/api", "--timeout=90s")
     first = {p["metadata"]["name"] for p in pods(kc, "app=api")}
     assert len(first) == 2
-    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=DEPLOYMENT % "bonjour")
+    kubectl(kc, "apply", "-f", "-", stdin=DEPLOYMENT % "bonjour")
     wait_for(lambda: (lambda ps: len(ps) == 2 and not ({p["metadata"]["name"] for p in ps} & first)
                       and all(ask_ok(p) and ask(p)["greeting"] == "bonjour" for p in ps))(pods(kc, "app=api")),
              timeout=120)
@@ -207,12 +207,12 @@ def test_helm_install_upgrade_uninstall_with_wait(kube, tmp_path):
                            capture_output=True, text=True, timeout=150)
         assert r.returncode == 0, r.stderr
 
-    helm("install", "waited", str(chart), "--disable-openapi-validation")
+    helm("install", "waited", str(chart))
     ps = pods(kc, "app=waited")
     assert len(ps) == 2 and all(
         any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) for p in ps)
     assert "notes.example.com" in kubectl(kc, "get", "crd", "-o", "name")
-    helm("upgrade", "waited", str(chart), "--set", "greeting=bonjour", "--disable-openapi-validation")
+    helm("upgrade", "waited", str(chart), "--set", "greeting=bonjour")
     wait_for(lambda: (lambda ps: len(ps) == 2 and all(ask_ok(p) and ask(p)["greeting"] == "bonjour"
                                                        for p in ps))(pods(kc, "app=waited")), timeout=60)
     helm("uninstall", "waited")
@@ -262,7 +262,7 @@ spec:
 
 def test_env_sources_probes_and_restarts(kube):
     kc, work = kube
-    kubectl(kc, "apply", "--validate=false", "-f", "-", stdin=ENV_AND_PROBES)
+    kubectl(kc, "apply", "-f", "-", stdin=ENV_AND_PROBES)
     kubectl(kc, "wait", "--for=condition=Ready", "pod/envy", "--timeout=60s")
     pod = pods(kc, "app=envy")[0]
     answer = ask(pod)

@@ -19,6 +19,8 @@ pub struct Resource {
     pub scale: bool,
     /// The openAPIV3Schema of a custom resource's version.
     pub schema: Option<Value>,
+    /// A custom resource version's `additionalPrinterColumns`.
+    pub columns: Vec<Value>,
 }
 
 fn r(gv: &str, plural: &str, kind: &str, namespaced: bool, short: &[&str]) -> Resource {
@@ -32,12 +34,14 @@ fn r(gv: &str, plural: &str, kind: &str, namespaced: bool, short: &[&str]) -> Re
         status: false,
         scale: false,
         schema: None,
+        columns: vec![],
     }
 }
 
 pub fn builtin() -> Vec<Resource> {
     let mut v = vec![
         r("v1", "namespaces", "Namespace", false, &["ns"]),
+        r("v1", "nodes", "Node", false, &["no"]),
         r("v1", "pods", "Pod", true, &["po"]),
         r("v1", "services", "Service", true, &["svc"]),
         r("v1", "endpoints", "Endpoints", true, &["ep"]),
@@ -100,6 +104,7 @@ pub fn builtin() -> Vec<Resource> {
         x.status = matches!(
             x.plural.as_str(),
             "pods"
+                | "nodes"
                 | "services"
                 | "persistentvolumeclaims"
                 | "statefulsets"
@@ -158,6 +163,10 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                 schema: v["schema"]["openAPIV3Schema"]
                     .is_object()
                     .then(|| v["schema"]["openAPIV3Schema"].clone()),
+                columns: v["additionalPrinterColumns"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
             })
         })
         .collect()

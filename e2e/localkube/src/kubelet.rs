@@ -15,7 +15,9 @@
 //!   mount paths in command, args and env are rewritten to the directory.
 //!   Env: values, the downward API (metadata.name, metadata.namespace,
 //!   metadata.uid, status.podIP, spec.nodeName), ConfigMap and Secret keys
-//!   and envFrom. HTTP and TCP readiness and liveness probes, restartPolicy
+//!   and envFrom. Pods are scheduled onto the fewest-loaded of localkube's
+//!   Node objects (`--zones`: one per zone), all of them this machine.
+//!   HTTP and TCP readiness and liveness probes, restartPolicy
 //!   Always with backoff, SIGTERM then SIGKILL after the grace period,
 //!   stdout and stderr kept per pod for `kubectl logs`.
 
@@ -159,6 +161,42 @@ impl Kubelet {
             next["status"] = status;
             let _ = self.server.update(st, &t, &r, &k.3, next, Part::Status);
         }
+    }
+
+    /// The scheduler: a pod without a node goes to the node running the
+    /// fewest pods (ties: the first by name), which spreads a StatefulSet
+    /// over the zones as its topology spread constraint asks.
+    fn schedule(&self, k: &Key, pod: Value) -> Value {
+        if pod["spec"]["nodeName"].is_string() {
+            return pod;
+        }
+        let server = self.server.clone();
+        let mut st = server.store.lock().expect("store lock");
+        let mut load: BTreeMap<String, usize> = Self::objects(&st, "v1", "nodes")
+            .into_iter()
+            .map(|(k, _)| (k.3, 0))
+            .collect();
+        for (_, p) in Self::objects(&st, "v1", "pods") {
+            if let Some(c) = p["spec"]["nodeName"].as_str().and_then(|n| load.get_mut(n)) {
+                *c += 1;
+            }
+        }
+        let Some(node) = load
+            .iter()
+            .min_by_key(|(name, n)| (**n, (*name).clone()))
+            .map(|(name, _)| name.clone())
+        else {
+            return pod;
+        };
+        let mut next = pod.clone();
+        next["spec"]["nodeName"] = json!(node);
+        let t = crate::Target::of(k);
+        if let Some(r) = self.server.resource(&st, &t) {
+            let _ = self
+                .server
+                .update(&mut st, &t, &r, &k.3, next.clone(), Part::Main);
+        }
+        st.objects.get(k).cloned().unwrap_or(next)
     }
 
     fn pod_from_template(
@@ -542,7 +580,10 @@ impl Kubelet {
                     "metadata.namespace" => Some(ns.to_string()),
                     "metadata.uid" => meta_str(pod, "uid").map(str::to_string),
                     "status.podIP" | "status.hostIP" => Some(ip.to_string()),
-                    "spec.nodeName" => Some("localkube".into()),
+                    "spec.nodeName" => pod["spec"]["nodeName"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| Some("localkube".into())),
                     f => f
                         .strip_prefix("metadata.labels['")
                         .map(|k| ("labels", k))
@@ -699,6 +740,7 @@ impl Kubelet {
             if meta_str(&pod, "deletionTimestamp").is_some() {
                 continue;
             }
+            let pod = self.schedule(&k, pod);
             let (ns, name) = (k.2.clone(), k.3.clone());
             let uid = meta_str(&pod, "uid").unwrap_or_default().to_string();
             let ip = self.ip_for(&ns, &name);

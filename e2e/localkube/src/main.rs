@@ -16,9 +16,11 @@
 mod discovery;
 mod faults;
 mod kubelet;
+mod openapi;
 mod patch;
 mod proto;
 mod schema;
+mod table;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -60,6 +62,11 @@ struct Cli {
     /// `localkube-state` directory beside the kubeconfig).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Zones of the cluster's nodes, comma separated: one Node object per
+    /// zone (`localkube-0`, ... labelled `topology.kubernetes.io/zone`),
+    /// pods spread over them. Without it, one node `localkube` and no zone.
+    #[arg(long, value_delimiter = ',')]
+    zones: Vec<String>,
 }
 
 /// Where an object lives: (group/version, resource, namespace, name).
@@ -105,9 +112,10 @@ pub(crate) struct Target {
     pub(crate) name: Option<String>,
     /// `status`, `scale` or `log`.
     pub(crate) sub: Option<String>,
-    /// The request's `fieldValidation`: `Strict` refuses fields a custom
-    /// resource's schema does not declare; otherwise they are pruned, with
-    /// a warning unless `Ignore`.
+    /// The request's `fieldValidation`: `Strict` refuses fields the kind's
+    /// schema does not declare; otherwise a custom resource's are pruned,
+    /// with a warning unless `Ignore`, and a built-in kind's named in a
+    /// warning under `Warn`.
     pub(crate) field_validation: String,
 }
 
@@ -327,7 +335,14 @@ impl Server {
         )
     }
 
-    fn list(&self, st: &Store, t: &Target, r: &Resource, q: &HashMap<String, String>) -> Response {
+    fn list(
+        &self,
+        st: &Store,
+        t: &Target,
+        r: &Resource,
+        q: &HashMap<String, String>,
+        as_table: bool,
+    ) -> Response {
         let items: Vec<Value> = st
             .objects
             .iter()
@@ -339,6 +354,9 @@ impl Server {
             .filter(|v| matches_fields(v, q.get("fieldSelector").map(String::as_str)))
             .cloned()
             .collect();
+        if as_table {
+            return axum::Json(table::of(r, &items, &st.rv.to_string())).into_response();
+        }
         axum::Json(json!({
             "kind": format!("{}List", r.kind), "apiVersion": t.gv,
             "metadata": {"resourceVersion": st.rv.to_string()},
@@ -364,32 +382,40 @@ impl Server {
         if r.plural == "secrets" {
             fold_string_data(obj);
         }
-        let Some(schema) = &r.schema else {
-            return Ok(vec![]);
-        };
         let strict = t.field_validation == "Strict";
-        match schema::admit(obj, schema, old, strict) {
-            Ok(_) if t.field_validation == "Ignore" => Ok(vec![]),
-            Ok(unknown) => Ok(unknown
+        let named = |fields: &[String]| -> Vec<String> {
+            fields
                 .iter()
                 .map(|f| format!("unknown field \"{f}\""))
-                .collect()),
-            Err(schema::Refusal::Unknown(fields)) => {
-                let version = t.gv.rsplit('/').next().unwrap_or_default();
-                let list: Vec<String> = fields
-                    .iter()
-                    .map(|f| format!("unknown field \"{f}\""))
-                    .collect();
-                Err(Box::new(status(
-                    400,
-                    "BadRequest",
-                    format!(
-                        "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
-                        list.join(", "),
-                        kind = r.kind
-                    ),
-                )))
+                .collect()
+        };
+        let refuse = |fields: &[String]| {
+            let version = t.gv.rsplit('/').next().unwrap_or_default();
+            Box::new(status(
+                400,
+                "BadRequest",
+                format!(
+                    "{kind} in version \"{version}\" cannot be handled as a {kind}: strict decoding error: {}",
+                    named(fields).join(", "),
+                    kind = r.kind
+                ),
+            ))
+        };
+        let Some(schema) = &r.schema else {
+            // A built-in kind: its fields are checked, never pruned.
+            if t.field_validation == "Ignore" || t.field_validation.is_empty() {
+                return Ok(vec![]);
             }
+            let unknown = openapi::unknown_builtin_fields(&t.gv, &r.kind, obj);
+            if strict && !unknown.is_empty() {
+                return Err(refuse(&unknown));
+            }
+            return Ok(named(&unknown));
+        };
+        match schema::admit(obj, schema, old, strict) {
+            Ok(_) if t.field_validation == "Ignore" => Ok(vec![]),
+            Ok(unknown) => Ok(named(&unknown)),
+            Err(schema::Refusal::Unknown(fields)) => Err(refuse(&fields)),
             Err(schema::Refusal::Invalid(e)) => {
                 let name = meta_str(obj, "name").unwrap_or_default();
                 Err(Box::new(status(
@@ -959,6 +985,49 @@ async fn handle(
     resp
 }
 
+/// `/openapi/v2` and `/openapi/v3[/...]` (see [`openapi`]); `None` for
+/// any other path.
+fn serve_openapi(
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    all: &[Resource],
+) -> Option<Response> {
+    let not_found = || {
+        status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        )
+    };
+    if path == "/openapi/v2" {
+        let accept = headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("*/*");
+        if !(accept.contains("json") || accept.contains("*/*")) {
+            return Some(status(
+                406,
+                "NotAcceptable",
+                "only application/json is served for /openapi/v2".into(),
+            ));
+        }
+        return Some(axum::Json(openapi::v2_document(all)).into_response());
+    }
+    if path == "/openapi/v3" {
+        return Some(axum::Json(openapi::v3_index(all)).into_response());
+    }
+    let rest = path.strip_prefix("/openapi/v3/")?;
+    let gv = match rest.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => v.to_string(),
+        ["apis", g, v] => format!("{g}/{v}"),
+        _ => return Some(not_found()),
+    };
+    Some(match openapi::v3_document(&gv, all) {
+        Some(d) => axum::Json(d).into_response(),
+        None => not_found(),
+    })
+}
+
 async fn serve_api(
     State(server): State<Arc<Server>>,
     method: Method,
@@ -984,6 +1053,9 @@ async fn serve_api(
     {
         let st = server.store.lock().expect("store lock");
         let all = server.resources(&st);
+        if let Some(resp) = serve_openapi(path, &headers, &all) {
+            return resp;
+        }
         if path == "/apis" {
             return axum::Json(discovery::group_list(&all)).into_response();
         }
@@ -1059,9 +1131,13 @@ async fn serve_api(
     };
     let sub = t.sub.clone();
     match (method, t.name.clone(), sub.as_deref()) {
-        (Method::GET, None, None) => server.list(&st, &t, &r, &q),
+        (Method::GET, None, None) => server.list(&st, &t, &r, &q, table::wanted(&headers)),
         (Method::GET, Some(n), None | Some("status")) => match st.objects.get(&Server::key(&t, &n))
         {
+            Some(o) if table::wanted(&headers) => {
+                axum::Json(table::of(&r, std::slice::from_ref(o), &st.rv.to_string()))
+                    .into_response()
+            }
             Some(o) => axum::Json(o.clone()).into_response(),
             None => not_found(&t, &n),
         },
@@ -1196,6 +1272,32 @@ async fn main() -> anyhow::Result<()> {
                 &t,
                 &r,
                 serde_json::json!({"metadata": {"name": ns}}),
+            );
+        }
+        // The nodes pods run on (all of them this machine).
+        let t = parse_path("/api/v1/nodes").expect("a path");
+        let r = server.resource(&st, &t).expect("nodes are built in");
+        let nodes: Vec<(String, Option<&String>)> = if cli.zones.is_empty() {
+            vec![("localkube".into(), None)]
+        } else {
+            cli.zones
+                .iter()
+                .enumerate()
+                .map(|(i, z)| (format!("localkube-{i}"), Some(z)))
+                .collect()
+        };
+        for (name, zone) in nodes {
+            let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
+            if let Some(z) = zone {
+                labels["topology.kubernetes.io/zone"] = json!(z);
+            }
+            let _ = server.create(
+                &mut st,
+                &t,
+                &r,
+                json!({"metadata": {"name": name, "labels": labels},
+                       "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                                  "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]}}),
             );
         }
     }
