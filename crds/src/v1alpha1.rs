@@ -189,6 +189,29 @@ pub struct ConsumerGroupStatus {
     pub total_lag: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last `spec.offsetReset` applied and the offsets it wrote
+    /// (cleared when `spec.offsetReset` is removed, so applying the same
+    /// reset again runs it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_offset_reset: Option<AppliedOffsetReset>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedOffsetReset {
+    pub reset: OffsetReset,
+    /// The committed offsets written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<ResetOffset>,
+    pub applied_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -58,6 +58,9 @@ pub struct Settings {
     pub controller_lease_ms: i64,
     /// How often every Topic's status is refreshed (ms), besides on changes.
     pub status_interval_ms: u64,
+    /// How often every ConsumerGroup's status (state, members, lag) is
+    /// read from the group's coordinator (ms), besides on spec changes.
+    pub group_status_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -84,6 +87,7 @@ impl Default for Settings {
             node_lease_ms: 5_000,
             controller_lease_ms: 6_000,
             status_interval_ms: 2_000,
+            group_status_interval_ms: 10_000,
         }
     }
 }

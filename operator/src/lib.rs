@@ -5,13 +5,17 @@
 //! controller ([`sluice_coord::controller`]: leaders, ISR, placement,
 //! reassignment, topics declared with kubectl), keeps the storage nodes'
 //! StatefulSet and its companions as [`cluster`] describes them, and writes
-//! each `Topic`'s status ([`status`]). Nothing here decides what a node
-//! decides for itself; the rules live in `sluice-api` and `sluice-coord`.
+//! each `Topic`'s status ([`status`]); it also looks after
+//! `ConsumerGroup`s ([`groups`], over the Kafka protocol: [`kafka`]).
+//! Nothing here decides what a node decides for itself; the rules live in
+//! `sluice-api` and `sluice-coord`.
 
 pub mod cluster;
 pub mod config;
 #[cfg(test)]
 mod fixtures;
+pub mod groups;
+pub mod kafka;
 pub mod metrics;
 pub mod run;
 pub mod status;

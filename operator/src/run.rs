@@ -12,9 +12,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::Controller;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use sluice_api::v1alpha1::{kafka_name, Topic};
+use sluice_api::v1alpha1::{kafka_name, ConsumerGroup, Topic};
 use sluice_coord::controller::{self, ControllerConfig};
 use sluice_coord::elector::{self, ElectorConfig};
 use sluice_coord::{Coordination, View};
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{self, Names};
 use crate::config::Settings;
+use crate::groups;
 use crate::metrics::Metrics;
 use crate::status::{self, Observed};
 
@@ -91,6 +93,7 @@ impl Operator {
                     controller::run(me.coord.clone(), me.controller_config()),
                     me.clone().nodes_loop(),
                     me.clone().status_loop(),
+                    me.clone().groups_loop(),
                 );
             }
         })
@@ -198,6 +201,22 @@ impl Operator {
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::debug!(error = %e, "publishing an event failed");
         }
+    }
+
+    /// Runs the ConsumerGroup controller ([`groups`]) over this namespace.
+    async fn groups_loop(self: Arc<Self>) {
+        let api: Api<ConsumerGroup> = Api::namespaced(self.client.clone(), &self.namespace);
+        let ctx = Arc::new(groups::Context {
+            client: self.client.clone(),
+            coord: self.coord.clone(),
+            metrics: self.metrics.clone(),
+            recorder: self.recorder.clone(),
+            interval: Duration::from_millis(self.settings.group_status_interval_ms),
+        });
+        Controller::new(api, watcher::Config::default())
+            .run(groups::reconcile, groups::error_policy, ctx)
+            .for_each(|_| async {})
+            .await;
     }
 
     /// Writes every Topic's status when it changes, on every metadata

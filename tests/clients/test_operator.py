@@ -12,7 +12,8 @@ kubectl leaves Metadata; bad objects get conditions; the leader pod of a
 partition is killed under load and a new leader takes over with every
 acknowledged record present once; another leader hangs (SIGSTOP) and is
 replaced when its lease lapses; the active operator is killed and the
-standby leads.
+standby leads; a consumer group's members, lag and an offset reset show
+in its ConsumerGroup object.
 """
 import json
 import os
@@ -72,7 +73,8 @@ class Env:
              "--identity", name, "--metrics-listen", "127.0.0.1:0",
              "--set", "advertise=podIp", "--set", "minNodes=3", "--set", "maxNodes=5",
              "--set", "controllerLeaseMs=3000", "--set", "statusIntervalMs=1000",
-             "--set", "rackTopologyKey=topology.kubernetes.io/zone"],
+             "--set", "rackTopologyKey=topology.kubernetes.io/zone",
+             "--set", "groupStatusIntervalMs=2000"],
             stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, f"{name}.log"), "w"),
             text=True, env={**os.environ, "RUST_LOG": "info,kube=warn"})
         read_ready(proc, "sluice-operator ready ")
@@ -402,6 +404,100 @@ def test_a_hung_leader_is_replaced_when_its_lease_lapses(env):
     assert env.get("topic", "orders")["status"]["partitions"][1]["leader"] == after["leader"]
     load.stop()
     load.verify(env.bootstrap())
+
+
+def group_yaml(name, reset=""):
+    return (f"apiVersion: sluice.dev/v1alpha1\nkind: ConsumerGroup\nmetadata: {{name: {name}}}\n"
+            f"spec:\n  groupId: {name}\n{reset}")
+
+
+class Readers:
+    """Consumers of one group, each polling in its own thread."""
+
+    def __init__(self, bootstrap, group, topic, n, reset="earliest"):
+        self.seen, self.lock, self.halt = [], threading.Lock(), threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(bootstrap, group, topic, i, reset))
+                        for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, bootstrap, group, topic, i, reset):
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.id": f"reader-{i}",
+                      "auto.offset.reset": reset, "auto.commit.interval.ms": 200})
+        c.subscribe([topic])
+        while not self.halt.is_set():
+            m = c.poll(0.2)
+            if m is not None and m.error() is None:
+                with self.lock:
+                    self.seen.append((m.partition(), m.offset()))
+        c.close()
+
+    def stop(self):
+        self.halt.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def group_status(env, name, check):
+    last = {}
+
+    def probe():
+        last["status"] = env.get("consumergroup", name).get("status") or {}
+        return last["status"] if check(last["status"]) else None
+    try:
+        return wait_for(probe, timeout=90)
+    except AssertionError:
+        raise AssertionError(f"ConsumerGroup {name} status never matched; last: {last}")
+
+
+def test_a_consumer_group_shows_members_and_lag_and_takes_an_offset_reset(env):
+    env.kubectl("apply", "-f", "-", stdin=topic_yaml("clicks", 6, 3))
+    wait_for(lambda: ready(env, "clicks"), timeout=60)
+    bootstrap = env.bootstrap()
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    for i in range(3000):
+        p.produce("clicks", key=b"%d" % i, value=b"c%d" % i)
+    assert p.flush(60) == 0
+    env.kubectl("apply", "-f", "-", stdin=group_yaml("clicks-readers"))
+    readers = Readers(bootstrap, "clicks-readers", "clicks", 3)
+    try:
+        wait_for(lambda: len(readers.seen) >= 3000 or None, timeout=60)
+        caught_up = time.monotonic()
+        st = group_status(env, "clicks-readers", lambda st: st.get("memberCount") == 3
+                          and st.get("totalLag") == 0 and len(st.get("offsets", [])) == 6)
+        print(f"operator: ConsumerGroup status shows lag 0 {time.monotonic() - caught_up:.1f} s "
+              f"after the consumers caught up (groupStatusIntervalMs=2000)")
+        assert st["state"] == "Stable"
+        assigned = sorted(p for m in st["members"] for p in m["partitions"])
+        assert assigned == [f"clicks-{i}" for i in range(6)]
+        assert {m["clientId"] for m in st["members"]} == {"reader-0", "reader-1", "reader-2"}
+        lines = env.kubectl("get", "scg", "clicks-readers").stdout.splitlines()
+        assert lines[0].split()[:4] == ["NAME", "STATE", "MEMBERS", "LAG"], lines
+        # A reset asked for while the group has members waits, and says why.
+        env.kubectl("apply", "-f", "-", stdin=group_yaml(
+            "clicks-readers", "  offsetReset: {to: earliest}\n"))
+        st = group_status(env, "clicks-readers", lambda st: condition_of(st, "OffsetReset"))
+        assert condition_of(st, "OffsetReset")["reason"] == "GroupNotEmpty", st
+    finally:
+        readers.stop()
+    # Once the consumers have left, it is applied: every partition at 0.
+    st = group_status(env, "clicks-readers", lambda st: (condition_of(st, "OffsetReset") or {})
+                      .get("status") == "True")
+    assert {(o["partition"], o["offset"]) for o in st["lastOffsetReset"]["offsets"]} == \
+        {(i, 0) for i in range(6)}
+    # One consumer comes back (its own default would be the end): it
+    # replays every partition from offset 0.
+    again = Readers(bootstrap, "clicks-readers", "clicks", 1, reset="latest")
+    try:
+        first = wait_for(lambda: (lambda seen: seen if len(seen) == 6 else None)(
+            {p: o for p, o in reversed(list(again.seen))}), timeout=60)
+        assert all(o == 0 for o in first.values()), first
+    finally:
+        again.stop()
+
+
+def condition_of(status, kind):
+    return condition({"status": status}, kind)
 
 
 def test_a_bad_topic_is_a_condition_and_the_rest_goes_on(env):
