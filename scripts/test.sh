@@ -33,14 +33,16 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
-cargo build --locked -q -p localkube
+# Workspace-wide, so features unify as in the test build above (a
+# per-package build can rebuild RocksDB with other features).
+cargo build --locked -q --workspace --bins
 
 # The Kubernetes coordination backend runs its contract against an API
 # server: the one SLUICE_TEST_KUBECONFIG names (kind, a real cluster), or
 # else localkube, started here.
 if [ -n "${SLUICE_TEST_KUBECONFIG:-}" ]; then
   step "Kubernetes coordination contract (API server from SLUICE_TEST_KUBECONFIG)"
-  cargo test --locked -p sluice-node --test kube_contract -- --ignored
+  cargo test --locked --workspace --test kube_contract -- --ignored
 else
   step "Kubernetes coordination contract against localkube"
   LK_DIR=$(mktemp -d)
@@ -50,7 +52,7 @@ else
   for _ in $(seq 100); do grep -q "localkube ready" "$LK_DIR/out" && break; sleep 0.1; done
   grep -q "localkube ready" "$LK_DIR/out" || { cat "$LK_DIR/err"; exit 1; }
   SLUICE_TEST_KUBECONFIG="$LK_DIR/kubeconfig" \
-    cargo test --locked -p sluice-node --test kube_contract -- --ignored
+    cargo test --locked --workspace --test kube_contract -- --ignored
   kill $LK_PID 2>/dev/null || true
 fi
 

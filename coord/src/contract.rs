@@ -17,6 +17,7 @@ fn node(id: i32) -> NodeInfo {
         rack: None,
         orphans: Default::default(),
         incarnation: Default::default(),
+        leaving: false,
     }
 }
 

@@ -215,6 +215,15 @@ pub fn plan(
         })
         .collect();
 
+    // Nodes shutting down on purpose lead nothing they can hand over.
+    let leaving: BTreeSet<i32> = view
+        .nodes
+        .iter()
+        .filter(|n| n.info.leaving)
+        .map(|n| n.info.id)
+        .collect();
+    let staying = |n: i32| alive(n) && !leaving.contains(&n);
+
     // Leaders, ISRs, reassignments.
     let mut keys: Vec<&String> = view.records.keys().collect();
     keys.sort();
@@ -231,12 +240,22 @@ pub fn plan(
                 .get(&key)
                 .filter(|e| **e == rec.value.leader_epoch)
                 .and(rec.value.leader);
-            let decided = restarted
-                .and_then(|from| election::hand_over(&rec.value, from, alive))
-                .or_else(|| election::elect(&rec.value, alive, opts))
+            let from = restarted.or_else(|| rec.value.leader.filter(|l| leaving.contains(l)));
+            // Elections pick a leaving node only when nothing else can lead.
+            let electable: &dyn Fn(i32) -> bool = if rec.value.isr.iter().any(|r| staying(*r)) {
+                &staying
+            } else {
+                alive
+            };
+            let decided = from
+                .and_then(|from| election::hand_over(&rec.value, from, staying))
+                .or_else(|| election::elect(&rec.value, electable, opts))
                 .map(|r| (r, Why::Election))
                 .or_else(|| {
-                    election::without_dead_followers(&rec.value, alive)
+                    // Followers that are gone, or leaving (a controlled
+                    // shutdown), leave the ISR, so acks=all does not wait
+                    // for them; a restarted node joins again once caught up.
+                    election::without_dead_followers(&rec.value, staying)
                         .map(|r| (r, Why::DeadFollowers))
                 })
                 .or_else(|| {
@@ -530,6 +549,7 @@ mod tests {
             rack: None,
             orphans: Default::default(),
             incarnation: Uuid::nil(),
+            leaving: false,
         }
     }
 
@@ -730,6 +750,59 @@ mod tests {
             version: 8,
         });
         assert!(restarts.observe(&i.view).is_empty());
+    }
+
+    #[test]
+    fn a_leaving_node_hands_its_leaderships_over_and_is_elected_nowhere() {
+        let mut i = input(
+            &[1, 2, 3],
+            topic(3, 3),
+            vec![
+                PartitionRecord::new(vec![1, 2, 3]),
+                PartitionRecord::new(vec![2, 1, 3]),
+                PartitionRecord::new(vec![3, 1, 2]),
+            ],
+        );
+        i.view.nodes[0].info.leaving = true;
+        let a = run_plan(&i, &|_| true);
+        // Partition 0 (led by node 1): node 2 leads it next. Partitions 1
+        // and 2 keep their leaders; node 1 leaves their ISRs.
+        let changed: Vec<(i32, Option<i32>, i32, Vec<i32>)> = a
+            .iter()
+            .map(|x| match x {
+                Action::Partition { key, record, .. } => (
+                    key.partition,
+                    record.leader,
+                    record.leader_epoch,
+                    record.isr.clone(),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                (0, Some(2), 1, vec![2, 3]),
+                (1, Some(2), 0, vec![2, 3]),
+                (2, Some(3), 0, vec![3, 2]),
+            ]
+        );
+        // A preferred-leader pass does not move leadership back to it.
+        let mut n = 0u128;
+        let a = plan(&i, &config(), &|_| true, true, &mut || {
+            n += 1;
+            Uuid::from_u128(n)
+        });
+        assert!(
+            a.iter().all(
+                |x| !matches!(x, Action::Partition { record, .. } if record.leader == Some(1))
+            ),
+            "{a:?}"
+        );
+        // When nothing else can lead, it still may.
+        let mut alone = input(&[1], topic(1, 1), vec![PartitionRecord::new(vec![1])]);
+        alone.view.nodes[0].info.leaving = true;
+        assert!(run_plan(&alone, &|_| true).is_empty());
     }
 
     #[test]

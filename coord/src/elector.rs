@@ -140,14 +140,11 @@ pub async fn run<C: Locks + ?Sized>(
             None => cfg.renew_deadline_ms(),
         };
         let round = async {
-            let current = coord.read_lock(&cfg.name).await;
-            let step = match &current {
-                Ok(c) => decide(&cfg, c.as_ref(), &mut seen, sent, now_wall_ms()),
-                Err(e) => {
-                    tracing::warn!(lock = %cfg.name, error = %e, "reading the lock failed");
-                    Step::Wait
-                }
-            };
+            // A read that fails changes nothing: the deadline decides.
+            let current = coord.read_lock(&cfg.name).await?;
+            // A takeover counts from when the lock was seen, after the
+            // read returned (never from before it was sent).
+            let step = decide(&cfg, current.as_ref(), &mut seen, mono_ms(), now_wall_ms());
             match step {
                 Step::Create(r) => coord.write_lock(&cfg.name, r, None).await.map(Some),
                 Step::Write(r, v) => coord.write_lock(&cfg.name, r, Some(v)).await.map(Some),

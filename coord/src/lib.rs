@@ -52,6 +52,12 @@ pub struct NodeInfo {
     /// it at once instead of waiting for a lease to lapse that never will.
     #[serde(default)]
     pub incarnation: Uuid,
+    /// Shutting down on purpose (SIGTERM: a roll, a drain): the controller
+    /// moves every leadership it holds to another in-sync replica and
+    /// elects it nowhere while others can lead; the node waits for that
+    /// before it stops (a controlled shutdown).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// A node's lease as last renewed.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use sluice_api::{election, isr, placement};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use crate::coord::View;
@@ -335,6 +335,8 @@ pub struct Broker {
     /// began: a node back from a lease gap leads again only on a view read
     /// after it renewed.
     view_read_at: AtomicI64,
+    /// Set once this node shuts down on purpose (see [`Broker::leave`]).
+    leaving: watch::Sender<bool>,
     me: std::sync::Weak<Broker>,
 }
 
@@ -459,6 +461,7 @@ impl Broker {
             producer_ids: std::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
             lease_valid_until: AtomicI64::new(i64::MIN),
             view_read_at: AtomicI64::new(i64::MIN),
+            leaving: watch::channel(false).0,
             config,
         }))
     }
@@ -537,6 +540,33 @@ impl Broker {
     /// Whether the last applied view was read at or after `mono_ms`.
     pub fn view_read_since(&self, mono_ms: i64) -> bool {
         self.view_read_at.load(Ordering::Acquire) >= mono_ms
+    }
+
+    /// Starts a controlled shutdown: the next lease renewal (at once) says
+    /// this node is leaving, and the controller moves its leaderships away.
+    pub fn leave(&self) {
+        self.leaving.send_replace(true);
+    }
+
+    /// Whether this node is shutting down on purpose, and a way to be told
+    /// when it starts.
+    pub fn leaving(&self) -> watch::Receiver<bool> {
+        self.leaving.subscribe()
+    }
+
+    /// How many partitions the last applied view has this node leading
+    /// that another in-sync replica, alive and staying, could lead.
+    pub fn partitions_led(&self) -> usize {
+        let me = self.config.node_id;
+        let view = self.view();
+        let staying =
+            |id: i32| id != me && view.alive(id) && view.node(id).is_some_and(|n| !n.info.leaving);
+        view.records
+            .values()
+            .flatten()
+            .flatten()
+            .filter(|r| r.value.leader == Some(me) && r.value.isr.iter().any(|x| staying(*x)))
+            .count()
     }
 
     /// Whether this node must not act as a leader now: its lease may be

@@ -109,6 +109,11 @@ struct ServeArgs {
     /// spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     kubernetes_node: Option<String>,
+    /// On SIGTERM (with --metadata kubernetes), how long to wait for the
+    /// controller to move every leadership off this node before stopping
+    /// (controlled shutdown); keep it below the pod's grace period.
+    #[arg(long, default_value_t = 20_000, env = "SLUICE_SHUTDOWN_TIMEOUT_MS")]
+    shutdown_timeout_ms: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -337,6 +342,7 @@ fn main() -> anyhow::Result<()> {
                     expected_nodes: a.expected_nodes,
                     controller: a.controller,
                     rack_from: a.rack_from_node_label.zip(a.kubernetes_node),
+                    shutdown_timeout: std::time::Duration::from_millis(a.shutdown_timeout_ms),
                 };
             }
             a.common.apply(&mut c, false);

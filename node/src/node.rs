@@ -26,12 +26,13 @@ use crate::metrics::Metrics;
 use crate::protocol::Services;
 use crate::replication::leader;
 
-/// The addresses a started node actually bound.
-#[derive(Debug, Clone, Copy)]
+/// The addresses a started node actually bound, and its broker.
+#[derive(Clone)]
 pub struct Ready {
     pub kafka: SocketAddr,
     pub admin: SocketAddr,
     pub replication: SocketAddr,
+    pub broker: Arc<Broker>,
 }
 
 fn controller_config(config: &NodeConfig, expected_nodes: usize) -> ControllerConfig {
@@ -68,6 +69,9 @@ pub enum Metadata {
         /// Take the rack from a label of the Kubernetes node the pod runs
         /// on: (label key, node name).
         rack_from: Option<(String, String)>,
+        /// On SIGTERM, how long to wait for leadership to move off this
+        /// node before stopping.
+        shutdown_timeout: Duration,
     },
 }
 
@@ -188,12 +192,26 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
     };
     println!("sluice ready kafka={} admin={}", ready.kafka, ready.admin);
     tokio::select! {
-        r = node => anyhow::bail!("node stopped: {:?}", r?.err()),
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            Ok(())
+        r = &mut node => anyhow::bail!("node stopped: {:?}", r?.err()),
+        _ = shutdown_signal() => {}
+    }
+    if let Metadata::Kubernetes {
+        shutdown_timeout, ..
+    } = metadata
+    {
+        // Other nodes can lead what this one leads: hand it over first,
+        // while still serving, so clients move without a failed request.
+        tracing::info!(timeout = ?shutdown_timeout, "shutting down: handing leadership over");
+        match cluster::hand_over(&ready.broker, shutdown_timeout).await {
+            0 => tracing::info!("every leadership handed over"),
+            left => tracing::warn!(
+                partitions = left,
+                "still leading partitions; stopping anyway"
+            ),
         }
     }
+    tracing::info!("shutting down");
+    Ok(())
 }
 
 /// Why a node that was starting stopped.
@@ -237,11 +255,11 @@ pub async fn serve(
     config.kafka_listen = kafka.local_addr()?;
     config.admin_listen = admin.local_addr()?;
     config.replication_listen = replication.local_addr()?;
-    let addrs = Ready {
-        kafka: config.kafka_listen,
-        admin: config.admin_listen,
-        replication: config.replication_listen,
-    };
+    let (kafka_addr, admin_addr, replication_addr) = (
+        config.kafka_listen,
+        config.admin_listen,
+        config.replication_listen,
+    );
     let broker = {
         let config = config.clone();
         let coord = coord.clone();
@@ -269,6 +287,12 @@ pub async fn serve(
                 ),
             ),
     );
+    let addrs = Ready {
+        kafka: kafka_addr,
+        admin: admin_addr,
+        replication: replication_addr,
+        broker: broker.clone(),
+    };
     let (kafka_host, kafka_port) = crate::protocol::advertised(&broker);
     let repl_host = config
         .replication_advertised_host
@@ -289,6 +313,7 @@ pub async fn serve(
         rack: config.rack.clone(),
         orphans: Default::default(),
         incarnation: uuid::Uuid::new_v4(),
+        leaving: false,
     };
     let sent = mono_ms();
     coord

@@ -70,7 +70,7 @@ fn meta(name: &str, namespace: &str, s: &Settings, owner: &OwnerReference) -> Va
 
 /// The environment and listen addresses a node needs, for either way of
 /// advertising.
-fn node_env(s: &Settings, namespace: &str, replicas: i32) -> Vec<Value> {
+fn node_env(s: &Settings, namespace: &str) -> Vec<Value> {
     let names = Names(&s.cluster_name);
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let val = |name: &str, v: String| json!({"name": name, "value": v});
@@ -95,7 +95,9 @@ fn node_env(s: &Settings, namespace: &str, replicas: i32) -> Vec<Value> {
         ),
         val("SLUICE_METADATA", "kubernetes".into()),
         val("SLUICE_CLUSTER_NAME", s.cluster_name.clone()),
-        val("SLUICE_EXPECTED_NODES", replicas.to_string()),
+        // minNodes, not the replica count: the pod template must not change
+        // when the cluster scales, or every node would be rolled.
+        val("SLUICE_EXPECTED_NODES", s.min_nodes.to_string()),
         val("SLUICE_DATA_DIR", "/var/lib/sluice".into()),
         val("SLUICE_LISTEN", format!("{host}:{}", s.kafka_port)),
         val("SLUICE_ADMIN_LISTEN", format!("{host}:{}", s.admin_port)),
@@ -151,7 +153,7 @@ pub fn statefulset(
             "image": s.node_image,
             "imagePullPolicy": s.image_pull_policy,
             "args": args,
-            "env": node_env(s, namespace, replicas),
+            "env": node_env(s, namespace),
             "ports": [
                 {"name": "kafka", "containerPort": s.kafka_port},
                 {"name": "replication", "containerPort": s.replication_port},
@@ -189,6 +191,9 @@ pub fn statefulset(
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": labels(s)},
             "template": {"metadata": {"labels": labels(s)}, "spec": pod_spec},
+            // The operator restarts nodes itself, one at a time and only
+            // while every partition is in sync (see `roll`).
+            "updateStrategy": {"type": "OnDelete"},
             "volumeClaimTemplates": [claim],
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
         },
@@ -323,16 +328,12 @@ pub fn owner_of(cm: &ConfigMap) -> OwnerReference {
     }
 }
 
-async fn apply_one<K>(client: &Client, namespace: &str, obj: &K) -> kube::Result<()>
+/// Server-side apply of `obj` through `api`, owned by [`MANAGER`].
+async fn apply_one<K>(api: Api<K>, obj: &K) -> kube::Result<()>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = obj.meta().name.clone().unwrap_or_default();
     api.patch(
         &name,
@@ -343,52 +344,48 @@ where
     Ok(())
 }
 
-async fn apply_cluster_scoped<K>(client: &Client, obj: &K) -> kube::Result<()>
-where
-    K: Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::all(client.clone());
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
-}
+/// The annotation that asks for every node to be restarted: set on the
+/// StatefulSet (`kubectl annotate statefulset <cluster>-node
+/// sluice.dev/restart=$(date +%s) --overwrite`), copied into its pod
+/// template, whose new revision the operator then rolls out.
+pub const RESTART: &str = "sluice.dev/restart";
 
-/// Applies every object of the node cluster with `replicas` nodes.
+/// Applies every object of the node cluster with `replicas` nodes; a
+/// `restart` stamp goes into the pod template.
 pub async fn apply(
     client: &Client,
     s: &Settings,
     namespace: &str,
     replicas: i32,
     owner: &OwnerReference,
+    restart: Option<&str>,
 ) -> kube::Result<()> {
     let (sa, role, binding) = node_rbac(s, namespace, owner);
-    apply_one(client, namespace, &sa).await?;
-    apply_one(client, namespace, &role).await?;
-    apply_one(client, namespace, &binding).await?;
+    apply_one(Api::namespaced(client.clone(), namespace), &sa).await?;
+    apply_one(Api::namespaced(client.clone(), namespace), &role).await?;
+    apply_one(Api::namespaced(client.clone(), namespace), &binding).await?;
     if let Some((role, binding)) = rack_rbac(s, namespace) {
-        apply_cluster_scoped(client, &role).await?;
-        apply_cluster_scoped(client, &binding).await?;
+        apply_one(Api::all(client.clone()), &role).await?;
+        apply_one(Api::all(client.clone()), &binding).await?;
     }
     for svc in services(s, namespace, owner) {
-        apply_one(client, namespace, &svc).await?;
+        apply_one(Api::namespaced(client.clone(), namespace), &svc).await?;
     }
-    apply_one(client, namespace, &disruption_budget(s, namespace, owner)).await?;
     apply_one(
-        client,
-        namespace,
-        &statefulset(s, namespace, replicas, owner),
+        Api::namespaced(client.clone(), namespace),
+        &disruption_budget(s, namespace, owner),
     )
     .await?;
+    let mut sts = statefulset(s, namespace, replicas, owner);
+    if let (Some(stamp), Some(spec)) = (restart, sts.spec.as_mut()) {
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(RESTART.into(), stamp.into());
+    }
+    apply_one(Api::namespaced(client.clone(), namespace), &sts).await?;
     Ok(())
 }
 
@@ -498,7 +495,8 @@ mod tests {
         use crate::fixtures::{self, echo};
         let (client, mut server) = fixtures::client();
         let s = Settings::default();
-        let apply = tokio::spawn(async move { apply(&client, &s, "data", 3, &owner()).await });
+        let apply =
+            tokio::spawn(async move { apply(&client, &s, "data", 3, &owner(), Some("7")).await });
         let expected = [
             (
                 "/api/v1/namespaces/data/serviceaccounts/sluice-node",
@@ -536,6 +534,11 @@ mod tests {
             assert_eq!(seen.body["metadata"]["ownerReferences"][0]["uid"], "u-1");
             if kind == "StatefulSet" {
                 assert_eq!(seen.body["spec"]["replicas"], 3);
+                assert_eq!(seen.body["spec"]["updateStrategy"]["type"], "OnDelete");
+                assert_eq!(
+                    seen.body["spec"]["template"]["metadata"]["annotations"][RESTART],
+                    "7"
+                );
             }
         }
         apply.await.unwrap().expect("applied");
@@ -549,7 +552,8 @@ mod tests {
         use crate::fixtures::{self, echo, failure};
         let (client, mut server) = fixtures::client();
         let s = Settings::default();
-        let apply = tokio::spawn(async move { apply(&client, &s, "data", 1, &owner()).await });
+        let apply =
+            tokio::spawn(async move { apply(&client, &s, "data", 1, &owner(), None).await });
         server
             .expect(
                 "PATCH",

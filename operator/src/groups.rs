@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::chrono::{DateTime, Utc};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -28,6 +28,7 @@ use sluice_coord::{Coordination, View};
 
 use crate::kafka::{self, GroupReport, KafkaError};
 use crate::metrics::Metrics;
+use crate::status::{condition, keep_transition_times};
 
 /// Held while the Kafka group must be deleted with the object.
 pub const FINALIZER: &str = "sluice.dev/delete-group";
@@ -48,6 +49,53 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub interval: Duration,
+    /// Per object (uid): what its last full pass saw of it (generation,
+    /// finalizers, deletion) and when. A pass triggered by nothing but a
+    /// status write (its own, usually) within the interval reads nothing.
+    pub last_pass: std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        coord: Arc<dyn Coordination>,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        interval: Duration,
+    ) -> Context {
+        Context {
+            client,
+            coord,
+            metrics,
+            recorder,
+            interval,
+            last_pass: Default::default(),
+        }
+    }
+
+    /// How long until `cg` is due when it was read fully within the
+    /// interval and nothing but its status changed since; `None` when a
+    /// pass is due now (and it is noted as made).
+    fn not_due(&self, cg: &ConsumerGroup) -> Option<Duration> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            cg.metadata.generation,
+            cg.metadata.deletion_timestamp.is_some(),
+            cg.finalizers(),
+        )
+            .hash(&mut h);
+        let key = h.finish();
+        let uid = cg.uid().unwrap_or_default();
+        let mut last = self.last_pass.lock().expect("last pass lock");
+        if let Some((k, at)) = last.get(&uid) {
+            if *k == key && at.elapsed() < self.interval {
+                return Some(self.interval - at.elapsed());
+            }
+        }
+        last.insert(uid, (key, Instant::now()));
+        None
+    }
 }
 
 /// What became of `spec.offsetReset` on this pass.
@@ -85,76 +133,62 @@ pub fn reset_targets(
     latest: &BTreeMap<(String, i32), i64>,
     at_time: &BTreeMap<(String, i32), i64>,
 ) -> Result<BTreeMap<(String, i32), i64>, String> {
-    let topics: Vec<String> = if reset.topics.is_empty() {
-        let mut t: Vec<String> = committed.keys().map(|(t, _)| t.clone()).collect();
-        t.dedup();
-        t
-    } else {
-        reset.topics.clone()
-    };
-    if topics.is_empty() {
-        return Err(
-            "the group has no committed offsets; name the topics in spec.offsetReset.topics".into(),
-        );
-    }
-    let mut out = BTreeMap::new();
-    for t in topics {
-        let Some(n) = partitions.get(&t) else {
-            return Err(format!("no topic {t} on the cluster"));
-        };
-        for p in 0..*n {
-            let key = (t.clone(), p);
-            let (Some(lo), Some(hi)) = (earliest.get(&key), latest.get(&key)) else {
-                return Err(format!(
-                    "{t}-{p} has no leader answering; the reset is tried again"
-                ));
-            };
-            let offset = match reset.to {
-                ResetTo::Earliest => *lo,
-                ResetTo::Latest => *hi,
-                ResetTo::Offset => {
-                    let Some(v) = reset.value else {
-                        return Err("to: offset needs spec.offsetReset.value".into());
-                    };
-                    v.clamp(*lo, *hi)
-                }
-                ResetTo::Timestamp => {
-                    if reset.value.is_none() {
-                        return Err(
-                            "to: timestamp needs spec.offsetReset.value (ms since the epoch)"
-                                .into(),
-                        );
-                    }
-                    // No record at or after the time: the end.
-                    at_time
-                        .get(&key)
-                        .copied()
-                        .filter(|o| *o >= 0)
-                        .unwrap_or(*hi)
-                }
-            };
-            out.insert(key, offset);
+    // Named topics: every partition of each. None named: the partitions
+    // the group has offsets for (kafka-consumer-groups' --all-topics).
+    let mut keys: Vec<(String, i32)> = vec![];
+    if reset.topics.is_empty() {
+        keys.extend(committed.keys().cloned());
+        if keys.is_empty() {
+            return Err(
+                "the group has no committed offsets; name the topics in spec.offsetReset.topics"
+                    .into(),
+            );
         }
     }
-    Ok(out)
-}
-
-fn condition(
-    kind: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: i64,
-    now: DateTime<Utc>,
-) -> Condition {
-    Condition {
-        type_: kind.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: Some(generation),
-        last_transition_time: Time(now),
+    for t in &reset.topics {
+        let Some(n) = partitions.get(t) else {
+            return Err(format!("no topic {t} on the cluster"));
+        };
+        keys.extend((0..*n).map(|p| (t.clone(), p)));
     }
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let (t, p) = (&key.0, key.1);
+        let (Some(lo), Some(hi)) = (earliest.get(&key), latest.get(&key)) else {
+            return Err(format!(
+                "{t}-{p} has no leader answering; the reset is tried again"
+            ));
+        };
+        let offset = match reset.to {
+            ResetTo::Earliest => *lo,
+            ResetTo::Latest => *hi,
+            ResetTo::Offset => {
+                let Some(v) = reset.value else {
+                    return Err("to: offset needs spec.offsetReset.value".into());
+                };
+                v.clamp(*lo, *hi)
+            }
+            ResetTo::Timestamp => {
+                if reset.value.is_none() {
+                    return Err(
+                        "to: timestamp needs spec.offsetReset.value (ms since the epoch)".into(),
+                    );
+                }
+                // No record at or after the time (-1): the end.
+                match at_time.get(&key) {
+                    Some(o) if *o >= 0 => *o,
+                    Some(_) => *hi,
+                    None => {
+                        return Err(format!(
+                            "{t}-{p} did not answer for the time; the reset is tried again"
+                        ))
+                    }
+                }
+            }
+        };
+        out.insert(key, offset);
+    }
+    Ok(out)
 }
 
 /// The status a ConsumerGroup should have, from what its coordinator said
@@ -187,7 +221,6 @@ pub fn status_of(
                     cg.spec.group_id
                 ),
                 generation,
-                now,
             ));
         }
         Ok(r) => {
@@ -217,18 +250,18 @@ pub fn status_of(
                         partition: *partition,
                         committed: *committed,
                         log_end: end.unwrap_or(-1),
-                        lag: end.map(|e| (e - committed).max(0)).unwrap_or(0),
+                        // -1: the partition's leader did not answer.
+                        lag: end.map(|e| (e - committed).max(0)).unwrap_or(-1),
                     }
                 })
                 .collect();
-            st.total_lag = Some(st.offsets.iter().map(|o| o.lag).sum());
+            st.total_lag = Some(st.offsets.iter().map(|o| o.lag.max(0)).sum());
             conditions.push(condition(
                 "Ready",
                 true,
                 "Observed",
                 format!("{} with {} members", r.state, r.members.len()),
                 generation,
-                now,
             ));
         }
         Err(why) => {
@@ -244,7 +277,6 @@ pub fn status_of(
                 "CoordinatorUnavailable",
                 format!("the group's coordinator could not be read: {why}"),
                 generation,
-                now,
             ));
         }
     }
@@ -258,7 +290,6 @@ pub fn status_of(
                 "Applied",
                 format!("{} committed offsets written", a.offsets.len()),
                 generation,
-                now,
             ));
         }
         ResetState::Waiting(members) => {
@@ -269,7 +300,6 @@ pub fn status_of(
                 "GroupNotEmpty",
                 format!("waiting for the group to be empty: it has {members} members (stop its consumers; offsets are reset only while none are connected)"),
                 generation,
-                now,
             ));
         }
         ResetState::Failed(why) => {
@@ -280,17 +310,10 @@ pub fn status_of(
                 "Failed",
                 why.clone(),
                 generation,
-                now,
             ));
         }
     }
-    for c in conditions.iter_mut() {
-        if let Some(old) = previous.conditions.iter().find(|o| o.type_ == c.type_) {
-            if old.status == c.status {
-                c.last_transition_time = old.last_transition_time.clone();
-            }
-        }
-    }
+    keep_transition_times(&mut conditions, &previous.conditions, now);
     st.conditions = conditions;
     st
 }
@@ -375,25 +398,24 @@ async fn publish(ctx: &Context, cg: &ConsumerGroup, warn: bool, reason: &str, no
     }
 }
 
-/// Adds or removes this controller's finalizer so that it is held exactly
-/// while `spec.deleteGroupOnRemoval` is set.
-async fn keep_finalizer(api: &Api<ConsumerGroup>, cg: &ConsumerGroup) -> Result<(), kube::Error> {
-    let has = cg.finalizers().iter().any(|f| f == FINALIZER);
-    let want = cg.spec.delete_group_on_removal;
-    if has == want {
-        return Ok(());
-    }
+/// Sets this controller's finalizer on the object (`held`) or takes it
+/// off, leaving any other finalizer as it is. The patch carries the
+/// resourceVersion read: after a concurrent change it fails, and the next
+/// pass decides again.
+async fn set_finalizer(
+    api: &Api<ConsumerGroup>,
+    cg: &ConsumerGroup,
+    held: bool,
+) -> Result<(), kube::Error> {
     let mut finalizers: Vec<String> = cg
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    if want {
+    if held {
         finalizers.push(FINALIZER.into());
     }
-    // A JSON patch tested against the resourceVersion read: a concurrent
-    // change makes it fail, and the next pass decides again.
     let patch = serde_json::json!({"metadata": {
         "finalizers": finalizers,
         "resourceVersion": cg.resource_version(),
@@ -424,6 +446,11 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
         if !cg.finalizers().iter().any(|f| f == FINALIZER) {
             return Ok(Action::await_change());
         }
+        if !cg.spec.delete_group_on_removal {
+            // Turned off before the deletion: the group stays.
+            set_finalizer(&api, cg, false).await?;
+            return Ok(Action::await_change());
+        }
         let view = View::read(ctx.coord.as_ref()).await?;
         match kafka::delete(&view, group).await {
             Ok(()) => {
@@ -449,22 +476,17 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
             }
             Err(e) => return Err(e.into()),
         }
-        let rest: Vec<String> = cg
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        let patch = serde_json::json!({"metadata": {"finalizers": rest, "resourceVersion": cg.resource_version()}});
-        api.patch(
-            &cg.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        set_finalizer(&api, cg, false).await?;
         return Ok(Action::await_change());
     }
-    keep_finalizer(&api, cg).await?;
+    // Held exactly while the Kafka group is to go with the object.
+    let held = cg.finalizers().iter().any(|f| f == FINALIZER);
+    if held != cg.spec.delete_group_on_removal {
+        set_finalizer(&api, cg, cg.spec.delete_group_on_removal).await?;
+    }
+    if let Some(wait) = ctx.not_due(cg) {
+        return Ok(Action::requeue(wait));
+    }
     let now = Utc::now();
     let view = View::read(ctx.coord.as_ref()).await?;
     let previous = cg.status.clone().unwrap_or_default();
@@ -483,11 +505,16 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
                     None => apply_reset(&view, group, r, &report, now).await?,
                 },
             };
-            // After a reset, the committed offsets are read again.
-            let report = if matches!(reset, ResetState::Applied(_)) {
-                kafka::describe(&view, group).await?
-            } else {
-                report
+            if let ResetState::Applied(a) = &reset {
+                // Recorded before anything else can fail, so the reset is
+                // never applied twice.
+                write_status(&api, cg, &serde_json::json!({"lastOffsetReset": a})).await?;
+            }
+            // After a reset, the committed offsets are read again (the
+            // ones read before will do if that fails).
+            let report = match &reset {
+                ResetState::Applied(_) => kafka::describe(&view, group).await.unwrap_or(report),
+                _ => report,
             };
             let parts: Vec<(String, i32)> = report.committed.keys().cloned().collect();
             let log_end = kafka::offsets_at(&view, &parts, kafka::LATEST).await;
@@ -526,14 +553,35 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
         now,
     );
     if cg.status.as_ref() != Some(&status) {
+        // The whole status replaced, so fields that emptied (the last
+        // member gone) go from it too.
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+            {"op": "add", "path": "/status", "value": status}
+        ]))
+        .expect("a JSON patch");
         api.patch_status(
             &cg.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": status})),
+            &Patch::Json::<()>(patch),
         )
         .await?;
     }
     Ok(Action::requeue(ctx.interval))
+}
+
+/// Merges `fields` into the object's status.
+async fn write_status(
+    api: &Api<ConsumerGroup>,
+    cg: &ConsumerGroup,
+    fields: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    api.patch_status(
+        &cg.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "status": fields })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// A failed pass is tried again after a few seconds, alone: the other
@@ -693,7 +741,7 @@ mod tests {
         ]
         .into();
         let none = BTreeMap::new();
-        // No topics named: the topics the group has offsets for, every partition.
+        // No topics named: the partitions the group has offsets for.
         let t = reset_targets(
             &reset(ResetTo::Earliest, &[], None),
             &committed,
@@ -703,7 +751,7 @@ mod tests {
             &none,
         )
         .unwrap();
-        assert_eq!(t, [(key("orders", 0), 2), (key("orders", 1), 0)].into());
+        assert_eq!(t, [(key("orders", 0), 2)].into());
         let t = reset_targets(
             &reset(ResetTo::Latest, &["audit"], None),
             &committed,

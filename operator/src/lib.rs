@@ -6,7 +6,8 @@
 //! reassignment, topics declared with kubectl), keeps the storage nodes'
 //! StatefulSet and its companions as [`cluster`] describes them, and writes
 //! each `Topic`'s status ([`status`]); it also looks after
-//! `ConsumerGroup`s ([`groups`], over the Kafka protocol: [`kafka`]).
+//! `ConsumerGroup`s ([`groups`], over the Kafka protocol: [`kafka`]) and
+//! rolls the nodes onto a new template one at a time ([`roll`]).
 //! Nothing here decides what a node decides for itself; the rules live in
 //! `sluice-api` and `sluice-coord`.
 
@@ -17,5 +18,6 @@ mod fixtures;
 pub mod groups;
 pub mod kafka;
 pub mod metrics;
+pub mod roll;
 pub mod run;
 pub mod status;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::Controller;
@@ -25,6 +26,7 @@ use crate::cluster::{self, Names};
 use crate::config::Settings;
 use crate::groups;
 use crate::metrics::Metrics;
+use crate::roll;
 use crate::status::{self, Observed};
 
 pub struct Operator {
@@ -110,7 +112,8 @@ impl Operator {
         }
     }
 
-    /// Keeps the node cluster applied at the size the Topics ask for.
+    /// Keeps the node cluster applied at the size the Topics ask for, and
+    /// rolls the nodes onto a new template one at a time ([`roll`]).
     async fn nodes_loop(self: Arc<Self>) {
         let owner = match ensure_owner(&self.client, &self.namespace, &self.settings).await {
             Ok(cm) => cluster::owner_of(&cm),
@@ -119,8 +122,11 @@ impl Operator {
                 return;
             }
         };
+        let names = Names(&self.settings.cluster_name);
+        let sts_api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut changes = self.coord.changes();
-        let mut applied: Option<(i32, Instant)> = None;
+        let mut applied: Option<(i32, Option<String>, Instant)> = None;
+        let mut waiting: Option<String> = None;
         let mut backoff = Duration::from_secs(1);
         loop {
             changes.borrow_and_update();
@@ -136,9 +142,26 @@ impl Operator {
                 }
             };
             let replicas = self.settings.node_count(largest);
-            // Apply on a change of size, and every minute to undo drift.
-            let due = applied
-                .is_none_or(|(n, at)| n != replicas || at.elapsed() > Duration::from_secs(60));
+            let current = match sts_api.get_opt(&names.statefulset()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not "no restart asked for": that would re-template
+                    // (and roll) every node. Try again shortly.
+                    tracing::warn!(error = %e, "reading the node StatefulSet failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
+                }
+            };
+            let restart = current
+                .as_ref()
+                .and_then(|s| s.metadata.annotations.as_ref())
+                .and_then(|a| a.get(cluster::RESTART).cloned());
+            // Apply on a change of size or restart stamp, and every minute
+            // to undo drift.
+            let due = applied.as_ref().is_none_or(|(n, r, at)| {
+                *n != replicas || *r != restart || at.elapsed() > Duration::from_secs(60)
+            });
             if due {
                 let started = Instant::now();
                 let r = cluster::apply(
@@ -147,13 +170,14 @@ impl Operator {
                     &self.namespace,
                     replicas,
                     &owner,
+                    restart.as_deref(),
                 )
                 .await;
                 self.metrics
                     .reconciled("cluster", started.elapsed(), r.is_ok());
                 match r {
                     Ok(()) => {
-                        if applied.is_none_or(|(n, _)| n != replicas) {
+                        if applied.as_ref().is_none_or(|(n, _, _)| *n != replicas) {
                             tracing::info!(replicas, "node cluster applied");
                             self.event_on_owner(
                                 &owner,
@@ -162,7 +186,7 @@ impl Operator {
                             )
                             .await;
                         }
-                        applied = Some((replicas, Instant::now()));
+                        applied = Some((replicas, restart, Instant::now()));
                         backoff = Duration::from_secs(1);
                     }
                     Err(e) => {
@@ -173,7 +197,128 @@ impl Operator {
                     }
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+            let rolling = match current {
+                Some(sts) => self.roll_step(&sts, &owner, &mut waiting).await,
+                None => false,
+            };
+            let pause = if rolling { 1 } else { 5 };
+            let _ = tokio::time::timeout(Duration::from_secs(pause), changes.changed()).await;
+        }
+    }
+
+    /// One step of a roll; returns whether one is under way.
+    async fn roll_step(
+        &self,
+        sts: &StatefulSet,
+        owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+        waiting: &mut Option<String>,
+    ) -> bool {
+        let status = sts.status.clone().unwrap_or_default();
+        let Some(update) = status.update_revision.clone() else {
+            return false;
+        };
+        // The StatefulSet controller has not seen the last template yet.
+        if status.observed_generation < sts.metadata.generation {
+            return true;
+        }
+        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let pods_api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component=node",
+            self.settings.cluster_name
+        );
+        let pods = match pods_api
+            .list(&ListParams::default().labels(&selector))
+            .await
+        {
+            Ok(l) => l.items,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the node pods failed");
+                return true;
+            }
+        };
+        let prefix = format!("{}-", Names(&self.settings.cluster_name).statefulset());
+        let seen: Vec<roll::Pod> = pods
+            .iter()
+            .filter_map(|p| {
+                let name = p.name_any();
+                let ordinal = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some(roll::Pod {
+                    ordinal,
+                    revision: p.labels().get("controller-revision-hash").cloned(),
+                    ready: p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        }),
+                    terminating: p.metadata.deletion_timestamp.is_some(),
+                    crash_looping: p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| {
+                                c.state
+                                    .as_ref()
+                                    .and_then(|s| s.waiting.as_ref())
+                                    .and_then(|w| w.reason.as_deref())
+                                    == Some("CrashLoopBackOff")
+                            })
+                        }),
+                    name,
+                })
+            })
+            .collect();
+        let view = match View::read(self.coord.as_ref()).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the metadata failed");
+                return true;
+            }
+        };
+        let records = view.records.iter().flat_map(|(t, rs)| {
+            rs.iter()
+                .enumerate()
+                .filter_map(move |(i, r)| r.as_ref().map(|r| (t.as_str(), i as i32, &r.value)))
+        });
+        match roll::next(&seen, replicas, &update, records) {
+            roll::Step::Done => {
+                if waiting.take().is_some() {
+                    self.event_on_owner(
+                        owner,
+                        "RollCompleted",
+                        format!("every node runs revision {update}"),
+                    )
+                    .await;
+                }
+                false
+            }
+            roll::Step::Wait(why) => {
+                if waiting.as_deref() != Some(why.as_str()) {
+                    tracing::info!(%why, "roll waiting");
+                    self.event_on_owner(owner, "RollWaiting", why.clone()).await;
+                    *waiting = Some(why);
+                }
+                true
+            }
+            roll::Step::Restart(pod) => {
+                tracing::info!(%pod, revision = %update, "restarting a node onto the current template");
+                match pods_api.delete(&pod, &DeleteParams::default()).await {
+                    Ok(_) => {
+                        self.event_on_owner(
+                            owner,
+                            "Restarting",
+                            format!("{pod} restarts onto revision {update} (its leaderships move first)"),
+                        )
+                        .await;
+                        *waiting = Some(format!("{pod} restarting"));
+                    }
+                    Err(e) => tracing::warn!(%pod, error = %e, "deleting a node pod failed"),
+                }
+                true
+            }
         }
     }
 
@@ -206,13 +351,13 @@ impl Operator {
     /// Runs the ConsumerGroup controller ([`groups`]) over this namespace.
     async fn groups_loop(self: Arc<Self>) {
         let api: Api<ConsumerGroup> = Api::namespaced(self.client.clone(), &self.namespace);
-        let ctx = Arc::new(groups::Context {
-            client: self.client.clone(),
-            coord: self.coord.clone(),
-            metrics: self.metrics.clone(),
-            recorder: self.recorder.clone(),
-            interval: Duration::from_millis(self.settings.group_status_interval_ms),
-        });
+        let ctx = Arc::new(groups::Context::new(
+            self.client.clone(),
+            self.coord.clone(),
+            self.metrics.clone(),
+            self.recorder.clone(),
+            Duration::from_millis(self.settings.group_status_interval_ms),
+        ));
         Controller::new(api, watcher::Config::default())
             .run(groups::reconcile, groups::error_policy, ctx)
             .for_each(|_| async {})

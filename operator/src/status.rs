@@ -69,7 +69,14 @@ pub fn spec_problems(t: &Topic, seen: &Observed, s: &Settings) -> Vec<(String, S
     out
 }
 
-fn condition(kind: &str, ok: bool, reason: &str, message: String, generation: i64) -> Condition {
+/// A condition; its transition time is set by [`keep_transition_times`].
+pub(crate) fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+) -> Condition {
     Condition {
         type_: kind.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -223,7 +230,9 @@ pub fn topic_status(
 }
 
 /// A condition keeps its last transition time while its status stays.
-fn keep_transition_times(
+/// Stamps each condition with `now` where its status changed from
+/// `previous`, and keeps the old time where it did not.
+pub(crate) fn keep_transition_times(
     conditions: &mut [Condition],
     previous: &[Condition],
     now: k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>,

@@ -318,9 +318,15 @@ impl Kubelet {
                 }
             }
             // Rolling update: once all are up and Ready, replace the highest
-            // pod still on an old revision.
+            // pod still on an old revision. `OnDelete` leaves that to
+            // whoever deletes pods (a new pod takes the new template).
+            let on_delete = sts["spec"]["updateStrategy"]["type"] == "OnDelete";
             let live: Vec<(&i64, &Value)> = pods.iter().filter(|(i, _)| **i < replicas).collect();
-            if !busy && live.len() as i64 == replicas && live.iter().all(|(_, p)| pod_ready(p)) {
+            if !busy
+                && !on_delete
+                && live.len() as i64 == replicas
+                && live.iter().all(|(_, p)| pod_ready(p))
+            {
                 if let Some((i, _)) = live.iter().rev().find(|(_, p)| {
                     p["metadata"]["labels"]["controller-revision-hash"].as_str() != Some(&revision)
                 }) {

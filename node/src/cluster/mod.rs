@@ -2,6 +2,8 @@
 //!
 //! - the node's lease, renewed every fifth of its duration, and the
 //!   self-fencing that stops a node leading before its lease can lapse;
+//!   on SIGTERM the lease says the node is leaving and it waits until its
+//!   leaderships have moved (controlled shutdown, [`hand_over`]);
 //! - the sync loop: reads the metadata from [`Coordination`] when it changes,
 //!   has the broker apply it (topics and replica roles), tells the group
 //!   coordinator which offsets partitions it now leads, and points the
@@ -35,10 +37,12 @@ pub async fn run_lease(broker: Arc<Broker>, mut info: NodeInfo) {
     // When this node renewed after a gap in its lease, until it may lead
     // again.
     let mut back_since: Option<i64> = None;
+    let mut leaving = broker.leaving();
     loop {
         // Data kept for topics the metadata lost is announced, so a topic of
         // that name declared again takes its old id.
         info.orphans = broker.orphans();
+        info.leaving = *leaving.borrow_and_update();
         let sent = mono_ms();
         match broker.coord.renew_node(&info, now_ms(), duration).await {
             Ok(()) if broker.fenced() => {
@@ -65,7 +69,31 @@ pub async fn run_lease(broker: Arc<Broker>, mut info: NodeInfo) {
                 tracing::warn!(error = %e, "lease renewal failed");
             }
         }
-        tokio::time::sleep(every).await;
+        // A controlled shutdown is announced at once, not a renewal later.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = leaving.changed() => {}
+        }
+    }
+}
+
+/// A controlled shutdown: announces in the lease that this node is leaving
+/// and waits until the controller has moved every leadership it held to
+/// another in-sync replica (so clients move without a failed request), or
+/// until `within` has passed. Returns how many partitions it still leads.
+pub async fn hand_over(broker: &Broker, within: Duration) -> usize {
+    broker.leave();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let led = broker.partitions_led();
+        if led == 0 || tokio::time::Instant::now() >= deadline {
+            return led;
+        }
+        let _ = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+            broker.next_view(),
+        )
+        .await;
     }
 }
 
