@@ -15,6 +15,10 @@
 //!   (Kafka's rule: old plus new replicas until the new ones are in sync);
 //!   a deleted topic is removed once every node that held it dropped its
 //!   data;
+//! - scaling, when the operator names the member nodes: replicas are
+//!   balanced over them (a new node gets its fair share and no more) and
+//!   leave nodes outside them (draining, highest id first; leadership
+//!   first), by reassignment, at most `max_concurrent_moves` at once;
 //! - the offsets topic is created once enough nodes are up.
 //!
 //! `sluice dev` runs it in process; on Kubernetes the operator runs it, one
@@ -25,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_api::election::{self, ElectionOptions};
-use sluice_api::{placement, reassign, OFFSETS_TOPIC};
+use sluice_api::{placement, reassign, rebalance, OFFSETS_TOPIC};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{
@@ -46,6 +51,14 @@ pub struct ControllerConfig {
     /// How often leadership moves back to preferred replicas that are in
     /// sync (`leader.imbalance.check.interval.seconds`); 0 disables it.
     pub preferred_leader_interval_ms: i64,
+    /// Most partitions reassigning at once (rebalancing, draining, a
+    /// changed replication factor); more wait for these to finish.
+    pub max_concurrent_moves: usize,
+    /// The nodes meant to hold replicas, when someone decides it (the
+    /// operator: the StatefulSet's ordinals below its target size). Replicas
+    /// are then balanced over them, and nodes outside are drained.
+    /// `None`: every live node holds replicas and nothing is rebalanced.
+    pub members: Option<watch::Receiver<BTreeSet<i32>>>,
 }
 
 /// What the controller reads before deciding.
@@ -59,6 +72,8 @@ pub struct Input {
     /// Partitions whose leader restarted, at the epoch it led them in
     /// (see [`Restarts`]): leadership leaves them.
     pub handing_over: BTreeMap<PartitionKey, i32>,
+    /// See [`ControllerConfig::members`].
+    pub members: Option<BTreeSet<i32>>,
 }
 
 /// Which nodes restarted (a new incarnation in their lease) and which
@@ -103,6 +118,7 @@ impl Input {
             view: View::read(coord).await?,
             pending: coord.pending_topics().await?,
             remembered_ids: coord.partition_topic_ids().await?,
+            members: None,
         })
     }
 }
@@ -145,6 +161,10 @@ pub enum Why {
     DeadFollowers,
     ReassignmentCompleted,
     ReplicationFactor,
+    /// Replicas leave a node outside the members.
+    Drain,
+    /// A fair share of replicas moves onto new members.
+    Balance,
 }
 
 /// Everything the controller would change in the cluster described by
@@ -168,13 +188,17 @@ pub fn plan(
             rack: n.info.rack.clone(),
         })
         .collect();
+    let member = |n: i32| input.members.as_ref().is_none_or(|m| m.contains(&n));
+    // Where replicas are placed: live members.
+    let placing: Vec<placement::Node> = live.iter().filter(|n| member(n.id)).cloned().collect();
 
     // The offsets topic, once enough nodes are up.
     if !view.topics.contains_key(OFFSETS_TOPIC) {
         let rf = usize::from(config.offsets_replication_factor.max(1) as u16)
             .min(config.expected_nodes.max(1));
-        if live.len() >= rf {
-            if let Ok(a) = placement::assign(&live, &[], config.offsets_partitions as usize, rf) {
+        if placing.len() >= rf {
+            if let Ok(a) = placement::assign(&placing, &[], config.offsets_partitions as usize, rf)
+            {
                 // Committed offsets never age out with the log; they go with
                 // their group, and compaction keeps one record per live key.
                 let configs: BTreeMap<String, String> =
@@ -223,8 +247,19 @@ pub fn plan(
         .map(|n| n.info.id)
         .collect();
     let staying = |n: i32| alive(n) && !leaving.contains(&n);
+    // Nodes being drained keep their replicas (and ISR places) until the
+    // new replicas are in sync, but lead nothing another can lead.
+    let leads = |n: i32| staying(n) && member(n);
+    // Balancing and draining start only with every member up and staying:
+    // a member restarting would be a target that cannot catch up.
+    let members_ready = input
+        .members
+        .as_ref()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|n| view.node(*n).is_some() && staying(*n)));
 
-    // Leaders, ISRs, reassignments.
+    // Leaders, ISRs, reassignments; partitions changed here are not moved
+    // in the same pass (the move would be planned on the old record).
+    let mut decided_now: BTreeSet<PartitionKey> = BTreeSet::new();
     let mut keys: Vec<&String> = view.records.keys().collect();
     keys.sort();
     for topic in keys {
@@ -240,16 +275,26 @@ pub fn plan(
                 .get(&key)
                 .filter(|e| **e == rec.value.leader_epoch)
                 .and(rec.value.leader);
+            // A restarted or leaving leader hands over and leaves the ISR.
             let from = restarted.or_else(|| rec.value.leader.filter(|l| leaving.contains(l)));
-            // Elections pick a leaving node only when nothing else can lead.
-            let electable: &dyn Fn(i32) -> bool = if rec.value.isr.iter().any(|r| staying(*r)) {
-                &staying
-            } else {
-                alive
-            };
+            // Elections pick a draining node only when no member can lead,
+            // and a leaving one only when nothing else can; draining
+            // replicas stay in the ISR (they hold the data until the move
+            // completes), leaving ones do not.
+            let (may_lead, in_sync): (&dyn Fn(i32) -> bool, &dyn Fn(i32) -> bool) =
+                if rec.value.isr.iter().any(|r| leads(*r)) {
+                    (&leads, &staying)
+                } else if rec.value.isr.iter().any(|r| staying(*r)) {
+                    (&staying, &staying)
+                } else {
+                    (alive, alive)
+                };
             let decided = from
-                .and_then(|from| election::hand_over(&rec.value, from, staying))
-                .or_else(|| election::elect(&rec.value, electable, opts))
+                .and_then(|from| {
+                    election::hand_over_among(&rec.value, from, &leads, &staying)
+                        .or_else(|| election::hand_over(&rec.value, from, staying))
+                })
+                .or_else(|| election::elect_among(&rec.value, may_lead, in_sync, opts))
                 .map(|r| (r, Why::Election))
                 .or_else(|| {
                     // Followers that are gone, or leaving (a controlled
@@ -262,6 +307,7 @@ pub fn plan(
                     reassign::complete(&rec.value).map(|r| (r, Why::ReassignmentCompleted))
                 });
             if let Some((record, why)) = decided {
+                decided_now.insert(key.clone());
                 out.push(Action::Partition {
                     key: PartitionKey::new(topic, i as i32),
                     record,
@@ -272,7 +318,9 @@ pub fn plan(
         }
     }
 
-    // Topics: partitions raised, replication factor changed, deletions.
+    // Topics: partitions raised, replication factor changed, deletions;
+    // replicas balanced over the members.
+    let mut moves: Vec<(Option<i32>, Action)> = vec![];
     for t in view.topics.values() {
         let spec = &t.value;
         let records = view.topic_records(&spec.name);
@@ -301,7 +349,7 @@ pub fn plan(
         }
         let existing = view.replica_lists(&spec.name);
         if spec.partitions > have && have > 0 {
-            if let Ok(a) = placement::assign(&live, &existing, spec.partitions as usize, rf) {
+            if let Ok(a) = placement::assign(&placing, &existing, spec.partitions as usize, rf) {
                 out.push(Action::CreatePartitions {
                     topic: spec.name.clone(),
                     first: have,
@@ -313,48 +361,55 @@ pub fn plan(
                 });
             }
         }
-        // A replication factor that changed: every partition not moving
-        // already goes to its new replica set.
-        let settled: Vec<Vec<i32>> = existing
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let moving = records
-                    .and_then(|rs| rs[i].as_ref())
-                    .is_some_and(|v| !v.value.adding.is_empty() || !v.value.removing.is_empty());
-                if moving {
-                    vec![]
-                } else {
-                    r.clone()
-                }
-            })
-            .collect();
-        let wrong_rf = existing
-            .iter()
-            .zip(&settled)
-            .any(|(r, s)| !s.is_empty() && r.len() != rf);
-        if wrong_rf && rf <= live.len() {
-            if let Ok(target) = placement::assign(&live, &resized(&settled, rf), existing.len(), rf)
-            {
-                for (i, want) in target.iter().enumerate() {
-                    let Some(rec) = records.and_then(|rs| rs[i].as_ref()) else {
-                        continue;
-                    };
-                    if settled[i].is_empty() || settled[i].len() == rf {
-                        continue;
-                    }
-                    if let Ok(Some(record)) = reassign::start(&rec.value, want) {
-                        out.push(Action::Partition {
-                            key: PartitionKey::new(&spec.name, i as i32),
-                            record,
-                            expected: rec.version,
-                            why: Why::ReplicationFactor,
-                        });
-                    }
-                }
+        let scope = if members_ready {
+            rebalance::Scope::Balance
+        } else {
+            rebalance::Scope::ReplicationFactor
+        };
+        let refs: Vec<Option<&PartitionRecord>> = records
+            .map(|rs| rs.iter().map(|r| r.as_ref().map(|r| &r.value)).collect())
+            .unwrap_or_default();
+        for m in rebalance::topic_moves(&placing, &refs, rf, scope) {
+            let Some(rec) = records.and_then(|rs| rs[m.partition].as_ref()) else {
+                continue;
+            };
+            let key = PartitionKey::new(&spec.name, m.partition as i32);
+            if decided_now.contains(&key) {
+                continue;
             }
+            moves.push((
+                m.drains,
+                Action::Partition {
+                    key,
+                    record: m.record,
+                    expected: rec.version,
+                    why: if m.drains.is_some() {
+                        Why::Drain
+                    } else if rec.value.replicas.len() != rf {
+                        Why::ReplicationFactor
+                    } else {
+                        Why::Balance
+                    },
+                },
+            ));
         }
     }
+    // Draining moves first (highest node first), as many as the limit on
+    // moves at once allows.
+    let moving_now = view
+        .records
+        .values()
+        .flatten()
+        .flatten()
+        .filter(|r| rebalance::moving(&r.value))
+        .count();
+    moves.sort_by_key(|(drains, _)| std::cmp::Reverse(*drains));
+    out.extend(
+        moves
+            .into_iter()
+            .take(config.max_concurrent_moves.saturating_sub(moving_now))
+            .map(|(_, a)| a),
+    );
 
     // Declared topics: set up with an id (the one their data was kept
     // under, where the nodes or the partition records remember it).
@@ -383,7 +438,7 @@ pub fn plan(
         // Replicas go where the kept data is, first (leading); placement
         // fills the rest. Not balanced away: moving a replica off the node
         // holding its data would start it empty.
-        let Ok(base) = placement::assign(&live, &[], spec.partitions as usize, rf) else {
+        let Ok(base) = placement::assign(&placing, &[], spec.partitions as usize, rf) else {
             continue;
         };
         let kept: Vec<i32> = kept_on
@@ -413,15 +468,6 @@ pub fn plan(
         });
     }
     out
-}
-
-/// Each replica list cut to at most `rf` (placement keeps what it is given
-/// and fills the rest).
-fn resized(lists: &[Vec<i32>], rf: usize) -> Vec<Vec<i32>> {
-    lists
-        .iter()
-        .map(|l| l.iter().copied().take(rf).collect())
-        .collect()
 }
 
 /// Runs the controller until the process ends (or the future is dropped:
@@ -457,6 +503,12 @@ pub async fn pass(
     coord.housekeeping().await?;
     let mut input = Input::read(coord).await?;
     input.handing_over = restarts.observe(&input.view);
+    // An empty set: not decided yet (the operator's first look).
+    input.members = config
+        .members
+        .as_ref()
+        .map(|m| m.borrow().clone())
+        .filter(|m| !m.is_empty());
     // Leases are judged on this process's monotonic clock (when it saw
     // them renewed), never by comparing another node's clock with ours.
     let now = mono_ms();
@@ -501,6 +553,12 @@ pub async fn write(coord: &dyn Coordination, action: Action) -> CResult<()> {
                 }
                 Why::ReplicationFactor => {
                     tracing::info!(topic = %key.topic, partition = key.partition, replicas = ?record.replicas, adding = ?record.adding, removing = ?record.removing, "replication factor changed: reassigning")
+                }
+                Why::Drain => {
+                    tracing::info!(topic = %key.topic, partition = key.partition, adding = ?record.adding, removing = ?record.removing, "draining: replicas leave nodes outside the cluster's members")
+                }
+                Why::Balance => {
+                    tracing::info!(topic = %key.topic, partition = key.partition, adding = ?record.adding, removing = ?record.removing, "balancing: replicas move onto new members")
                 }
             }
         }
@@ -560,6 +618,8 @@ mod tests {
             offsets_replication_factor: 1,
             lease_duration_ms: 10_000,
             preferred_leader_interval_ms: 0,
+            max_concurrent_moves: 4,
+            members: None,
         }
     }
 
@@ -861,5 +921,117 @@ mod tests {
             .unwrap();
         assert_eq!(rec.value.leader, Some(1), "a healthy leader was replaced");
         assert_eq!(rec.value.leader_epoch, 0);
+    }
+
+    fn with_members(mut i: Input, members: &[i32]) -> Input {
+        i.members = Some(members.iter().copied().collect());
+        i
+    }
+
+    fn partition_actions(a: &[Action]) -> Vec<(i32, &PartitionRecord, Why)> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::Partition {
+                    key, record, why, ..
+                } => Some((key.partition, record, *why)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scaling_down_hands_leadership_over_then_drains_the_highest_node_first() {
+        let placed = placement::assign(
+            &(0..5).map(placement::Node::new).collect::<Vec<_>>(),
+            &[],
+            10,
+            3,
+        )
+        .unwrap();
+        let records: Vec<PartitionRecord> =
+            placed.iter().cloned().map(PartitionRecord::new).collect();
+        let i = with_members(
+            input(&[0, 1, 2, 3, 4], topic(10, 3), records.clone()),
+            &[0, 1, 2],
+        );
+        let a = run_plan(&i, &|_| true);
+        let acts = partition_actions(&a);
+        // Partitions led by 3 or 4 elect a member first, keeping every
+        // replica in sync: leadership leaves before the replicas do (their
+        // moves start on a later pass).
+        for (p, r) in records.iter().enumerate() {
+            if r.leader.is_some_and(|l| l >= 3) {
+                let mine: Vec<_> = acts.iter().filter(|(q, _, _)| *q == p as i32).collect();
+                let [(_, rec, why)] = mine.as_slice() else {
+                    panic!("{mine:?}")
+                };
+                assert_eq!(*why, Why::Election);
+                assert!(rec.leader.is_some_and(|l| l < 3), "{rec:?}");
+                assert_eq!(rec.isr, r.isr);
+            }
+        }
+        // The rest drains, node 4 first, four at a time.
+        let drains: Vec<&(i32, &PartitionRecord, Why)> =
+            acts.iter().filter(|(_, _, w)| *w == Why::Drain).collect();
+        assert!(!drains.is_empty() && drains.len() <= 4, "{acts:?}");
+        assert!(drains[0].1.removing.contains(&4), "{:?}", drains[0]);
+        for (_, rec, _) in &drains {
+            assert!(rec.adding.iter().all(|n| *n < 3));
+            // The old replicas stay in the ISR until the new ones catch up.
+            assert!(rec.removing.iter().all(|n| rec.isr.contains(n)));
+        }
+        // With four moves under way, no more start.
+        let mut moving = records.clone();
+        for (p, rec, _) in &drains {
+            moving[*p as usize] = (*rec).clone();
+        }
+        let i = with_members(input(&[0, 1, 2, 3, 4], topic(10, 3), moving), &[0, 1, 2]);
+        let a = run_plan(&i, &|_| true);
+        assert!(
+            partition_actions(&a)
+                .iter()
+                .all(|(_, _, w)| *w != Why::Drain),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn new_members_get_their_share_once_every_member_is_up() {
+        let placed = placement::assign(
+            &(0..3).map(placement::Node::new).collect::<Vec<_>>(),
+            &[],
+            6,
+            3,
+        )
+        .unwrap();
+        let records: Vec<PartitionRecord> =
+            placed.iter().cloned().map(PartitionRecord::new).collect();
+        // Node 4 is a member but has not come up: nothing moves yet.
+        let i = with_members(
+            input(&[0, 1, 2, 3], topic(6, 3), records.clone()),
+            &[0, 1, 2, 3, 4],
+        );
+        assert!(run_plan(&i, &|_| true).is_empty());
+        let i = with_members(
+            input(&[0, 1, 2, 3, 4], topic(6, 3), records.clone()),
+            &[0, 1, 2, 3, 4],
+        );
+        let a = run_plan(&i, &|_| true);
+        let acts = partition_actions(&a);
+        assert!(acts.iter().all(|(_, _, w)| *w == Why::Balance), "{acts:?}");
+        // 18 replicas over 5 nodes: 4, 4, 4, 3, 3. Each new node takes 3,
+        // nothing moves between the old ones.
+        let onto = |n: i32| {
+            acts.iter()
+                .filter(|(_, r, _)| r.adding.contains(&n))
+                .count()
+        };
+        assert_eq!((onto(3), onto(4)), (3, 3), "{acts:?}");
+        assert!(acts
+            .iter()
+            .all(|(_, r, _)| r.adding.iter().all(|n| *n >= 3)));
+        // Without members (sluice dev) nothing is balanced.
+        let i = input(&[0, 1, 2, 3, 4], topic(6, 3), records);
+        assert!(run_plan(&i, &|_| true).is_empty());
     }
 }

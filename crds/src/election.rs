@@ -52,19 +52,43 @@ pub fn elect(
     alive: impl Fn(i32) -> bool,
     opts: ElectionOptions,
 ) -> Option<PartitionRecord> {
+    elect_among(current, &alive, &alive, opts)
+}
+
+/// An election where fewer replicas may lead than stay in the ISR: the
+/// leader is the first in-sync replica `may_lead` and `alive` accept (a
+/// current leader `may_lead` refuses is replaced), and the ISR keeps every
+/// member `alive` accepts. A node being drained from the cluster is alive
+/// and in sync, but leads nothing another replica can lead.
+pub fn elect_among(
+    current: &PartitionRecord,
+    may_lead: &dyn Fn(i32) -> bool,
+    alive: &dyn Fn(i32) -> bool,
+    opts: ElectionOptions,
+) -> Option<PartitionRecord> {
     let in_sync_alive = |r: &i32| current.isr.contains(r) && alive(*r);
-    let leader_ok = current.leader.is_some_and(|l| in_sync_alive(&l));
+    let can_lead = |r: &i32| in_sync_alive(r) && may_lead(*r);
+    let leader_ok = current.leader.is_some_and(|l| can_lead(&l));
     let preferred = current.replicas.first().copied();
-    let want_preferred = opts.preferred
-        && preferred.is_some_and(|p| in_sync_alive(&p))
-        && current.leader != preferred;
+    let want_preferred =
+        opts.preferred && preferred.is_some_and(|p| can_lead(&p)) && current.leader != preferred;
     if leader_ok && !want_preferred {
         return None;
     }
+    let found = current.replicas.iter().copied().find(|r| can_lead(r));
+    // A leader in sync and alive keeps leading when nobody may take over.
+    if found.is_none() && current.leader.is_some_and(|l| in_sync_alive(&l)) {
+        return None;
+    }
     let live_isr: Vec<i32> = current.isr.iter().copied().filter(|r| alive(*r)).collect();
-    let (leader, isr) = match current.replicas.iter().copied().find(|r| in_sync_alive(r)) {
+    let (leader, isr) = match found {
         Some(l) => (Some(l), live_isr),
-        None if opts.unclean => match current.replicas.iter().copied().find(|r| alive(*r)) {
+        None if opts.unclean => match current
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| alive(*r) && may_lead(*r))
+        {
             Some(l) => (Some(l), vec![l]),
             None => (None, current.isr.clone()),
         },
@@ -116,16 +140,29 @@ pub fn hand_over(
     from: i32,
     alive: impl Fn(i32) -> bool,
 ) -> Option<PartitionRecord> {
+    hand_over_among(current, from, &alive, &alive)
+}
+
+/// [`hand_over`] where fewer replicas may lead than stay in the ISR (see
+/// [`elect_among`]); `from` leaves the ISR either way.
+pub fn hand_over_among(
+    current: &PartitionRecord,
+    from: i32,
+    may_lead: &dyn Fn(i32) -> bool,
+    alive: &dyn Fn(i32) -> bool,
+) -> Option<PartitionRecord> {
     if current.leader != Some(from) {
         return None;
     }
-    let others = |r: i32| r != from && alive(r);
-    if !current.isr.iter().any(|r| others(*r)) {
+    let others_lead = |r: i32| r != from && may_lead(r) && alive(r);
+    let others_alive = |r: i32| r != from && alive(r);
+    if !current.isr.iter().any(|r| others_lead(*r)) {
         return None;
     }
-    elect(
+    elect_among(
         current,
-        others,
+        &others_lead,
+        &others_alive,
         ElectionOptions {
             unclean: false,
             preferred: false,
@@ -142,6 +179,23 @@ mod tests {
         unclean: false,
         preferred: true,
     };
+
+    #[test]
+    fn a_draining_leader_hands_leadership_over_and_stays_in_sync() {
+        let p = PartitionRecord::new(vec![4, 0, 3]);
+        let member = |r: i32| r < 3;
+        let next = elect_among(&p, &member, &|_| true, CLEAN).unwrap();
+        assert_eq!((next.leader, next.leader_epoch), (Some(0), 1));
+        assert_eq!(next.isr, vec![4, 0, 3], "draining replicas stay in sync");
+        assert_eq!(elect_among(&next, &member, &|_| true, CLEAN), None);
+        // Nothing else can lead: the draining leader keeps leading.
+        let alone = PartitionRecord::new(vec![4, 3]);
+        assert_eq!(elect_among(&alone, &member, &|_| true, CLEAN), None);
+        // A restarted leader 0 hands over to member 1, keeping draining 4.
+        let q = PartitionRecord::new(vec![0, 4, 1]);
+        let next = hand_over_among(&q, 0, &member, &|_| true).unwrap();
+        assert_eq!((next.leader, next.isr.clone()), (Some(1), vec![4, 1]));
+    }
 
     #[test]
     fn a_restarted_leader_hands_over_to_another_in_sync_replica() {

@@ -4,7 +4,8 @@
 //! in `crds/` is generated from them). [`topic_config`]: every topic config
 //! and its checks.
 //!
-//! Where replicas go ([`placement`]), who leads a partition ([`election`]),
+//! Where replicas go ([`placement`]) and how they move ([`reassign`],
+//! [`rebalance`]), who leads a partition ([`election`]),
 //! who is in sync and how far consumers may read ([`isr`]). The same rules
 //! run in the operator and in the in-memory controller of `sluice dev`, so
 //! a laptop cluster and a Kubernetes cluster decide alike. Nothing here does
@@ -15,6 +16,7 @@ pub mod election;
 pub mod isr;
 pub mod placement;
 pub mod reassign;
+pub mod rebalance;
 pub mod topic_config;
 pub mod v1alpha1;
 

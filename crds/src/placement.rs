@@ -129,33 +129,41 @@ pub fn assign(
         }
     }
 
-    // Balance: move one replica at a time from the most to the least loaded
-    // node until loads differ by at most one, never putting two replicas of
-    // a partition on one node nor reducing a partition's rack spread.
+    // Balance: move one replica at a time from a more to a less loaded node
+    // (the most loaded first, onto the least loaded first) while their
+    // loads differ by more than one, never putting two replicas of a
+    // partition on one node nor reducing a partition's rack spread. A pair
+    // the racks rule out (the only node of a rack) is passed over for the
+    // next one, so nodes sharing a rack still even out among themselves.
     loop {
-        let (&max_id, &max) = load
-            .iter()
-            .max_by_key(|(id, l)| (**l, -**id))
-            .expect("nodes");
-        let (&min_id, &min) = load
-            .iter()
-            .min_by_key(|(id, l)| (**l, **id))
-            .expect("nodes");
-        if max <= min + 1 {
-            break;
-        }
-        let candidate = out.iter().enumerate().find_map(|(p, replicas)| {
-            let pos = replicas.iter().position(|r| *r == max_id)?;
-            if replicas.contains(&min_id) {
-                return None;
+        let mut by_load: Vec<(usize, i32)> = load.iter().map(|(id, l)| (*l, *id)).collect();
+        by_load.sort_by_key(|(l, id)| (*l, *id));
+        let mut step = None;
+        'pairs: for &(max, max_id) in by_load.iter().rev() {
+            for &(min, min_id) in &by_load {
+                if max <= min + 1 {
+                    break;
+                }
+                let candidate = out.iter().enumerate().find_map(|(p, replicas)| {
+                    let pos = replicas.iter().position(|r| *r == max_id)?;
+                    if replicas.contains(&min_id) {
+                        return None;
+                    }
+                    let before = racks_used(nodes, replicas).len();
+                    let mut after_set = replicas.clone();
+                    after_set[pos] = min_id;
+                    let after = racks_used(nodes, &after_set).len();
+                    (after >= before).then_some((p, pos))
+                });
+                if let Some((p, pos)) = candidate {
+                    step = Some((p, pos, max_id, min_id));
+                    break 'pairs;
+                }
             }
-            let before = racks_used(nodes, replicas).len();
-            let mut after_set = replicas.clone();
-            after_set[pos] = min_id;
-            let after = racks_used(nodes, &after_set).len();
-            (after >= before).then_some((p, pos))
-        });
-        let Some((p, pos)) = candidate else { break };
+        }
+        let Some((p, pos, max_id, min_id)) = step else {
+            break;
+        };
         out[p][pos] = min_id;
         *load.get_mut(&max_id).expect("live") -= 1;
         *load.get_mut(&min_id).expect("live") += 1;
@@ -244,6 +252,33 @@ mod tests {
         for r in &a {
             assert_eq!(racks_used(&ns, r).len(), 3, "{r:?}");
         }
+    }
+
+    #[test]
+    fn nodes_sharing_a_rack_even_out_when_a_rack_has_one_node() {
+        // Three racks, then two nodes join racks a and b: rack c's only
+        // node keeps a replica of every partition, and the others share
+        // their rack's replicas evenly.
+        let three = vec![
+            Node::in_rack(0, "a"),
+            Node::in_rack(1, "b"),
+            Node::in_rack(2, "c"),
+        ];
+        let a = assign(&three, &[], 6, 3).unwrap();
+        let mut five = three.clone();
+        five.push(Node::in_rack(3, "a"));
+        five.push(Node::in_rack(4, "b"));
+        let b = assign(&five, &a, 6, 3).unwrap();
+        let l = loads(&b);
+        assert_eq!(
+            (l[&0], l[&3], l[&1], l[&4], l[&2]),
+            (3, 3, 3, 3, 6),
+            "{b:?}"
+        );
+        for r in &b {
+            assert_eq!(racks_used(&five, r).len(), 3, "{r:?}");
+        }
+        assert_eq!(moves(&a, &b), 6);
     }
 
     #[test]

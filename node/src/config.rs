@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub defaults: BrokerDefaults,
     /// How often retention is enforced (`log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// Bytes per second this node fetches for replicas a reassignment is
+    /// adding here (`follower.replication.throttled.rate`); 0: unthrottled.
+    pub reassignment_throttle_bytes_per_sec: u64,
     /// The log cleaner (compaction).
     pub cleaner: CleanerConfig,
     /// fsync every write to the RocksDB WAL (off by default, like Kafka).
@@ -109,6 +112,7 @@ impl NodeConfig {
             max_connections_per_ip: 1_000,
             defaults: BrokerDefaults::default(),
             retention_check_interval_ms: 300_000,
+            reassignment_throttle_bytes_per_sec: 64 << 20,
             cleaner: CleanerConfig::default(),
             sync_writes: false,
             groups: crate::group::GroupConfig::default(),
@@ -321,6 +325,11 @@ impl NodeConfig {
             ("message.max.bytes", d.max_message_bytes.to_string(), 3),
             ("min.insync.replicas", d.min_insync_replicas.to_string(), 3),
             ("node.id", self.node_id.to_string(), 3),
+            (
+                "follower.replication.throttled.rate",
+                self.reassignment_throttle_bytes_per_sec.to_string(),
+                5,
+            ),
             ("num.partitions", self.num_partitions.to_string(), 3),
             (
                 "socket.request.max.bytes",

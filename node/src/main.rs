@@ -173,6 +173,11 @@ struct CommonArgs {
     /// How often retention runs, in ms (log.retention.check.interval.ms).
     #[arg(long, default_value_t = 300_000)]
     log_retention_check_interval_ms: u64,
+    /// Bytes per second this node may fetch for replicas a reassignment is
+    /// adding here (follower.replication.throttled.rate); 0: unthrottled.
+    /// Replicas in the ISR are never throttled.
+    #[arg(long, default_value_t = 64 << 20, env = "SLUICE_REASSIGNMENT_THROTTLE")]
+    reassignment_throttle: u64,
     /// Run the log cleaner, which compacts topics with
     /// cleanup.policy=compact (log.cleaner.enable).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -269,6 +274,7 @@ impl CommonArgs {
         c.max_connections = self.max_connections.max(1);
         c.max_connections_per_ip = self.max_connections_per_ip.max(1);
         c.retention_check_interval_ms = self.log_retention_check_interval_ms;
+        c.reassignment_throttle_bytes_per_sec = self.reassignment_throttle;
         c.cleaner = CleanerConfig {
             enable: self.log_cleaner_enable,
             backoff_ms: self.log_cleaner_backoff_ms.max(10),

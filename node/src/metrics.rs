@@ -40,6 +40,7 @@ pub struct Metrics {
     pub under_replicated_partitions: Gauge,
     pub fenced: Gauge,
     pub lease_renewal_failures: Counter,
+    pub reassignment_fetched_bytes: Counter,
     pub log_size_bytes: Family<TopicLabels, Gauge>,
     pub cleaner_passes: Counter,
     pub cleaner_records_read: Counter,
@@ -76,6 +77,12 @@ impl Metrics {
         let under_replicated_partitions = Gauge::default();
         let fenced = Gauge::default();
         let lease_renewal_failures = Counter::default();
+        let reassignment_fetched_bytes = Counter::default();
+        registry.register(
+            "reassignment_fetched_bytes",
+            "Bytes fetched for replicas a reassignment is adding here, under follower.replication.throttled.rate",
+            reassignment_fetched_bytes.clone(),
+        );
         let log_size_bytes = Family::<TopicLabels, Gauge>::default();
         registry.register(
             "log_size_bytes",
@@ -220,6 +227,7 @@ impl Metrics {
             under_replicated_partitions,
             fenced,
             lease_renewal_failures,
+            reassignment_fetched_bytes,
             log_size_bytes,
             cleaner_passes,
             cleaner_records_read,

@@ -25,6 +25,7 @@ use crate::group::Coordinator;
 use crate::metrics::Metrics;
 use crate::protocol::Services;
 use crate::replication::leader;
+use crate::replication::throttle::Throttle;
 
 /// The addresses a started node actually bound, and its broker.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ fn controller_config(config: &NodeConfig, expected_nodes: usize) -> ControllerCo
         offsets_replication_factor: 3,
         lease_duration_ms: config.lease_duration_ms,
         preferred_leader_interval_ms: 300_000,
+        max_concurrent_moves: 32,
+        members: None,
     }
 }
 
@@ -321,7 +324,10 @@ pub async fn serve(
         .await?;
     broker.lease_renewed(sent);
     tokio::spawn(cluster::run_lease(broker.clone(), info));
-    let mut fetchers = Fetchers::default();
+    let mut fetchers = Fetchers::new(Throttle::new(
+        broker.config.reassignment_throttle_bytes_per_sec,
+        broker.metrics.reassignment_fetched_bytes.clone(),
+    ));
     cluster::refresh(&broker, &groups, &mut fetchers).await;
     tokio::spawn(cluster::run_sync(broker.clone(), groups.clone(), fetchers));
     tokio::spawn(cluster::run_isr_checks(broker.clone()));

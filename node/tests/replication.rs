@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use sluice_node::log::{PartitionLog, Store, TimestampType as Ts};
+use sluice_node::replication::throttle::Throttle;
 use sluice_node::replication::{follower, leader, FetchError, Following, LeaderLogs};
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
@@ -37,6 +38,7 @@ fn following(log: &Arc<PartitionLog>, epoch: i32) -> Vec<Following> {
         leader_epoch: epoch,
         log: log.clone(),
         replica: None,
+        throttled: false,
     }]
 }
 
@@ -113,6 +115,10 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+fn unthrottled() -> Arc<Throttle> {
+    Arc::new(Throttle::new(0, Default::default()))
+}
+
 async fn serve(leader: Arc<TestLeader>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -147,7 +153,7 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
     let leader = test_leader(&leader_log, 1);
     let addr = serve(leader.clone()).await;
     let (tx, rx) = watch::channel(following(&follower_log, 1));
-    let session = tokio::spawn(follower::run(2, addr, rx));
+    let session = tokio::spawn(follower::run(2, addr, rx, unthrottled()));
 
     for i in 0..20 {
         leader_log
@@ -241,7 +247,7 @@ async fn a_former_leaders_unreplicated_tail_is_truncated() {
     let leader = test_leader(&new_leader_log, 2);
     let addr = serve(leader).await;
     let (_tx, rx) = watch::channel(following(&old_leader_log, 2));
-    tokio::spawn(follower::run(2, addr, rx));
+    tokio::spawn(follower::run(2, addr, rx, unthrottled()));
     until("the old leader to converge", || {
         old_leader_log.log_end_offset() == 9 && old_leader_log.latest_epoch() == 2
     })
@@ -293,7 +299,7 @@ async fn a_follower_behind_the_leaders_log_start_resets() {
     let leader = test_leader(&leader_log, 0);
     let addr = serve(leader).await;
     let (_tx, rx) = watch::channel(following(&follower_log, 0));
-    tokio::spawn(follower::run(2, addr, rx));
+    tokio::spawn(follower::run(2, addr, rx, unthrottled()));
     until("the follower to reset and catch up", || {
         follower_log.log_end_offset() == 10
     })
@@ -335,12 +341,68 @@ async fn a_follower_resets_to_a_log_start_inside_a_batch() {
     let leader = test_leader(&leader_log, 0);
     let addr = serve(leader).await;
     let (_tx, rx) = watch::channel(following(&follower_log, 0));
-    tokio::spawn(follower::run(2, addr, rx));
+    tokio::spawn(follower::run(2, addr, rx, unthrottled()));
     until(
         "the follower to take the straddling batch and the rest",
         || follower_log.log_end_offset() == 30,
     )
     .await;
     assert_eq!(follower_log.log_start_offset(), 15);
+    assert_eq!(contents(&follower_log), contents(&leader_log));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_being_added_catches_up_no_faster_than_the_throttle() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let topic_id = Uuid::new_v4();
+    let open = |d: &tempfile::TempDir| {
+        Arc::new(
+            PartitionLog::open(
+                Store::open(d.path(), Default::default()).unwrap(),
+                &topic_id,
+                0,
+            )
+            .unwrap(),
+        )
+    };
+    let (leader_log, follower_log) = (open(&dirs.0), open(&dirs.1));
+    // About 400 KiB the leader holds, in 100 uncompressed batches of 4 KiB.
+    let value = Bytes::from(vec![b'x'; 4096]);
+    for _ in 0..100 {
+        let b = sluice_node::log::batch::encode_records(
+            vec![(None, Some(value.clone()))],
+            1_000,
+            Compression::None,
+        )
+        .unwrap();
+        leader_log.append(&b, 1, Ts::CreateTime, 0).unwrap();
+    }
+    let leader = test_leader(&leader_log, 1);
+    let addr = serve(leader.clone()).await;
+    let mut set = following(&follower_log, 1);
+    set[0].throttled = true;
+    let (_tx, rx) = watch::channel(set);
+    let rate = 128 * 1024;
+    let throttle = Arc::new(Throttle::new(rate, Default::default()));
+    let started = std::time::Instant::now();
+    tokio::spawn(follower::run(2, addr, rx, throttle.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while follower_log.log_end_offset() < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let fetched = throttle.fetched.get();
+    assert!(fetched >= 400 * 1024, "{fetched} bytes counted");
+    // The bucket starts with one second's worth; the rest comes at the
+    // rate (give or take one batch).
+    let earliest = (fetched as f64 - rate as f64 - 8192.0) / rate as f64;
+    assert!(
+        took >= earliest,
+        "{fetched} bytes in {took:.2} s at {rate} B/s"
+    );
     assert_eq!(contents(&follower_log), contents(&leader_log));
 }

@@ -95,9 +95,12 @@ fn node_env(s: &Settings, namespace: &str) -> Vec<Value> {
         ),
         val("SLUICE_METADATA", "kubernetes".into()),
         val("SLUICE_CLUSTER_NAME", s.cluster_name.clone()),
-        // minNodes, not the replica count: the pod template must not change
-        // when the cluster scales, or every node would be rolled.
-        val("SLUICE_EXPECTED_NODES", s.min_nodes.to_string()),
+        // Nothing here may depend on the node count: the template must not
+        // change when the cluster scales, or every node would be rolled.
+        val(
+            "SLUICE_REASSIGNMENT_THROTTLE",
+            s.reassignment_throttle_bytes_per_sec.to_string(),
+        ),
         val("SLUICE_DATA_DIR", "/var/lib/sluice".into()),
         val("SLUICE_LISTEN", format!("{host}:{}", s.kafka_port)),
         val("SLUICE_ADMIN_LISTEN", format!("{host}:{}", s.admin_port)),
@@ -450,7 +453,17 @@ mod tests {
             Some("$(POD_NAME).sluice-nodes.data.svc")
         );
         assert_eq!(get("SLUICE_LISTEN").as_deref(), Some("0.0.0.0:9092"));
-        assert_eq!(get("SLUICE_EXPECTED_NODES").as_deref(), Some("3"));
+        // Scaling changes the replica count only, never the template.
+        assert_eq!(get("SLUICE_EXPECTED_NODES"), None);
+        let five = statefulset(&s, "data", 5, &owner());
+        assert_eq!(
+            five.spec.as_ref().unwrap().template,
+            sts.spec.as_ref().unwrap().template
+        );
+        assert_eq!(
+            get("SLUICE_REASSIGNMENT_THROTTLE").as_deref(),
+            Some("67108864")
+        );
         let local = Settings {
             advertise: Advertise::PodIp,
             ..Settings::default()

@@ -61,6 +61,14 @@ pub struct Settings {
     /// How often every ConsumerGroup's status (state, members, lag) is
     /// read from the group's coordinator (ms), besides on spec changes.
     pub group_status_interval_ms: u64,
+    /// Most partitions moving at once when the cluster rebalances (scaling
+    /// up or down, a replication factor changed).
+    pub max_concurrent_moves: usize,
+    /// Bytes per second each node may fetch for replicas it is catching up
+    /// as a reassignment's new home (Kafka's
+    /// `follower.replication.throttled.rate`), so moves leave clients their
+    /// share of disk and network. 0: unthrottled.
+    pub reassignment_throttle_bytes_per_sec: u64,
 }
 
 impl Default for Settings {
@@ -88,6 +96,10 @@ impl Default for Settings {
             controller_lease_ms: 6_000,
             status_interval_ms: 2_000,
             group_status_interval_ms: 10_000,
+            max_concurrent_moves: 10,
+            // About half of a general-purpose cloud SSD's baseline (gp3:
+            // 125 MiB/s), the rest left to producers and consumers.
+            reassignment_throttle_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -153,6 +165,9 @@ impl Settings {
                 format!("{} is below minNodes ({})", self.max_nodes, self.min_nodes),
             );
         }
+        if self.max_concurrent_moves < 1 {
+            return bad("maxConcurrentMoves", "must be at least 1".into());
+        }
         if self.node_lease_ms < 1_000 || self.controller_lease_ms < 1_000 {
             return bad("nodeLeaseMs/controllerLeaseMs", "below 1000 ms".into());
         }
@@ -184,10 +199,22 @@ impl Settings {
         Ok(())
     }
 
-    /// The StatefulSet's replicas for the largest replication factor any
-    /// Topic asks for.
-    pub fn node_count(&self, largest_rf: i32) -> i32 {
-        self.min_nodes.max(largest_rf).min(self.max_nodes)
+    /// The StatefulSet's replicas when Topics need `needed` nodes (see
+    /// [`Settings::nodes_needed`]).
+    pub fn node_count(&self, needed: i32) -> i32 {
+        self.min_nodes.max(needed).min(self.max_nodes)
+    }
+
+    /// The nodes a topic needs: its replicas, and at least its
+    /// min.insync.replicas (its own, else the cluster default), or acks=all
+    /// could never succeed.
+    pub fn nodes_needed(&self, replication_factor: i32, configs: &BTreeMap<String, String>) -> i32 {
+        let min_insync = configs
+            .get("min.insync.replicas")
+            .or_else(|| self.topic_defaults.get("min.insync.replicas"))
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(1);
+        replication_factor.max(min_insync)
     }
 }
 
@@ -227,5 +254,10 @@ mod tests {
         assert_eq!(s.node_count(1), 3);
         assert_eq!(s.node_count(5), 5);
         assert_eq!(s.node_count(64), 9);
+        let none = BTreeMap::new();
+        assert_eq!(s.nodes_needed(3, &none), 3);
+        let four: BTreeMap<String, String> =
+            [("min.insync.replicas".to_string(), "4".to_string())].into();
+        assert_eq!(s.nodes_needed(3, &four), 4);
     }
 }

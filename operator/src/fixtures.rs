@@ -121,3 +121,15 @@ impl ApiServer {
 pub fn echo(seen: &Seen) -> Value {
     seen.body.clone()
 }
+
+/// A partition record with these replicas and ISR, led by the ISR's first.
+pub fn record(replicas: &[i32], isr: &[i32]) -> sluice_api::election::PartitionRecord {
+    sluice_api::election::PartitionRecord {
+        replicas: replicas.to_vec(),
+        isr: isr.to_vec(),
+        leader: isr.first().copied(),
+        leader_epoch: 0,
+        adding: vec![],
+        removing: vec![],
+    }
+}

@@ -7,7 +7,8 @@
 //! StatefulSet and its companions as [`cluster`] describes them, and writes
 //! each `Topic`'s status ([`status`]); it also looks after
 //! `ConsumerGroup`s ([`groups`], over the Kafka protocol: [`kafka`]) and
-//! rolls the nodes onto a new template one at a time ([`roll`]).
+//! rolls the nodes onto a new template one at a time ([`roll`]) and scales
+//! them, shrinking only once the nodes that go are drained ([`scale`]).
 //! Nothing here decides what a node decides for itself; the rules live in
 //! `sluice-api` and `sluice-coord`.
 
@@ -20,4 +21,5 @@ pub mod kafka;
 pub mod metrics;
 pub mod roll;
 pub mod run;
+pub mod scale;
 pub mod status;

@@ -101,6 +101,7 @@ pub fn next<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::record as rec;
 
     fn pod(ordinal: i32, revision: &str) -> Pod {
         Pod {
@@ -110,17 +111,6 @@ mod tests {
             ready: true,
             terminating: false,
             crash_looping: false,
-        }
-    }
-
-    fn rec(replicas: &[i32], isr: &[i32]) -> PartitionRecord {
-        PartitionRecord {
-            replicas: replicas.to_vec(),
-            isr: isr.to_vec(),
-            leader: isr.first().copied(),
-            leader_epoch: 0,
-            adding: vec![],
-            removing: vec![],
         }
     }
 

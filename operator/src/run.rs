@@ -3,7 +3,7 @@
 //! Topic's status current. Each loop backs off on errors and goes on; none
 //! ends the process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::config::Settings;
 use crate::groups;
 use crate::metrics::Metrics;
 use crate::roll;
+use crate::scale;
 use crate::status::{self, Observed};
 
 pub struct Operator {
@@ -91,9 +92,14 @@ impl Operator {
         elector::while_leading(rx, move || {
             let me = me.clone();
             async move {
+                // The member nodes, decided by the node loop, steer the
+                // controller's balancing and draining.
+                let (members_tx, members_rx) = watch::channel(BTreeSet::new());
+                let mut config = me.controller_config();
+                config.members = Some(members_rx);
                 tokio::join!(
-                    controller::run(me.coord.clone(), me.controller_config()),
-                    me.clone().nodes_loop(),
+                    controller::run(me.coord.clone(), config),
+                    me.clone().nodes_loop(members_tx),
                     me.clone().status_loop(),
                     me.clone().groups_loop(),
                 );
@@ -109,12 +115,15 @@ impl Operator {
             offsets_replication_factor: 3,
             lease_duration_ms: self.settings.node_lease_ms,
             preferred_leader_interval_ms: 300_000,
+            max_concurrent_moves: self.settings.max_concurrent_moves,
+            members: None,
         }
     }
 
-    /// Keeps the node cluster applied at the size the Topics ask for, and
+    /// Keeps the node cluster applied at the size the Topics ask for
+    /// (shrinking only once the nodes that go are drained: [`scale`]), and
     /// rolls the nodes onto a new template one at a time ([`roll`]).
-    async fn nodes_loop(self: Arc<Self>) {
+    async fn nodes_loop(self: Arc<Self>, members: watch::Sender<BTreeSet<i32>>) {
         let owner = match ensure_owner(&self.client, &self.namespace, &self.settings).await {
             Ok(cm) => cluster::owner_of(&cm),
             Err(e) => {
@@ -127,21 +136,44 @@ impl Operator {
         let mut changes = self.coord.changes();
         let mut applied: Option<(i32, Option<String>, Instant)> = None;
         let mut waiting: Option<String> = None;
+        let mut draining: Option<String> = None;
+        let mut refused: Option<String> = None;
         let mut backoff = Duration::from_secs(1);
         loop {
             changes.borrow_and_update();
-            let largest = match self.coord.topics().await {
-                Ok(ts) => ts
-                    .iter()
-                    .map(|t| i32::from(t.value.replication_factor))
-                    .max()
-                    .unwrap_or(1),
+            let (target, holding) = match self.coord.topics().await {
+                Ok(ts) => self.target_size(&ts),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading topics failed");
-                    1
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    continue;
                 }
             };
-            let replicas = self.settings.node_count(largest);
+            if let Some(why) = holding {
+                if refused.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(%why, "scale-down refused");
+                    self.event_on_owner(
+                        &owner,
+                        EventType::Warning,
+                        "ScaleDownRefused",
+                        why.clone(),
+                    )
+                    .await;
+                    refused = Some(why);
+                }
+            } else {
+                refused = None;
+            }
+            members.send_if_modified(|m| {
+                let want: BTreeSet<i32> = (0..target).collect();
+                let changed = *m != want;
+                if changed {
+                    tracing::info!(nodes = target, "member nodes");
+                    *m = want;
+                }
+                changed
+            });
             let current = match sts_api.get_opt(&names.statefulset()).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -157,6 +189,50 @@ impl Operator {
                 .as_ref()
                 .and_then(|s| s.metadata.annotations.as_ref())
                 .and_then(|a| a.get(cluster::RESTART).cloned());
+            let size = match self.scale_decision(current.as_ref(), target).await {
+                Some(size) => size,
+                None => {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            let replicas = match size {
+                scale::Size::Apply(n) => {
+                    let shrinking = current
+                        .as_ref()
+                        .and_then(|s| s.spec.as_ref())
+                        .and_then(|s| s.replicas)
+                        .is_some_and(|c| c > n);
+                    if draining.take().is_some() && shrinking {
+                        self.event_on_owner(
+                            &owner,
+                            EventType::Normal,
+                            "Drained",
+                            format!("nodes {n} and above hold no replicas; the StatefulSet shrinks to {n}"),
+                        )
+                        .await;
+                    }
+                    n
+                }
+                scale::Size::Hold {
+                    current,
+                    draining: kind,
+                    why,
+                } => {
+                    // One event per stage (draining, then catching up), not
+                    // one per changed count.
+                    let stage = if kind { "draining" } else { "syncing" };
+                    if draining.as_deref() != Some(stage) {
+                        tracing::info!(%why, "scale-down waiting");
+                        self.event_on_owner(&owner, EventType::Normal, "Draining", why)
+                            .await;
+                        draining = Some(stage.to_string());
+                    } else {
+                        tracing::debug!(%why, "scale-down waiting");
+                    }
+                    current
+                }
+            };
             // Apply on a change of size or restart stamp, and every minute
             // to undo drift.
             let due = applied.as_ref().is_none_or(|(n, r, at)| {
@@ -181,6 +257,7 @@ impl Operator {
                             tracing::info!(replicas, "node cluster applied");
                             self.event_on_owner(
                                 &owner,
+                                EventType::Normal,
                                 "Applied",
                                 format!("node cluster applied with {replicas} nodes"),
                             )
@@ -201,8 +278,71 @@ impl Operator {
                 Some(sts) => self.roll_step(&sts, &owner, &mut waiting).await,
                 None => false,
             };
-            let pause = if rolling { 1 } else { 5 };
+            let pause = if rolling || draining.is_some() { 1 } else { 5 };
             let _ = tokio::time::timeout(Duration::from_secs(pause), changes.changed()).await;
+        }
+    }
+
+    /// The node count the Topics need within minNodes..maxNodes, and why
+    /// it is above minNodes when a Topic holds it there (a scale-down
+    /// below what a topic needs is refused).
+    fn target_size(
+        &self,
+        topics: &[sluice_coord::Versioned<sluice_coord::TopicSpec>],
+    ) -> (i32, Option<String>) {
+        let mut needs: Vec<(i32, &str)> = topics
+            .iter()
+            .filter(|t| !t.value.deleting)
+            // A topic with more replicas than maxNodes is refused (a
+            // Degraded condition) and grows nothing; one whose
+            // min.insync.replicas is above maxNodes holds maxNodes.
+            .filter(|t| i32::from(t.value.replication_factor) <= self.settings.max_nodes)
+            .map(|t| {
+                let n = self
+                    .settings
+                    .nodes_needed(i32::from(t.value.replication_factor), &t.value.configs);
+                (n.min(self.settings.max_nodes), t.value.name.as_str())
+            })
+            .collect();
+        needs.sort_by_key(|(n, name)| (std::cmp::Reverse(*n), *name));
+        let needed = needs.first().map_or(1, |(n, _)| *n);
+        let target = self.settings.node_count(needed);
+        let holding = (needed > self.settings.min_nodes).then(|| {
+            let names: Vec<&str> = needs
+                .iter()
+                .filter(|(n, _)| *n > self.settings.min_nodes)
+                .map(|(_, name)| *name)
+                .take(5)
+                .collect();
+            format!(
+                "minNodes is {} but topics need {needed} nodes (replicationFactor or min.insync.replicas): {}; the cluster keeps {target} nodes",
+                self.settings.min_nodes,
+                names.join(", ")
+            )
+        });
+        (target, holding)
+    }
+
+    /// How big the StatefulSet may be now ([`scale::decide`]); `None` when
+    /// the metadata cannot be read.
+    async fn scale_decision(&self, sts: Option<&StatefulSet>, target: i32) -> Option<scale::Size> {
+        let current = sts.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas);
+        if current.is_none_or(|c| c <= target) {
+            return Some(scale::Size::Apply(target));
+        }
+        match View::read(self.coord.as_ref()).await {
+            Ok(view) => {
+                let records = view.records.iter().flat_map(|(t, rs)| {
+                    rs.iter().enumerate().filter_map(move |(i, r)| {
+                        r.as_ref().map(|r| (t.as_str(), i as i32, &r.value))
+                    })
+                });
+                Some(scale::decide(current, target, records))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the metadata failed");
+                None
+            }
         }
     }
 
@@ -288,6 +428,7 @@ impl Operator {
                 if waiting.take().is_some() {
                     self.event_on_owner(
                         owner,
+                        EventType::Normal,
                         "RollCompleted",
                         format!("every node runs revision {update}"),
                     )
@@ -298,7 +439,8 @@ impl Operator {
             roll::Step::Wait(why) => {
                 if waiting.as_deref() != Some(why.as_str()) {
                     tracing::info!(%why, "roll waiting");
-                    self.event_on_owner(owner, "RollWaiting", why.clone()).await;
+                    self.event_on_owner(owner, EventType::Normal, "RollWaiting", why.clone())
+                        .await;
                     *waiting = Some(why);
                 }
                 true
@@ -309,7 +451,7 @@ impl Operator {
                     Ok(_) => {
                         self.event_on_owner(
                             owner,
-                            "Restarting",
+                            EventType::Normal, "Restarting",
                             format!("{pod} restarts onto revision {update} (its leaderships move first)"),
                         )
                         .await;
@@ -325,6 +467,7 @@ impl Operator {
     async fn event_on_owner(
         &self,
         owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+        type_: EventType,
         reason: &str,
         note: String,
     ) {
@@ -337,7 +480,7 @@ impl Operator {
             ..Default::default()
         };
         let ev = Event {
-            type_: EventType::Normal,
+            type_,
             reason: reason.into(),
             note: Some(note),
             action: reason.into(),

@@ -1,7 +1,9 @@
 //! A `Topic`'s status as a pure function of the object, the cluster's
 //! metadata and the settings: where each partition lives and who leads it,
 //! and the conditions Ready (every partition led, its ISR full), Reassigning
-//! (replicas moving) and Degraded (what is wrong, in words). The spec is
+//! (replicas moving, with counts), HoldsNodes (the topic needs more nodes
+//! than minNodes, so a scale-down below them is refused) and Degraded (what
+//! is wrong, in words). The spec is
 //! never changed to match: a refused change (fewer partitions, more
 //! replicas than nodes may exist, an unknown config) is a condition, and
 //! Kafka keeps the topic as it was.
@@ -171,7 +173,9 @@ pub fn topic_status(
                 .then(|| format!("{i}: adding {:?}, removing {:?}", r.adding, r.removing))
         })
         .collect();
+    let total = seen.records.iter().flatten().count();
     let problems = spec_problems(t, seen, s);
+    let needed = s.nodes_needed(t.spec.replication_factor, &t.spec.config);
     let mut conditions = vec![
         condition("Ready", ready, reason, message, generation),
         if moving.is_empty() {
@@ -187,7 +191,36 @@ pub fn topic_status(
                 "Reassigning",
                 true,
                 "ReplicasMoving",
-                moving.join("; "),
+                format!(
+                    "{} of {total} partitions moving: {}",
+                    moving.len(),
+                    moving.join("; ")
+                ),
+                generation,
+            )
+        },
+        // A scale-down below what this topic needs is refused: the cluster
+        // keeps enough nodes for it.
+        if needed > s.min_nodes {
+            condition(
+                "HoldsNodes",
+                true,
+                "ScaleDownRefused",
+                format!(
+                    "minNodes is {} but this topic needs {needed} nodes (replicationFactor {}, \
+                     min.insync.replicas included): the cluster keeps {} nodes",
+                    s.min_nodes,
+                    t.spec.replication_factor,
+                    s.node_count(needed)
+                ),
+                generation,
+            )
+        } else {
+            condition(
+                "HoldsNodes",
+                false,
+                "WithinMinNodes",
+                format!("needs {needed} nodes, within minNodes ({})", s.min_nodes),
                 generation,
             )
         },

@@ -14,7 +14,10 @@ acknowledged record present once; another leader hangs (SIGSTOP) and is
 replaced when its lease lapses; a restart rolls every node one at a time,
 waiting while a node is out of the ISR; the active operator is killed and the
 standby leads; a consumer group's members, lag and an offset reset show
-in its ConsumerGroup object.
+in its ConsumerGroup object; the cluster scales 3 -> 5 -> 3 under load (a
+fair share moves onto the new nodes; replicas drain before the StatefulSet
+shrinks); a template change rolls every node under load; a scale-down below
+a topic's replication factor is refused.
 """
 import json
 import os
@@ -68,19 +71,33 @@ class Env:
     def get(self, *args):
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
-    def start_operator(self, name):
+    def start_operator(self, name, *settings):
+        """Starts an operator replica; `settings` (`key=value`) override
+        the defaults below, as a changed settings file would."""
+        base = {"advertise": "podIp", "minNodes": "3", "maxNodes": "5",
+                "controllerLeaseMs": "3000", "statusIntervalMs": "1000",
+                "rackTopologyKey": "topology.kubernetes.io/zone",
+                "groupStatusIntervalMs": "2000"}
+        base.update(dict(s.split("=", 1) for s in settings))
+        sets = [a for k, v in base.items() for a in ("--set", f"{k}={v}")]
         proc = subprocess.Popen(
             [OPERATOR, "--kubeconfig", self.kubeconfig, "--namespace", "default",
-             "--identity", name, "--metrics-listen", "127.0.0.1:0",
-             "--set", "advertise=podIp", "--set", "minNodes=3", "--set", "maxNodes=5",
-             "--set", "controllerLeaseMs=3000", "--set", "statusIntervalMs=1000",
-             "--set", "rackTopologyKey=topology.kubernetes.io/zone",
-             "--set", "groupStatusIntervalMs=2000"],
+             "--identity", name, "--metrics-listen", "127.0.0.1:0", *sets],
             stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, f"{name}.log"), "w"),
             text=True, env={**os.environ, "RUST_LOG": "info,kube=warn"})
         read_ready(proc, "sluice-operator ready ")
         self.operators[name] = proc
         return proc
+
+    def replace_operators(self, name, *settings):
+        """What `helm upgrade` with new settings does: a new replica starts,
+        the old ones stop, and the new one leads."""
+        self.start_operator(name, *settings)
+        for n, p in list(self.operators.items()):
+            if n != name and p.poll() is None:
+                p.terminate()
+                p.wait(30)
+        wait_for(lambda: self.leader() == name or None, timeout=30)
 
     def leader(self):
         lease = self.get("lease", "sluice-controller")
@@ -273,8 +290,10 @@ class Load:
 
     def __init__(self, bootstrap, topic, partition):
         self.acked, self.lock, self.halt = [], threading.Lock(), threading.Event()
+        self.failed = []
         self.topic, self.partition = topic, partition
-        self.thread = threading.Thread(target=self.run, args=(bootstrap,))
+        # A daemon: a failed test does not leave the run hanging on it.
+        self.thread = threading.Thread(target=self.run, args=(bootstrap,), daemon=True)
         self.thread.start()
 
     def run(self, bootstrap):
@@ -285,9 +304,11 @@ class Load:
             sent = time.monotonic()
 
             def done(err, msg, sent=sent):
-                if err is None:
-                    with self.lock:
+                with self.lock:
+                    if err is None:
                         self.acked.append((time.monotonic(), sent, msg.offset(), msg.value()))
+                    else:
+                        self.failed.append((time.monotonic(), str(err)))
             try:
                 p.produce(self.topic, value=b"p%d-%d" % (self.partition, i),
                           partition=self.partition, on_delivery=done)
@@ -517,6 +538,27 @@ def events_on_owner(env, reason):
     return sorted(mine, key=lambda e: e.get("eventTime") or "")
 
 
+def wait_rolled(env, uids, old_revision=None):
+    """Waits until every node pod was replaced (its uid is not in `uids`)
+    and runs the StatefulSet's update revision, Ready; returns the order
+    the pods were replaced in."""
+    order = []
+
+    def rolled():
+        pods = node_pods(env)
+        for n, p in sorted(pods.items()):
+            if p["metadata"]["uid"] != uids.get(n) and n not in order:
+                order.append(n)
+        new = env.get("statefulset", "sluice-node")["status"]["updateRevision"]
+        return new != old_revision and len(pods) == 3 and all(
+            p["metadata"]["uid"] != uids.get(n)
+            and p["metadata"]["labels"].get("controller-revision-hash") == new
+            and condition(p, "Ready") and condition(p, "Ready")["status"] == "True"
+            for n, p in pods.items()) or None
+    wait_for(rolled, timeout=240)
+    return order
+
+
 def test_a_restart_rolls_every_node_one_at_a_time_never_below_the_isr(env):
     """`sluice.dev/restart` on the StatefulSet rolls every node under an
     acks=all load: not while a node is out of the ISR, then one at a
@@ -541,22 +583,8 @@ def test_a_restart_rolls_every_node_one_at_a_time_never_below_the_isr(env):
         print(f"operator: roll waits: {waited[-1].get('note')}")
     finally:
         os.kill(pid, signal.SIGCONT)
-    # Then every node restarts, one at a time: the order pods are replaced in.
-    order = []
-
-    def rolled():
-        pods = node_pods(env)
-        for n, p in sorted(pods.items()):
-            if p["metadata"]["uid"] != uids.get(n) and n not in order:
-                order.append(n)
-        sts = env.get("statefulset", "sluice-node")
-        done = len(pods) == 3 and all(
-            p["metadata"]["uid"] != uids.get(n) and
-            p["metadata"]["labels"].get("controller-revision-hash") == sts["status"]["updateRevision"]
-            and condition(p, "Ready") and condition(p, "Ready")["status"] == "True"
-            for n, p in pods.items())
-        return done or None
-    wait_for(rolled, timeout=240)
+    # Then every node restarts, one at a time.
+    order = wait_rolled(env, uids)
     wait_for(lambda: ready(env, "orders"), timeout=60)
     took = time.monotonic() - started
     assert order == ["sluice-node-2", "sluice-node-1", "sluice-node-0"], order
@@ -591,3 +619,168 @@ def test_the_standby_operator_leads_when_the_active_one_dies(env):
     # And it reconciles: a new Topic becomes Ready under it.
     env.kubectl("apply", "-f", "-", stdin=topic_yaml("after-failover", 3, 3))
     wait_for(lambda: ready(env, "after-failover"), timeout=60)
+
+
+def metric(pod, name):
+    """The sum of a metric's samples on a node pod."""
+    total = 0.0
+    for line in metrics_of(pod).splitlines():
+        if line.startswith(name) and line.split("{")[0].split(" ")[0] == name:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def replica_map(bootstrap):
+    """Every partition's (replicas, ISR), internal topics included, as a
+    Kafka client's Metadata shows them."""
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    return {(t, p): (sorted(pm.replicas), sorted(pm.isrs))
+            for t, tm in md.topics.items() for p, pm in tm.partitions.items()}
+
+
+def statefulset_at(env, n):
+    def check():
+        sts = env.get("statefulset", "sluice-node")
+        pods = node_pods(env)
+        return sts if sts["spec"]["replicas"] == n and \
+            sts.get("status", {}).get("readyReplicas") == n and len(pods) == n else None
+    return wait_for(check, timeout=180)
+
+
+def zones_of(env):
+    """Each node's zone (its rack), by ordinal."""
+    zone = {n["metadata"]["name"]: n["metadata"]["labels"]["topology.kubernetes.io/zone"]
+            for n in env.get("nodes")["items"]}
+    return {int(name.rsplit("-", 1)[1]): zone[p["spec"]["nodeName"]]
+            for name, p in node_pods(env).items()}
+
+
+def balanced_over(env, nodes):
+    """Every partition whole on `nodes`, and each topic's replicas spread
+    evenly over the nodes of each zone (placement keeps one replica per
+    zone where it can, so a zone with one node holds more); the map when
+    so."""
+    zones = zones_of(env)
+
+    def check():
+        try:
+            m = replica_map(env.bootstrap())
+        except Exception:
+            return None
+        per_topic = {}
+        for (t, _), (replicas, isr) in m.items():
+            if replicas != isr or not set(replicas) <= set(nodes):
+                return None
+            load = per_topic.setdefault(t, {n: 0 for n in nodes})
+            for r in replicas:
+                load[r] += 1
+        for load in per_topic.values():
+            for z in set(zones[n] for n in nodes):
+                in_zone = [load[n] for n in nodes if zones[n] == z]
+                if max(in_zone) - min(in_zone) > 1:
+                    return None
+        return m
+    return wait_for(check, timeout=240, interval=0.5)
+
+
+def test_scaling_3_to_5_to_3_moves_only_a_fair_share_and_drains_before_shrinking(env):
+    """minNodes 3 -> 5 -> 3 (as `helm upgrade` changes it) under idempotent
+    acks=all loads on an RF=3, min.insync.replicas=2 topic: the new nodes
+    get their fair share and no more; going back, replicas leave nodes 3-4
+    before the StatefulSet shrinks; no record fails, every acknowledged one
+    is there once."""
+    env.kubectl("apply", "-f", "-", stdin=topic_yaml(
+        "scale", 6, 3, "  config:\n    min.insync.replicas: \"2\"\n"))
+    wait_for(lambda: ready(env, "scale"), timeout=60)
+    statefulset_at(env, 3)
+    loads = [Load(env.bootstrap(), "scale", p) for p in range(3)]
+    wait_for(lambda: all(len(l.acked) > 2000 for l in loads) or None, timeout=60)
+    before = balanced_over(env, [0, 1, 2])
+
+    started = time.monotonic()
+    env.replace_operators("op-c", "minNodes=5")
+    statefulset_at(env, 5)
+    after = balanced_over(env, [0, 1, 2, 3, 4])
+    up = time.monotonic() - started
+    moved = sum(len(set(after[k][0]) - set(before[k][0])) for k in before)
+    # Each move lands on a new node, and the new nodes end with their share
+    # of their zone (balanced_over): the fewest moves that balance it.
+    landed = sum(len(set(after[k][0]) - set(before[k][0]) - {3, 4}) for k in before)
+    on_new = sum(1 for k in after for r in after[k][0] if r in (3, 4))
+    pods = node_pods(env)
+    fetched = sum(metric(pods[f"sluice-node-{n}"], "sluice_reassignment_fetched_bytes_total")
+                  for n in (3, 4))
+    held = sum(metric(pods[f"sluice-node-{n}"], "sluice_log_size_bytes") for n in range(5))
+    print(f"operator: scale 3 -> 5 settled in {up:.1f} s: {moved} of "
+          f"{sum(len(r) for r, _ in after.values())} replicas moved, all onto the new nodes "
+          f"(their share of their zones); they fetched {fetched / 2**20:.1f} MiB under the "
+          f"throttle, of {held / 2**20:.1f} MiB of replicas on the five nodes "
+          f"(zones {zones_of(env)})")
+    assert landed == 0 and moved == on_new, (landed, moved, on_new)
+    assert fetched > 0
+
+    started = time.monotonic()
+    env.replace_operators("op-d", "minNodes=3")
+    draining = wait_for(lambda: events_on_owner(env, "Draining") or None, timeout=60)
+    statefulset_at(env, 3)
+    down = time.monotonic() - started
+    drained = events_on_owner(env, "Drained")
+    assert drained, "the StatefulSet shrank without the drain finishing"
+    final = balanced_over(env, [0, 1, 2])
+    assert all(set(r) <= {0, 1, 2} for r, _ in final.values())
+    for l in loads:
+        l.stop()
+    print(f"operator: scale 5 -> 3 in {down:.1f} s (waited: {draining[0].get('note')})")
+    acks = sorted(a[0] for l in loads for a in l.acked if a[0] >= started - up)
+    stall = max(b - a for a, b in zip(acks, acks[1:]))
+    print(f"operator: longest gap between acks while scaling {stall:.2f} s")
+    for l in loads:
+        assert not l.failed, l.failed[:5]
+        l.verify(env.bootstrap())
+    # The PVCs of nodes 3 and 4 stay (StatefulSets keep them), holding
+    # nothing any partition needs: every replica is on nodes 0-2.
+    pvcs = [c["metadata"]["name"] for c in env.get("pvc")["items"]]
+    print(f"operator: PVCs kept after the scale-down: {sorted(pvcs)}")
+
+
+def test_a_template_change_rolls_every_node_under_load(env):
+    """New container resources (a template change, as `helm upgrade` makes
+    one) roll every node one at a time under an acks=all load."""
+    statefulset_at(env, 3)
+    wait_for(lambda: ready(env, "scale"), timeout=60)
+    uids = {n: p["metadata"]["uid"] for n, p in node_pods(env).items()}
+    revision = env.get("statefulset", "sluice-node")["status"]["updateRevision"]
+    load = Load(env.bootstrap(), "scale", 3)
+    wait_for(lambda: len(load.acked) > 500 or None, timeout=30)
+    started = time.monotonic()
+    env.replace_operators("op-e", "requests={cpu: 50m}")
+    order = wait_rolled(env, uids, revision)
+    wait_for(lambda: ready(env, "scale"), timeout=60)
+    took = time.monotonic() - started
+    assert order == ["sluice-node-2", "sluice-node-1", "sluice-node-0"], order
+    pod = node_pods(env)["sluice-node-0"]
+    assert pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "50m"
+    wait_for(lambda: len([a for a in load.acked if a[1] > started + took]) > 100 or None,
+             timeout=30)
+    load.stop()
+    acks = sorted(a[0] for a in load.acked if started <= a[0])
+    stall = max(b - a for a, b in zip(acks, acks[1:]))
+    print(f"operator: template change rolled 3 nodes under an acks=all load in {took:.1f} s; "
+          f"longest gap between acks {stall:.2f} s")
+    assert not load.failed, load.failed[:5]
+    load.verify(env.bootstrap())
+
+
+def test_a_scale_down_below_a_replication_factor_is_refused(env):
+    """minNodes 2 with RF=3 topics: the cluster keeps three nodes, untouched,
+    and says why on the topics and in an event."""
+    uids = {n: p["metadata"]["uid"] for n, p in node_pods(env).items()}
+    env.replace_operators("op-f", "minNodes=2", "requests={cpu: 50m}")
+    ev = wait_for(lambda: events_on_owner(env, "ScaleDownRefused") or None, timeout=60)
+    assert "minNodes is 2" in ev[-1]["note"] and "scale" in ev[-1]["note"], ev[-1]
+    t = wait_for(lambda: (lambda t: t if (condition(t, "HoldsNodes") or {}).get("status") == "True"
+                          else None)(env.get("topic", "scale")), timeout=60)
+    print(f"operator: scale-down refused: {condition(t, 'HoldsNodes')['message']}")
+    sts = env.get("statefulset", "sluice-node")
+    assert sts["spec"]["replicas"] == 3
+    assert {n: p["metadata"]["uid"] for n, p in node_pods(env).items()} == uids

@@ -27,6 +27,7 @@ use crate::coord::{CoordError, NodeInfo, PartitionKey, PartitionRecord, View};
 use crate::group::Coordinator;
 use crate::log::PartitionLog;
 use crate::replication::replica::{IsrChange, Role};
+use crate::replication::throttle::Throttle;
 use crate::replication::{follower, FetchError, Following, LeaderLogs};
 
 /// Renews this node's lease forever. Each success extends how long the node
@@ -98,12 +99,19 @@ pub async fn hand_over(broker: &Broker, within: Duration) -> usize {
 }
 
 /// The follower fetch sessions of this node, one per leader node.
-#[derive(Default)]
 pub struct Fetchers {
     sessions: HashMap<(i32, String), watch::Sender<Vec<Following>>>,
+    throttle: Arc<Throttle>,
 }
 
 impl Fetchers {
+    pub fn new(throttle: Throttle) -> Fetchers {
+        Fetchers {
+            sessions: HashMap::new(),
+            throttle: Arc::new(throttle),
+        }
+    }
+
     /// Points sessions at the leaders of the partitions this node follows:
     /// starts sessions for new leaders, updates the partitions of existing
     /// ones, and ends sessions nobody needs (dropping the sender ends them).
@@ -118,6 +126,12 @@ impl Fetchers {
                 let Some(node) = view.node(leader) else {
                     continue;
                 };
+                let me = broker.node_id();
+                // Only while catching up: once in the ISR a replica holds
+                // back acks=all and the high watermark if it waits.
+                let throttled = view
+                    .record(&t.record.name, i as i32)
+                    .is_some_and(|r| r.value.adding.contains(&me) && !r.value.isr.contains(&me));
                 want.entry((leader, node.info.replication_addr.clone()))
                     .or_default()
                     .push(Following {
@@ -126,6 +140,7 @@ impl Fetchers {
                         leader_epoch: epoch,
                         log: p.log.clone(),
                         replica: Some(p.replica.clone()),
+                        throttled,
                     });
             }
         }
@@ -144,7 +159,12 @@ impl Fetchers {
                 None => {
                     tracing::info!(leader = key.0, addr = %key.1, partitions = set.len(), "following a leader");
                     let (tx, rx) = watch::channel(set);
-                    tokio::spawn(follower::run(broker.node_id(), key.1.clone(), rx));
+                    tokio::spawn(follower::run(
+                        broker.node_id(),
+                        key.1.clone(),
+                        rx,
+                        self.throttle.clone(),
+                    ));
                     self.sessions.insert(key, tx);
                 }
             }

@@ -1,12 +1,14 @@
 //! The follower side: one fetch session against one leader node.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{FetchError, FetchRequest, PartitionData, PartitionFetch};
+use super::throttle::Throttle;
 use super::Following;
 
 /// How long a leader may hold a fetch with nothing new.
@@ -19,13 +21,14 @@ pub async fn run(
     follower_id: i32,
     leader_addr: String,
     mut following: watch::Receiver<Vec<Following>>,
+    throttle: Arc<Throttle>,
 ) {
     let endpoint = format!("http://{leader_addr}");
     loop {
         if following.has_changed().is_err() {
             return;
         }
-        match session(follower_id, &endpoint, &mut following).await {
+        match session(follower_id, &endpoint, &mut following, &throttle).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(leader = %leader_addr, error = %e, "replication session ended; retrying");
@@ -40,6 +43,7 @@ async fn session(
     follower_id: i32,
     endpoint: &str,
     following: &mut watch::Receiver<Vec<Following>>,
+    throttle: &Throttle,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
         .tcp_nodelay(true)
@@ -60,11 +64,28 @@ async fn session(
             }
             continue;
         }
+        // Replicas a reassignment is adding share the node's throttle; with
+        // too little in its bucket they sit this fetch out.
+        let allowance = throttle.allowance(Instant::now());
+        let throttled = set.iter().filter(|f| f.throttled).count();
+        let share = allowance.map(|a| (a / throttled.max(1)).max(1));
+        let fetched: Vec<&Following> = set
+            .iter()
+            .filter(|f| !f.throttled || allowance.is_none_or(|a| a >= throttle.useful()))
+            .collect();
+        if fetched.is_empty() {
+            let wait = throttle.until_refilled(Instant::now());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = following.changed() => {}
+            }
+            continue;
+        }
         let req = FetchRequest {
             follower_id,
             max_wait_ms: MAX_WAIT_MS,
             max_bytes: MAX_BYTES,
-            partitions: set
+            partitions: fetched
                 .iter()
                 .map(|f| PartitionFetch {
                     topic: f.topic.clone(),
@@ -72,6 +93,10 @@ async fn session(
                     leader_epoch: f.leader_epoch,
                     fetch_offset: f.log.log_end_offset(),
                     last_fetched_epoch: f.log.latest_epoch(),
+                    max_bytes: match (f.throttled, share) {
+                        (true, Some(n)) => n.min(u32::MAX as usize) as u32,
+                        _ => 0,
+                    },
                 })
                 .collect(),
         };
@@ -79,6 +104,19 @@ async fn session(
         let Some(resp) = responses.message().await? else {
             return Err("leader closed the session".into());
         };
+        let throttled_bytes: usize = resp
+            .partitions
+            .iter()
+            .filter(|d| {
+                fetched
+                    .iter()
+                    .any(|f| f.throttled && f.topic == d.topic && f.partition == d.partition)
+            })
+            .map(|d| d.records.len())
+            .sum();
+        if throttled_bytes > 0 {
+            throttle.spent(throttled_bytes, Instant::now());
+        }
         let mut refused = true;
         for d in resp.partitions {
             if let Some(f) = set

@@ -67,7 +67,13 @@ fn answer(
     // Followers read up to the log end, not the high watermark.
     // One byte budget for the whole response; only the first partition with
     // data may exceed it, by one batch, so a follower always progresses.
-    match log.read(pf.fetch_offset, *budget, end, first) {
+    // A throttled partition's own limit; it too gets one whole batch while
+    // the response has room, or a small limit would starve it.
+    let (limit, first) = match pf.max_bytes {
+        0 => (*budget, first),
+        n => ((*budget).min(n as usize), first || *budget > 0),
+    };
+    match log.read(pf.fetch_offset, limit, end, first) {
         Ok(r) => {
             let has_data = r.batches > 0;
             *budget = budget.saturating_sub(r.records.len());

@@ -8,7 +8,9 @@
 //!   appending what it receives, truncating where the leader says its log
 //!   diverged, and taking the high watermark the leader reports;
 //! - [`replica`]: one partition's role on this node and, while it leads, its
-//!   followers' progress, the ISR and the high watermark.
+//!   followers' progress, the ISR and the high watermark;
+//! - [`throttle`]: the byte rate for replicas catching up as a
+//!   reassignment's new home.
 //!
 //! Neither side decides who leads: they are told, through the traits here,
 //! by whoever reads the cluster metadata.
@@ -16,6 +18,7 @@
 pub mod follower;
 pub mod leader;
 pub mod replica;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -59,6 +62,9 @@ pub struct Following {
     /// The replica's role on this node, when there is one: answers arriving
     /// after it stopped following this leader epoch are dropped.
     pub replica: Option<Arc<replica::Replica>>,
+    /// A reassignment is adding this replica: its fetches go through the
+    /// node's [`throttle::Throttle`].
+    pub throttled: bool,
 }
 
 impl Following {
