@@ -415,6 +415,18 @@ fn elect_leaders_moves_leadership_back_and_elects_uncleanly() {
     );
     let other = (0..3).find(|n| *n != preferred as usize).unwrap();
     let mut co = cluster.client(other);
+    // That node knows the partition too (it applies the metadata on its own).
+    wait_for(Duration::from_secs(20), || {
+        let req = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(tn("e"))),
+        ]));
+        let r = co.send(&req, 12);
+        r.topics[0]
+            .partitions
+            .first()
+            .is_some_and(|p| p.isr_nodes.len() == 3)
+            .then_some(())
+    });
     // Leading already: nothing to do.
     for v in 0..=2 {
         assert_eq!(
