@@ -185,6 +185,10 @@ fn spawn(
     (child, kafka.unwrap(), admin.unwrap())
 }
 
+/// Multi-node clusters run one at a time in a test process: several at
+/// once on a small machine turn lease and ISR timings into races.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `sluice dev --nodes N` on ephemeral loopback ports, with its stdin
 /// control (`stop I`, `start I`, `stats`).
 pub struct Cluster {
@@ -194,10 +198,15 @@ pub struct Cluster {
     pub kafka: Vec<SocketAddr>,
     pub admin: Vec<SocketAddr>,
     pub data_dir: PathBuf,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     pub fn start(data_dir: &Path, nodes: usize, extra: &[&str]) -> Cluster {
+        // A test that failed (and poisoned the lock) does not stop the rest.
+        let turn = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("dev")
             .args(["--nodes", &nodes.to_string()])
@@ -243,6 +252,7 @@ impl Cluster {
             stdin,
             lines: rx,
             data_dir: data_dir.to_path_buf(),
+            _turn: turn,
         }
     }
 
