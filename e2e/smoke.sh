@@ -17,7 +17,7 @@ KUBECONFIG=$(echo "$OUT" | sed -n 's/^KUBECONFIG=//p')
 BOOTSTRAP=$(echo "$OUT" | sed -n 's/^BOOTSTRAP=//p')
 export KUBECONFIG
 
-kubectl apply -f "$ROOT/e2e/examples/topic.yaml"
+kubectl apply -f "$ROOT/examples/topic.yaml"
 status=""
 for _ in $(seq 300); do
   status=$(kubectl get topic hello -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')

@@ -22,7 +22,10 @@ if [ -f "$STATE/localkube.pid" ] && kill -0 "$(cat "$STATE/localkube.pid")" 2>/d
   echo "already running (state in $STATE); bash e2e/down.sh stops it" >&2
   exit 1
 fi
-command -v kubectl >/dev/null || export PATH="$(bash "$ROOT/scripts/ensure-kube-tools.sh"):$PATH"
+if ! command -v kubectl > /dev/null; then
+  PATH="$(bash "$ROOT/scripts/ensure-kube-tools.sh"):$PATH"
+  export PATH
+fi
 
 # SLUICE_BIN_DIR: binaries built already (the tests pass the ones `cargo
 # test` built), else build them. The whole workspace, so the build shares

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -77,6 +77,33 @@ pub struct Kubernetes {
     /// The resource version of each node lease this process last wrote,
     /// so a renewal is one write and no read.
     renewed: Mutex<BTreeMap<i32, String>>,
+    /// The owner of the Leases that belong to the running cluster (node
+    /// leases, broker configs, locks): the operator's ConfigMap, so they go
+    /// with it (`helm uninstall`). Partition Leases are the topics'
+    /// metadata and stay with the data.
+    owner: Option<OwnerReference>,
+}
+
+/// The owner reference of a ConfigMap (`name`, `uid`), as Leases carry it.
+pub fn configmap_owner(name: &str, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: name.into(),
+        uid: uid.into(),
+        controller: None,
+        block_owner_deletion: None,
+    }
+}
+
+/// A ConfigMap owner written as `<name>/<uid>` (`SLUICE_LEASE_OWNER`).
+pub fn parse_configmap_owner(s: &str) -> Result<OwnerReference, String> {
+    match s.split_once('/') {
+        Some((name, uid)) if !name.is_empty() && !uid.is_empty() && !uid.contains('/') => {
+            Ok(configmap_owner(name, uid))
+        }
+        _ => Err(format!("{s:?}: expected <configmap name>/<uid>")),
+    }
 }
 
 /// A node lease as the annotation stores it.
@@ -338,7 +365,19 @@ impl Kubernetes {
             lease_rv,
             topic_rv,
             renewed: Mutex::new(BTreeMap::new()),
+            owner: None,
         })
+    }
+
+    /// Leases of the running cluster (node leases, broker configs, locks)
+    /// are owned by `owner` (see [`Kubernetes::owner`]).
+    pub fn with_owner(mut self, owner: Option<OwnerReference>) -> Kubernetes {
+        self.owner = owner;
+        self
+    }
+
+    fn owners(&self) -> Option<Vec<OwnerReference>> {
+        self.owner.clone().map(|o| vec![o])
     }
 
     /// From a kubeconfig file (tests, and nodes outside the cluster).
@@ -655,6 +694,7 @@ impl Coordination for Kubernetes {
                     serde_json::to_string(&value).expect("serializes"),
                 )])),
                 resource_version: rv.clone(),
+                owner_references: self.owners(),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -723,6 +763,7 @@ impl Coordination for Kubernetes {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
                 resource_version: expected.map(|v| v.to_string()),
+                owner_references: self.owners(),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -1097,6 +1138,7 @@ impl Coordination for Kubernetes {
                     serde_json::to_string(&configs).expect("serializes"),
                 )])),
                 resource_version: expected.map(|v| v.to_string()),
+                owner_references: self.owners(),
                 ..Default::default()
             },
             spec: Some(LeaseSpec::default()),

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 pub use sluice_api::election::PartitionRecord;
 use uuid::Uuid;
 
-pub use kubernetes::{client_from_kubeconfig, winners, Kubernetes};
+pub use kubernetes::{
+    client_from_kubeconfig, configmap_owner, parse_configmap_owner, winners, Kubernetes,
+};
 pub use memory::InMemory;
 pub use view::View;
 

@@ -300,8 +300,9 @@ mod tests {
     use super::*;
     use kube::CustomResourceExt;
 
-    /// The YAML files in `crds/` are generated from these types; this test
-    /// fails when they are stale. `SLUICE_UPDATE_CRDS=1 cargo test -p
+    /// The YAML files in `crds/` and their copies in the chart
+    /// (`charts/sluice/crds/`) are generated from these types; this test
+    /// fails when either is stale. `SLUICE_UPDATE_CRDS=1 cargo test -p
     /// sluice-api` rewrites them.
     #[test]
     fn crds_in_the_repository_are_current() {
@@ -314,15 +315,17 @@ mod tests {
                 "# Generated from crds/src/v1alpha1.rs: do not edit.\n{}",
                 serde_yaml::to_string(&crd).unwrap()
             );
-            let path = dir.join(file);
-            if std::env::var_os("SLUICE_UPDATE_CRDS").is_some() {
-                std::fs::write(&path, &yaml).unwrap();
+            for path in [dir.join(file), dir.join("../charts/sluice/crds").join(file)] {
+                if std::env::var_os("SLUICE_UPDATE_CRDS").is_some() {
+                    std::fs::write(&path, &yaml).unwrap();
+                }
+                let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    on_disk == yaml,
+                    "{} is stale: run SLUICE_UPDATE_CRDS=1 cargo test -p sluice-api",
+                    path.display()
+                );
             }
-            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(
-                on_disk == yaml,
-                "{file} is stale: run SLUICE_UPDATE_CRDS=1 cargo test -p sluice-api"
-            );
         }
     }
 

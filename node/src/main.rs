@@ -88,6 +88,11 @@ struct ServeArgs {
     /// Name of the cluster, prefixing its Lease objects.
     #[arg(long, default_value = "sluice", env = "SLUICE_CLUSTER_NAME")]
     cluster_name: String,
+    /// The ConfigMap owning this cluster's Leases (node leases, broker
+    /// configs), as `<name>/<uid>`: the operator sets it, so they go with
+    /// the installation. Partition Leases are kept with the data.
+    #[arg(long, env = "SLUICE_LEASE_OWNER", value_parser = lease_owner)]
+    lease_owner: Option<Box<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
     /// Nodes the cluster is meant to have (the StatefulSet's replicas).
     #[arg(long, default_value_t = 3, env = "SLUICE_EXPECTED_NODES")]
     expected_nodes: usize,
@@ -345,6 +350,7 @@ fn main() -> anyhow::Result<()> {
                 metadata = sluice_node::node::Metadata::Kubernetes {
                     namespace: a.namespace,
                     cluster: a.cluster_name,
+                    lease_owner: a.lease_owner,
                     expected_nodes: a.expected_nodes,
                     controller: a.controller,
                     rack_from: a.rack_from_node_label.zip(a.kubernetes_node),
@@ -367,4 +373,10 @@ fn main() -> anyhow::Result<()> {
     // space being reclaimed) is still running: it is safe to cut short.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
+}
+
+fn lease_owner(
+    s: &str,
+) -> Result<Box<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>, String> {
+    sluice_coord::parse_configmap_owner(s).map(Box::new)
 }

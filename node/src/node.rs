@@ -64,6 +64,9 @@ pub enum Metadata {
     Kubernetes {
         namespace: String,
         cluster: String,
+        /// Owner of the Leases of the running cluster (see
+        /// `sluice_coord::Kubernetes::with_owner`).
+        lease_owner: Option<Box<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
         expected_nodes: usize,
         /// Stand as a candidate for the cluster's controller (the
         /// `<cluster>-controller` lock): for clusters run without the
@@ -140,6 +143,7 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
         Metadata::Kubernetes {
             namespace,
             cluster,
+            lease_owner,
             expected_nodes,
             rack_from,
             ..
@@ -152,7 +156,11 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
                 tracing::info!(rack = ?config.rack, node, "rack from the Kubernetes node's label");
             }
             (
-                Arc::new(crate::coord::Kubernetes::new(client, namespace, cluster).await?),
+                Arc::new(
+                    crate::coord::Kubernetes::new(client, namespace, cluster)
+                        .await?
+                        .with_owner(lease_owner.as_deref().cloned()),
+                ),
                 *expected_nodes,
                 false,
             )

@@ -70,7 +70,7 @@ fn meta(name: &str, namespace: &str, s: &Settings, owner: &OwnerReference) -> Va
 
 /// The environment and listen addresses a node needs, for either way of
 /// advertising.
-fn node_env(s: &Settings, namespace: &str) -> Vec<Value> {
+fn node_env(s: &Settings, namespace: &str, owner: &OwnerReference) -> Vec<Value> {
     let names = Names(&s.cluster_name);
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let val = |name: &str, v: String| json!({"name": name, "value": v});
@@ -95,6 +95,11 @@ fn node_env(s: &Settings, namespace: &str) -> Vec<Value> {
         ),
         val("SLUICE_METADATA", "kubernetes".into()),
         val("SLUICE_CLUSTER_NAME", s.cluster_name.clone()),
+        // The cluster's Leases go with the operator's ConfigMap.
+        val(
+            "SLUICE_LEASE_OWNER",
+            format!("{}/{}", owner.name, owner.uid),
+        ),
         // Nothing here may depend on the node count: the template must not
         // change when the cluster scales, or every node would be rolled.
         val(
@@ -150,13 +155,14 @@ pub fn statefulset(
     let mut pod_spec = json!({
         "serviceAccountName": names.service_account(),
         "terminationGracePeriodSeconds": 30,
-        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001},
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "sluice",
             "image": s.node_image,
             "imagePullPolicy": s.image_pull_policy,
             "args": args,
-            "env": node_env(s, namespace),
+            "env": node_env(s, namespace, owner),
             "ports": [
                 {"name": "kafka", "containerPort": s.kafka_port},
                 {"name": "replication", "containerPort": s.replication_port},
@@ -268,8 +274,9 @@ pub fn node_rbac(
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": meta(&name, namespace, s, owner),
         "rules": [
+            // deletecollection: a deleted topic's partition Leases go at once.
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+             "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]},
             {"apiGroups": ["sluice.dev"], "resources": ["topics"],
              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
             {"apiGroups": ["sluice.dev"], "resources": ["topics/status"],
@@ -327,7 +334,10 @@ pub fn owner_of(cm: &ConfigMap) -> OwnerReference {
         name: cm.metadata.name.clone().unwrap_or_default(),
         uid: cm.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
-        block_owner_deletion: Some(true),
+        // Not blocking: setting it needs rights on the owner's finalizers
+        // (OwnerReferencesPermissionEnforcement), and nothing waits for
+        // the dependents.
+        block_owner_deletion: None,
     }
 }
 
@@ -367,7 +377,7 @@ pub async fn apply(
     apply_one(Api::namespaced(client.clone(), namespace), &sa).await?;
     apply_one(Api::namespaced(client.clone(), namespace), &role).await?;
     apply_one(Api::namespaced(client.clone(), namespace), &binding).await?;
-    if let Some((role, binding)) = rack_rbac(s, namespace) {
+    if let Some((role, binding)) = rack_rbac(s, namespace).filter(|_| s.apply_rack_rbac) {
         apply_one(Api::all(client.clone()), &role).await?;
         apply_one(Api::all(client.clone()), &binding).await?;
     }

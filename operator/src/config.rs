@@ -42,6 +42,10 @@ pub struct Settings {
     /// A node label (e.g. `topology.kubernetes.io/zone`): nodes spread over
     /// its values, one replica of a partition per value where possible.
     pub rack_topology_key: Option<String>,
+    /// With a rackTopologyKey, the operator applies the nodes' ClusterRole
+    /// for reading Node objects itself. The chart renders it instead
+    /// (false), so the operator needs no cluster-wide RBAC rights.
+    pub apply_rack_rbac: bool,
     pub kafka_port: u16,
     pub replication_port: u16,
     pub admin_port: u16,
@@ -87,6 +91,7 @@ impl Default for Settings {
             requests: BTreeMap::new(),
             limits: BTreeMap::new(),
             rack_topology_key: None,
+            apply_rack_rbac: true,
             kafka_port: 9092,
             replication_port: 9095,
             admin_port: 9644,

@@ -29,6 +29,10 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
+    /// Read and check the settings, print them with every default filled
+    /// in, and exit (no API server needed).
+    #[arg(long)]
+    check_config: bool,
     /// A kubeconfig, when the operator runs outside the cluster.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -54,13 +58,24 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let settings = Settings::load(yaml.as_deref(), &args.set)?;
+    if args.check_config {
+        print!("{}", serde_yaml::to_string(&settings)?);
+        return Ok(());
+    }
     let client = match &args.kubeconfig {
         Some(p) => sluice_coord::client_from_kubeconfig(p).await?,
         None => kube::Client::try_default().await?,
     };
+    // The ConfigMap owning what the operator makes owns the cluster's
+    // Leases too (the controller lock, node leases, broker configs).
+    let owner = run::ensure_owner(&client, &args.namespace, &settings).await?;
     let coord = Arc::new(
         sluice_coord::Kubernetes::new(client.clone(), &args.namespace, &settings.cluster_name)
-            .await?,
+            .await?
+            .with_owner(Some(sluice_coord::configmap_owner(
+                &owner.metadata.name.clone().unwrap_or_default(),
+                &owner.metadata.uid.clone().unwrap_or_default(),
+            ))),
     );
     let identity = args.identity.unwrap_or_else(|| {
         format!(

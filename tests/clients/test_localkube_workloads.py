@@ -284,3 +284,83 @@ def test_env_sources_probes_and_restarts(kube):
     state = json.loads(kubectl(kc, "get", "pod", "crasher", "-o", "json"))["status"]
     assert state["phase"] == "Running" and not state["containerStatuses"][0]["ready"]
     kubectl(kc, "delete", "pod", "envy", "crasher")
+
+
+SERVICE_AND_JOB = """
+apiVersion: v1
+kind: Service
+metadata: {name: api-svc}
+spec:
+  selector: {app: api2}
+  ports: [{name: web, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api2}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api2}}
+  template:
+    metadata: {labels: {app: api2}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: server
+        image: example/server
+""" + POD_ENV
+
+
+JOB = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: %(name)s}
+spec:
+  backoffLimit: %(backoff)d
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: client
+        image: example/server
+        # `command` replaces the image's entrypoint, as a container runtime
+        # does; the Service's variables are in the environment.
+        command: [sh, -c]
+        args:
+        - |
+          %(script)s
+"""
+
+
+def test_services_route_to_ready_pods_and_jobs_run_to_completion(kube):
+    kc, _ = kube
+    kubectl(kc, "apply", "-f", "-", stdin=SERVICE_AND_JOB)
+    kubectl(kc, "wait", "--for=condition=Available", "deployment/api2", "--timeout=90s")
+    svc = json.loads(kubectl(kc, "get", "service", "api-svc", "-o", "json"))
+    ip = svc["spec"]["clusterIP"]
+    assert ip.startswith("127.1."), ip
+    # The cluster IP reaches the Deployment's pods, round robin.
+    seen = set()
+
+    def answered_by_both():
+        try:
+            with urllib.request.urlopen(f"http://{ip}:80/", timeout=5) as r:
+                seen.add(json.load(r)["pod"])
+        except OSError:
+            return False
+        return len(seen) == 2
+    wait_for(answered_by_both, timeout=30)
+    # A Job's pod reads the Service through its link variables and ends.
+    script = ('test "$API_SVC_SERVICE_PORT_WEB" = 80 && python3 -c "import os, urllib.request; '
+              'urllib.request.urlopen(\'http://\' + os.environ[\'API_SVC_SERVICE_HOST\'] + \'/\')"')
+    kubectl(kc, "apply", "-f", "-", stdin=JOB % {"name": "ok", "backoff": 2, "script": script})
+    kubectl(kc, "wait", "--for=condition=complete", "job/ok", "--timeout=60s")
+    job = json.loads(kubectl(kc, "get", "job", "ok", "-o", "json"))
+    assert job["status"]["succeeded"] == 1 and job["status"].get("failed", 0) == 0
+    done = pods(kc, "job-name=ok")
+    assert len(done) == 1 and done[0]["status"]["phase"] == "Succeeded"
+    assert done[0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    # A failing Job is retried backoffLimit times, then Failed.
+    kubectl(kc, "apply", "-f", "-", stdin=JOB % {"name": "bad", "backoff": 1, "script": "exit 3"})
+    kubectl(kc, "wait", "--for=condition=failed", "job/bad", "--timeout=60s")
+    failed = pods(kc, "job-name=bad")
+    assert len(failed) == 2 and all(p["status"]["phase"] == "Failed" for p in failed)

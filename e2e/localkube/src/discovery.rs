@@ -59,6 +59,7 @@ pub fn builtin() -> Vec<Resource> {
         r("apps/v1", "statefulsets", "StatefulSet", true, &["sts"]),
         r("apps/v1", "deployments", "Deployment", true, &["deploy"]),
         r("apps/v1", "replicasets", "ReplicaSet", true, &["rs"]),
+        r("batch/v1", "jobs", "Job", true, &[]),
         r(
             "policy/v1",
             "poddisruptionbudgets",
@@ -110,6 +111,7 @@ pub fn builtin() -> Vec<Resource> {
                 | "statefulsets"
                 | "deployments"
                 | "replicasets"
+                | "jobs"
                 | "poddisruptionbudgets"
                 | "customresourcedefinitions"
                 | "namespaces"

@@ -8,8 +8,14 @@
 //! - Deployment controller: pods labelled with their template's hash, new
 //!   ones created before old ones go, status with ready and available
 //!   replicas.
-//! - Kubelet: every pod is a local process. The image names a program in
-//!   localkube's image map; the container's command and args follow it. Each
+//! - Job controller: pods created until `completions` succeed (at most
+//!   `parallelism` at once), failed pods retried up to `backoffLimit`,
+//!   status with active, succeeded and failed counts and the Complete or
+//!   Failed condition.
+//! - Kubelet: every pod is a local process. The image's entrypoint is a
+//!   program in localkube's image map; a container's `command` replaces it
+//!   (looked up on this machine's PATH) and its args follow, as a container
+//!   runtime does. Each
 //!   pod gets its own loopback address (127.0.0.N) as its pod IP. Volumes are
 //!   directories (a PVC's outlives its pods and goes with the PVC); their
 //!   mount paths in command, args and env are rewritten to the directory.
@@ -18,7 +24,8 @@
 //!   and envFrom. Pods are scheduled onto the fewest-loaded of localkube's
 //!   Node objects (`--zones`: one per zone), all of them this machine.
 //!   HTTP and TCP readiness and liveness probes, restartPolicy
-//!   Always with backoff, SIGTERM then SIGKILL after the grace period,
+//!   Always with backoff (OnFailure restarts only failed containers, Never
+//!   none: the pod ends Succeeded or Failed), SIGTERM then SIGKILL after the grace period,
 //!   stdout and stderr kept per pod for `kubectl logs`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +64,9 @@ struct Running {
     ready_failures: u32,
     last_probe: Option<Instant>,
     error: Option<String>,
+    /// The exit code of a container that ended for good (restartPolicy
+    /// Never, or OnFailure after a success).
+    terminated: Option<i32>,
 }
 
 pub struct Kubelet {
@@ -116,6 +126,7 @@ impl Kubelet {
         loop {
             self.reconcile_statefulsets();
             self.reconcile_deployments();
+            self.reconcile_jobs();
             self.sync_pods().await;
             let _ = tokio::time::timeout(Duration::from_millis(250), events.recv()).await;
         }
@@ -414,6 +425,94 @@ impl Kubelet {
         }
     }
 
+    fn reconcile_jobs(&self) {
+        let server = self.server.clone();
+        let mut st = server.store.lock().expect("store lock");
+        for (k, j) in Self::objects(&st, "batch/v1", "jobs") {
+            if meta_str(&j, "deletionTimestamp").is_some() {
+                continue;
+            }
+            let ns = k.2.clone();
+            let uid = meta_str(&j, "uid").unwrap_or_default().to_string();
+            let completions = j["spec"]["completions"].as_i64().unwrap_or(1).max(1) as usize;
+            let parallelism = j["spec"]["parallelism"].as_i64().unwrap_or(1).max(1) as usize;
+            let backoff_limit = j["spec"]["backoffLimit"].as_i64().unwrap_or(6).max(0) as usize;
+            let pods: Vec<(Key, Value)> = Self::objects(&st, "v1", "pods")
+                .into_iter()
+                .filter(|(pk, p)| pk.2 == ns && owned_by(p, &uid))
+                .collect();
+            let phase = |p: &Value| {
+                p["status"]["phase"]
+                    .as_str()
+                    .unwrap_or("Pending")
+                    .to_string()
+            };
+            let succeeded = pods.iter().filter(|(_, p)| phase(p) == "Succeeded").count();
+            let failed = pods.iter().filter(|(_, p)| phase(p) == "Failed").count();
+            let active: Vec<&(Key, Value)> = pods
+                .iter()
+                .filter(|(_, p)| !matches!(phase(p).as_str(), "Succeeded" | "Failed"))
+                .collect();
+            let done = succeeded >= completions;
+            let gave_up = failed > backoff_limit;
+            if done || gave_up {
+                for (pk, _) in &active {
+                    self.delete(&mut st, pk);
+                }
+            } else if active.len() < parallelism && succeeded + active.len() < completions {
+                let name = format!(
+                    "{}-{}",
+                    k.3,
+                    &uuid::Uuid::new_v4().simple().to_string()[..5]
+                );
+                let pod = Self::pod_from_template(
+                    &j["spec"]["template"],
+                    &name,
+                    owner_ref(&j, "Job", "batch/v1"),
+                    &[
+                        ("batch.kubernetes.io/job-name", k.3.clone()),
+                        ("job-name", k.3.clone()),
+                        ("batch.kubernetes.io/controller-uid", uid.clone()),
+                        ("controller-uid", uid.clone()),
+                    ],
+                );
+                self.create(&mut st, "v1", "pods", &ns, pod);
+            }
+            let prev = &j["status"];
+            let start = prev["startTime"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(crate::now_rfc3339);
+            let mut status = json!({
+                "startTime": start,
+                "active": if done || gave_up { 0 } else { active.len() },
+                "succeeded": succeeded, "failed": failed,
+                "ready": active.iter().filter(|(_, p)| pod_ready(p)).count(),
+            });
+            let cond = |t: &str, reason: &str| {
+                json!({"type": t, "status": "True", "reason": reason,
+                       "lastTransitionTime": prev["conditions"][0]["lastTransitionTime"]
+                           .as_str().map(str::to_string).unwrap_or_else(crate::now_rfc3339)})
+            };
+            if done {
+                status["conditions"] = json!([
+                    cond("SuccessCriteriaMet", "CompletionsReached"),
+                    cond("Complete", "CompletionsReached")
+                ]);
+                status["completionTime"] = prev
+                    .get("completionTime")
+                    .cloned()
+                    .unwrap_or_else(|| json!(crate::now_rfc3339()));
+            } else if gave_up {
+                status["conditions"] = json!([
+                    cond("FailureTarget", "BackoffLimitExceeded"),
+                    cond("Failed", "BackoffLimitExceeded")
+                ]);
+            }
+            self.set_status(&mut st, &k, status);
+        }
+    }
+
     fn ip_for(&mut self, ns: &str, name: &str) -> String {
         let k = (ns.to_string(), name.to_string());
         if let Some(ip) = self.ips.get(&k) {
@@ -536,8 +635,13 @@ impl Kubelet {
                 .filter_map(|s| s.as_str().map(&rewrite))
                 .collect()
         };
-        let mut argv = program.clone();
-        argv.extend(strings(&c["command"]));
+        // `command` replaces the image's entrypoint; args follow either.
+        let command = strings(&c["command"]);
+        let mut argv = if command.is_empty() {
+            program.clone()
+        } else {
+            command
+        };
         argv.extend(strings(&c["args"]));
         let name = meta_str(pod, "name").unwrap_or_default();
         let lookup = |res: &str, obj: &str, k: &str| -> Option<String> {
@@ -551,7 +655,13 @@ impl Kubelet {
                 Some(v.to_string())
             }
         };
-        let mut env: Vec<(String, String)> = vec![];
+        // Service links first: the container's own variables may use them.
+        let mut env: Vec<(String, String)> =
+            if pod["spec"]["enableServiceLinks"].as_bool() == Some(false) {
+                vec![]
+            } else {
+                crate::services::env_for(st, ns)
+            };
         for from in c["envFrom"].as_array().into_iter().flatten() {
             let (res, obj) = if let Some(n) = from["configMapRef"]["name"].as_str() {
                 ("configmaps", n)
@@ -770,16 +880,24 @@ impl Kubelet {
                 ready_failures: 0,
                 last_probe: None,
                 error: None,
+                terminated: None,
             });
-            // Exited? Restart with backoff (restartPolicy Always).
+            // Exited? Restart with backoff, as restartPolicy says.
+            let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
             if let Some(c) = r.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     r.child = None;
                     r.ready = false;
-                    r.restarts += 1;
-                    let backoff =
-                        Duration::from_millis((500u64 << r.restarts.min(5) as u32).min(10_000));
-                    r.next_start = Some(now + backoff);
+                    let code = status.code().unwrap_or(128 + 9);
+                    if policy == "Never" || (policy == "OnFailure" && code == 0) {
+                        r.terminated = Some(code);
+                        r.next_start = None;
+                    } else {
+                        r.restarts += 1;
+                        let backoff =
+                            Duration::from_millis((500u64 << r.restarts.min(5) as u32).min(10_000));
+                        r.next_start = Some(now + backoff);
+                    }
                     r.error = Some(format!("exited: {status}"));
                 }
             }
@@ -859,7 +977,10 @@ impl Kubelet {
             }
             let running = r.child.is_some();
             let ready = running && r.ready;
-            let state = if running {
+            let state = if let Some(code) = r.terminated {
+                json!({"terminated": {"exitCode": code,
+                    "reason": if code == 0 { "Completed" } else { "Error" }}})
+            } else if running {
                 json!({"running": {"startedAt": crate::now_rfc3339()}})
             } else {
                 json!({"waiting": {"reason": if r.restarts > 0 { "CrashLoopBackOff" } else { "ContainerCreating" },
@@ -867,7 +988,12 @@ impl Kubelet {
             };
             let t = |b: bool| if b { "True" } else { "False" };
             let mut status = json!({
-                "phase": if running || r.restarts > 0 { "Running" } else { "Pending" },
+                "phase": match r.terminated {
+                    Some(0) => "Succeeded",
+                    Some(_) => "Failed",
+                    None if running || r.restarts > 0 => "Running",
+                    None => "Pending",
+                },
                 "podIP": r.ip, "podIPs": [{"ip": r.ip}], "hostIP": "127.0.0.1",
                 "conditions": [
                     {"type": "PodScheduled", "status": "True"},

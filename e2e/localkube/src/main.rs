@@ -20,6 +20,7 @@ mod openapi;
 mod patch;
 mod proto;
 mod schema;
+mod services;
 mod table;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -461,6 +462,9 @@ impl Server {
             return status(400, "BadRequest", "a namespace is required".into());
         }
         let key = Self::key(t, &name);
+        if t.gv == "v1" && t.resource == "services" && !st.objects.contains_key(&key) {
+            services::allocate_cluster_ip(st, &mut obj);
+        }
         if st.objects.contains_key(&key) {
             return status(
                 409,
@@ -1317,6 +1321,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .run(),
     );
+    tokio::spawn(services::run(server.clone()));
     let app = Router::new().fallback(handle).with_state(server);
     println!(
         "localkube ready url={url} kubeconfig={}",

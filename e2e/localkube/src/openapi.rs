@@ -68,6 +68,7 @@ fn builtin_schema(gen: &mut SchemaGenerator, gv: &str, kind: &str) -> Option<Str
         ("apps/v1", "StatefulSet") => add::<api::apps::v1::StatefulSet>(gen),
         ("apps/v1", "Deployment") => add::<api::apps::v1::Deployment>(gen),
         ("apps/v1", "ReplicaSet") => add::<api::apps::v1::ReplicaSet>(gen),
+        ("batch/v1", "Job") => add::<api::batch::v1::Job>(gen),
         ("policy/v1", "PodDisruptionBudget") => add::<api::policy::v1::PodDisruptionBudget>(gen),
         ("coordination.k8s.io/v1", "Lease") => add::<api::coordination::v1::Lease>(gen),
         ("events.k8s.io/v1", "Event") => add::<api::events::v1::Event>(gen),
