@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
-cargo build --release -q -p sluice-node --bin sluice
+cargo build --locked --release -q --workspace --bins  # workspace-wide: shares RocksDB's build
 exec /usr/bin/python3 bench/cluster.py --binary "$CARGO_TARGET_DIR/release/sluice" "$@"

@@ -16,7 +16,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 
 if [ "${1:-}" = "--smoke" ]; then
   shift
-  cargo build --locked -q -p sluice-node -p sluice-bench --bins
+  # Workspace-wide, as the tests build: a per-package build resolves
+  # features differently and compiles RocksDB again.
+  cargo build --locked -q --workspace --bins
   OUT=$(mktemp --suffix=.md)
   trap 'rm -f "$OUT"' EXIT
   /usr/bin/python3 bench/compare.py \
@@ -29,7 +31,8 @@ if [ "${1:-}" = "--smoke" ]; then
   exit 0
 fi
 
-cargo build --locked --release -q -p sluice-node -p sluice-bench --bins
+# Workspace-wide, as e2e/run.sh builds release: one RocksDB build for both.
+cargo build --locked --release -q --workspace --bins
 TANSU_VERSION=0.6.0
 TANSU="${TANSU_BIN:-$HOME/.cache/sluice/tansu/bin/tansu}"
 if [ ! -x "$TANSU" ]; then

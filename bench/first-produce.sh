@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-2000000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
-cargo build --release -q -p sluice-node --bin sluice
+cargo build --locked --release -q --workspace --bins  # workspace-wide: shares RocksDB's build
 BIN="$CARGO_TARGET_DIR/release/sluice"
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
