@@ -17,6 +17,13 @@ VERSIONS=(1.28.0 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0 1.34.0 1.35.0)
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
+# The chart's appVersion (the images' default tag) is the crates' version.
+crate_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+app_version=$(sed -n 's/^appVersion: "\(.*\)"/\1/p' "$CHART/Chart.yaml")
+[ "$crate_version" = "$app_version" ] || {
+  echo "$CHART/Chart.yaml appVersion $app_version is not the crates' version $crate_version"; exit 1; }
+echo "appVersion $app_version is the crates' version"
+
 echo "helm lint --strict"
 helm lint --strict "$CHART" > "$OUT/lint" || { cat "$OUT/lint"; exit 1; }
 
