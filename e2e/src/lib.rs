@@ -286,7 +286,6 @@ impl Cluster {
     pub async fn wait_nodes_ready(&self, nodes: i32, limit: Duration) -> Result<()> {
         let sts: Api<StatefulSet> = self.api();
         let deploy: Api<Deployment> = self.api();
-        let pods: Api<Pod> = self.api();
         let name = format!("{RELEASE}-node");
         wait_for(&format!("{nodes} storage nodes Ready"), limit, || async {
             let Some(s) = sts.get_opt(&name).await? else {
@@ -297,12 +296,9 @@ impl Cluster {
             if spec_n != nodes || st.ready_replicas.unwrap_or(0) != nodes {
                 return Ok(None);
             }
-            let lp = ListParams::default().labels(&format!(
-                "app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=node"
-            ));
-            let ps = pods.list(&lp).await?;
-            let ready = ps.items.iter().filter(|p| pod_ready(p)).count() as i32;
-            if ps.items.len() as i32 != nodes || ready != nodes {
+            let ps = self.node_pods().await?;
+            let ready = ps.iter().filter(|p| pod_ready(p)).count() as i32;
+            if ps.len() as i32 != nodes || ready != nodes {
                 return Ok(None);
             }
             let d = deploy.get(&format!("{RELEASE}-operator")).await?;
@@ -446,6 +442,24 @@ impl Cluster {
         let leases: Api<Lease> = self.api();
         let l = leases.get(&format!("{RELEASE}-controller")).await?;
         Ok(l.spec.and_then(|s| s.holder_identity))
+    }
+
+    /// Until an operator replica holds the controller lock; its name.
+    pub async fn wait_controller_holder(&self) -> Result<String> {
+        wait_for(
+            "an operator replica leads",
+            Duration::from_secs(60),
+            || async { Ok(self.controller_holder().await.ok().flatten()) },
+        )
+        .await
+    }
+
+    /// The storage nodes' pods.
+    pub async fn node_pods(&self) -> Result<Vec<Pod>> {
+        let lp = ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=node"
+        ));
+        Ok(self.api::<Pod>().list(&lp).await?.items)
     }
 
     /// A ConsumerGroup object.
@@ -783,20 +797,8 @@ async fn rdkafka_load(
             .set("linger.ms", "5")
             .create()?;
     let mut pending = FuturesUnordered::new();
-    let mut acked = vec![];
-    let mut failed = vec![];
+    let mut tally = Tally::default();
     let start = Instant::now();
-    let mut last_ack = Instant::now();
-    let mut longest_gap = Duration::ZERO;
-    let mut note = |acked_now: bool, last_ack: &mut Instant, outstanding: bool| {
-        let now = Instant::now();
-        if outstanding {
-            longest_gap = longest_gap.max(now - *last_ack);
-        }
-        if acked_now || !outstanding {
-            *last_ack = now;
-        }
-    };
     for i in 0..count {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -809,32 +811,70 @@ async fn rdkafka_load(
                 break;
             }
             tokio::select! {
-                Some((v, r)) = pending.next(), if !pending.is_empty() => {
-                    settle(v, r, &mut acked, &mut failed);
-                    note(true, &mut last_ack, true);
-                }
+                Some((v, r)) = pending.next(), if !pending.is_empty() => tally.settle(v, r),
                 _ = tokio::time::sleep(due - now) => {}
             }
         }
         if pending.is_empty() {
-            note(false, &mut last_ack, false);
+            // Nothing outstanding: the time until the next send is no gap.
+            tally.last_ack = Instant::now();
         }
         let value = i.to_string();
         let fut = producer.send_result(FutureRecord::to(topic).key(&value).payload(&value));
         match fut {
             Ok(delivery) => pending.push(async move { (i, delivery.await) }),
-            Err((e, _)) => failed.push((i, e.to_string())),
+            Err((e, _)) => tally.failed.push((i, e.to_string())),
         }
     }
     while let Some((v, r)) = pending.next().await {
-        settle(v, r, &mut acked, &mut failed);
-        note(true, &mut last_ack, true);
+        tally.settle(v, r);
     }
     Ok(LoadReport {
-        acked,
-        failed,
-        longest_gap,
+        acked: tally.acked,
+        failed: tally.failed,
+        longest_gap: tally.longest_gap,
     })
+}
+
+/// What a load's deliveries came to so far.
+struct Tally {
+    acked: Vec<u64>,
+    failed: Vec<(u64, String)>,
+    /// When the last delivery settled (or the producer last had nothing
+    /// outstanding).
+    last_ack: Instant,
+    longest_gap: Duration,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            acked: vec![],
+            failed: vec![],
+            last_ack: Instant::now(),
+            longest_gap: Duration::ZERO,
+        }
+    }
+}
+
+impl Tally {
+    /// Records the delivery of value `v` and the gap since the last one.
+    fn settle<E>(
+        &mut self,
+        v: u64,
+        r: std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
+    ) {
+        match r {
+            Ok(Ok(_)) => self.acked.push(v),
+            Ok(Err((e, _))) => self.failed.push((v, e.to_string())),
+            Err(_) => self
+                .failed
+                .push((v, "the producer dropped the record".into())),
+        }
+        let now = Instant::now();
+        self.longest_gap = self.longest_gap.max(now - self.last_ack);
+        self.last_ack = now;
+    }
 }
 
 /// rdkafka's futures on the test's tokio runtime.
@@ -852,18 +892,5 @@ impl rdkafka::util::AsyncRuntime for Tokio {
 
     fn delay_for(duration: Duration) -> Self::Delay {
         Box::pin(tokio::time::sleep(duration))
-    }
-}
-
-fn settle<E>(
-    v: u64,
-    r: std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
-    acked: &mut Vec<u64>,
-    failed: &mut Vec<(u64, String)>,
-) {
-    match r {
-        Ok(Ok(_)) => acked.push(v),
-        Ok(Err((e, _))) => failed.push((v, e.to_string())),
-        Err(_) => failed.push((v, "the producer dropped the record".into())),
     }
 }

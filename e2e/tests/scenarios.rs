@@ -12,9 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::Api;
 use sluice_api::v1alpha1::Topic;
 use sluice_e2e::{root, wait_for, Cluster, Provider, RELEASE};
 
@@ -45,10 +42,7 @@ async fn install_becomes_ready() -> Result<()> {
     ] {
         ensure!(c.notes.contains(&hint), "NOTES lack {hint:?}: {}", c.notes);
     }
-    let holder = wait_for("an operator replica leads", MINUTE, || async {
-        Ok(c.controller_holder().await.ok().flatten())
-    })
-    .await?;
+    let holder = c.wait_controller_holder().await?;
     let ops = c
         .kubectl(&[
             "get",
@@ -307,17 +301,13 @@ async fn helm_upgrade_rolls_and_scales() -> Result<()> {
         &["nodes.minNodes=4".into(), format!("nodes.image.tag={tag}")],
     )
     .await?;
-    let pods: Api<Pod> = c.api();
     wait_for(
         "4 nodes, all on the new image, every ISR full",
         6 * MINUTE,
         || async {
-            let lp = ListParams::default().labels(&format!(
-                "app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=node"
-            ));
-            let ps = pods.list(&lp).await?;
-            let new = ps
-                .items
+            let new = c
+                .node_pods()
+                .await?
                 .iter()
                 .filter(|p| {
                     sluice_e2e::pod_ready(p)
@@ -373,10 +363,7 @@ async fn helm_upgrade_rolls_and_scales() -> Result<()> {
 #[ignore = "end to end: run by e2e/run.sh or e2e/kind.sh"]
 async fn operator_failover() -> Result<()> {
     let c = Cluster::install("operator-failover", 3, &["operator.leaseMs=3000"]).await?;
-    let holder = wait_for("an operator replica leads", MINUTE, || async {
-        Ok(c.controller_holder().await.ok().flatten())
-    })
-    .await?;
+    let holder = c.wait_controller_holder().await?;
     let start = Instant::now();
     c.kill_pod(&holder).await?;
     let next = wait_for(

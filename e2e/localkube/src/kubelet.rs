@@ -96,7 +96,7 @@ fn owned_by(o: &Value, uid: &str) -> bool {
         .is_some_and(|r| r.iter().any(|r| r["uid"].as_str() == Some(uid)))
 }
 
-fn pod_ready(p: &Value) -> bool {
+pub(crate) fn pod_ready(p: &Value) -> bool {
     p.pointer("/status/conditions")
         .and_then(Value::as_array)
         .is_some_and(|c| {
@@ -130,6 +130,14 @@ impl Kubelet {
             self.sync_pods().await;
             let _ = tokio::time::timeout(Duration::from_millis(250), events.recv()).await;
         }
+    }
+
+    /// The pods in `ns` whose owner has `uid`.
+    fn owned_pods(st: &Store, ns: &str, uid: &str) -> Vec<(Key, Value)> {
+        Self::objects(st, "v1", "pods")
+            .into_iter()
+            .filter(|(pk, p)| pk.2 == ns && owned_by(p, uid))
+            .collect()
     }
 
     fn objects(st: &Store, gv: &str, res: &str) -> Vec<(Key, Value)> {
@@ -248,9 +256,8 @@ impl Kubelet {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let pods: BTreeMap<i64, Value> = Self::objects(&st, "v1", "pods")
+            let pods: BTreeMap<i64, Value> = Self::owned_pods(&st, &ns, &uid)
                 .into_iter()
-                .filter(|(pk, p)| pk.2 == ns && owned_by(p, &uid))
                 .filter_map(|(pk, p)| {
                     let ord = pk.3.strip_prefix(&format!("{name}-"))?.parse().ok()?;
                     Some((ord, p))
@@ -382,20 +389,13 @@ impl Kubelet {
             let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
             let template = d["spec"]["template"].clone();
             let hash = hash_of(&template);
-            let pods: Vec<(Key, Value)> = Self::objects(&st, "v1", "pods")
-                .into_iter()
-                .filter(|(pk, p)| pk.2 == ns && owned_by(p, &uid))
-                .collect();
+            let pods = Self::owned_pods(&st, &ns, &uid);
             let (new, old): (Vec<_>, Vec<_>) = pods.iter().partition(|(_, p)| {
                 p["metadata"]["labels"]["pod-template-hash"].as_str() == Some(&hash)
             });
             let new_ready = new.iter().filter(|(_, p)| pod_ready(p)).count();
             if new.len() < replicas {
-                let name = format!(
-                    "{}-{hash}-{}",
-                    k.3,
-                    &uuid::Uuid::new_v4().simple().to_string()[..5]
-                );
+                let name = format!("{}-{hash}-{}", k.3, crate::random_suffix());
                 let pod = Self::pod_from_template(
                     &template,
                     &name,
@@ -437,10 +437,7 @@ impl Kubelet {
             let completions = j["spec"]["completions"].as_i64().unwrap_or(1).max(1) as usize;
             let parallelism = j["spec"]["parallelism"].as_i64().unwrap_or(1).max(1) as usize;
             let backoff_limit = j["spec"]["backoffLimit"].as_i64().unwrap_or(6).max(0) as usize;
-            let pods: Vec<(Key, Value)> = Self::objects(&st, "v1", "pods")
-                .into_iter()
-                .filter(|(pk, p)| pk.2 == ns && owned_by(p, &uid))
-                .collect();
+            let pods = Self::owned_pods(&st, &ns, &uid);
             let phase = |p: &Value| {
                 p["status"]["phase"]
                     .as_str()
@@ -460,11 +457,7 @@ impl Kubelet {
                     self.delete(&mut st, pk);
                 }
             } else if active.len() < parallelism && succeeded + active.len() < completions {
-                let name = format!(
-                    "{}-{}",
-                    k.3,
-                    &uuid::Uuid::new_v4().simple().to_string()[..5]
-                );
+                let name = format!("{}-{}", k.3, crate::random_suffix());
                 let pod = Self::pod_from_template(
                     &j["spec"]["template"],
                     &name,

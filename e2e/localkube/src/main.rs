@@ -289,6 +289,12 @@ fn fold_string_data(obj: &mut Value) {
     }
 }
 
+/// Five random characters, as the API server appends to `generateName`
+/// and controllers to their pods' names.
+pub(crate) fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..5].to_string()
+}
+
 pub(crate) fn meta_str<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(key)?.as_str()
 }
@@ -445,10 +451,7 @@ impl Server {
         let name = match meta_str(&obj, "name") {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => match meta_str(&obj, "generateName") {
-                Some(prefix) => format!(
-                    "{prefix}{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..5]
-                ),
+                Some(prefix) => format!("{prefix}{}", random_suffix()),
                 None => {
                     return status(
                         422,

@@ -108,10 +108,7 @@ fn endpoints(st: &Store, ns: &str, name: &str, port: u64) -> Vec<(String, u16)> 
         if !selector.iter().all(|(lk, lv)| &labels[lk] == lv) {
             continue;
         }
-        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
+        let ready = crate::kubelet::pod_ready(pod);
         let Some(ip) = pod["status"]["podIP"].as_str().filter(|_| ready) else {
             continue;
         };
