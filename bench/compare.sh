@@ -33,13 +33,7 @@ fi
 
 # Workspace-wide, as e2e/run.sh builds release: one RocksDB build for both.
 cargo build --locked --release -q --workspace --bins
-TANSU_VERSION=0.6.0
-TANSU="${TANSU_BIN:-$HOME/.cache/sluice/tansu/bin/tansu}"
-if [ ! -x "$TANSU" ]; then
-  echo "installing tansu $TANSU_VERSION (cargo install, once)"
-  cargo install -q tansu --version "$TANSU_VERSION" --features dynostore,libsql \
-    --root "$HOME/.cache/sluice/tansu" --target-dir "$HOME/.cache/sluice/tansu-target"
-fi
+TANSU="$(bash scripts/ensure-tansu.sh)"
 exec /usr/bin/python3 bench/compare.py \
   --sluice-binary "$CARGO_TARGET_DIR/release/sluice" \
   --bench-binary "$CARGO_TARGET_DIR/release/sluice-bench" \

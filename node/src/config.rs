@@ -87,6 +87,9 @@ pub struct NodeConfig {
     /// The cluster's id, shared by its nodes; `None` keeps (or makes) one
     /// in the node's store.
     pub cluster_id: Option<String>,
+    /// Print `sluice dev`'s start-up banner (addresses, data directory,
+    /// how to stop, a first command) once ready.
+    pub banner: bool,
 }
 
 impl NodeConfig {
@@ -123,6 +126,7 @@ impl NodeConfig {
             replica_lag_time_max_ms: 30_000,
             replication_timeout_ms: 30_000,
             cluster_id: None,
+            banner: false,
         }
     }
 }

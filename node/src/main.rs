@@ -1,13 +1,22 @@
-//! The `sluice` command.
+//! The `sluice` command: the servers (`dev`, `serve`) and, with the `cli`
+//! feature (on by default), the client commands of `sluice_cli`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::LazyLock;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice_node::config::{BrokerDefaults, CleanerConfig, NodeConfig};
 use sluice_node::group::state::Limits;
 use sluice_node::group::GroupConfig;
 use sluice_node::log::TimestampType;
+
+/// The one place server defaults come from: flags show and fall back to it.
+fn d() -> &'static NodeConfig {
+    static DEFAULTS: LazyLock<NodeConfig> = LazyLock::new(|| NodeConfig::dev(PathBuf::new()));
+    &DEFAULTS
+}
 
 #[derive(Parser)]
 #[command(
@@ -16,7 +25,9 @@ use sluice_node::log::TimestampType;
     about = "Kafka-compatible event streaming, native on Kubernetes",
     long_about = "Kafka-compatible event streaming, native on Kubernetes.\n\n\
         `sluice dev` starts a single-node broker on 127.0.0.1:9092 for local work;\n\
-        `sluice serve` runs one storage node of a cluster."
+        `sluice serve` runs one storage node of a cluster; the other commands\n\
+        are clients of any Kafka-compatible cluster (-b/--brokers or\n\
+        SLUICE_BROKERS, default localhost:9092)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,15 +41,24 @@ enum Command {
     Dev(DevArgs),
     /// Run one storage node (the process inside each StatefulSet pod).
     Serve(ServeArgs),
+    #[cfg(feature = "cli")]
+    #[command(flatten)]
+    Client(sluice_cli::Command),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    /// (e.g. `source <(sluice completion bash)`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
 struct DevArgs {
     /// Kafka listener address.
-    #[arg(long, default_value = "127.0.0.1:9092", env = "SLUICE_LISTEN")]
+    #[arg(long, default_value_t = d().kafka_listen, env = "SLUICE_LISTEN")]
     listen: SocketAddr,
     /// Admin HTTP address (/metrics, /healthz, /readyz).
-    #[arg(long, default_value = "127.0.0.1:9644", env = "SLUICE_ADMIN_LISTEN")]
+    #[arg(long, default_value_t = d().admin_listen, env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
     /// Directory holding the node's RocksDB data; created if missing.
     #[arg(long, default_value = "sluice-data", env = "SLUICE_DATA_DIR")]
@@ -48,7 +68,7 @@ struct DevArgs {
     /// `stop I` and `start I` on stdin stop (as a crash would) and restart
     /// node I; `isolate I` and `heal I` cut node I off from the cluster
     /// metadata and reconnect it; `stats` prints the coordination write count.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 1, env = "SLUICE_NODES", value_parser = clap::value_parser!(u16).range(1..=64))]
     nodes: u16,
     #[command(flatten)]
     common: CommonArgs,
@@ -83,7 +103,7 @@ struct ServeArgs {
     #[arg(long, default_value = "local", value_parser = ["local", "kubernetes"], env = "SLUICE_METADATA")]
     metadata: String,
     /// Namespace of the Lease objects (with --metadata kubernetes).
-    #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
+    #[arg(long, default_value = "default", env = "SLUICE_NAMESPACE")]
     namespace: String,
     /// Name of the cluster, prefixing its Lease objects.
     #[arg(long, default_value = "sluice", env = "SLUICE_CLUSTER_NAME")]
@@ -99,7 +119,7 @@ struct ServeArgs {
     /// Stand as a candidate for the cluster's controller (with --metadata
     /// kubernetes): for a cluster run without the operator, which
     /// otherwise runs the one controller.
-    #[arg(long, env = "SLUICE_CONTROLLER")]
+    #[arg(long, env = "SLUICE_CONTROLLER", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     controller: bool,
     /// Take the rack from this label of the Kubernetes node the pod runs
     /// on (with --metadata kubernetes; e.g. topology.kubernetes.io/zone).
@@ -112,7 +132,7 @@ struct ServeArgs {
     rack_from_node_label: Option<String>,
     /// The Kubernetes node this pod runs on (the downward API's
     /// spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "SLUICE_KUBERNETES_NODE")]
     kubernetes_node: Option<String>,
     /// On SIGTERM (with --metadata kubernetes), how long to wait for the
     /// controller to move every leadership off this node before stopping
@@ -132,120 +152,120 @@ struct CommonArgs {
     advertised_address: Option<(String, Option<u16>)>,
     /// Create topics when a client asks for metadata of an unknown one
     /// (auto.create.topics.enable). On by default in dev, off in serve.
-    #[arg(long)]
+    #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     auto_create_topics: Option<bool>,
     /// Partitions of auto-created topics and of CreateTopics with -1 (num.partitions).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "SLUICE_NUM_PARTITIONS", default_value_t = d().num_partitions)]
     num_partitions: i32,
     /// Largest request frame accepted, in bytes (socket.request.max.bytes).
-    #[arg(long, default_value_t = 104_857_600)]
+    #[arg(long, env = "SLUICE_SOCKET_REQUEST_MAX_BYTES", default_value_t = d().socket_request_max_bytes)]
     socket_request_max_bytes: usize,
     /// Memory for request frames in flight and fetch answers being built,
     /// across all connections, in bytes (queued.max.request.bytes). When it
     /// is used up, connections wait before reading more.
-    #[arg(long, default_value_t = 268_435_456)]
+    #[arg(long, env = "SLUICE_QUEUED_MAX_REQUEST_BYTES", default_value_t = d().queued_max_request_bytes)]
     queued_max_request_bytes: usize,
     /// Most bytes one fetch answer carries, whatever the request asks
     /// (fetch.max.bytes).
-    #[arg(long, default_value_t = 57_671_680)]
+    #[arg(long, env = "SLUICE_FETCH_MAX_BYTES", default_value_t = d().fetch_max_bytes)]
     fetch_max_bytes: usize,
     /// Most bytes one record batch may decompress to; larger ones are
     /// refused as corrupt.
-    #[arg(long, default_value_t = 67_108_864)]
+    #[arg(long, env = "SLUICE_MAX_DECOMPRESSED_BATCH_BYTES", default_value_t = d().max_decompressed_batch_bytes)]
     max_decompressed_batch_bytes: usize,
     /// Close connections idle this long, in ms (connections.max.idle.ms).
-    #[arg(long, default_value_t = 600_000)]
+    #[arg(long, env = "SLUICE_CONNECTIONS_MAX_IDLE_MS", default_value_t = d().connections_max_idle_ms)]
     connections_max_idle_ms: u64,
     /// Close a connection whose request frame does not arrive whole within
     /// this long of its first byte, in ms.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, env = "SLUICE_REQUEST_READ_TIMEOUT_MS", default_value_t = d().request_read_timeout_ms)]
     request_read_timeout_ms: u64,
     /// Most open client connections (max.connections).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = d().max_connections)]
     max_connections: usize,
     /// Most open client connections from one address (max.connections.per.ip).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS_PER_IP", default_value_t = d().max_connections_per_ip)]
     max_connections_per_ip: usize,
     /// Default largest record batch, in bytes (message.max.bytes).
-    #[arg(long, default_value_t = 1_048_588)]
+    #[arg(long, env = "SLUICE_MESSAGE_MAX_BYTES", default_value_t = d().defaults.max_message_bytes)]
     message_max_bytes: i32,
     /// Default retention time in ms, -1 for none (log.retention.ms).
-    #[arg(long, default_value_t = 604_800_000)]
+    #[arg(long, env = "SLUICE_LOG_RETENTION_MS", default_value_t = d().defaults.retention_ms)]
     log_retention_ms: i64,
     /// Default retention size per partition in bytes, -1 for none (log.retention.bytes).
-    #[arg(long, default_value_t = -1)]
+    #[arg(long, env = "SLUICE_LOG_RETENTION_BYTES", default_value_t = d().defaults.retention_bytes)]
     log_retention_bytes: i64,
     /// How often retention runs, in ms (log.retention.check.interval.ms).
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, env = "SLUICE_LOG_RETENTION_CHECK_INTERVAL_MS", default_value_t = d().retention_check_interval_ms)]
     log_retention_check_interval_ms: u64,
     /// Bytes per second this node may fetch for replicas a reassignment is
     /// adding here (follower.replication.throttled.rate); 0: unthrottled.
     /// Replicas in the ISR are never throttled.
-    #[arg(long, default_value_t = 64 << 20, env = "SLUICE_REASSIGNMENT_THROTTLE")]
+    #[arg(long, env = "SLUICE_REASSIGNMENT_THROTTLE", default_value_t = d().reassignment_throttle_bytes_per_sec)]
     reassignment_throttle: u64,
     /// Run the log cleaner, which compacts topics with
     /// cleanup.policy=compact (log.cleaner.enable).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SLUICE_LOG_CLEANER_ENABLE", default_value_t = d().cleaner.enable, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     log_cleaner_enable: bool,
     /// How long the log cleaner waits when no partition is due, in ms
     /// (log.cleaner.backoff.ms).
-    #[arg(long, default_value_t = 15_000)]
+    #[arg(long, env = "SLUICE_LOG_CLEANER_BACKOFF_MS", default_value_t = d().cleaner.backoff_ms)]
     log_cleaner_backoff_ms: u64,
     /// Bytes per second the log cleaner may read plus write
     /// (log.cleaner.io.max.bytes.per.second).
-    #[arg(long, default_value_t = 104_857_600.0)]
+    #[arg(long, env = "SLUICE_LOG_CLEANER_IO_MAX_BYTES_PER_SECOND", default_value_t = d().cleaner.io_max_bytes_per_second)]
     log_cleaner_io_max_bytes_per_second: f64,
     /// Memory for the key map of one cleaning pass, in bytes
     /// (log.cleaner.dedupe.buffer.size).
-    #[arg(long, default_value_t = 134_217_728)]
+    #[arg(long, env = "SLUICE_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value_t = d().cleaner.dedupe_buffer_size)]
     log_cleaner_dedupe_buffer_size: usize,
     /// Default timestamp type of topics: CreateTime or LogAppendTime.
-    #[arg(long, default_value = "CreateTime", value_parser = ["CreateTime", "LogAppendTime"])]
+    #[arg(long, env = "SLUICE_LOG_MESSAGE_TIMESTAMP_TYPE", default_value = "CreateTime", value_parser = ["CreateTime", "LogAppendTime"])]
     log_message_timestamp_type: String,
     /// fsync the write-ahead log on every write (off by default, like Kafka,
     /// whose durability comes from replication).
-    #[arg(long)]
+    #[arg(long, env = "SLUICE_SYNC_WRITES", default_value_t = d().sync_writes, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     sync_writes: bool,
     /// Wait before the first rebalance of a new group, so members starting
     /// together land in one generation (group.initial.rebalance.delay.ms).
     /// Default 0 in dev, 3000 in serve.
-    #[arg(long)]
+    #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<i64>,
     /// Smallest session timeout a member may ask for (group.min.session.timeout.ms).
-    #[arg(long, default_value_t = 6_000)]
+    #[arg(long, env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS", default_value_t = d().groups.limits.min_session_timeout_ms)]
     group_min_session_timeout_ms: i64,
     /// Largest session timeout a member may ask for (group.max.session.timeout.ms).
-    #[arg(long, default_value_t = 1_800_000)]
+    #[arg(long, env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS", default_value_t = d().groups.limits.max_session_timeout_ms)]
     group_max_session_timeout_ms: i64,
     /// Partitions of __consumer_offsets, fixed when it is first created
     /// (offsets.topic.num.partitions).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_NUM_PARTITIONS", default_value_t = d().groups.offsets_topic_partitions)]
     offsets_topic_num_partitions: i32,
     /// How long an idle idempotent producer's state is kept, checked with
     /// retention (producer.id.expiration.ms).
-    #[arg(long, default_value_t = 86_400_000)]
+    #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION_MS", default_value_t = d().producer_id_expiration_ms)]
     producer_id_expiration_ms: i64,
     /// How long offsets of an empty group are kept (offsets.retention.minutes;
     /// fractions allowed).
-    #[arg(long, default_value_t = 10_080.0)]
+    #[arg(long, env = "SLUICE_OFFSETS_RETENTION_MINUTES", default_value_t = d().groups.offsets_retention_ms as f64 / 60_000.0)]
     offsets_retention_minutes: f64,
     /// How often expired offsets are removed (offsets.retention.check.interval.ms).
-    #[arg(long, default_value_t = 600_000)]
+    #[arg(long, env = "SLUICE_OFFSETS_RETENTION_CHECK_INTERVAL_MS", default_value_t = d().groups.offsets_retention_check_interval_ms)]
     offsets_retention_check_interval_ms: u64,
     /// Default replication factor of new topics (default.replication.factor);
     /// `sluice dev --nodes N` raises it to min(N, 3).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", default_value_t = d().default_replication_factor)]
     default_replication_factor: i16,
     /// Default min.insync.replicas of topics.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "SLUICE_MIN_INSYNC_REPLICAS", default_value_t = d().defaults.min_insync_replicas)]
     min_insync_replicas: i32,
     /// How long a node's lease lasts, in ms; renewed every fifth of it. A node
     /// that cannot renew stops leading after 60% of it.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "SLUICE_LEASE_DURATION_MS", default_value_t = d().lease_duration_ms)]
     lease_duration_ms: i64,
     /// A follower that has not caught up for this long leaves the ISR
     /// (replica.lag.time.max.ms).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, env = "SLUICE_REPLICA_LAG_TIME_MAX_MS", default_value_t = d().replica_lag_time_max_ms)]
     replica_lag_time_max_ms: i64,
 }
 
@@ -317,28 +337,61 @@ fn parse_advertised(s: &str) -> Result<(String, Option<u16>), String> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Dev(a) => Server::Dev(a),
+        Command::Serve(a) => Server::Serve(a),
+        #[cfg(feature = "cli")]
+        Command::Client(c) => return sluice_cli::run(c),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+    };
+    // `sluice dev` says what matters in its banner and logs warnings;
+    // `sluice serve` logs what it does. RUST_LOG overrides both.
+    let level = match command {
+        Server::Dev(_) => "warn",
+        Server::Serve(_) => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    match serve(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Server {
+    Dev(DevArgs),
+    Serve(ServeArgs),
+}
+
+fn serve(command: Server) -> anyhow::Result<()> {
     let mut nodes = 1;
     let mut metadata = sluice_node::node::Metadata::Local;
-    let config = match cli.command {
-        Command::Dev(a) => {
+    let config = match command {
+        Server::Dev(a) => {
+            sluice_node::node::check_dev_layout(&a.data_dir, usize::from(a.nodes))?;
             let mut c = NodeConfig::dev(a.data_dir);
             c.kafka_listen = a.listen;
             c.admin_listen = a.admin_listen;
             c.replication_listen = SocketAddr::new(a.listen.ip(), 0);
+            c.banner = true;
             nodes = usize::from(a.nodes);
             a.common.apply(&mut c, true);
             c
         }
-        Command::Serve(a) => {
+        Server::Serve(a) => {
             let mut c = NodeConfig::dev(a.data_dir);
             c.node_id = a.node_id;
             c.kafka_listen = a.listen;

@@ -192,6 +192,7 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
         Metadata::Kubernetes { .. } => {}
     }
     let (tx, rx) = oneshot::channel();
+    let banner_text = config.banner.then(|| config.clone());
     let mut node = tokio::spawn(serve(config, coord, import_local, tx));
     let ready = tokio::select! {
         r = rx => match r {
@@ -202,6 +203,9 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
         r = &mut node => return Err(start_failure(r)),
     };
     println!("sluice ready kafka={} admin={}", ready.kafka, ready.admin);
+    if let Some(config) = banner_text {
+        eprintln!("{}", banner(&config, &[(0, ready.kafka, ready.admin)]));
+    }
     tokio::select! {
         r = &mut node => anyhow::bail!("node stopped: {:?}", r?.err()),
         _ = shutdown_signal() => {}
@@ -555,6 +559,76 @@ impl DevNode {
 /// brings it back, `isolate I` cuts it off from the metadata (it keeps
 /// serving), `heal I` reconnects it, `stats` prints the coordination write
 /// count.
+/// `sluice dev`'s start-up banner (on stderr: stdout's first line stays the
+/// machine-readable `sluice ready ...`): where to connect, where the data is,
+/// how to stop, and a first command to try.
+pub fn banner(
+    config: &NodeConfig,
+    nodes: &[(i32, impl std::fmt::Display, impl std::fmt::Display)],
+) -> String {
+    let dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    let bootstrap = nodes
+        .iter()
+        .map(|(_, k, _)| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = String::from("\n  Sluice is running.\n\n");
+    if nodes.len() == 1 {
+        out.push_str(&format!("  Kafka bootstrap  {bootstrap}\n"));
+        out.push_str(&format!(
+            "  Admin (metrics)  http://{}/metrics\n",
+            nodes[0].2
+        ));
+    } else {
+        out.push_str(&format!(
+            "  Kafka bootstrap  {bootstrap}\n\n  NODE  KAFKA                 ADMIN\n"
+        ));
+        for (id, k, a) in nodes {
+            out.push_str(&format!("  {id:<4}  {:<20}  {a}\n", k.to_string()));
+        }
+        out.push_str("\n  Type `stop N` / `start N` here to stop or restart node N.\n");
+    }
+    out.push_str(&format!(
+        "  Data directory   {} (delete it to start over)\n",
+        dir.display()
+    ));
+    out.push_str("\n  Try, in another terminal:\n");
+    out.push_str("    sluice topic create hello -p 3\n");
+    out.push_str("    printf 'one\\ntwo\\n' | sluice produce hello\n");
+    out.push_str("    sluice consume hello -e\n");
+    out.push_str("\n  Ctrl-C to stop.\n");
+    out
+}
+
+/// Refuses a `sluice dev` data directory laid out for the other mode: a
+/// single node keeps its store in `<dir>/rocksdb`, a dev cluster in
+/// `<dir>/node-<i>/` (with the cluster's metadata in `<dir>/cluster.json`),
+/// and reading one as the other would hide records and keep internal
+/// topics at the wrong replication factor.
+pub fn check_dev_layout(dir: &std::path::Path, nodes: usize) -> anyhow::Result<()> {
+    let cluster_nodes = (0..)
+        .take_while(|i| dir.join(format!("node-{i}")).is_dir())
+        .count();
+    let single = dir.join("rocksdb").is_dir();
+    let d = dir.display();
+    if nodes == 1 && cluster_nodes > 0 {
+        anyhow::bail!(
+            "{d} holds the data of a {cluster_nodes}-node dev cluster; run `sluice dev --nodes {cluster_nodes}`, or give another --data-dir (or delete {d} to start over)"
+        );
+    }
+    if nodes > 1 && single {
+        anyhow::bail!(
+            "{d} holds the data of a single-node `sluice dev`; run it without --nodes, or give another --data-dir for the cluster (or delete {d} to start over)"
+        );
+    }
+    if nodes > 1 && cluster_nodes > nodes {
+        anyhow::bail!(
+            "{d} holds the data of a {cluster_nodes}-node dev cluster; run `sluice dev --nodes {cluster_nodes}` (fewer nodes would leave replicas behind), or give another --data-dir"
+        );
+    }
+    Ok(())
+}
+
 pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&base.data_dir)?;
     let memory = Arc::new(InMemory::persistent(base.data_dir.join("cluster.json"))?);
@@ -599,6 +673,12 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
         kafka.join(","),
         admin.join(",")
     );
+    if base.banner {
+        let rows: Vec<(i32, String, String)> = (0..nodes)
+            .map(|i| (i as i32, kafka[i].clone(), admin[i].clone()))
+            .collect();
+        eprintln!("{}", banner(&base, &rows));
+    }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {
@@ -654,4 +734,30 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
         n.stop().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_dev_layout;
+
+    #[test]
+    fn a_dev_data_directory_is_refused_by_the_other_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        check_dev_layout(dir.path(), 1).unwrap();
+        check_dev_layout(dir.path(), 3).unwrap();
+        std::fs::create_dir(dir.path().join("rocksdb")).unwrap();
+        check_dev_layout(dir.path(), 1).unwrap();
+        let e = check_dev_layout(dir.path(), 3).unwrap_err().to_string();
+        assert!(e.contains("single-node"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            std::fs::create_dir(dir.path().join(format!("node-{i}"))).unwrap();
+        }
+        check_dev_layout(dir.path(), 3).unwrap();
+        check_dev_layout(dir.path(), 4).unwrap();
+        let e = check_dev_layout(dir.path(), 1).unwrap_err().to_string();
+        assert!(e.contains("--nodes 3"), "{e}");
+        assert!(check_dev_layout(dir.path(), 2).is_err());
+    }
 }

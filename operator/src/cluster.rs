@@ -87,7 +87,7 @@ fn node_env(s: &Settings, namespace: &str, owner: &OwnerReference) -> Vec<Value>
     };
     vec![
         field("POD_NAME", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
+        field("SLUICE_NAMESPACE", "metadata.namespace"),
         field("POD_IP", "status.podIP"),
         field(
             "SLUICE_NODE_ID",
@@ -118,7 +118,7 @@ fn node_env(s: &Settings, namespace: &str, owner: &OwnerReference) -> Vec<Value>
     .into_iter()
     .chain(s.rack_topology_key.iter().flat_map(|key| {
         [
-            field("NODE_NAME", "spec.nodeName"),
+            field("SLUICE_KUBERNETES_NODE", "spec.nodeName"),
             val("SLUICE_RACK_FROM_NODE_LABEL", key.clone()),
         ]
     }))
@@ -617,7 +617,7 @@ mod tests {
             ..Settings::default()
         };
         let env = env_of(&statefulset(&s, "data", 3, &owner()));
-        assert!(env.contains(&("NODE_NAME".into(), "spec.nodeName".into())));
+        assert!(env.contains(&("SLUICE_KUBERNETES_NODE".into(), "spec.nodeName".into())));
         assert!(env.contains(&(
             "SLUICE_RACK_FROM_NODE_LABEL".into(),
             "topology.kubernetes.io/zone".into()
