@@ -290,3 +290,111 @@ def test_the_commands_speak_only_kafka_another_broker_works(tansu):
     info = sluice_json(b, "cluster", "info")
     assert len(info["nodes"]) == 1 and info["nodes"][0]["reachable"] is True
     one_line_error(sluice(b, "consume", "missing-here", "-e", check=False), "unknown topic")
+
+
+def start_dev(data_dir, *args, env=None):
+    """`sluice dev ARGS` on free ports; returns (process, ready fields, stderr
+    file) once ready, or (process, None, stderr) when it exited instead."""
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([BIN, "dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                             "--data-dir", data_dir, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                            env={**os.environ, **(env or {})})
+    line = proc.stdout.readline()
+    if not line.startswith("sluice ready "):
+        proc.wait(30)
+        err.seek(0)
+        return proc, None, err.read()
+    return proc, dict(kv.split("=", 1) for kv in line.split()[2:]), err
+
+
+def stop_dev(proc):
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_the_newcomers_path(tmp_path):
+    data = str(tmp_path / "sluice-data")
+    # The banner says where to connect, where the data is and how to stop.
+    proc, ready, err = start_dev(data)
+    try:
+        b = ready["kafka"]
+        wait_for(lambda: (err.seek(0), "Ctrl-C to stop" in err.read())[1])
+        err.seek(0)
+        banner = err.read()
+        assert f"Kafka bootstrap  {b}" in banner and os.path.realpath(data) in banner
+        assert "sluice topic create" in banner
+        # The README's quickstart, literally, with `sluice` on PATH and the
+        # test node as the default broker.
+        readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+        quickstart = readme.split("## Quickstart", 1)[1]
+        blocks = [blk.split("```", 1)[0] for blk in quickstart.split("```sh\n")[1:3]]
+        bin_dir = os.path.dirname(os.path.abspath(BIN)) if os.sep in BIN else None
+        env = {**os.environ, "SLUICE_BROKERS": b}
+        if bin_dir:
+            env["PATH"] = f"{bin_dir}:{env['PATH']}"
+        for block in blocks:
+            out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], capture_output=True,
+                                 text=True, env=env, timeout=120)
+            assert out.returncode == 0, f"{block}\n{out.stderr}"
+        # Its last steps: group "readers" read everything, then was reset.
+        described = sluice_json(b, "topic", "describe", "golang-test")[0]
+        assert sluice_json(b, "group", "describe", "readers")["total_lag"] == \
+            sum(p["high_watermark"] for p in described["partitions"]) > 0
+    finally:
+        stop_dev(proc)
+
+    # The single node's directory is refused by a cluster, and the other way.
+    proc, ready, message = start_dev(data, "--nodes", "3")
+    assert ready is None and proc.returncode != 0
+    assert "single-node" in message and "--data-dir" in message, message
+    cluster_dir = str(tmp_path / "sluice-cluster")
+    proc, ready, err = start_dev(cluster_dir, "--nodes", "3")
+    try:
+        wait_for(lambda: (err.seek(0), "stop N" in err.read())[1])
+        err.seek(0)
+        nodes_table = err.read()
+        for k in ready["kafka"].split(","):
+            assert k in nodes_table
+        # Internal topics take the cluster's replication factor.
+        b = ready["kafka"]
+        offsets = wait_for(lambda: next((t for t in sluice_json(b, "topic", "list", "--internal")
+                                         if t["name"] == "__consumer_offsets"), None))
+        assert offsets["replicas"] == 3
+    finally:
+        stop_dev(proc)
+    proc, ready, message = start_dev(cluster_dir)
+    assert ready is None and "--nodes 3" in message, message
+
+
+def test_server_flags_have_environment_variables_and_booleans_agree(tmp_path):
+    proc, ready, _ = start_dev(str(tmp_path / "a"), env={"SLUICE_NUM_PARTITIONS": "4",
+                                                         "SLUICE_AUTO_CREATE_TOPICS": "true"})
+    try:
+        sluice(ready["kafka"], "produce", "made-on-first-use", input="x\n")
+        assert sluice_json(ready["kafka"], "topic", "list")[0]["partitions"] == 4
+    finally:
+        stop_dev(proc)
+    for flag in (["--auto-create-topics=false"], ["--auto-create-topics", "false"]):
+        proc, ready, _ = start_dev(str(tmp_path / "b"), *flag)
+        try:
+            one_line_error(sluice(ready["kafka"], "produce", "absent", input="x\n", check=False),
+                           "unknown topic", "does not create topics on first use")
+        finally:
+            stop_dev(proc)
+    proc, ready, _ = start_dev(str(tmp_path / "c"), env={"SLUICE_AUTO_CREATE_TOPICS": "false"})
+    try:
+        one_line_error(sluice(ready["kafka"], "produce", "absent", input="x\n", check=False),
+                       "unknown topic")
+    finally:
+        stop_dev(proc)
+
+
+def test_shell_completions_load():
+    for shell in ("bash", "zsh", "fish"):
+        script = subprocess.run([BIN, "completion", shell], capture_output=True, text=True,
+                                check=True).stdout
+        assert "consume" in script and "reset-offsets" in script, shell
+    out = subprocess.run(["bash", "-c", f"source <({BIN} completion bash) && complete -p sluice"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "sluice" in out.stdout, out.stderr
