@@ -298,6 +298,27 @@ pub fn unknown_topic(topic: &str) -> anyhow::Error {
     anyhow!("unknown topic {topic:?}; `sluice topic list` shows the topics, `sluice topic create {topic}` creates it")
 }
 
+/// Prints a line for each admin result that succeeded and fails with the
+/// others' messages joined, so one bad name does not hide the rest.
+pub fn each_result(
+    results: Vec<Result<String, (String, RDKafkaErrorCode)>>,
+    done: impl Fn(&str) -> String,
+    failed: impl Fn(&str, RDKafkaErrorCode) -> String,
+) -> anyhow::Result<crate::Outcome> {
+    let mut errors = vec![];
+    for r in results {
+        match r {
+            Ok(name) => println!("{}", done(&name)),
+            Err((name, code)) => errors.push(failed(&name, code)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(crate::Outcome::Ok)
+    } else {
+        Err(anyhow!(errors.join("; ")))
+    }
+}
+
 /// Runs an admin future to completion on this thread.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     futures_executor::block_on(f)

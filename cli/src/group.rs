@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::connect::{block_on, Conn, Connection, Quiet};
+use crate::connect::{block_on, each_result, Conn, Connection, Quiet};
 use crate::consume::parse_time;
 use crate::output::{print, Table};
 use crate::topic::{options, partitions_of};
@@ -451,22 +451,15 @@ fn delete(conn: &Conn, groups: &[String]) -> anyhow::Result<Outcome> {
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     let results = block_on(admin.delete_groups(&names, &options(conn)))
         .map_err(|e| conn.kafka_error("cannot delete groups", e))?;
-    let mut failed = vec![];
-    for r in results {
-        match r {
-            Ok(g) => println!("deleted group {g}"),
-            Err((g, RDKafkaErrorCode::NonEmptyGroup)) => failed.push(format!(
-                "group {g} has active members; stop its consumers first"
-            )),
-            Err((g, RDKafkaErrorCode::GroupIdNotFound)) => {
-                failed.push(format!("unknown group {g:?}"))
+    each_result(
+        results,
+        |g| format!("deleted group {g}"),
+        |g, code| match code {
+            RDKafkaErrorCode::NonEmptyGroup => {
+                format!("group {g} has active members; stop its consumers first")
             }
-            Err((g, code)) => failed.push(format!("cannot delete group {g}: {code}")),
-        }
-    }
-    if failed.is_empty() {
-        Ok(Outcome::Ok)
-    } else {
-        Err(anyhow!(failed.join("; ")))
-    }
+            RDKafkaErrorCode::GroupIdNotFound => format!("unknown group {g:?}"),
+            code => format!("cannot delete group {g}: {code}"),
+        },
+    )
 }

@@ -1,6 +1,6 @@
 //! `sluice topic`: create, list, describe, alter, delete, add-partitions.
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use rdkafka::admin::{AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::consumer::Consumer;
@@ -8,7 +8,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
 use crate::config::{alter, describe, AlterOp, Resource};
-use crate::connect::{block_on, key_value, unknown_topic, Conn, Connection};
+use crate::connect::{block_on, each_result, key_value, unknown_topic, Conn, Connection};
 use crate::output::{print, Table};
 use crate::suggest::{did_you_mean, TOPIC_CONFIGS};
 use crate::Outcome;
@@ -124,18 +124,11 @@ fn create(
         .collect();
     let results = block_on(admin.create_topics(&topics, &options(conn)))
         .map_err(|e| conn.kafka_error("cannot create topics", e))?;
-    let mut failed = vec![];
-    for r in results {
-        match r {
-            Ok(name) => println!("created topic {name}"),
-            Err((name, code)) => failed.push(create_error(&name, code, configs)),
-        }
-    }
-    if failed.is_empty() {
-        Ok(Outcome::Ok)
-    } else {
-        Err(anyhow!(failed.join("; ")))
-    }
+    each_result(
+        results,
+        |name| format!("created topic {name}"),
+        |name, code| create_error(name, code, configs),
+    )
 }
 
 fn create_error(name: &str, code: RDKafkaErrorCode, configs: &[(String, String)]) -> String {
@@ -262,21 +255,14 @@ fn delete(conn: &Conn, names: &[String]) -> anyhow::Result<Outcome> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let results = block_on(admin.delete_topics(&names, &options(conn)))
         .map_err(|e| conn.kafka_error("cannot delete topics", e))?;
-    let mut failed = vec![];
-    for r in results {
-        match r {
-            Ok(name) => println!("deleted topic {name}"),
-            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
-                failed.push(unknown_topic(&name).to_string())
-            }
-            Err((name, code)) => failed.push(format!("cannot delete topic {name}: {code}")),
-        }
-    }
-    if failed.is_empty() {
-        Ok(Outcome::Ok)
-    } else {
-        Err(anyhow!(failed.join("; ")))
-    }
+    each_result(
+        results,
+        |name| format!("deleted topic {name}"),
+        |name, code| match code {
+            RDKafkaErrorCode::UnknownTopicOrPartition => unknown_topic(name).to_string(),
+            code => format!("cannot delete topic {name}: {code}"),
+        },
+    )
 }
 
 fn add_partitions(conn: &Conn, name: &str, num: usize) -> anyhow::Result<Outcome> {

@@ -398,3 +398,23 @@ def test_shell_completions_load():
     out = subprocess.run(["bash", "-c", f"source <({BIN} completion bash) && complete -p sluice"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "sluice" in out.stdout, out.stderr
+
+
+def test_brokers_come_from_flag_then_environment_then_profile(fresh_node, tmp_path):
+    profile = tmp_path / "config.toml"
+    profile.write_text(f'profile = "here"\n[profiles.here]\nbrokers = "{fresh_node.bootstrap}"\n'
+                       '[profiles.nowhere]\nbrokers = "127.0.0.1:1"\n')
+    env = {k: v for k, v in os.environ.items() if k != "SLUICE_BROKERS"}
+    env["SLUICE_CONFIG"] = str(profile)
+
+    def run(*args, extra=None):
+        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60,
+                              env={**env, **(extra or {})})
+    assert run("cluster", "info", "--json").returncode == 0
+    one_line_error(run("cluster", "info", "--profile", "nowhere"), "127.0.0.1:1")
+    one_line_error(run("cluster", "info", "--profile", "elsewhere"),
+                   'no profile "elsewhere"', "here, nowhere")
+    # The environment beats the profile, the flag beats both.
+    one_line_error(run("cluster", "info", extra={"SLUICE_BROKERS": "127.0.0.1:1"}), "127.0.0.1:1")
+    assert run("cluster", "info", "-b", fresh_node.bootstrap,
+               extra={"SLUICE_BROKERS": "127.0.0.1:1"}).returncode == 0
