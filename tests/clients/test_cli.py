@@ -63,6 +63,11 @@ def test_walkthrough_topics_keys_groups_and_resets(fresh_node):
         offsets = [int(r[1]) for r in rows if r[0] == p]
         assert offsets == list(range(len(offsets))), out
 
+    # From a time: everything since the epoch, nothing from the future.
+    assert sorted(sluice(b, "consume", "golang-test", "-e", "-o", "@0").stdout.split()) == \
+        ["one", "three", "two"]
+    assert sluice(b, "consume", "golang-test", "-e", "-o", "@2100-01-01").stdout == ""
+
     listed = sluice_json(b, "topic", "list")
     assert {"name": "golang-test", "partitions": 3, "replicas": 1} in listed
     described = sluice_json(b, "topic", "describe", "golang-test")[0]
@@ -102,6 +107,9 @@ def test_walkthrough_topics_keys_groups_and_resets(fresh_node):
     replay = sluice(b, "consume", "golang-test", "-g", "readers", "-e").stdout.split()
     assert sorted(replay) == sorted(["one", "two", "three", "hello", "world", "again",
                                      "four", "five"])
+    sluice(b, "group", "reset-offsets", "readers", "--to-datetime", "2100-01-01T00:00:00Z",
+           "--execute")
+    assert sluice_json(b, "group", "describe", "readers")["total_lag"] == 0
     with_data = sum(1 for o in sluice_json(b, "group", "describe", "readers")["offsets"]
                     if (o["committed"] or 0) > 0)
     sluice(b, "group", "reset-offsets", "readers", "--shift-by", "-1", "--execute")
