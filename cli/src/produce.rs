@@ -63,6 +63,7 @@ enum Compression {
     Gzip,
     Snappy,
     Lz4,
+    Zstd,
 }
 
 /// Delivery reports: how many records were acknowledged, and which failed.

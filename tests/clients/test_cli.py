@@ -426,3 +426,13 @@ def test_brokers_come_from_flag_then_environment_then_profile(fresh_node, tmp_pa
     one_line_error(run("cluster", "info", extra={"SLUICE_BROKERS": "127.0.0.1:1"}), "127.0.0.1:1")
     assert run("cluster", "info", "-b", fresh_node.bootstrap,
                extra={"SLUICE_BROKERS": "127.0.0.1:1"}).returncode == 0
+
+
+def test_every_compression_codec_round_trips(fresh_node):
+    b = fresh_node.bootstrap
+    sluice(b, "topic", "create", "squeezed")
+    codecs = ["none", "gzip", "snappy", "lz4", "zstd"]
+    for codec in codecs:
+        sluice(b, "produce", "squeezed", "-z", codec, input=f"{codec}-1\n{codec}-2\n")
+    got = sluice(b, "consume", "squeezed", "-e").stdout.split()
+    assert got == [f"{c}-{i}" for c in codecs for i in (1, 2)]
