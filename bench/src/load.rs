@@ -38,6 +38,10 @@ pub struct ProducerSettings {
     /// Turn on enable.idempotence.
     #[arg(long)]
     pub idempotent: bool,
+    /// Produce in transactions of this many records (each producer with
+    /// its own transactional.id); 0: no transactions.
+    #[arg(long, default_value_t = 0)]
+    pub transaction_records: u64,
 }
 
 #[derive(Args)]
@@ -200,6 +204,7 @@ impl ProducerContext for Acks {
 
 /// Sends `count` records (or until `until`) at `rate` per second (0: as fast
 /// as the queue allows), `fill` writing each value. Returns what was sent.
+#[allow(clippy::too_many_arguments)]
 fn run_producer(
     producer: &BaseProducer<Acks>,
     topic: &str,
@@ -207,12 +212,22 @@ fn run_producer(
     count: u64,
     rate: f64,
     until: Instant,
+    transaction_records: u64,
     mut fill: impl FnMut(&mut [u8]),
-) -> u64 {
+) -> anyhow::Result<u64> {
     let start = Instant::now();
     let mut value = incompressible(size.max(8), start.elapsed().as_nanos() as u64 + 7);
     let mut sent = 0u64;
+    let txn_timeout = Duration::from_secs(60);
+    if transaction_records > 0 {
+        producer.init_transactions(txn_timeout)?;
+        producer.begin_transaction()?;
+    }
     while sent < count && Instant::now() < until {
+        if transaction_records > 0 && sent > 0 && sent % transaction_records == 0 {
+            producer.commit_transaction(txn_timeout)?;
+            producer.begin_transaction()?;
+        }
         if rate > 0.0 {
             let due = start + Duration::from_secs_f64(sent as f64 / rate);
             let now = Instant::now();
@@ -235,8 +250,11 @@ fn run_producer(
             producer.poll(Duration::ZERO);
         }
     }
+    if transaction_records > 0 {
+        producer.commit_transaction(txn_timeout)?;
+    }
     let _ = producer.flush(Duration::from_secs(60));
-    sent
+    Ok(sent)
 }
 
 pub fn produce(a: &ProduceArgs) -> anyhow::Result<Report> {
@@ -247,7 +265,14 @@ pub fn produce(a: &ProduceArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let handles: Vec<_> = (0..a.producers)
         .map(|i| {
-            let cfg = producer_config(&a.target, &a.producer);
+            let mut cfg = producer_config(&a.target, &a.producer);
+            let txn = a.producer.transaction_records;
+            if txn > 0 {
+                cfg.set(
+                    "transactional.id",
+                    format!("sluice-bench-{}-{i}", std::process::id()),
+                );
+            }
             let topic = a.target.topic.clone();
             let size = a.producer.record_size;
             let count = per + u64::from((i as u64) < a.records % a.producers as u64);
@@ -259,7 +284,7 @@ pub fn produce(a: &ProduceArgs) -> anyhow::Result<Report> {
                     errors: AtomicU64::new(0),
                 };
                 let p: BaseProducer<Acks> = cfg.create_with_context(acks)?;
-                run_producer(&p, &topic, size, count, rate, until, |_| {});
+                run_producer(&p, &topic, size, count, rate, until, txn, |_| {})?;
                 Ok(Arc::new(p))
             })
         })
@@ -434,8 +459,9 @@ pub fn e2e(a: &E2eArgs) -> anyhow::Result<Report> {
         u64::MAX,
         a.rate,
         until,
+        0,
         |v| v[..8].copy_from_slice(&unix_ns().to_be_bytes()),
-    );
+    )?;
     sent.store(n, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let (h, got, bytes) = reader.join().expect("consumer thread")?;

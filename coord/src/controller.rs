@@ -19,7 +19,8 @@
 //!   balanced over them (a new node gets its fair share and no more) and
 //!   leave nodes outside them (draining, highest id first; leadership
 //!   first), by reassignment, at most `max_concurrent_moves` at once;
-//! - the offsets topic is created once enough nodes are up.
+//! - the internal topics (`__consumer_offsets`, `__transaction_state`) are
+//!   created once enough nodes are up.
 //!
 //! `sluice dev` runs it in process; on Kubernetes the operator runs it, one
 //! replica at a time ([`crate::elector`]).
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_api::election::{self, ElectionOptions};
-use sluice_api::{placement, reassign, rebalance, OFFSETS_TOPIC};
+use sluice_api::{placement, reassign, rebalance, OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -40,11 +41,15 @@ use crate::{
 
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    /// Nodes the cluster is meant to have (the offsets topic waits for
+    /// Nodes the cluster is meant to have (the internal topics wait for
     /// `min(offsets_replication_factor, expected_nodes)` of them).
     pub expected_nodes: usize,
     pub offsets_partitions: i32,
+    /// The replication factor of both internal topics.
     pub offsets_replication_factor: i16,
+    /// Partitions of `__transaction_state` (Kafka's
+    /// `transaction.state.log.num.partitions`).
+    pub transaction_state_partitions: i32,
     /// Nodes without a lease count as alive for one lease duration after the
     /// controller starts, so a restarting cluster keeps its leaders.
     pub lease_duration_ms: i64,
@@ -147,8 +152,8 @@ pub enum Action {
     },
     /// A deleted topic whose data every node holding it has dropped.
     Remove { name: String, id: Uuid },
-    /// The offsets topic.
-    CreateOffsetsTopic {
+    /// An internal topic: `__consumer_offsets` or `__transaction_state`.
+    CreateInternalTopic {
         spec: TopicSpec,
         records: Vec<PartitionRecord>,
     },
@@ -192,31 +197,32 @@ pub fn plan(
     // Where replicas are placed: live members.
     let placing: Vec<placement::Node> = live.iter().filter(|n| member(n.id)).cloned().collect();
 
-    // The offsets topic, once enough nodes are up.
-    if !view.topics.contains_key(OFFSETS_TOPIC) {
+    // The internal topics, once enough nodes are up.
+    let internal = [
+        (OFFSETS_TOPIC, config.offsets_partitions),
+        (TRANSACTION_STATE_TOPIC, config.transaction_state_partitions),
+    ];
+    for (name, partitions) in internal {
+        if view.topics.contains_key(name) {
+            continue;
+        }
         let rf = usize::from(config.offsets_replication_factor.max(1) as u16)
             .min(config.expected_nodes.max(1));
-        if placing.len() >= rf {
-            if let Ok(a) = placement::assign(&placing, &[], config.offsets_partitions as usize, rf)
-            {
-                // Committed offsets never age out with the log; they go with
-                // their group, and compaction keeps one record per live key.
-                let configs: BTreeMap<String, String> =
-                    [("retention.ms", "-1"), ("cleanup.policy", "compact")]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect();
-                out.push(Action::CreateOffsetsTopic {
-                    spec: TopicSpec::new(
-                        OFFSETS_TOPIC,
-                        new_id(),
-                        config.offsets_partitions,
-                        rf as i16,
-                        configs,
-                    ),
-                    records: a.into_iter().map(PartitionRecord::new).collect(),
-                });
-            }
+        if placing.len() < rf {
+            continue;
+        }
+        if let Ok(a) = placement::assign(&placing, &[], partitions as usize, rf) {
+            // Committed offsets and transaction states never age out with
+            // the log; compaction keeps one record per live key.
+            let configs: BTreeMap<String, String> =
+                [("retention.ms", "-1"), ("cleanup.policy", "compact")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+            out.push(Action::CreateInternalTopic {
+                spec: TopicSpec::new(name, new_id(), partitions, rf as i16, configs),
+                records: a.into_iter().map(PartitionRecord::new).collect(),
+            });
         }
     }
 
@@ -584,10 +590,11 @@ pub async fn write(coord: &dyn Coordination, action: Action) -> CResult<()> {
             coord.remove_topic(&name, id).await?;
             tracing::info!(topic = %name, %id, "deleted topic removed: every node dropped its data");
         }
-        Action::CreateOffsetsTopic { spec, records } => {
+        Action::CreateInternalTopic { spec, records } => {
             let (partitions, rf) = (spec.partitions, spec.replication_factor);
+            let name = spec.name.clone();
             coord.create_topic(spec, records).await?;
-            tracing::info!(partitions, replication_factor = rf, "offsets topic created");
+            tracing::info!(topic = %name, partitions, replication_factor = rf, "internal topic created");
         }
     }
     Ok(())
@@ -616,6 +623,7 @@ mod tests {
             expected_nodes: 3,
             offsets_partitions: 1,
             offsets_replication_factor: 1,
+            transaction_state_partitions: 1,
             lease_duration_ms: 10_000,
             preferred_leader_interval_ms: 0,
             max_concurrent_moves: 4,
@@ -638,14 +646,15 @@ mod tests {
             nodes: nodes.iter().map(|n| lease(*n)).collect(),
             ..Default::default()
         };
-        let offsets = TopicSpec::new(OFFSETS_TOPIC, Uuid::nil(), 1, 1, BTreeMap::new());
-        view.topics.insert(
-            OFFSETS_TOPIC.into(),
-            Versioned {
-                value: offsets,
-                version: 1,
-            },
-        );
+        for name in [OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC] {
+            view.topics.insert(
+                name.into(),
+                Versioned {
+                    value: TopicSpec::new(name, Uuid::nil(), 1, 1, BTreeMap::new()),
+                    version: 1,
+                },
+            );
+        }
         view.records.insert(
             spec.name.clone(),
             records

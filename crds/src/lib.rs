@@ -22,3 +22,6 @@ pub mod v1alpha1;
 
 /// The internal topic holding committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The internal topic holding the transaction coordinators' state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";

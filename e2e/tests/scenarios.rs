@@ -422,7 +422,8 @@ async fn delete_topic() -> Result<()> {
 /// `helm uninstall` removes everything the chart and the operator made
 /// except the data: the nodes' PVCs, and the topics' metadata (Topic
 /// objects and their partition Leases, here only Sluice's internal
-/// `__consumer_offsets`, as user topics were deleted first). The cleanup
+/// `__consumer_offsets` and `__transaction_state`, as user topics were
+/// deleted first). The cleanup
 /// docs/operations.md gives then leaves the namespace empty.
 #[tokio::test]
 #[ignore = "end to end: run by e2e/run.sh or e2e/kind.sh"]
@@ -517,8 +518,10 @@ async fn uninstall_leaves_only_data() -> Result<()> {
     .await?;
     let topics = c.kubectl(&["get", "topics", "-o", "name"]).await?;
     ensure!(
-        topics.lines().all(|t| t.contains("consumer-offsets")),
-        "Topics left besides the internal one: {topics}"
+        topics
+            .lines()
+            .all(|t| t.contains("consumer-offsets") || t.contains("transaction-state")),
+        "Topics left besides the internal ones: {topics}"
     );
     ensure!(
         !leases.trim().is_empty(),

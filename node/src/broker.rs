@@ -262,7 +262,7 @@ fn convert(
     Ok(b.clone())
 }
 
-/// Internal topics (`__consumer_offsets`) are the node's own state: admin
+/// Internal topics (`__consumer_offsets`, `__transaction_state`) are the node's own state: admin
 /// operations that would delete, move or reshape their data are refused.
 pub fn refuse_internal(name: &str) -> KResult<()> {
     if is_internal(name) {
@@ -275,7 +275,7 @@ pub fn refuse_internal(name: &str) -> KResult<()> {
 }
 
 pub fn is_internal(name: &str) -> bool {
-    name == sluice_api::OFFSETS_TOPIC
+    name == sluice_api::OFFSETS_TOPIC || name == sluice_api::TRANSACTION_STATE_TOPIC
 }
 
 pub fn no_such_topic(name: &str) -> KafkaError {
@@ -1495,14 +1495,37 @@ impl Broker {
         partition: i32,
         records: Vec<(Bytes, Option<Bytes>)>,
     ) -> KResult<Appended> {
+        self.append_internal_as(topic, partition, None, records)
+    }
+
+    /// [`append_internal`](Self::append_internal) on behalf of a
+    /// transactional producer (producer id, epoch): a transactional batch
+    /// without sequences, which its transaction's marker commits or aborts
+    /// (offsets committed in a transaction).
+    pub fn append_internal_as(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer: Option<(i64, i16)>,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    ) -> KResult<Appended> {
         let t = self.topic(topic).ok_or_else(|| no_such_topic(topic))?;
-        let records = records.into_iter().map(|(k, v)| (Some(k), v)).collect();
-        let batch = batch::encode_records(
-            records,
-            now_ms(),
-            kafka_protocol::records::Compression::None,
-        )
-        .map_err(|e| KafkaError::new(ResponseError::UnknownServerError, e.to_string()))?;
+        let now = now_ms();
+        let records: Vec<_> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let mut r = batch::plain_record(i as i64, now, Some(k), v);
+                if let Some((id, epoch)) = producer {
+                    r.transactional = true;
+                    r.producer_id = id;
+                    r.producer_epoch = epoch;
+                }
+                r
+            })
+            .collect();
+        let batch = batch::encode_v2(&records, kafka_protocol::records::Compression::None)
+            .map_err(|e| KafkaError::new(ResponseError::UnknownServerError, e.to_string()))?;
         self.append(&t, partition, Some(&batch), -1)
     }
 
@@ -1531,8 +1554,13 @@ impl Broker {
         offset: i64,
         max_bytes: usize,
         at_least_one: bool,
+        read_committed: bool,
     ) -> KResult<Read> {
-        let hw = log.high_watermark();
+        let hw = if read_committed {
+            log.last_stable_offset()
+        } else {
+            log.high_watermark()
+        };
         let end = log.log_end_offset();
         if offset < log.log_start_offset() || offset > end {
             return Err(KafkaError::new(
@@ -1543,7 +1571,8 @@ impl Broker {
                 ),
             ));
         }
-        // Between the high watermark and the log end: nothing visible yet.
+        // Between the high watermark (for read_committed, the last stable
+        // offset) and the log end: nothing visible yet.
         Ok(log.read(offset, max_bytes, hw, at_least_one)?)
     }
 

@@ -68,6 +68,8 @@ pub struct NodeConfig {
     pub sync_writes: bool,
     /// Group coordinator settings.
     pub groups: crate::group::GroupConfig,
+    /// Transaction coordinator settings.
+    pub txns: crate::txn::TxnConfig,
     /// How long an idle idempotent producer's state is kept
     /// (`producer.id.expiration.ms`).
     pub producer_id_expiration_ms: i64,
@@ -119,6 +121,7 @@ impl NodeConfig {
             cleaner: CleanerConfig::default(),
             sync_writes: false,
             groups: crate::group::GroupConfig::default(),
+            txns: crate::txn::TxnConfig::default(),
             producer_id_expiration_ms: 86_400_000,
             replication_listen: "127.0.0.1:0".parse().expect("static address"),
             replication_advertised_host: None,
@@ -487,15 +490,17 @@ impl BrokerDefaults {
         })
     }
 
-    /// [`resolve`](Self::resolve) for a named topic: the offsets topic is
-    /// compacted unless its configs say otherwise (it holds one live record
-    /// per group and per committed partition).
+    /// [`resolve`](Self::resolve) for a named topic: the internal topics
+    /// are compacted unless their configs say otherwise (they hold one live
+    /// record per group, committed partition and transactional id).
     pub fn resolve_topic(
         &self,
         name: &str,
         overrides: &BTreeMap<String, String>,
     ) -> Result<TopicConfig, ConfigError> {
-        if name == sluice_api::OFFSETS_TOPIC && !overrides.contains_key("cleanup.policy") {
+        let internal =
+            name == sluice_api::OFFSETS_TOPIC || name == sluice_api::TRANSACTION_STATE_TOPIC;
+        if internal && !overrides.contains_key("cleanup.policy") {
             let mut o = overrides.clone();
             o.insert("cleanup.policy".into(), "compact".into());
             return self.resolve(&o);

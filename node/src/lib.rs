@@ -15,6 +15,8 @@
 //! - [`cluster`]: the node's lease and self-fencing, applying the metadata
 //!   (topics, replica roles, follower sessions, ISR changes);
 //! - [`group`]: the group coordinator and committed offsets;
+//! - [`txn`]: transactions: the transaction state machine (pure), and the
+//!   coordinator built on it;
 //! - [`config`]: node settings and topic config validation (pure);
 //! - [`metrics`] and [`http`]: Prometheus metrics and health on the admin port.
 
@@ -32,3 +34,4 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod replication;
+pub mod txn;

@@ -11,6 +11,7 @@ use sluice_node::config::{BrokerDefaults, CleanerConfig, NodeConfig};
 use sluice_node::group::state::Limits;
 use sluice_node::group::GroupConfig;
 use sluice_node::log::TimestampType;
+use sluice_node::txn::TxnConfig;
 
 /// The one place server defaults come from: flags show and fall back to it.
 fn d() -> &'static NodeConfig {
@@ -241,6 +242,22 @@ struct CommonArgs {
     /// (offsets.topic.num.partitions).
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_NUM_PARTITIONS", default_value_t = d().groups.offsets_topic_partitions)]
     offsets_topic_num_partitions: i32,
+    /// Partitions of __transaction_state, fixed when it is first created
+    /// (transaction.state.log.num.partitions).
+    #[arg(long, env = "SLUICE_TRANSACTION_STATE_NUM_PARTITIONS", default_value_t = d().txns.state_topic_partitions)]
+    transaction_state_num_partitions: i32,
+    /// The longest transaction.timeout.ms a producer may ask for
+    /// (transaction.max.timeout.ms).
+    #[arg(long, env = "SLUICE_TRANSACTION_MAX_TIMEOUT_MS", default_value_t = d().txns.max_timeout_ms)]
+    transaction_max_timeout_ms: i32,
+    /// How often transactions open past their timeout are aborted
+    /// (transaction.abort.timed.out.transaction.cleanup.interval.ms).
+    #[arg(long, env = "SLUICE_TRANSACTION_ABORT_CHECK_INTERVAL_MS", default_value_t = d().txns.abort_check_interval_ms)]
+    transaction_abort_check_interval_ms: u64,
+    /// How long a transactional id without a transaction is remembered
+    /// (transactional.id.expiration.ms).
+    #[arg(long, env = "SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS", default_value_t = d().txns.id_expiration_ms)]
+    transactional_id_expiration_ms: i64,
     /// How long an idle idempotent producer's state is kept, checked with
     /// retention (producer.id.expiration.ms).
     #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION_MS", default_value_t = d().producer_id_expiration_ms)]
@@ -288,6 +305,12 @@ impl CommonArgs {
             offsets_retention_ms: (self.offsets_retention_minutes * 60_000.0) as i64,
             offsets_retention_check_interval_ms: self.offsets_retention_check_interval_ms,
             ..GroupConfig::default()
+        };
+        c.txns = TxnConfig {
+            state_topic_partitions: self.transaction_state_num_partitions,
+            max_timeout_ms: self.transaction_max_timeout_ms,
+            abort_check_interval_ms: self.transaction_abort_check_interval_ms.max(1),
+            id_expiration_ms: self.transactional_id_expiration_ms,
         };
         c.num_partitions = self.num_partitions;
         c.socket_request_max_bytes = self.socket_request_max_bytes;

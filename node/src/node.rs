@@ -41,6 +41,7 @@ fn controller_config(config: &NodeConfig, expected_nodes: usize) -> ControllerCo
         expected_nodes,
         offsets_partitions: config.groups.offsets_topic_partitions,
         offsets_replication_factor: 3,
+        transaction_state_partitions: config.txns.state_topic_partitions,
         lease_duration_ms: config.lease_duration_ms,
         preferred_leader_interval_ms: 300_000,
         max_concurrent_moves: 32,
@@ -285,9 +286,15 @@ pub async fn serve(
         import_local_topics(&broker).await?;
     }
     let groups = Coordinator::new(broker.clone(), config.groups.clone());
+    let txns = crate::txn::Coordinator::new(broker.clone(), groups.clone(), config.txns.clone());
     let repl_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(leader::Service::new(broker.clone()))
+            .add_service(crate::txn::markers::Service::new(
+                broker.clone(),
+                groups.clone(),
+                &txns,
+            ))
             .serve_with_incoming(
                 // Small messages both ways: Nagle's algorithm would hold each
                 // answer for a delayed ACK.
@@ -340,15 +347,20 @@ pub async fn serve(
         broker.config.reassignment_throttle_bytes_per_sec,
         broker.metrics.reassignment_fetched_bytes.clone(),
     ));
-    cluster::refresh(&broker, &groups, &mut fetchers).await;
-    tokio::spawn(cluster::run_sync(broker.clone(), groups.clone(), fetchers));
+    let coordinators = cluster::Coordinators {
+        groups: groups.clone(),
+        txns: txns.clone(),
+    };
+    cluster::refresh(&broker, &coordinators, &mut fetchers).await;
+    tokio::spawn(cluster::run_sync(broker.clone(), coordinators, fetchers));
     tokio::spawn(cluster::run_isr_checks(broker.clone()));
     tokio::spawn(broker.clone().retention_loop());
     tokio::spawn(broker.clone().storage_watch());
     tokio::spawn(crate::cleaner::run(broker.clone()));
     tokio::spawn(groups.clone().run_timers());
+    tokio::spawn(txns.clone().run_timers());
     let http = tokio::spawn(crate::http::serve(broker.clone(), admin));
-    let services = Arc::new(Services::new(broker, groups));
+    let services = Arc::new(Services::new(broker, groups, txns));
     let kafka_server = tokio::spawn(crate::protocol::serve(services, kafka));
     tracing::info!(kafka = %addrs.kafka, admin = %addrs.admin, replication = %addrs.replication, data_dir = %config.data_dir.display(), node_id = config.node_id, "sluice node ready");
     let _ = ready.send(addrs);

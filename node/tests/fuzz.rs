@@ -434,6 +434,69 @@ fn seed_body(api: ApiKey, version: i16, records: &Bytes) -> Option<Vec<u8>> {
                 version,
             )
         }
+        ApiKey::AddPartitionsToTxn => {
+            use add_partitions_to_txn_request::{
+                AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+            };
+            let topics = vec![AddPartitionsToTxnTopic::default()
+                .with_name(tn("fuzz"))
+                .with_partitions(vec![0, 1])];
+            let req = if version >= 4 {
+                AddPartitionsToTxnRequest::default().with_transactions(vec![
+                    AddPartitionsToTxnTransaction::default()
+                        .with_transactional_id(TransactionalId(s("t")))
+                        .with_producer_id(ProducerId(1))
+                        .with_topics(topics),
+                ])
+            } else {
+                AddPartitionsToTxnRequest::default()
+                    .with_v3_and_below_transactional_id(TransactionalId(s("t")))
+                    .with_v3_and_below_producer_id(ProducerId(1))
+                    .with_v3_and_below_topics(topics)
+            };
+            enc(req, version)
+        }
+        ApiKey::AddOffsetsToTxn => enc(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("t")))
+                .with_producer_id(ProducerId(1))
+                .with_group_id(g()),
+            version,
+        ),
+        ApiKey::EndTxn => enc(
+            EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(s("t")))
+                .with_producer_id(ProducerId(1))
+                .with_committed(true),
+            version,
+        ),
+        ApiKey::TxnOffsetCommit => {
+            use txn_offset_commit_request::{
+                TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+            };
+            enc(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(TransactionalId(s("t")))
+                    .with_group_id(g())
+                    .with_producer_id(ProducerId(1))
+                    .with_generation_id(-1)
+                    .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                        .with_name(tn("fuzz"))
+                        .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                            .with_partition_index(0)
+                            .with_committed_offset(1)])]),
+                version,
+            )
+        }
+        ApiKey::DescribeTransactions => enc(
+            DescribeTransactionsRequest::default()
+                .with_transactional_ids(vec![TransactionalId(s("t"))]),
+            version,
+        ),
+        ApiKey::ListTransactions => enc(
+            ListTransactionsRequest::default().with_state_filters(vec![s("Ongoing")]),
+            version,
+        ),
         _ => None,
     }
 }

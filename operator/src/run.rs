@@ -113,6 +113,7 @@ impl Operator {
             expected_nodes: self.settings.min_nodes as usize,
             offsets_partitions: 50,
             offsets_replication_factor: 3,
+            transaction_state_partitions: 50,
             lease_duration_ms: self.settings.node_lease_ms,
             preferred_leader_interval_ms: 300_000,
             max_concurrent_moves: self.settings.max_concurrent_moves,

@@ -172,8 +172,15 @@ impl Fetchers {
     }
 }
 
+/// The coordinators that follow leadership of their internal topic's
+/// partitions.
+pub struct Coordinators {
+    pub groups: Arc<Coordinator>,
+    pub txns: Arc<crate::txn::Coordinator>,
+}
+
 /// Reads the metadata, applies it, and tells everyone who cares.
-pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut Fetchers) {
+pub async fn refresh(broker: &Arc<Broker>, coordinators: &Coordinators, fetchers: &mut Fetchers) {
     let read_at = mono_ms();
     let view = match View::read(broker.coord.as_ref()).await {
         Ok(v) => v,
@@ -187,7 +194,8 @@ pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut 
     match applied {
         Ok(Ok(applied)) => {
             broker.view_read(read_at);
-            groups.leadership_changed(&applied.transitions);
+            coordinators.groups.leadership_changed(&applied.transitions);
+            coordinators.txns.leadership_changed(&applied.transitions);
             for (name, id) in applied.dropped {
                 if let Err(e) = broker
                     .coord
@@ -207,11 +215,11 @@ pub async fn refresh(broker: &Arc<Broker>, groups: &Coordinator, fetchers: &mut 
 
 /// Follows the metadata: on every change, and every half second (leases
 /// lapse without anything being written).
-pub async fn run_sync(broker: Arc<Broker>, groups: Arc<Coordinator>, mut fetchers: Fetchers) {
+pub async fn run_sync(broker: Arc<Broker>, coordinators: Coordinators, mut fetchers: Fetchers) {
     let mut changes = broker.coord.changes();
     loop {
         changes.borrow_and_update();
-        refresh(&broker, &groups, &mut fetchers).await;
+        refresh(&broker, &coordinators, &mut fetchers).await;
         let _ = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
     }
 }

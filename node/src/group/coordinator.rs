@@ -29,6 +29,8 @@ use crate::replication::replica::Transition;
 
 pub use sluice_api::OFFSETS_TOPIC;
 
+mod txn;
+
 /// Committed offsets by (topic, partition); `None` where nothing is committed.
 pub type FetchedOffsets = Vec<((String, i32), Option<Committed>)>;
 
@@ -69,6 +71,18 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
     let h = java_string_hash(group);
     let abs = if h == i32::MIN { 0 } else { h.abs() };
     abs % partitions
+}
+
+/// A coordinator's write to its internal partition failed: what its
+/// clients are told (find the new coordinator, or retry).
+pub fn coordinator_error(code: ResponseError) -> ResponseError {
+    match code {
+        ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
+        ResponseError::NotEnoughReplicasAfterAppend | ResponseError::NotEnoughReplicas => {
+            ResponseError::CoordinatorNotAvailable
+        }
+        other => other,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -192,6 +206,9 @@ struct Inner {
     groups: HashMap<String, Group>,
     join_waiters: Waiters<JoinResult>,
     sync_waiters: Waiters<SyncResult>,
+    /// Offsets committed in transactions not decided yet, by offsets
+    /// partition and producer id.
+    txn_offsets: HashMap<(i32, i64), Vec<txn::PendingOffset>>,
 }
 
 pub struct Coordinator {
@@ -278,6 +295,12 @@ impl Coordinator {
                 // Past the batch, even one without records (compaction's
                 // last) or one that does not decode.
                 offset = h.last_offset().saturating_add(1);
+                if h.is_control() {
+                    if let Some(commit) = batch::marker_of(&b) {
+                        self.end_pending(&mut inner, partition, h.producer_id(), commit);
+                    }
+                    continue;
+                }
                 let decoded =
                     batch::decode_records(&b, self.broker.config.max_decompressed_batch_bytes);
                 let set = match decoded {
@@ -289,9 +312,19 @@ impl Coordinator {
                 };
                 for r in set {
                     records += 1;
-                    if let Some(k) = r.key {
-                        self.apply(&mut inner, &k, r.value.as_ref(), r.offset, now);
+                    let Some(k) = r.key else { continue };
+                    if h.is_transactional() {
+                        // Offsets of a transaction: they wait for its marker.
+                        if let Some(p) = txn::pending_from_record(&k, r.value.as_ref(), r.offset) {
+                            inner
+                                .txn_offsets
+                                .entry((partition, h.producer_id()))
+                                .or_default()
+                                .push(p);
+                        }
+                        continue;
                     }
+                    self.apply(&mut inner, &k, r.value.as_ref(), r.offset, now);
                 }
             }
         }
@@ -320,6 +353,7 @@ impl Coordinator {
     fn drop_groups(&self, inner: &mut Inner, partition: i32) {
         let mine = |g: &str| self.partition_for(g) == partition;
         inner.groups.retain(|g, _| !mine(g));
+        inner.txn_offsets.retain(|(p, _), _| *p != partition);
         for ((_, member), tx) in take_waiters(&mut inner.join_waiters, mine) {
             let _ = tx.send(JoinResult::error(ResponseError::NotCoordinator, &member));
         }
@@ -352,13 +386,7 @@ impl Coordinator {
         self.broker
             .wait_replicated(&topic, self.partition_for(group), appended, timeout)
             .await
-            .map_err(|e| match e.code {
-                ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
-                ResponseError::NotEnoughReplicasAfterAppend | ResponseError::NotEnoughReplicas => {
-                    ResponseError::CoordinatorNotAvailable
-                }
-                other => other,
-            })
+            .map_err(|e| coordinator_error(e.code))
     }
 
     fn apply(

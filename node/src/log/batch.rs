@@ -425,6 +425,67 @@ pub fn encode_records(
     encode_v2(&recs, compression)
 }
 
+/// Kafka's control record types (`ControlRecordType`): the key of the one
+/// record in a transaction marker batch.
+const CONTROL_ABORT: i16 = 0;
+const CONTROL_COMMIT: i16 = 1;
+
+/// A transaction marker (Kafka's `EndTransactionMarker`) as the control
+/// batch a partition leader appends: one record whose key says commit or
+/// abort and whose value carries the coordinator's epoch.
+pub fn marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> anyhow::Result<Bytes> {
+    let kind = if commit {
+        CONTROL_COMMIT
+    } else {
+        CONTROL_ABORT
+    };
+    let mut key = BytesMut::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&kind.to_be_bytes());
+    let mut value = BytesMut::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch,
+        timestamp_type: kafka_protocol::records::TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    encode_v2(&[record], Compression::None)
+}
+
+/// What a control batch says: `Some(true)` a commit marker, `Some(false)`
+/// an abort marker, `None` anything else (not a control batch, another
+/// control record type, unreadable).
+pub fn marker_of(batch: &[u8]) -> Option<bool> {
+    let h = Header::parse(batch).ok()?;
+    if !h.is_control() {
+        return None;
+    }
+    let records = decode_records(batch, 1 << 16).ok()?;
+    let key = records.first()?.key.as_ref()?;
+    match i16::from_be_bytes([*key.get(2)?, *key.get(3)?]) {
+        CONTROL_COMMIT => Some(true),
+        CONTROL_ABORT => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -474,6 +535,28 @@ pub(crate) mod tests {
             })
             .collect();
         encode_v2(&recs, compression).unwrap()
+    }
+
+    #[test]
+    fn markers_say_commit_or_abort_and_carry_the_producer() {
+        for commit in [true, false] {
+            let b = marker_batch(42, 3, commit, 7, 1_000).unwrap();
+            let h = Header::parse(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id(), h.producer_epoch(), h.base_sequence()),
+                (42, 3, -1)
+            );
+            assert_eq!(h.record_count(), 1);
+            assert_eq!(marker_of(&b), Some(commit));
+        }
+        let data = encode_records(
+            vec![(None, Some(Bytes::from_static(b"v")))],
+            0,
+            Compression::None,
+        )
+        .unwrap();
+        assert_eq!(marker_of(&data), None);
     }
 
     #[test]

@@ -89,6 +89,16 @@ pub fn keep(
     !(is_tombstone && offset < tombstone_horizon)
 }
 
+/// Whether the cleaner may remove a transaction marker at `offset`: none of
+/// its transaction's records is left in the log (the aborted ones went, the
+/// committed ones were superseded) and it has been clean for
+/// `delete.retention.ms` (below the tombstone horizon), as Kafka's cleaner
+/// removes markers. A marker with records left stays: without it a log
+/// rebuilt from its batches would take them for an open transaction.
+pub fn marker_removable(offset: i64, records_left: bool, horizon: i64) -> bool {
+    !records_left && offset < horizon
+}
+
 /// What the cleaner remembers of a partition, stored next to its log and
 /// written in the same atomic write as the last rewritten batches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,5 +405,18 @@ mod tests {
         assert_eq!(cp.oldest_tombstone, None);
         cp.start_moved(150, 400);
         assert_eq!((cp.first_dirty, cp.clean_bytes), (150, 0));
+    }
+
+    #[test]
+    fn markers_go_once_their_records_are_gone_and_retention_passed() {
+        assert!(marker_removable(5, false, 10));
+        assert!(
+            !marker_removable(5, true, 10),
+            "records of its transaction are left"
+        );
+        assert!(
+            !marker_removable(10, false, 10),
+            "not yet clean for delete.retention.ms"
+        );
     }
 }

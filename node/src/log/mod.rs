@@ -8,6 +8,7 @@ pub mod compaction;
 mod partition;
 pub mod producers;
 mod store;
+pub mod txn_index;
 pub mod validate;
 
 pub use partition::{

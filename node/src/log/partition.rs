@@ -16,6 +16,7 @@ use super::store::{
     self, batch_key, offset_of_key, partition_prefix, PartitionState, Store, CF_LOG, CF_TSIDX,
     PREFIX_LEN,
 };
+use super::txn_index::{self, AbortedTxn, TxnIndex};
 
 /// What an append assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,16 @@ fn batch_meta(h: &Header<'_>) -> BatchMeta {
     }
 }
 
+/// A producer's entry after one of its stored batches (idempotence and
+/// epoch; the transaction start is the caller's).
+fn next_entry(prev: Option<ProducerEntry>, h: &Header<'_>) -> ProducerEntry {
+    if h.is_control() || h.base_sequence() < 0 {
+        producers::record_epoch(prev, h.producer_epoch())
+    } else {
+        producers::record(prev, h.producer_epoch(), batch_meta(h))
+    }
+}
+
 struct Inner {
     state: PartitionState,
     producers: HashMap<i64, ProducerEntry>,
@@ -67,6 +78,9 @@ struct Inner {
     generation: u64,
     /// The partition was deleted: nothing may write to it any more.
     closed: bool,
+    /// Open and aborted transactions (the last stable offset and what
+    /// read_committed fetches must report).
+    txns: TxnIndex,
 }
 
 /// Answer to "where does epoch E end in this log" (Kafka's
@@ -96,6 +110,10 @@ pub struct PartitionLog {
     log_end: AtomicI64,
     high_watermark: AtomicI64,
     size_bytes: AtomicI64,
+    /// The first offset of the earliest open transaction, i64::MAX when
+    /// none is open: the last stable offset is the lower of it and the
+    /// high watermark.
+    first_unstable: AtomicI64,
 }
 
 impl PartitionLog {
@@ -124,6 +142,12 @@ impl PartitionLog {
             producers.insert(id, entry);
         }
         let epochs = store.load_epochs(&prefix)?;
+        let txns = TxnIndex::restore(
+            producers
+                .iter()
+                .filter_map(|(id, e): (&i64, &ProducerEntry)| e.txn_start.map(|s| (*id, s))),
+            store.load_aborted(&prefix)?,
+        );
         let cleaner = store
             .load_cleaner(&prefix)?
             .unwrap_or_else(|| Checkpoint::new(state.log_start_offset));
@@ -135,6 +159,7 @@ impl PartitionLog {
             log_end: AtomicI64::new(state.next_offset),
             high_watermark: AtomicI64::new(state.high_watermark),
             size_bytes: AtomicI64::new(state.size_bytes),
+            first_unstable: AtomicI64::new(txns.first_open().unwrap_or(i64::MAX)),
             inner: Mutex::new(Inner {
                 state,
                 producers,
@@ -142,6 +167,7 @@ impl PartitionLog {
                 cleaner,
                 generation: 0,
                 closed: false,
+                txns,
             }),
         })
     }
@@ -173,6 +199,36 @@ impl PartitionLog {
     }
     pub fn size_bytes(&self) -> i64 {
         self.size_bytes.load(Ordering::Acquire)
+    }
+
+    /// The last stable offset: below it every transaction is decided, so a
+    /// read_committed consumer may read up to it.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.high_watermark()
+            .min(self.first_unstable.load(Ordering::Acquire))
+    }
+
+    /// Aborted transactions whose records overlap `[from, to)`.
+    pub fn aborted_in(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        let inner = self.inner.lock().expect("partition lock");
+        inner.txns.aborted_in(from, to)
+    }
+
+    /// The first offset of the producer's open transaction here.
+    pub fn open_transaction(&self, producer_id: i64) -> Option<i64> {
+        let inner = self.inner.lock().expect("partition lock");
+        inner.txns.open_since(producer_id)
+    }
+
+    /// Producers with a transaction open here: (producer id, first offset).
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        let inner = self.inner.lock().expect("partition lock");
+        inner.txns.open_transactions().collect()
+    }
+
+    fn publish_unstable(&self, txns: &TxnIndex) {
+        self.first_unstable
+            .store(txns.first_open().unwrap_or(i64::MAX), Ordering::Release);
     }
 
     /// Appends one validated batch: checks an idempotent producer's sequence,
@@ -212,7 +268,13 @@ impl PartitionLog {
         let header = Header::parse(batch_bytes).expect("validated before append");
         let producer = header.producer_id();
         let mut inner = self.write_lock()?;
-        let seqs = (producer >= 0).then(|| {
+        // Markers and a coordinator's transactional offset commits carry no
+        // sequence: only their epoch is checked.
+        let sequenced = producer >= 0 && !header.is_control() && header.base_sequence() >= 0;
+        if producer >= 0 && !sequenced {
+            producers::check_epoch(inner.producers.get(&producer), header.producer_epoch())?;
+        }
+        let seqs = sequenced.then(|| {
             let first = header.base_sequence();
             (
                 header.producer_epoch(),
@@ -269,21 +331,38 @@ impl PartitionLog {
             epochs.push((leader_epoch, base));
             self.store.put_epochs(&mut wb, &self.prefix, &epochs);
         }
-        let entry = seqs.map(|(epoch, first, last_seq)| {
-            let meta = BatchMeta {
-                first_seq: first,
-                last_seq,
-                base_offset: base,
-                last_offset: last,
-                max_timestamp: max_ts,
+        let mark = inner.txns.mark();
+        let entry = (producer >= 0).then(|| {
+            let prev = inner.producers.get(&producer).cloned();
+            let mut e = match seqs {
+                Some((epoch, first, last_seq)) => {
+                    let meta = BatchMeta {
+                        first_seq: first,
+                        last_seq,
+                        base_offset: base,
+                        last_offset: last,
+                        max_timestamp: max_ts,
+                    };
+                    producers::record(prev, epoch, meta)
+                }
+                None => producers::record_epoch(prev, header.producer_epoch()),
             };
-            let e = producers::record(inner.producers.get(&producer).cloned(), epoch, meta);
+            if let Some(ev) = txn_index::event_of(&h, &b) {
+                if let Some(a) = inner.txns.apply(producer, ev, base) {
+                    self.store.put_aborted(&mut wb, &self.prefix, &a);
+                }
+            }
+            e.txn_start = inner.txns.open_since(producer);
             let json = serde_json::to_vec(&e).expect("producer entry serializes");
             self.store
                 .put_producer(&mut wb, &self.prefix, producer, &json);
             e
         });
-        self.store.write(wb)?;
+        if let Err(e) = self.store.write(wb) {
+            inner.txns.rollback(mark);
+            return Err(e.into());
+        }
+        self.publish_unstable(&inner.txns);
         inner.state = next;
         if new_epoch {
             inner.epochs.push((leader_epoch, base));
@@ -317,6 +396,7 @@ impl PartitionLog {
         let mut epochs = inner.epochs.clone();
         let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
         let mut wb = WriteBatch::default();
+        let mark = inner.txns.mark();
         for b in &batches {
             let h = Header::parse(b).expect("validated");
             // An empty log whose start lies inside the leader's first batch
@@ -349,14 +429,20 @@ impl PartitionLog {
             }
             let pid = h.producer_id();
             if pid >= 0 {
-                let meta = batch_meta(&h);
                 let prev = producers
                     .iter()
                     .rev()
                     .find(|(id, _)| *id == pid)
                     .map(|(_, e)| e.clone())
                     .or_else(|| inner.producers.get(&pid).cloned());
-                producers.push((pid, producers::record(prev, h.producer_epoch(), meta)));
+                let mut e = next_entry(prev, &h);
+                if let Some(ev) = txn_index::event_of(&h, b) {
+                    if let Some(a) = inner.txns.apply(pid, ev, h.base_offset()) {
+                        self.store.put_aborted(&mut wb, &self.prefix, &a);
+                    }
+                }
+                e.txn_start = inner.txns.open_since(pid);
+                producers.push((pid, e));
             }
             next.next_offset = h.last_offset().saturating_add(1);
             next.size_bytes += b.len() as i64;
@@ -369,7 +455,11 @@ impl PartitionLog {
             self.store.put_epochs(&mut wb, &self.prefix, &epochs);
         }
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
-        self.store.write(wb)?;
+        if let Err(e) = self.store.write(wb) {
+            inner.txns.rollback(mark);
+            return Err(e.into());
+        }
+        self.publish_unstable(&inner.txns);
         inner.state = next;
         inner.epochs = epochs;
         for (pid, e) in producers {
@@ -424,7 +514,7 @@ impl PartitionLog {
         let old: Vec<i64> = inner
             .producers
             .iter()
-            .filter(|(_, e)| producers::last_timestamp(e) < before)
+            .filter(|(_, e)| e.txn_start.is_none() && producers::last_timestamp(e) < before)
             .map(|(id, _)| *id)
             .collect();
         if old.is_empty() {
@@ -539,6 +629,16 @@ impl PartitionLog {
             let json = serde_json::to_vec(e).expect("producer entry serializes");
             self.store.put_producer(&mut wb, &self.prefix, *pid, &json);
         }
+        // Aborts whose marker is gone are forgotten; open transactions are
+        // what the remaining batches say.
+        self.store
+            .delete_aborted(&mut wb, &self.prefix, cut, i64::MAX);
+        let txns = inner.txns.rebuilt_below(
+            cut,
+            producers
+                .iter()
+                .filter_map(|(id, e)| e.txn_start.map(|s| (*id, s))),
+        );
         let mut cleaner = inner.cleaner.clone();
         if cut < cleaner.first_dirty {
             cleaner.forget(st.log_start_offset);
@@ -551,6 +651,8 @@ impl PartitionLog {
         inner.producers = producers;
         inner.cleaner = cleaner;
         inner.generation += 1;
+        self.publish_unstable(&txns);
+        inner.txns = txns;
         self.log_end.store(cut, Ordering::Release);
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.high_watermark
@@ -576,6 +678,8 @@ impl PartitionLog {
         inner.state = next;
         inner.epochs.clear();
         inner.producers.clear();
+        inner.txns = TxnIndex::default();
+        self.publish_unstable(&inner.txns);
         inner.cleaner = Checkpoint::new(offset);
         inner.generation += 1;
         self.log_start.store(offset, Ordering::Release);
@@ -596,13 +700,16 @@ impl PartitionLog {
         it.seek_to_first();
         while let Some(v) = it.value() {
             if let Ok(h) = Header::parse(v) {
-                if h.producer_id() >= 0 {
-                    let meta = batch_meta(&h);
-                    let prev = out.remove(&h.producer_id());
-                    out.insert(
-                        h.producer_id(),
-                        producers::record(prev, h.producer_epoch(), meta),
-                    );
+                let pid = h.producer_id();
+                if pid >= 0 {
+                    let prev = out.remove(&pid);
+                    let mut e = next_entry(prev, &h);
+                    e.txn_start = match txn_index::event_of(&h, v) {
+                        Some(txn_index::TxnEvent::Data) => e.txn_start.or(Some(h.base_offset())),
+                        Some(txn_index::TxnEvent::Marker { .. }) => None,
+                        None => e.txn_start,
+                    };
+                    out.insert(pid, e);
                 }
             }
             it.next();
@@ -845,9 +952,12 @@ impl PartitionLog {
         cleaner.start_moved(new_start, st.size_bytes - size);
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
+        self.store
+            .delete_aborted(&mut wb, &self.prefix, 0, new_start);
         self.store.write(wb)?;
         *st = next;
         inner.cleaner = cleaner;
+        inner.txns.trim_before(new_start);
         self.log_start.store(new_start, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
@@ -955,7 +1065,9 @@ impl PartitionLog {
     /// `chunk_bytes`, each one a consistent log; the checkpoint moves with
     /// the last chunk, so a pass cut short (crash, truncation) is simply done
     /// again. `pace` is told every byte read or written (the I/O throttle).
-    /// Control and transactional batches are kept as they are.
+    /// Records of aborted transactions go; committed transactional records
+    /// are compacted like any others once decided (below the last stable
+    /// offset); transaction markers are kept.
     pub fn clean(
         &self,
         policy: &Policy,
@@ -964,7 +1076,7 @@ impl PartitionLog {
         chunk_bytes: usize,
         pace: &mut dyn FnMut(usize),
     ) -> store::Result<Option<CleanStats>> {
-        let (cp, generation, start, last_batches) = {
+        let (cp, generation, start, last_batches, aborted) = {
             let inner = self.inner.lock().expect("partition lock");
             // Each idempotent producer's last batch keeps its header and
             // offsets (emptied or filtered, as Kafka's cleaner keeps it):
@@ -980,9 +1092,22 @@ impl PartitionLog {
                 inner.generation,
                 inner.state.log_start_offset,
                 last_batches,
+                inner
+                    .txns
+                    .aborted_in(inner.state.log_start_offset, i64::MAX),
             )
         };
-        let hw = self.high_watermark();
+        let is_aborted = |h: &Header<'_>| {
+            h.is_transactional()
+                && !h.is_control()
+                && aborted.iter().any(|a| {
+                    a.producer_id == h.producer_id()
+                        && (a.first_offset..=a.last_offset).contains(&h.base_offset())
+                })
+        };
+        // Only decided transactions are cleaned: the dirty part ends at the
+        // last stable offset.
+        let hw = self.last_stable_offset();
         let log_end = self.log_end_offset();
         let first_dirty = cp.first_dirty.max(start);
         let mut stats = CleanStats {
@@ -1015,7 +1140,7 @@ impl PartitionLog {
                 }
                 pace(v.len());
                 stats.bytes_read += v.len() as u64;
-                if !(h.is_control() || h.is_transactional()) {
+                if !h.is_control() && !is_aborted(&h) {
                     let records = decode(v, self.store.max_decompressed)?;
                     let cost = OffsetMap::cost(
                         records
@@ -1048,6 +1173,9 @@ impl PartitionLog {
         let mut chunk = Chunk::default();
         let mut clean_bytes = 0i64;
         let mut oldest_tombstone: Option<i64> = None;
+        // Producers with records of their current transaction left, since
+        // their last marker.
+        let mut txn_records_left: std::collections::HashSet<i64> = Default::default();
         let mut it = self
             .store
             .db()
@@ -1065,18 +1193,34 @@ impl PartitionLog {
             pace(v.len());
             stats.bytes_read += v.len() as u64;
             let old_key = batch_key(&self.prefix, h.base_offset());
-            if h.is_control() || h.is_transactional() {
-                clean_bytes += v.len() as i64;
+            if h.is_control() {
+                let left = txn_records_left.remove(&h.producer_id());
+                let ends_log = h.last_offset().saturating_add(1) >= log_end;
+                if compaction::marker_removable(h.base_offset(), left, horizon) && !ends_log {
+                    chunk.wb.delete_cf(self.store.cf(CF_LOG), old_key);
+                    chunk.delta -= v.len() as i64;
+                    stats.records_removed += 1;
+                } else {
+                    clean_bytes += v.len() as i64;
+                }
                 it.next();
                 continue;
             }
             let records = decode(v, self.store.max_decompressed)?;
             stats.records_read += records.len() as u64;
             let total = records.len();
+            let aborted_batch = is_aborted(&h);
             let kept: Vec<_> = records
                 .into_iter()
                 .filter(|r| {
-                    compaction::keep(r.key.as_deref(), r.value.is_none(), r.offset, &map, horizon)
+                    !aborted_batch
+                        && compaction::keep(
+                            r.key.as_deref(),
+                            r.value.is_none(),
+                            r.offset,
+                            &map,
+                            horizon,
+                        )
                 })
                 .collect();
             stats.records_removed += (total - kept.len()) as u64;
@@ -1087,6 +1231,10 @@ impl PartitionLog {
             // records that never come. The last batch stays, emptied.
             let ends_log = h.last_offset().saturating_add(1) >= log_end;
             let producers_last = h.producer_id() >= 0 && last_batches.contains(&h.base_offset());
+            let stays = !kept.is_empty() || ends_log || producers_last;
+            if h.is_transactional() && stays {
+                txn_records_left.insert(h.producer_id());
+            }
             if kept.len() == total && (total > 0 || ends_log) {
                 clean_bytes += v.len() as i64;
             } else if kept.is_empty() && (ends_log || producers_last) {
@@ -1226,6 +1374,10 @@ fn reencode(
             reason: e.to_string(),
         })
 }
+
+#[cfg(test)]
+#[path = "partition_txn_tests.rs"]
+mod txn_tests;
 
 #[cfg(test)]
 mod tests {

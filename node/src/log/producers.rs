@@ -25,6 +25,10 @@ pub struct BatchMeta {
 pub struct ProducerEntry {
     pub epoch: i16,
     pub batches: VecDeque<BatchMeta>,
+    /// The first offset of the producer's open transaction in this
+    /// partition, if one is open (Kafka's `currentTxnFirstOffset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn_start: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +149,7 @@ pub fn record(entry: Option<ProducerEntry>, epoch: i16, batch: BatchMeta) -> Pro
         _ => ProducerEntry {
             epoch,
             batches: VecDeque::new(),
+            txn_start: None,
         },
     };
     e.batches.push_back(batch);
@@ -152,6 +157,32 @@ pub fn record(entry: Option<ProducerEntry>, epoch: i16, batch: BatchMeta) -> Pro
         e.batches.pop_front();
     }
     e
+}
+
+/// A transaction marker (or a coordinator's transactional write, which
+/// carries no sequence) from `epoch`: only the epoch is checked, as Kafka
+/// does; a marker from an older epoch than the partition has seen is stale.
+pub fn check_epoch(entry: Option<&ProducerEntry>, epoch: i16) -> Result<(), SequenceError> {
+    match entry {
+        Some(e) if epoch < e.epoch => Err(SequenceError::StaleEpoch {
+            got: epoch,
+            current: e.epoch,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The entry after a batch without sequences from `epoch`: a newer epoch
+/// starts its sequences again, the same epoch keeps them.
+pub fn record_epoch(entry: Option<ProducerEntry>, epoch: i16) -> ProducerEntry {
+    match entry {
+        Some(e) if e.epoch == epoch => e,
+        prev => ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            txn_start: prev.and_then(|p| p.txn_start),
+        },
+    }
 }
 
 #[cfg(test)]

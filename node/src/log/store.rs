@@ -23,6 +23,7 @@ use rocksdb::{
 use uuid::Uuid;
 
 use super::compaction::Checkpoint;
+use super::txn_index::AbortedTxn;
 
 pub const CF_LOG: &str = "log";
 pub const CF_TSIDX: &str = "tsidx";
@@ -154,6 +155,14 @@ fn producer_prefix(prefix: &[u8; PREFIX_LEN]) -> Vec<u8> {
 fn producer_key(prefix: &[u8; PREFIX_LEN], producer_id: i64) -> Vec<u8> {
     let mut k = producer_prefix(prefix);
     k.extend_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
+/// An aborted transaction of a partition, keyed by its marker's offset.
+fn aborted_key(prefix: &[u8; PREFIX_LEN], marker_offset: i64) -> Vec<u8> {
+    let mut k = b"abort/".to_vec();
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&marker_offset.to_be_bytes());
     k
 }
 
@@ -364,6 +373,60 @@ impl Store {
         wb.put_cf(self.cf(CF_META), producer_key(prefix, producer_id), json);
     }
 
+    /// The aborted transactions of one partition (the index read_committed
+    /// fetches report), in marker order.
+    pub fn load_aborted(&self, prefix: &[u8; PREFIX_LEN]) -> Result<Vec<AbortedTxn>> {
+        let start = aborted_key(prefix, 0);
+        let stem = start.len() - 8;
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), &start[..stem]) {
+            let (k, v) = item?;
+            if !k.starts_with(&start[..stem]) || k.len() != start.len() {
+                break;
+            }
+            let corrupt = || StoreError::Corrupt {
+                key: "aborted transaction".into(),
+                reason: format!("{} bytes", v.len()),
+            };
+            let field = |i: usize| -> Result<i64> {
+                Ok(i64::from_be_bytes(
+                    v.get(i..i + 8)
+                        .ok_or_else(corrupt)?
+                        .try_into()
+                        .expect("8 bytes"),
+                ))
+            };
+            out.push(AbortedTxn {
+                producer_id: field(0)?,
+                first_offset: field(8)?,
+                last_offset: i64::from_be_bytes(k[stem..].try_into().expect("8 bytes")),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn put_aborted(&self, wb: &mut WriteBatch, prefix: &[u8; PREFIX_LEN], a: &AbortedTxn) {
+        let mut v = Vec::with_capacity(16);
+        v.extend_from_slice(&a.producer_id.to_be_bytes());
+        v.extend_from_slice(&a.first_offset.to_be_bytes());
+        wb.put_cf(self.cf(CF_META), aborted_key(prefix, a.last_offset), v);
+    }
+
+    /// Forgets aborted transactions whose marker is in `[from, to)`.
+    pub fn delete_aborted(
+        &self,
+        wb: &mut WriteBatch,
+        prefix: &[u8; PREFIX_LEN],
+        from: i64,
+        to: i64,
+    ) {
+        wb.delete_range_cf(
+            self.cf(CF_META),
+            aborted_key(prefix, from),
+            aborted_key(prefix, to),
+        );
+    }
+
     /// Removes every batch, index entry and the state of one partition.
     pub fn delete_partition(&self, wb: &mut WriteBatch, prefix: &[u8; PREFIX_LEN]) {
         let from = batch_key(prefix, 0);
@@ -381,6 +444,8 @@ impl Store {
             producer_key(prefix, i64::MAX),
         );
         wb.delete_cf(self.cf(CF_META), producer_key(prefix, i64::MAX));
+        self.delete_aborted(wb, prefix, 0, i64::MAX);
+        wb.delete_cf(self.cf(CF_META), aborted_key(prefix, i64::MAX));
     }
 
     /// Removes every partition of a topic in one write of a few range
@@ -391,7 +456,7 @@ impl Store {
         let (from, to) = topic_range(&[], topic_id);
         wb.delete_range_cf(self.cf(CF_LOG), &from, &to);
         wb.delete_range_cf(self.cf(CF_TSIDX), &from, &to);
-        for kind in [&b"part/"[..], b"prod/", b"epochs/", b"clean/"] {
+        for kind in [&b"part/"[..], b"prod/", b"epochs/", b"clean/", b"abort/"] {
             let (from, to) = topic_range(kind, topic_id);
             wb.delete_range_cf(self.cf(CF_META), &from, &to);
         }

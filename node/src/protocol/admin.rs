@@ -824,20 +824,26 @@ pub fn describe_producers(
                                 "{}-{p} does not exist",
                                 t.name.as_str()
                             )))),
-                        Some(log) => r.with_active_producers(
-                            log.producers()
-                                .into_iter()
-                                .map(|(id, epoch, seq, ts)| {
-                                    ProducerState::default()
-                                        .with_producer_id(ProducerId(id))
-                                        .with_producer_epoch(i32::from(epoch))
-                                        .with_last_sequence(seq)
-                                        .with_last_timestamp(ts)
-                                        .with_coordinator_epoch(-1)
-                                        .with_current_txn_start_offset(-1)
-                                })
-                                .collect(),
-                        ),
+                        Some(log) => {
+                            let open: std::collections::HashMap<i64, i64> =
+                                log.open_transactions().into_iter().collect();
+                            r.with_active_producers(
+                                log.producers()
+                                    .into_iter()
+                                    .map(|(id, epoch, seq, ts)| {
+                                        ProducerState::default()
+                                            .with_producer_id(ProducerId(id))
+                                            .with_producer_epoch(i32::from(epoch))
+                                            .with_last_sequence(seq)
+                                            .with_last_timestamp(ts)
+                                            .with_coordinator_epoch(-1)
+                                            .with_current_txn_start_offset(
+                                                open.get(&id).copied().unwrap_or(-1),
+                                            )
+                                    })
+                                    .collect(),
+                            )
+                        }
                     }
                 })
                 .collect();

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -79,7 +81,16 @@ fn wanted(req: &FetchRequest) -> Vec<Wanted<'_>> {
     out
 }
 
-fn collect(broker: &Broker, wanted: &[Wanted<'_>], budget: usize, version: i16) -> Collected {
+/// Kafka's isolation levels (Fetch v4+, ListOffsets v2+).
+const READ_COMMITTED: i8 = 1;
+
+fn collect(
+    broker: &Broker,
+    wanted: &[Wanted<'_>],
+    budget: usize,
+    version: i16,
+    read_committed: bool,
+) -> Collected {
     let mut remaining = budget;
     let mut total = 0usize;
     let mut errors = false;
@@ -101,7 +112,7 @@ fn collect(broker: &Broker, wanted: &[Wanted<'_>], budget: usize, version: i16) 
                 let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                 // KIP-74: only the first non-empty partition may exceed the limits.
                 let read = if total == 0 || limit > 0 {
-                    broker.read(&log, fp.fetch_offset, limit, total == 0)?
+                    broker.read(&log, fp.fetch_offset, limit, total == 0, read_committed)?
                 } else {
                     Default::default()
                 };
@@ -110,8 +121,25 @@ fn collect(broker: &Broker, wanted: &[Wanted<'_>], budget: usize, version: i16) 
             match result {
                 Ok((log, read)) => {
                     let hw = log.high_watermark();
+                    let lso = log.last_stable_offset();
                     pd.high_watermark = hw;
-                    pd.last_stable_offset = hw;
+                    pd.last_stable_offset = lso;
+                    // What a read_committed client must drop: the aborted
+                    // transactions among the records returned (Kafka sends
+                    // null to read_uncommitted clients).
+                    pd.aborted_transactions = (read_committed && version >= 4).then(|| {
+                        if read.records.is_empty() {
+                            return vec![];
+                        }
+                        log.aborted_in(fp.fetch_offset, lso)
+                            .into_iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(a.producer_id.into())
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect()
+                    });
                     if version >= 5 {
                         pd.log_start_offset = log.log_start_offset();
                     }
@@ -165,6 +193,7 @@ pub async fn fetch(
             .with_session_id(0);
     }
     let wanted = wanted(&req);
+    let read_committed = version >= 4 && req.isolation_level == READ_COMMITTED;
     let asked = if req.max_bytes <= 0 {
         usize::MAX
     } else {
@@ -190,7 +219,7 @@ pub async fn fetch(
             .reserve_up_to(want.saturating_mul(2), MIN_FETCH_RESERVATION)
             .await;
         let budget = reserved.bytes() / 2;
-        let c = collect(broker, &wanted, budget, version);
+        let c = collect(broker, &wanted, budget, version, read_committed);
         let done =
             c.errors || c.bytes >= min_bytes.max(1) || tokio::time::Instant::now() >= deadline;
         if done {
@@ -212,6 +241,7 @@ pub async fn fetch(
 }
 
 pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let read_committed = version >= 2 && req.isolation_level == READ_COMMITTED;
     let mut topics = Vec::with_capacity(req.topics.len());
     for lt in req.topics {
         let name = lt.name.0.to_string();
@@ -228,6 +258,7 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
                     let leader_epoch = log.replica.leader_epoch().unwrap_or(-1);
                     let found = match lp.timestamp {
                         -2 => Some((log.log_start_offset(), -1)),
+                        -1 if read_committed => Some((log.last_stable_offset(), -1)),
                         -1 => Some((log.high_watermark(), -1)),
                         -3 if version >= 7 => log.max_timestamp_offset()?,
                         ts if ts >= 0 => log.offset_for_timestamp(ts)?,

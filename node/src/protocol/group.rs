@@ -43,44 +43,39 @@ pub fn find_coordinator(
     let now = crate::broker::mono_ms();
     let entry = |key: StrBytes| -> CoordinatorEntry {
         let e = CoordinatorEntry::default().with_key(key.clone());
-        match req.key_type {
-            // The leader of the group's offsets partition.
-            0 => {
-                let p = svc.groups.partition_for(&key);
-                let leader = view
-                    .record(sluice_api::OFFSETS_TOPIC, p)
-                    .and_then(|r| r.value.leader)
-                    .and_then(|l| view.node(l))
-                    .filter(|n| n.alive(now));
-                match leader {
-                    Some(n) => e
-                        .with_node_id(BrokerId(n.info.id))
-                        .with_host(str_bytes(n.info.kafka_host.clone()))
-                        .with_port(i32::from(n.info.kafka_port)),
-                    None => e
-                        .with_node_id(BrokerId(-1))
-                        .with_port(-1)
-                        .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                        .with_error_message(Some(str_bytes(format!(
-                            "{}-{p} has no leader yet",
-                            sluice_api::OFFSETS_TOPIC
-                        )))),
-                }
+        // The leader of the group's offsets partition, or of the
+        // transactional id's transaction state partition.
+        let (topic, p) = match req.key_type {
+            0 => (sluice_api::OFFSETS_TOPIC, svc.groups.partition_for(&key)),
+            1 => (
+                sluice_api::TRANSACTION_STATE_TOPIC,
+                svc.txns.partition_for(&key),
+            ),
+            other => {
+                return e
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1)
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes(format!(
+                        "unknown coordinator key type {other}"
+                    ))))
             }
-            1 => e
+        };
+        let leader = view
+            .record(topic, p)
+            .and_then(|r| r.value.leader)
+            .and_then(|l| view.node(l))
+            .filter(|n| n.alive(now));
+        match leader {
+            Some(n) => e
+                .with_node_id(BrokerId(n.info.id))
+                .with_host(str_bytes(n.info.kafka_host.clone()))
+                .with_port(i32::from(n.info.kafka_port)),
+            None => e
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)
-                .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-                .with_error_message(Some(str_bytes(
-                    "transactions are not available in this release",
-                ))),
-            other => e
-                .with_node_id(BrokerId(-1))
-                .with_port(-1)
-                .with_error_code(ResponseError::InvalidRequest.code())
-                .with_error_message(Some(str_bytes(format!(
-                    "unknown coordinator key type {other}"
-                )))),
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_error_message(Some(str_bytes(format!("{topic}-{p} has no leader yet")))),
         }
     };
     if version >= 4 {
@@ -326,6 +321,25 @@ fn committed_fields(c: Option<Committed>) -> (i64, i32, String) {
     }
 }
 
+/// Partitions whose offsets wait for a transaction, when the client asked
+/// for stable offsets only (KIP-447's `require_stable`).
+fn unstable(svc: &Services, group: &str, require_stable: bool) -> Vec<(String, i32)> {
+    if require_stable {
+        svc.groups.unstable(group)
+    } else {
+        vec![]
+    }
+}
+
+/// UNSTABLE_OFFSET_COMMIT (retriable) for such a partition, else none.
+fn stability(unstable: &[(String, i32)], topic: &str, partition: i32) -> i16 {
+    if unstable.iter().any(|(t, p)| t == topic && *p == partition) {
+        ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
+}
+
 pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     if version >= 8 {
         let groups = req
@@ -345,24 +359,26 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
                             .with_error_code(e.code());
                     }
                 };
+                let unstable = unstable(svc, &g.group_id, req.require_stable);
                 let topics = by_topic(fetched)
                     .into_iter()
                     .map(|(t, parts)| {
+                        let partitions = parts
+                            .into_iter()
+                            .map(|(p, c)| {
+                                let code = stability(&unstable, &t, p);
+                                let (offset, epoch, metadata) = committed_fields(c);
+                                OffsetFetchResponsePartitions::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(epoch)
+                                    .with_metadata(Some(str_bytes(metadata)))
+                                    .with_error_code(code)
+                            })
+                            .collect();
                         OffsetFetchResponseTopics::default()
                             .with_name(TopicName(str_bytes(t)))
-                            .with_partitions(
-                                parts
-                                    .into_iter()
-                                    .map(|(p, c)| {
-                                        let (offset, epoch, metadata) = committed_fields(c);
-                                        OffsetFetchResponsePartitions::default()
-                                            .with_partition_index(p)
-                                            .with_committed_offset(offset)
-                                            .with_committed_leader_epoch(epoch)
-                                            .with_metadata(Some(str_bytes(metadata)))
-                                    })
-                                    .collect(),
-                            )
+                            .with_partitions(partitions)
                     })
                     .collect();
                 OffsetFetchResponseGroup::default()
@@ -409,27 +425,29 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
             return r;
         }
     };
+    let unstable = unstable(svc, &req.group_id, version >= 7 && req.require_stable);
     let topics = by_topic(fetched)
         .into_iter()
         .map(|(t, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(p, c)| {
+                    let code = stability(&unstable, &t, p);
+                    let (offset, epoch, metadata) = committed_fields(c);
+                    let mut r = OffsetFetchResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_committed_offset(offset)
+                        .with_metadata(Some(str_bytes(metadata)))
+                        .with_error_code(code);
+                    if version >= 5 {
+                        r.committed_leader_epoch = epoch;
+                    }
+                    r
+                })
+                .collect();
             OffsetFetchResponseTopic::default()
                 .with_name(TopicName(str_bytes(t)))
-                .with_partitions(
-                    parts
-                        .into_iter()
-                        .map(|(p, c)| {
-                            let (offset, epoch, metadata) = committed_fields(c);
-                            let mut r = OffsetFetchResponsePartition::default()
-                                .with_partition_index(p)
-                                .with_committed_offset(offset)
-                                .with_metadata(Some(str_bytes(metadata)));
-                            if version >= 5 {
-                                r.committed_leader_epoch = epoch;
-                            }
-                            r
-                        })
-                        .collect(),
-                )
+                .with_partitions(partitions)
         })
         .collect();
     OffsetFetchResponse::default().with_topics(topics)

@@ -11,6 +11,7 @@ pub mod limits;
 mod metadata;
 mod produce;
 mod server;
+mod txn;
 pub mod versions;
 
 pub(crate) use metadata::advertised;
@@ -27,19 +28,25 @@ use crate::group::Coordinator;
 pub struct Services {
     pub broker: Arc<Broker>,
     pub groups: Arc<Coordinator>,
+    pub txns: Arc<crate::txn::Coordinator>,
     /// Memory for requests in flight and fetch answers.
     pub pool: limits::MemoryPool,
     pub connections: Arc<limits::Connections>,
 }
 
 impl Services {
-    pub fn new(broker: Arc<Broker>, groups: Arc<Coordinator>) -> Services {
+    pub fn new(
+        broker: Arc<Broker>,
+        groups: Arc<Coordinator>,
+        txns: Arc<crate::txn::Coordinator>,
+    ) -> Services {
         let c = &broker.config;
         Services {
             pool: limits::MemoryPool::new(c.queued_max_request_bytes),
             connections: limits::Connections::new(c.max_connections, c.max_connections_per_ip),
             broker,
             groups,
+            txns,
         }
     }
 }

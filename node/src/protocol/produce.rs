@@ -3,13 +3,11 @@
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{
-    InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId,
-};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
-use super::str_bytes;
-use crate::broker::{Broker, KafkaError};
+use super::{str_bytes, Services};
+use crate::broker::{KafkaError, Topic};
 use crate::log::batch::Header;
 
 fn partition_error(index: i32, e: &KafkaError, version: i16) -> PartitionProduceResponse {
@@ -34,28 +32,83 @@ fn partition_error(index: i32, e: &KafkaError, version: i16) -> PartitionProduce
     r
 }
 
-/// Refuses what this release cannot honour yet rather than half-doing it.
-fn check_producer(records: Option<&bytes::Bytes>) -> Result<(), KafkaError> {
+/// A produced batch's producer, when it writes in a transaction; control
+/// batches are the brokers' own (markers) and refused from clients.
+fn transactional_producer(
+    records: Option<&bytes::Bytes>,
+) -> Result<Option<(i64, i16)>, KafkaError> {
     let Some(h) = records.and_then(|r| Header::parse(r).ok()) else {
-        return Ok(());
+        return Ok(None);
     };
-    if h.is_transactional() || h.is_control() {
+    if h.is_control() {
         return Err(KafkaError::new(
-            ResponseError::TransactionalIdAuthorizationFailed,
-            "transactional producing is not available in this release",
+            ResponseError::InvalidRecord,
+            "control batches are written by brokers, not produced",
         ));
     }
-    Ok(())
+    if h.is_transactional() {
+        if h.producer_id() < 0 {
+            return Err(KafkaError::new(
+                ResponseError::InvalidRecord,
+                "a transactional batch without a producer id",
+            ));
+        }
+        return Ok(Some((h.producer_id(), h.producer_epoch())));
+    }
+    Ok(None)
+}
+
+/// Before a transaction's first write to a partition, its coordinator
+/// must say the producer added the partition (KIP-890): otherwise the
+/// write is refused and nothing is appended.
+async fn verify_transaction(
+    svc: &Services,
+    topic: &Topic,
+    partition: i32,
+    transactional_id: Option<&str>,
+    (producer_id, epoch): (i64, i16),
+) -> Result<(), KafkaError> {
+    let open = topic
+        .partition(partition)
+        .is_some_and(|p| p.log.open_transaction(producer_id).is_some());
+    if open {
+        return Ok(());
+    }
+    let Some(id) = transactional_id.filter(|id| !id.is_empty()) else {
+        return Err(KafkaError::new(
+            ResponseError::InvalidTxnState,
+            "a transactional batch in a produce request without a transactional id",
+        ));
+    };
+    let name = &topic.record.name;
+    svc.txns
+        .verify(id, producer_id, epoch, name, partition)
+        .await
+        .map_err(|e| match e {
+            ResponseError::InvalidTxnState | ResponseError::InvalidProducerIdMapping => {
+                KafkaError::new(
+                    ResponseError::InvalidTxnState,
+                    format!("{name}-{partition} was not added to transaction {id}"),
+                )
+            }
+            ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch => KafkaError::new(
+                ResponseError::InvalidProducerEpoch,
+                format!("producer epoch {epoch} of transaction {id} was fenced by a newer one"),
+            ),
+            // The coordinator is moving or busy: retriable, as Kafka answers.
+            other => KafkaError::new(
+                ResponseError::NotEnoughReplicas,
+                format!("could not verify transaction {id} with its coordinator: {other:?}"),
+            ),
+        })
 }
 
 /// Returns `None` for acks=0: the client expects no response at all.
 /// Every partition is appended first; with `acks=all` the response then
 /// waits, up to the request's timeout, for each to reach its ISR.
-pub async fn produce(
-    broker: &Broker,
-    req: ProduceRequest,
-    version: i16,
-) -> Option<ProduceResponse> {
+pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+    let broker = &svc.broker;
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.0.as_str());
     let acks = req.acks;
     let acks_error = (!matches!(acks, -1..=1)).then(|| {
         KafkaError::new(
@@ -75,14 +128,23 @@ pub async fn produce(
                     ResponseError::UnknownTopicOrPartition,
                     format!("topic {name} does not exist"),
                 )),
-                (None, Some(t)) if t.record.name == sluice_api::OFFSETS_TOPIC => {
+                (None, Some(t)) if crate::broker::is_internal(&t.record.name) => {
                     Err(KafkaError::new(
                         ResponseError::InvalidTopicException,
                         format!("{name} is internal; clients may not produce to it"),
                     ))
                 }
-                (None, Some(t)) => check_producer(pd.records.as_ref())
-                    .and_then(|_| broker.append(t, pd.index, pd.records.as_ref(), acks)),
+                (None, Some(t)) => match transactional_producer(pd.records.as_ref()) {
+                    Err(e) => Err(e),
+                    Ok(Some(producer)) => {
+                        match verify_transaction(svc, t, pd.index, transactional_id, producer).await
+                        {
+                            Ok(()) => broker.append(t, pd.index, pd.records.as_ref(), acks),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Ok(None) => broker.append(t, pd.index, pd.records.as_ref(), acks),
+                },
             };
             partitions.push(result);
         }
@@ -139,33 +201,4 @@ pub async fn produce(
         );
     }
     Some(ProduceResponse::default().with_responses(responses))
-}
-
-/// InitProducerId for idempotent producers: a fresh producer id at epoch 0, or,
-/// when a producer asks to bump its own epoch (KIP-360, v3+), the same id at
-/// the next epoch. Transactional ids arrive with transactions.
-pub fn init_producer_id(
-    broker: &Broker,
-    req: InitProducerIdRequest,
-    _version: i16,
-) -> InitProducerIdResponse {
-    let resp = InitProducerIdResponse::default()
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
-    match req.transactional_id.as_ref().map(|t| t.0.as_str()) {
-        None => {}
-        Some("") => return resp.with_error_code(ResponseError::InvalidRequest.code()),
-        Some(_) => {
-            return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-        }
-    }
-    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 && req.producer_epoch < i16::MAX - 1 {
-        return resp
-            .with_producer_id(req.producer_id)
-            .with_producer_epoch(req.producer_epoch + 1);
-    }
-    match broker.allocate_producer_id() {
-        Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-        Err(e) => resp.with_error_code(e.code()),
-    }
 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWrit
 use tokio::net::{TcpListener, TcpStream};
 
 use super::limits::{Refused, Reservation};
-use super::{admin, fetch, group, metadata, produce, versions, Client, Services};
+use super::{admin, fetch, group, metadata, produce, txn, versions, Client, Services};
 use crate::metrics::ApiLabels;
 
 /// Why a connection is closed instead of answered.
@@ -344,7 +344,7 @@ async fn dispatch(
         RequestKind::DescribeTopicPartitions(r) => {
             ResponseKind::DescribeTopicPartitions(metadata::describe_topic_partitions(broker, r, v))
         }
-        RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(broker, r, v).await?),
+        RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(svc, r, v).await?),
         RequestKind::AlterConfigs(r) => {
             ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v).await)
         }
@@ -364,7 +364,23 @@ async fn dispatch(
             ResponseKind::OffsetForLeaderEpoch(fetch::offset_for_leader_epoch(broker, r, v))
         }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(produce::init_producer_id(broker, r, v))
+            ResponseKind::InitProducerId(txn::init_producer_id(svc, r, v).await)
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(svc, r, v).await)
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(svc, r, v).await)
+        }
+        RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end_txn(svc, r, v).await),
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(svc, r, v).await)
+        }
+        RequestKind::DescribeTransactions(r) => {
+            ResponseKind::DescribeTransactions(txn::describe_transactions(svc, r, v))
+        }
+        RequestKind::ListTransactions(r) => {
+            ResponseKind::ListTransactions(txn::list_transactions(svc, r, v))
         }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(svc, r, v, held).await),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(broker, r, v)),

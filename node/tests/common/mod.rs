@@ -438,6 +438,17 @@ pub fn idempotent_batch(n: usize, prefix: &str, pid: i64, epoch: i16, base_seq: 
     encode_batch(n, prefix, Compression::None, now, pid, epoch, base_seq)
 }
 
+/// A batch of a transactional producer: [`idempotent_batch`] with the
+/// transactional attribute.
+pub fn transactional_batch(n: usize, prefix: &str, pid: i64, epoch: i16, base_seq: i32) -> Bytes {
+    let b = idempotent_batch(n, prefix, pid, epoch, base_seq);
+    let mut records = sluice_node::log::batch::decode_records(&b, 1 << 20).unwrap();
+    for r in &mut records {
+        r.transactional = true;
+    }
+    sluice_node::log::batch::encode_v2(&records, Compression::None).unwrap()
+}
+
 fn encode_batch(
     n: usize,
     prefix: &str,
