@@ -193,6 +193,7 @@ impl From<AppendError> for KafkaError {
         match e {
             AppendError::Store(e) => e.into(),
             AppendError::Replication(m) => KafkaError::new(ResponseError::UnknownServerError, m),
+            AppendError::TxnEnded => KafkaError::new(ResponseError::InvalidTxnState, e.to_string()),
             AppendError::Sequence(e) => {
                 let code = match e {
                     SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
@@ -1370,6 +1371,20 @@ impl Broker {
         records: Option<&Bytes>,
         acks: i16,
     ) -> KResult<Appended> {
+        self.append_guarded(topic, partition, records, acks, None)
+    }
+
+    /// [`append`](Self::append) of a transactional write verified with its
+    /// coordinator: refused (INVALID_TXN_STATE) when a marker of its
+    /// producer landed since `guard` ([`PartitionLog::txn_guard`]) was taken.
+    pub fn append_guarded(
+        &self,
+        topic: &Topic,
+        partition: i32,
+        records: Option<&Bytes>,
+        acks: i16,
+        guard: Option<u64>,
+    ) -> KResult<Appended> {
         let name = &topic.record.name;
         let p = topic
             .partition(partition)
@@ -1415,11 +1430,7 @@ impl Broker {
                 }
                 let ts = topic.config.message_timestamp_type;
                 // A replica that is its partition's whole ISR commits at once.
-                let r = if v.alone {
-                    p.log.append_committed(b, v.epoch, ts, now)
-                } else {
-                    p.log.append(b, v.epoch, ts, now)
-                };
+                let r = p.log.append_checked(b, v.epoch, ts, now, v.alone, guard);
                 r.map_err(|e| match e {
                     AppendError::Sequence(e) => p.sequence_error(&h, e),
                     e => e.into(),
@@ -1499,14 +1510,15 @@ impl Broker {
     }
 
     /// [`append_internal`](Self::append_internal) on behalf of a
-    /// transactional producer (producer id, epoch): a transactional batch
-    /// without sequences, which its transaction's marker commits or aborts
-    /// (offsets committed in a transaction).
+    /// transactional producer (producer id, epoch, and the guard of its
+    /// verification, see [`append_guarded`](Self::append_guarded)): a
+    /// transactional batch without sequences, which its transaction's marker
+    /// commits or aborts (offsets committed in a transaction).
     pub fn append_internal_as(
         &self,
         topic: &str,
         partition: i32,
-        producer: Option<(i64, i16)>,
+        producer: Option<(i64, i16, Option<u64>)>,
         records: Vec<(Bytes, Option<Bytes>)>,
     ) -> KResult<Appended> {
         let t = self.topic(topic).ok_or_else(|| no_such_topic(topic))?;
@@ -1516,7 +1528,7 @@ impl Broker {
             .enumerate()
             .map(|(i, (k, v))| {
                 let mut r = batch::plain_record(i as i64, now, Some(k), v);
-                if let Some((id, epoch)) = producer {
+                if let Some((id, epoch, _)) = producer {
                     r.transactional = true;
                     r.producer_id = id;
                     r.producer_epoch = epoch;
@@ -1526,7 +1538,8 @@ impl Broker {
             .collect();
         let batch = batch::encode_v2(&records, kafka_protocol::records::Compression::None)
             .map_err(|e| KafkaError::new(ResponseError::UnknownServerError, e.to_string()))?;
-        self.append(&t, partition, Some(&batch), -1)
+        let guard = producer.and_then(|(_, _, g)| g);
+        self.append_guarded(&t, partition, Some(&batch), -1, guard)
     }
 
     /// DeleteRecords on one partition this node leads: `offset` -1 means

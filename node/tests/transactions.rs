@@ -444,24 +444,43 @@ fn bad_transactional_input_gets_kafka_errors_and_writes_nothing() {
         end(&mut c, "empty", fresh, true, 3),
         ResponseError::InvalidTxnState.code()
     );
-    // TxnOffsetCommit for an unknown member of a group.
+    // TxnOffsetCommit for a group whose offsets were not added to the
+    // transaction (AddOffsetsToTxn), then for an unknown member of it.
+    let offsets = |c: &mut Client, member: &str, generation: i32| {
+        c.send(
+            &TxnOffsetCommitRequest::default()
+                .with_transactional_id(txn_id("bad"))
+                .with_group_id(GroupId(s("some-group")))
+                .with_producer_id(ProducerId(newer.0))
+                .with_producer_epoch(newer.1)
+                .with_generation_id(generation)
+                .with_member_id(s(member))
+                .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                    .with_name(tn("b"))
+                    .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1)])]),
+            3,
+        )
+        .topics[0]
+            .partitions[0]
+            .error_code
+    };
+    assert_eq!(
+        offsets(&mut c, "", -1),
+        ResponseError::InvalidTxnState.code()
+    );
     let r = c.send(
-        &TxnOffsetCommitRequest::default()
+        &AddOffsetsToTxnRequest::default()
             .with_transactional_id(txn_id("bad"))
-            .with_group_id(GroupId(s("some-group")))
             .with_producer_id(ProducerId(newer.0))
             .with_producer_epoch(newer.1)
-            .with_generation_id(3)
-            .with_member_id(s("who"))
-            .with_topics(vec![TxnOffsetCommitRequestTopic::default()
-                .with_name(tn("b"))
-                .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
-                    .with_partition_index(0)
-                    .with_committed_offset(1)])]),
+            .with_group_id(GroupId(s("some-group"))),
         3,
     );
+    assert_eq!(r.error_code, 0);
     assert_eq!(
-        r.topics[0].partitions[0].error_code,
+        offsets(&mut c, "who", 3),
         ResponseError::UnknownMemberId.code()
     );
     // No record was written by any of it; the log holds only the abort

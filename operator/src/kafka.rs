@@ -240,7 +240,10 @@ pub const EARLIEST: i64 = -2;
 
 /// The offset each partition has at `timestamp` (or [`LATEST`],
 /// [`EARLIEST`]), asked of each partition's leader. A partition whose
-/// leader is unknown or does not answer is left out.
+/// leader is unknown or does not answer is left out. Asked as a
+/// read_committed client (the default of librdkafka and the Java client):
+/// the latest offset is the last stable offset, so lag counts what such a
+/// consumer can read, not records of transactions still open.
 pub async fn offsets_at(
     view: &View,
     partitions: &[(String, i32)],
@@ -264,6 +267,7 @@ pub async fn offsets_at(
         };
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
+            .with_isolation_level(1)
             .with_topics(
                 topics
                     .iter()

@@ -305,7 +305,9 @@ impl Operator {
                 (n.min(self.settings.max_nodes), t.value.name.as_str())
             })
             .collect();
-        needs.sort_by_key(|(n, name)| (std::cmp::Reverse(*n), *name));
+        // The topics most in need first; users' own before Sluice's internal
+        // ones (`__consumer_offsets`, `__transaction_state`).
+        needs.sort_by_key(|(n, name)| (std::cmp::Reverse(*n), name.starts_with("__"), *name));
         let needed = needs.first().map_or(1, |(n, _)| *n);
         let target = self.settings.node_count(needed);
         let holding = (needed > self.settings.min_nodes).then(|| {

@@ -77,10 +77,13 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
 /// clients are told (find the new coordinator, or retry).
 pub fn coordinator_error(code: ResponseError) -> ResponseError {
     match code {
-        ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator,
-        ResponseError::NotEnoughReplicasAfterAppend | ResponseError::NotEnoughReplicas => {
-            ResponseError::CoordinatorNotAvailable
+        ResponseError::NotLeaderOrFollower | ResponseError::KafkaStorageError => {
+            ResponseError::NotCoordinator
         }
+        ResponseError::NotEnoughReplicasAfterAppend
+        | ResponseError::NotEnoughReplicas
+        | ResponseError::RequestTimedOut
+        | ResponseError::UnknownTopicOrPartition => ResponseError::CoordinatorNotAvailable,
         other => other,
     }
 }
@@ -297,7 +300,8 @@ impl Coordinator {
                 offset = h.last_offset().saturating_add(1);
                 if h.is_control() {
                     if let Some(commit) = batch::marker_of(&b) {
-                        self.end_pending(&mut inner, partition, h.producer_id(), commit);
+                        let (pid, at) = (h.producer_id(), h.base_offset());
+                        self.end_pending(&mut inner, partition, pid, commit, at);
                     }
                     continue;
                 }

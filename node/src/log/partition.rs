@@ -42,6 +42,10 @@ pub enum AppendError {
     Sequence(#[from] SequenceError),
     #[error("replication: {0}")]
     Replication(String),
+    /// A transactional write verified with its coordinator found the
+    /// producer's transaction ended (a marker) before it could be appended.
+    #[error("the producer's transaction ended while this write was verified")]
+    TxnEnded,
 }
 
 /// The sequence range and offsets of an idempotent producer's batch.
@@ -59,7 +63,11 @@ fn batch_meta(h: &Header<'_>) -> BatchMeta {
 /// A producer's entry after one of its stored batches (idempotence and
 /// epoch; the transaction start is the caller's).
 fn next_entry(prev: Option<ProducerEntry>, h: &Header<'_>) -> ProducerEntry {
-    if h.is_control() || h.base_sequence() < 0 {
+    if h.is_control() {
+        let mut e = producers::record_epoch(prev, h.producer_epoch());
+        e.markers += 1;
+        e
+    } else if h.base_sequence() < 0 {
         producers::record_epoch(prev, h.producer_epoch())
     } else {
         producers::record(prev, h.producer_epoch(), batch_meta(h))
@@ -206,6 +214,18 @@ impl PartitionLog {
     pub fn last_stable_offset(&self) -> i64 {
         self.high_watermark()
             .min(self.first_unstable.load(Ordering::Acquire))
+            .max(self.log_start_offset())
+    }
+
+    /// Whether the producer has a transaction open here, and the guard a
+    /// transactional write checked with the coordinator is appended under
+    /// ([`append_checked`](Self::append_checked)).
+    pub fn txn_guard(&self, producer_id: i64) -> (bool, u64) {
+        let inner = self.inner.lock().expect("partition lock");
+        (
+            inner.txns.open_since(producer_id).is_some(),
+            inner.producers.get(&producer_id).map_or(0, |e| e.markers),
+        )
     }
 
     /// Aborted transactions whose records overlap `[from, to)`.
@@ -242,7 +262,23 @@ impl PartitionLog {
         ts_type: TimestampType,
         now_ms: i64,
     ) -> Result<Appended, AppendError> {
-        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, false)
+        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, false, None)
+    }
+
+    /// [`append`](Self::append) or, with `commit`,
+    /// [`append_committed`](Self::append_committed), refused with
+    /// [`AppendError::TxnEnded`] when a marker of the batch's producer was
+    /// written since `guard` was taken ([`txn_guard`](Self::txn_guard)).
+    pub fn append_checked(
+        &self,
+        batch_bytes: &Bytes,
+        leader_epoch: i32,
+        ts_type: TimestampType,
+        now_ms: i64,
+        commit: bool,
+        guard: Option<u64>,
+    ) -> Result<Appended, AppendError> {
+        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, commit, guard)
     }
 
     /// [`append`](Self::append) on a replica that is its partition's whole
@@ -254,7 +290,7 @@ impl PartitionLog {
         ts_type: TimestampType,
         now_ms: i64,
     ) -> Result<Appended, AppendError> {
-        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, true)
+        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, true, None)
     }
 
     fn append_with(
@@ -264,10 +300,16 @@ impl PartitionLog {
         ts_type: TimestampType,
         now_ms: i64,
         commit: bool,
+        guard: Option<u64>,
     ) -> Result<Appended, AppendError> {
         let header = Header::parse(batch_bytes).expect("validated before append");
         let producer = header.producer_id();
         let mut inner = self.write_lock()?;
+        if let Some(g) = guard {
+            if inner.producers.get(&producer).map_or(0, |e| e.markers) != g {
+                return Err(AppendError::TxnEnded);
+            }
+        }
         // Markers and a coordinator's transactional offset commits carry no
         // sequence: only their epoch is checked.
         let sequenced = producer >= 0 && !header.is_control() && header.base_sequence() >= 0;
@@ -345,7 +387,13 @@ impl PartitionLog {
                     };
                     producers::record(prev, epoch, meta)
                 }
-                None => producers::record_epoch(prev, header.producer_epoch()),
+                None => {
+                    let mut e = producers::record_epoch(prev, header.producer_epoch());
+                    if header.is_control() {
+                        e.markers += 1;
+                    }
+                    e
+                }
             };
             if let Some(ev) = txn_index::event_of(&h, &b) {
                 if let Some(a) = inner.txns.apply(producer, ev, base) {
@@ -408,6 +456,7 @@ impl PartitionLog {
             // Compaction leaves gaps between batches: a batch may start past
             // the log end, never before it.
             if h.base_offset() < next.next_offset && !straddles_start {
+                inner.txns.rollback(mark);
                 return Err(AppendError::Replication(format!(
                     "batch at offset {} does not continue the log ending at {}",
                     h.base_offset(),
@@ -1076,7 +1125,7 @@ impl PartitionLog {
         chunk_bytes: usize,
         pace: &mut dyn FnMut(usize),
     ) -> store::Result<Option<CleanStats>> {
-        let (cp, generation, start, last_batches, aborted) = {
+        let (cp, generation, start, last_batches, aborted, lso) = {
             let inner = self.inner.lock().expect("partition lock");
             // Each idempotent producer's last batch keeps its header and
             // offsets (emptied or filtered, as Kafka's cleaner keeps it):
@@ -1095,6 +1144,12 @@ impl PartitionLog {
                 inner
                     .txns
                     .aborted_in(inner.state.log_start_offset, i64::MAX),
+                // Read with the aborted list: an abort landing after it
+                // would otherwise let its records into the offset map.
+                inner
+                    .txns
+                    .last_stable_offset(self.high_watermark())
+                    .max(inner.state.log_start_offset),
             )
         };
         let is_aborted = |h: &Header<'_>| {
@@ -1107,7 +1162,7 @@ impl PartitionLog {
         };
         // Only decided transactions are cleaned: the dirty part ends at the
         // last stable offset.
-        let hw = self.last_stable_offset();
+        let hw = lso;
         let log_end = self.log_end_offset();
         let first_dirty = cp.first_dirty.max(start);
         let mut stats = CleanStats {

@@ -172,3 +172,28 @@ fn control_offsets(log: &PartitionLog) -> Vec<i64> {
         })
         .collect()
 }
+
+#[test]
+fn a_write_verified_before_its_transaction_ended_is_refused() {
+    let (_d, _s, _id, log) = open();
+    put(&log, &data(7, 0, &["a"], true));
+    let (open, guard) = log.txn_guard(7);
+    assert!(open);
+    // The transaction ends (a timeout abort) while the next write waits.
+    put(&log, &marker(7, false));
+    let late = data(7, 1, &["b"], true);
+    let r = log.append_checked(
+        &late,
+        0,
+        TimestampType::CreateTime,
+        1_000,
+        true,
+        Some(guard),
+    );
+    assert!(matches!(r, Err(AppendError::TxnEnded)), "{r:?}");
+    assert_eq!(log.open_transaction(7), None, "no transaction left open");
+    let (_, now) = log.txn_guard(7);
+    assert!(log
+        .append_checked(&late, 0, TimestampType::CreateTime, 1_000, true, Some(now))
+        .is_ok());
+}

@@ -29,6 +29,15 @@ pub struct ProducerEntry {
     /// partition, if one is open (Kafka's `currentTxnFirstOffset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn_start: Option<i64>,
+    /// Transaction markers of this producer written here: a write verified
+    /// with the coordinator is appended only if none came since (a marker
+    /// in between ended the transaction it was verified for).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub markers: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,10 +155,17 @@ pub fn last_timestamp(entry: &ProducerEntry) -> i64 {
 pub fn record(entry: Option<ProducerEntry>, epoch: i16, batch: BatchMeta) -> ProducerEntry {
     let mut e = match entry {
         Some(e) if e.epoch == epoch => e,
-        _ => ProducerEntry {
+        Some(e) => ProducerEntry {
             epoch,
             batches: VecDeque::new(),
             txn_start: None,
+            markers: e.markers,
+        },
+        None => ProducerEntry {
+            epoch,
+            batches: VecDeque::new(),
+            txn_start: None,
+            markers: 0,
         },
     };
     e.batches.push_back(batch);
@@ -180,7 +196,8 @@ pub fn record_epoch(entry: Option<ProducerEntry>, epoch: i16) -> ProducerEntry {
         prev => ProducerEntry {
             epoch,
             batches: VecDeque::new(),
-            txn_start: prev.and_then(|p| p.txn_start),
+            txn_start: prev.as_ref().and_then(|p| p.txn_start),
+            markers: prev.map_or(0, |p| p.markers),
         },
     }
 }

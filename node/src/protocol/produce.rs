@@ -60,19 +60,23 @@ fn transactional_producer(
 
 /// Before a transaction's first write to a partition, its coordinator
 /// must say the producer added the partition (KIP-890): otherwise the
-/// write is refused and nothing is appended.
+/// write is refused and nothing is appended. Returns the guard the write
+/// is appended under: a marker of the producer landing meanwhile (its
+/// transaction ended) refuses it, so a late write cannot open a
+/// transaction nobody will end.
 async fn verify_transaction(
     svc: &Services,
     topic: &Topic,
     partition: i32,
     transactional_id: Option<&str>,
     (producer_id, epoch): (i64, i16),
-) -> Result<(), KafkaError> {
-    let open = topic
-        .partition(partition)
-        .is_some_and(|p| p.log.open_transaction(producer_id).is_some());
+) -> Result<u64, KafkaError> {
+    let Some(p) = topic.partition(partition) else {
+        return Ok(0); // the append answers for a partition that is not there
+    };
+    let (open, guard) = p.log.txn_guard(producer_id);
     if open {
-        return Ok(());
+        return Ok(guard);
     }
     let Some(id) = transactional_id.filter(|id| !id.is_empty()) else {
         return Err(KafkaError::new(
@@ -84,6 +88,7 @@ async fn verify_transaction(
     svc.txns
         .verify(id, producer_id, epoch, name, partition)
         .await
+        .map(|()| guard)
         .map_err(|e| match e {
             ResponseError::InvalidTxnState | ResponseError::InvalidProducerIdMapping => {
                 KafkaError::new(
@@ -139,7 +144,13 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
                     Ok(Some(producer)) => {
                         match verify_transaction(svc, t, pd.index, transactional_id, producer).await
                         {
-                            Ok(()) => broker.append(t, pd.index, pd.records.as_ref(), acks),
+                            Ok(guard) => broker.append_guarded(
+                                t,
+                                pd.index,
+                                pd.records.as_ref(),
+                                acks,
+                                Some(guard),
+                            ),
                             Err(e) => Err(e),
                         }
                     }

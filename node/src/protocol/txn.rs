@@ -26,6 +26,7 @@ use kafka_protocol::ResponseError;
 
 use super::{str_bytes, Services};
 use crate::group::coordinator::CommitPartition;
+use crate::group::OFFSETS_TOPIC;
 
 /// InitProducerId. Without a transactional id: a fresh producer id at
 /// epoch 0, or, when a producer asks to bump its own epoch (KIP-360, v3+),
@@ -302,17 +303,22 @@ pub async fn txn_offset_commit(
     } else {
         (String::new(), -1)
     };
-    let results = svc
-        .groups
-        .commit_transactional(
-            &req.group_id,
-            req.producer_id.0,
-            req.producer_epoch,
-            &member,
-            generation,
-            parts,
-        )
-        .await;
+    let results = match verify_offsets(svc, &req).await {
+        Ok(guard) => {
+            svc.groups
+                .commit_transactional(
+                    &req.group_id,
+                    req.producer_id.0,
+                    req.producer_epoch,
+                    &member,
+                    generation,
+                    parts,
+                    guard,
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
     let mut codes = match results {
         Ok(r) => r
             .into_iter()
@@ -343,6 +349,40 @@ pub async fn txn_offset_commit(
         })
         .collect();
     TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
+/// The first offsets a transaction commits in a group's offsets partition
+/// are checked with the transaction coordinator, like a produce (KIP-890):
+/// the partition must be in the ongoing transaction (AddOffsetsToTxn).
+/// Returns the guard of the offsets partition's write; `None` where this
+/// node does not hold the partition (the group coordinator answers).
+async fn verify_offsets(
+    svc: &Services,
+    req: &TxnOffsetCommitRequest,
+) -> Result<Option<u64>, ResponseError> {
+    let p = svc.groups.partition_for(&req.group_id);
+    let Some(log) = svc
+        .broker
+        .topic(OFFSETS_TOPIC)
+        .and_then(|t| t.partition(p).map(|x| x.log.clone()))
+    else {
+        return Ok(None);
+    };
+    let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
+    let (open, guard) = log.txn_guard(pid);
+    if open {
+        return Ok(Some(guard));
+    }
+    match svc
+        .txns
+        .verify(&req.transactional_id, pid, epoch, OFFSETS_TOPIC, p)
+        .await
+    {
+        Ok(()) => Ok(Some(guard)),
+        Err(ResponseError::InvalidProducerIdMapping) => Err(ResponseError::InvalidTxnState),
+        Err(e @ (ResponseError::InvalidTxnState | ResponseError::ProducerFenced)) => Err(e),
+        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+    }
 }
 
 pub fn describe_transactions(

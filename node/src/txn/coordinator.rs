@@ -56,6 +56,45 @@ struct Inner {
 /// What DescribeTransactions and ListTransactions report of one id.
 pub type Described = TxnMetadata;
 
+/// Marks an id in one of the coordinator's in-flight sets (`busy`,
+/// `completing`) for as long as it lives: the mark goes even when the
+/// future holding it is dropped (a client gone mid-request).
+struct Flag<'a> {
+    c: &'a Coordinator,
+    id: String,
+    set: fn(&mut Inner) -> &mut HashSet<String>,
+}
+
+impl<'a> Flag<'a> {
+    /// Sets the flag; `None` when it was set already.
+    fn take(
+        c: &'a Coordinator,
+        inner: &mut Inner,
+        id: &str,
+        set: fn(&mut Inner) -> &mut HashSet<String>,
+    ) -> Option<Flag<'a>> {
+        set(inner).insert(id.to_string()).then(|| Flag {
+            c,
+            id: id.to_string(),
+            set,
+        })
+    }
+}
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        (self.set)(&mut self.c.lock()).remove(&self.id);
+    }
+}
+
+fn busy(i: &mut Inner) -> &mut HashSet<String> {
+    &mut i.busy
+}
+
+fn completing(i: &mut Inner) -> &mut HashSet<String> {
+    &mut i.completing
+}
+
 pub struct Coordinator {
     broker: Arc<Broker>,
     groups: Arc<group::Coordinator>,
@@ -243,7 +282,7 @@ impl Coordinator {
         decide: impl FnOnce(Option<&TxnMetadata>, i64) -> Result<(T, Option<TxnMetadata>), TxnError>,
     ) -> Result<T, ResponseError> {
         let p = self.partition_for(id);
-        let (answer, next) = {
+        let (answer, next, _flag) = {
             let mut inner = self.lock();
             if !inner.owned.contains_key(&p) {
                 return Err(ResponseError::NotCoordinator);
@@ -252,15 +291,12 @@ impl Coordinator {
                 return Err(ResponseError::ConcurrentTransactions);
             }
             let (answer, next) = decide(inner.txns.get(id), now_ms()).map_err(|e| e.code())?;
-            if next.is_some() {
-                inner.busy.insert(id.to_string());
-            }
-            (answer, next)
+            let Some(next) = next else { return Ok(answer) };
+            let flag = Flag::take(self, &mut inner, id, busy);
+            (answer, next, flag)
         };
-        let Some(next) = next else { return Ok(answer) };
         let stored = self.store(p, id, Some(&next)).await;
         let mut inner = self.lock();
-        inner.busy.remove(id);
         stored?;
         if !inner.owned.contains_key(&p) {
             return Err(ResponseError::NotCoordinator);
@@ -293,8 +329,14 @@ impl Coordinator {
                 Ok(ids) => return Ok(ids),
                 Err(mk) => {
                     // The old producer's transaction is aborted under the
-                    // bumped epoch; then this one gets the next.
-                    if !self.finish(id.to_string(), mk).await {
+                    // bumped epoch (in its own task: it outlives this
+                    // request); then this one gets the next.
+                    let wait = self.replication_timeout();
+                    let done = match self.spawn_round(id.to_string(), mk) {
+                        Some(h) => matches!(tokio::time::timeout(wait, h).await, Ok(Ok(true))),
+                        None => false,
+                    };
+                    if !done {
                         break;
                     }
                 }
@@ -424,14 +466,17 @@ impl Coordinator {
             })
             .await?;
         if let Some(mk) = round {
-            let wait =
-                Duration::from_millis(self.broker.config.replication_timeout_ms.max(1) as u64);
+            let wait = self.replication_timeout();
             let handle = self.spawn_round(id.to_string(), mk);
             if let Some(h) = handle {
                 let _ = tokio::time::timeout(wait, h).await;
             }
         }
         Ok(())
+    }
+
+    fn replication_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker.config.replication_timeout_ms.max(1) as u64)
     }
 
     /// Runs a marker round in its own task (it outlives the request that
@@ -446,25 +491,30 @@ impl Coordinator {
     /// node stops coordinating the id (the next coordinator finishes it).
     /// Returns whether the transaction completed here.
     async fn finish(&self, id: String, mk: Markers) -> bool {
-        {
+        let p = self.partition_for(&id);
+        let (_flag, epoch) = {
             let mut inner = self.lock();
-            if !inner.completing.insert(id.clone()) {
+            let Some(epoch) = inner.owned.get(&p).copied() else {
                 return false;
+            };
+            match Flag::take(self, &mut inner, &id, completing) {
+                Some(f) => (f, epoch),
+                None => return false,
             }
-        }
-        let done = self.finish_round(&id, mk).await;
-        self.lock().completing.remove(&id);
-        done
+        };
+        self.finish_round(&id, mk, epoch).await
     }
 
-    async fn finish_round(&self, id: &str, mut mk: Markers) -> bool {
+    /// The round of one coordinator epoch: it stops when leadership of the
+    /// partition moved (the next leader runs its own).
+    async fn finish_round(&self, id: &str, mut mk: Markers, epoch: i32) -> bool {
         let p = self.partition_for(id);
         let started = now_ms();
         let mut backoff = Duration::from_millis(20);
         loop {
-            let Some(epoch) = self.lock().owned.get(&p).copied() else {
+            if self.lock().owned.get(&p) != Some(&epoch) {
                 return false;
-            };
+            }
             let failed =
                 markers::write_markers(&self.broker, &self.groups, &self.peers, &mk, epoch).await;
             if failed.is_empty() {
@@ -483,8 +533,14 @@ impl Coordinator {
         loop {
             let r = self
                 .transition(id, |m, now| {
+                    // Only the Prepare state these markers were for.
                     let next = m
-                        .filter(|m| m.state.preparing() && m.producer_id == mk.producer_id)
+                        .filter(|m| {
+                            m.state.preparing()
+                                && m.producer_id == mk.producer_id
+                                && m.producer_epoch == mk.producer_epoch
+                                && (m.state == TxnState::PrepareCommit) == mk.commit
+                        })
                         .map(|m| state::complete(m, now));
                     Ok(((), next))
                 })
@@ -503,6 +559,7 @@ impl Coordinator {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
                 Err(ResponseError::NotCoordinator) => return false,
+                Err(_) if self.lock().owned.get(&p) != Some(&epoch) => return false,
                 Err(e) => {
                     tracing::warn!(transactional_id = id, error = ?e, "storing a completed transaction failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -518,8 +575,26 @@ impl Coordinator {
         let every = Duration::from_millis(self.config.abort_check_interval_ms.max(1));
         loop {
             tokio::time::sleep(every).await;
+            self.resume_rounds();
             self.abort_timed_out().await;
             self.expire_ids().await;
+        }
+    }
+
+    /// Starts again the marker round of every Prepare* transaction without
+    /// one running (one that gave up, a failed start).
+    fn resume_rounds(&self) {
+        let rounds: Vec<(String, Markers)> = {
+            let inner = self.lock();
+            inner
+                .txns
+                .iter()
+                .filter(|(id, _)| !inner.completing.contains(*id))
+                .filter_map(|(id, m)| state::recover(m).map(|mk| (id.clone(), mk)))
+                .collect()
+        };
+        for (id, mk) in rounds {
+            self.spawn_round(id, mk);
         }
     }
 
@@ -570,15 +645,25 @@ impl Coordinator {
         };
         for id in idle {
             let p = self.partition_for(&id);
-            {
+            let _flag = {
                 let mut inner = self.lock();
-                if !inner.busy.insert(id.clone()) {
+                // Still idle? (A producer may have come back meanwhile.)
+                let idle = inner.txns.get(&id).is_some_and(|m| {
+                    matches!(
+                        m.state,
+                        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    ) && m.updated_ms < before
+                });
+                if !idle {
                     continue;
                 }
-            }
+                match Flag::take(self, &mut inner, &id, busy) {
+                    Some(f) => f,
+                    None => continue,
+                }
+            };
             let r = self.store(p, &id, None).await;
             let mut inner = self.lock();
-            inner.busy.remove(&id);
             if r.is_ok() {
                 inner.txns.remove(&id);
                 tracing::info!(transactional_id = %id, "transactional id expired");

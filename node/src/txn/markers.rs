@@ -66,7 +66,7 @@ pub async fn append_marker(
         .wait_replicated(&topic, m.partition, &appended, timeout)
         .await?;
     if m.topic == OFFSETS_TOPIC {
-        groups.transaction_ended(m.partition, m.producer_id, m.commit);
+        groups.transaction_ended(m.partition, m.producer_id, m.commit, appended.base_offset);
     }
     Ok(())
 }
@@ -78,15 +78,18 @@ pub struct Peers {
 }
 
 impl Peers {
+    /// A client of the node at `addr`. The connection is made outside the
+    /// lock, so one node that does not answer holds up only its own calls;
+    /// every call has a deadline.
     async fn client(&self, addr: &str) -> Result<TransactionsClient<Channel>, ResponseError> {
-        let mut clients = self.clients.lock().await;
-        if let Some(c) = clients.get(addr) {
+        if let Some(c) = self.clients.lock().await.get(addr) {
             return Ok(c.clone());
         }
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| ResponseError::CoordinatorNotAvailable)?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
             .connect()
             .await
             .map_err(|e| {
@@ -94,7 +97,10 @@ impl Peers {
                 ResponseError::CoordinatorNotAvailable
             })?;
         let c = TransactionsClient::new(channel);
-        clients.insert(addr.to_string(), c.clone());
+        self.clients
+            .lock()
+            .await
+            .insert(addr.to_string(), c.clone());
         Ok(c)
     }
 

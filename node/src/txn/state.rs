@@ -60,6 +60,15 @@ pub struct TxnMetadata {
     /// When the current transaction began (its first partition), in ms.
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The epoch before the last bump (-1 if none): a KIP-360 client that
+    /// retries InitProducerId with it (the answer was lost, or the
+    /// coordinator aborted its transaction) gets the current epoch.
+    #[serde(default = "no_epoch")]
+    pub last_epoch: i16,
+}
+
+fn no_epoch() -> i16 {
+    -1
 }
 
 /// Why a transactional request is refused, as Kafka answers it.
@@ -169,10 +178,22 @@ pub fn init(
             partitions: BTreeSet::new(),
             started_ms: -1,
             updated_ms: now,
+            last_epoch: -1,
         }));
     };
     if let Some((pid, epoch)) = expected {
-        if pid != m.producer_id || epoch != m.producer_epoch {
+        let retry = pid == m.producer_id && epoch == m.last_epoch && m.last_epoch >= 0;
+        let settled = matches!(
+            m.state,
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+        );
+        if retry && settled {
+            // A retry of an InitProducerId that already bumped the epoch
+            // (or a client whose transaction the coordinator aborted): the
+            // current epoch, unchanged.
+            return Ok(Init::Ready(m.clone()));
+        }
+        if pid != m.producer_id || (epoch != m.producer_epoch && !retry) {
             return Err(TxnError::ProducerFenced);
         }
     }
@@ -183,6 +204,7 @@ pub fn init(
             // The open transaction's markers carry the bumped epoch, so its
             // producer is fenced as soon as the first one lands.
             if m.producer_epoch < i16::MAX - 1 {
+                next.last_epoch = m.producer_epoch;
                 next.producer_epoch += 1;
             }
             next.state = TxnState::PrepareAbort;
@@ -201,6 +223,11 @@ pub fn init(
                 partitions: BTreeSet::new(),
                 started_ms: -1,
                 updated_ms: now,
+                last_epoch: if producer_id == m.producer_id {
+                    m.producer_epoch
+                } else {
+                    -1
+                },
                 ..m.clone()
             }))
         }
@@ -308,6 +335,7 @@ pub fn expire(m: &TxnMetadata, now: i64) -> Option<(TxnMetadata, Markers)> {
     }
     let mut next = m.clone();
     if m.producer_epoch < i16::MAX - 1 {
+        next.last_epoch = m.producer_epoch;
         next.producer_epoch += 1;
     }
     next.state = TxnState::PrepareAbort;
@@ -473,6 +501,34 @@ mod tests {
         assert!(
             matches!(end(&o, 7, 0, false, 1), Ok(End::Complete(c)) if c.state == TxnState::CompleteAbort)
         );
+    }
+
+    #[test]
+    fn a_retried_init_with_the_previous_epoch_gets_the_current_one() {
+        let retry = |m: &TxnMetadata, epoch: i16, now: i64| match init(
+            Some(m),
+            "t",
+            60_000,
+            MAX,
+            Some((7, epoch)),
+            now,
+            || 9,
+        ) {
+            Ok(Init::Ready(n)) => Ok(n),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        let m = retry(&fresh(0), 0, 1).unwrap();
+        assert_eq!((m.producer_epoch, m.last_epoch), (1, 0));
+        // The answer was lost; the client asks again with epoch 0.
+        let r = retry(&m, 0, 2).unwrap();
+        assert_eq!(r.producer_epoch, 1, "not bumped again");
+        // After a timeout abort, the fenced client recovers the same way.
+        let o = add_partitions(&r, 7, 1, [tp("a", 0)], 3).unwrap().unwrap();
+        let (p, _) = expire(&o, 100_000).unwrap();
+        let c = complete(&p, 100_001);
+        assert_eq!(retry(&c, 1, 100_002).unwrap().producer_epoch, 2);
+        assert_eq!(retry(&c, 0, 100_002), Err(TxnError::ProducerFenced));
     }
 
     #[derive(Debug, Clone)]

@@ -51,11 +51,18 @@ pub(super) fn pending_from_record(
 }
 
 impl Coordinator {
-    /// A producer's transaction ended on offsets partition `partition`:
-    /// its pending offsets there become the group's (commit) or go.
-    pub fn transaction_ended(&self, partition: i32, producer_id: i64, commit: bool) {
+    /// A producer's transaction ended on offsets partition `partition`
+    /// with the marker at `marker_offset`: its offsets pending there from
+    /// before the marker become the group's (commit) or go (abort).
+    pub fn transaction_ended(
+        &self,
+        partition: i32,
+        producer_id: i64,
+        commit: bool,
+        marker_offset: i64,
+    ) {
         let mut inner = self.inner.lock().expect("coordinator lock");
-        self.end_pending(&mut inner, partition, producer_id, commit);
+        self.end_pending(&mut inner, partition, producer_id, commit, marker_offset);
     }
 
     pub(super) fn end_pending(
@@ -64,16 +71,24 @@ impl Coordinator {
         partition: i32,
         producer_id: i64,
         commit: bool,
+        marker_offset: i64,
     ) {
-        let Some(pending) = inner.txn_offsets.remove(&(partition, producer_id)) else {
+        let key = (partition, producer_id);
+        let Some(all) = inner.txn_offsets.remove(&key) else {
             return;
         };
+        let (ended, later): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .partition(|p| p.committed.record_offset < marker_offset);
+        if !later.is_empty() {
+            inner.txn_offsets.insert(key, later);
+        }
         if !commit {
             return;
         }
         let limits = self.config.limits;
         let now = now_ms();
-        for p in pending {
+        for p in ended {
             let g = group_entry(&mut inner.groups, &p.group, limits, now);
             let key = (p.topic, p.partition);
             // A plain commit written after this one wins.
@@ -102,8 +117,11 @@ impl Coordinator {
 
     /// TxnOffsetCommit: validates like Kafka (a member id, when given, must
     /// be in the group; a generation, when given, must be the current one),
-    /// appends the offsets as the producer's transactional batch and waits
-    /// for the ISR. They apply when the transaction commits.
+    /// appends the offsets as the producer's transactional batch (under
+    /// `guard`, the verification guard of the offsets partition, see
+    /// `Broker::append_guarded`) and waits for the ISR. They wait aside
+    /// from the moment they are appended, so a marker landing while they
+    /// replicate finds them, and apply when the transaction commits.
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_transactional(
         &self,
@@ -113,13 +131,14 @@ impl Coordinator {
         member: &str,
         generation: i32,
         parts: Vec<CommitPartition>,
+        guard: Option<u64>,
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
         let partition = self.partition_for(group);
         let mut results = Vec::with_capacity(parts.len());
         let mut records = Vec::new();
         let mut accepted = Vec::new();
         let appended = {
-            let inner = self.inner.lock().expect("coordinator lock");
+            let mut inner = self.inner.lock().expect("coordinator lock");
             self.check_owner(&inner, group)?;
             if let Some(g) = inner.groups.get(group) {
                 if g.state == GroupState::Dead {
@@ -167,12 +186,33 @@ impl Coordinator {
             if records.is_empty() {
                 return Ok(results);
             }
-            self.broker.append_internal_as(
+            let appended = self.broker.append_internal_as(
                 OFFSETS_TOPIC,
                 partition,
-                Some((producer_id, producer_epoch)),
+                Some((producer_id, producer_epoch, guard)),
                 records,
-            )
+            );
+            if let Ok(a) = &appended {
+                let pending = inner
+                    .txn_offsets
+                    .entry((partition, producer_id))
+                    .or_default();
+                for (_, p, ts) in &accepted {
+                    pending.push(PendingOffset {
+                        group: group.to_string(),
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        committed: Committed {
+                            offset: p.offset,
+                            leader_epoch: p.leader_epoch,
+                            metadata: p.metadata.clone(),
+                            commit_timestamp: *ts,
+                            record_offset: a.last_offset,
+                        },
+                    });
+                }
+            }
+            appended
         };
         let appended = match appended {
             Ok(a) => a,
@@ -188,29 +228,14 @@ impl Coordinator {
             }
         };
         if let Err(e) = self.wait_replicated(group, &appended).await {
+            // Maybe not kept (a truncation may take it): the client retries.
+            let mut inner = self.inner.lock().expect("coordinator lock");
+            if let Some(pending) = inner.txn_offsets.get_mut(&(partition, producer_id)) {
+                pending.retain(|p| p.committed.record_offset != appended.last_offset);
+            }
             for (i, _, _) in &accepted {
                 results[*i] = Err(e);
             }
-            return Ok(results);
-        }
-        let mut inner = self.inner.lock().expect("coordinator lock");
-        let pending = inner
-            .txn_offsets
-            .entry((partition, producer_id))
-            .or_default();
-        for (_, p, ts) in accepted {
-            pending.push(PendingOffset {
-                group: group.to_string(),
-                topic: p.topic,
-                partition: p.partition,
-                committed: Committed {
-                    offset: p.offset,
-                    leader_epoch: p.leader_epoch,
-                    metadata: p.metadata,
-                    commit_timestamp: ts,
-                    record_offset: appended.last_offset,
-                },
-            });
         }
         Ok(results)
     }
