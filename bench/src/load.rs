@@ -204,6 +204,18 @@ impl ProducerContext for Acks {
 
 /// Sends `count` records (or until `until`) at `rate` per second (0: as fast
 /// as the queue allows), `fill` writing each value. Returns what was sent.
+/// Commits the open transaction. Its records are delivered first with
+/// short polls: the `rdkafka` crate's own flush polls in 100 ms steps,
+/// which would cap a loop of small transactions at about ten a second.
+fn commit(producer: &BaseProducer<Acks>, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
+    }
+    producer.commit_transaction(timeout)?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_producer(
     producer: &BaseProducer<Acks>,
@@ -224,8 +236,8 @@ fn run_producer(
         producer.begin_transaction()?;
     }
     while sent < count && Instant::now() < until {
-        if transaction_records > 0 && sent > 0 && sent % transaction_records == 0 {
-            producer.commit_transaction(txn_timeout)?;
+                if transaction_records > 0 && sent > 0 && sent % transaction_records == 0 {
+            commit(producer, txn_timeout)?;
             producer.begin_transaction()?;
         }
         if rate > 0.0 {
@@ -250,8 +262,8 @@ fn run_producer(
             producer.poll(Duration::ZERO);
         }
     }
-    if transaction_records > 0 {
-        producer.commit_transaction(txn_timeout)?;
+        if transaction_records > 0 {
+        commit(producer, txn_timeout)?;
     }
     let _ = producer.flush(Duration::from_secs(60));
     Ok(sent)
