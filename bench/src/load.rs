@@ -236,7 +236,7 @@ fn run_producer(
         producer.begin_transaction()?;
     }
     while sent < count && Instant::now() < until {
-                if transaction_records > 0 && sent > 0 && sent % transaction_records == 0 {
+        if transaction_records > 0 && sent > 0 && sent % transaction_records == 0 {
             commit(producer, txn_timeout)?;
             producer.begin_transaction()?;
         }
@@ -262,7 +262,7 @@ fn run_producer(
             producer.poll(Duration::ZERO);
         }
     }
-        if transaction_records > 0 {
+    if transaction_records > 0 {
         commit(producer, txn_timeout)?;
     }
     let _ = producer.flush(Duration::from_secs(60));

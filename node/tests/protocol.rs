@@ -1139,7 +1139,17 @@ fn join_req(group: &str, member: &str, protocols: &[&str]) -> JoinGroupRequest {
 
 /// Joins a one-member group, handling MEMBER_ID_REQUIRED; returns the response.
 fn join_alone(c: &mut Client, group: &str, version: i16) -> JoinGroupResponse {
-    let r = c.send(&join_req(group, "", &["range"]), version);
+    // The group's coordinator may still be loading on a node that just
+    // started: retry as clients do.
+    let loading = [
+        ResponseError::CoordinatorNotAvailable.code(),
+        ResponseError::NotCoordinator.code(),
+        ResponseError::CoordinatorLoadInProgress.code(),
+    ];
+    let r = wait_for(Duration::from_secs(30), || {
+        let r = c.send(&join_req(group, "", &["range"]), version);
+        (!loading.contains(&r.error_code)).then_some(r)
+    });
     if r.error_code == ResponseError::MemberIdRequired.code() {
         assert!(version >= 4);
         let id = r.member_id.to_string();

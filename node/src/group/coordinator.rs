@@ -752,6 +752,46 @@ impl Coordinator {
             }
             return Err(e);
         }
+        let (mut results, records, accepted) = self.offset_records(group, parts, now);
+        if records.is_empty() {
+            return Ok((results, None));
+        }
+        match self.append(group, records) {
+            Ok(a) => {
+                if let Some(g) = inner.groups.get_mut(group) {
+                    g.pending_commits += 1;
+                }
+                Ok((results, Some((a, accepted))))
+            }
+            Err(e) => {
+                tracing::warn!(group, error = %e, "could not persist offsets");
+                let code = if e.code == ResponseError::NotLeaderOrFollower {
+                    ResponseError::NotCoordinator
+                } else {
+                    ResponseError::CoordinatorNotAvailable
+                };
+                for (i, _, _) in &accepted {
+                    results[*i] = Err(code);
+                }
+                Ok((results, None))
+            }
+        }
+    }
+
+    /// The records of an offset commit: each partition's result (an unknown
+    /// partition, metadata too large) and, for those accepted, the record
+    /// to write and (result index, partition, commit time).
+    #[allow(clippy::type_complexity)]
+    fn offset_records(
+        &self,
+        group: &str,
+        parts: Vec<CommitPartition>,
+        now: i64,
+    ) -> (
+        Vec<Result<(), ResponseError>>,
+        Vec<(Bytes, Option<Bytes>)>,
+        Vec<(usize, CommitPartition, i64)>,
+    ) {
         let mut results = Vec::with_capacity(parts.len());
         let mut records = Vec::new();
         let mut accepted = Vec::new();
@@ -784,29 +824,7 @@ impl Coordinator {
             accepted.push((results.len(), p, now));
             results.push(Ok(()));
         }
-        if records.is_empty() {
-            return Ok((results, None));
-        }
-        match self.append(group, records) {
-            Ok(a) => {
-                if let Some(g) = inner.groups.get_mut(group) {
-                    g.pending_commits += 1;
-                }
-                Ok((results, Some((a, accepted))))
-            }
-            Err(e) => {
-                tracing::warn!(group, error = %e, "could not persist offsets");
-                let code = if e.code == ResponseError::NotLeaderOrFollower {
-                    ResponseError::NotCoordinator
-                } else {
-                    ResponseError::CoordinatorNotAvailable
-                };
-                for (i, _, _) in &accepted {
-                    results[*i] = Err(code);
-                }
-                Ok((results, None))
-            }
-        }
+        (results, records, accepted)
     }
 
     /// Committed offsets of a group: for the partitions asked, or all of them.

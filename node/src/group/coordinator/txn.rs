@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
-use super::{group_entry, offset_key, CommitPartition, Coordinator, Inner, OffsetValue, RecordKey};
+use super::{group_entry, CommitPartition, Coordinator, Inner, OffsetValue, RecordKey};
 use crate::broker::now_ms;
 use crate::group::state::{Committed, GroupState};
 use crate::group::OFFSETS_TOPIC;
@@ -134,9 +134,7 @@ impl Coordinator {
         guard: Option<u64>,
     ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
         let partition = self.partition_for(group);
-        let mut results = Vec::with_capacity(parts.len());
-        let mut records = Vec::new();
-        let mut accepted = Vec::new();
+        let (mut results, accepted);
         let appended = {
             let mut inner = self.inner.lock().expect("coordinator lock");
             self.check_owner(&inner, group)?;
@@ -153,36 +151,8 @@ impl Coordinator {
             } else if !member.is_empty() || generation >= 0 {
                 return Err(ResponseError::UnknownMemberId);
             }
-            let now = now_ms();
-            for p in parts {
-                let exists = self
-                    .broker
-                    .topic(&p.topic)
-                    .is_some_and(|t| t.partition(p.partition).is_some());
-                if !exists {
-                    results.push(Err(ResponseError::UnknownTopicOrPartition));
-                    continue;
-                }
-                if p.metadata
-                    .as_ref()
-                    .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes)
-                {
-                    results.push(Err(ResponseError::OffsetMetadataTooLarge));
-                    continue;
-                }
-                let value = OffsetValue {
-                    offset: p.offset,
-                    leader_epoch: p.leader_epoch,
-                    metadata: p.metadata.clone(),
-                    commit_timestamp: now,
-                };
-                records.push((
-                    offset_key(group, &p.topic, p.partition),
-                    Some(Bytes::from(serde_json::to_vec(&value).expect("serializes"))),
-                ));
-                accepted.push((results.len(), p, now));
-                results.push(Ok(()));
-            }
+            let records;
+            (results, records, accepted) = self.offset_records(group, parts, now_ms());
             if records.is_empty() {
                 return Ok(results);
             }
