@@ -262,23 +262,7 @@ impl PartitionLog {
         ts_type: TimestampType,
         now_ms: i64,
     ) -> Result<Appended, AppendError> {
-        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, false, None)
-    }
-
-    /// [`append`](Self::append) or, with `commit`,
-    /// [`append_committed`](Self::append_committed), refused with
-    /// [`AppendError::TxnEnded`] when a marker of the batch's producer was
-    /// written since `guard` was taken ([`txn_guard`](Self::txn_guard)).
-    pub fn append_checked(
-        &self,
-        batch_bytes: &Bytes,
-        leader_epoch: i32,
-        ts_type: TimestampType,
-        now_ms: i64,
-        commit: bool,
-        guard: Option<u64>,
-    ) -> Result<Appended, AppendError> {
-        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, commit, guard)
+        self.append_checked(batch_bytes, leader_epoch, ts_type, now_ms, false, None)
     }
 
     /// [`append`](Self::append) on a replica that is its partition's whole
@@ -290,10 +274,14 @@ impl PartitionLog {
         ts_type: TimestampType,
         now_ms: i64,
     ) -> Result<Appended, AppendError> {
-        self.append_with(batch_bytes, leader_epoch, ts_type, now_ms, true, None)
+        self.append_checked(batch_bytes, leader_epoch, ts_type, now_ms, true, None)
     }
 
-    fn append_with(
+    /// [`append`](Self::append) or, with `commit`,
+    /// [`append_committed`](Self::append_committed), refused with
+    /// [`AppendError::TxnEnded`] when a marker of the batch's producer was
+    /// written since `guard` was taken ([`txn_guard`](Self::txn_guard)).
+    pub fn append_checked(
         &self,
         batch_bytes: &Bytes,
         leader_epoch: i32,

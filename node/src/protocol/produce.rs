@@ -69,27 +69,21 @@ async fn verify_transaction(
     topic: &Topic,
     partition: i32,
     transactional_id: Option<&str>,
-    (producer_id, epoch): (i64, i16),
+    producer: (i64, i16),
 ) -> Result<u64, KafkaError> {
     let Some(p) = topic.partition(partition) else {
         return Ok(0); // the append answers for a partition that is not there
     };
-    let (open, guard) = p.log.txn_guard(producer_id);
-    if open {
-        return Ok(guard);
-    }
-    let Some(id) = transactional_id.filter(|id| !id.is_empty()) else {
-        return Err(KafkaError::new(
-            ResponseError::InvalidTxnState,
-            "a transactional batch in a produce request without a transactional id",
-        ));
-    };
     let name = &topic.record.name;
+    let (id, epoch) = (transactional_id.unwrap_or_default(), producer.1);
     svc.txns
-        .verify(id, producer_id, epoch, name, partition)
+        .first_write_guard(&p.log, transactional_id, producer, name, partition)
         .await
-        .map(|()| guard)
         .map_err(|e| match e {
+            ResponseError::InvalidTxnState if id.is_empty() => KafkaError::new(
+                ResponseError::InvalidTxnState,
+                "a transactional batch in a produce request without a transactional id",
+            ),
             ResponseError::InvalidTxnState | ResponseError::InvalidProducerIdMapping => {
                 KafkaError::new(
                     ResponseError::InvalidTxnState,

@@ -368,17 +368,14 @@ async fn verify_offsets(
     else {
         return Ok(None);
     };
-    let (pid, epoch) = (req.producer_id.0, req.producer_epoch);
-    let (open, guard) = log.txn_guard(pid);
-    if open {
-        return Ok(Some(guard));
-    }
+    let producer = (req.producer_id.0, req.producer_epoch);
+    let id = Some(req.transactional_id.0.as_str());
     match svc
         .txns
-        .verify(&req.transactional_id, pid, epoch, OFFSETS_TOPIC, p)
+        .first_write_guard(&log, id, producer, OFFSETS_TOPIC, p)
         .await
     {
-        Ok(()) => Ok(Some(guard)),
+        Ok(guard) => Ok(Some(guard)),
         Err(ResponseError::InvalidProducerIdMapping) => Err(ResponseError::InvalidTxnState),
         Err(e @ (ResponseError::InvalidTxnState | ResponseError::ProducerFenced)) => Err(e),
         Err(_) => Err(ResponseError::CoordinatorNotAvailable),

@@ -22,6 +22,7 @@ use crate::broker::{now_ms, Broker};
 use crate::group;
 use crate::group::coordinator::{coordinator_error, partition_for};
 use crate::log::batch::{self, Header};
+use crate::log::PartitionLog;
 use crate::replication::proto::VerifyPartitionRequest;
 use crate::replication::replica::Transition;
 
@@ -404,6 +405,30 @@ impl Coordinator {
         } else {
             Err(ResponseError::InvalidTxnState)
         }
+    }
+
+    /// The guard a transactional write to `log` (partition `partition` of
+    /// `topic`) is appended under (see `Broker::append_guarded`). Before
+    /// the producer's first write of a transaction there, the coordinator
+    /// must confirm the partition is in its ongoing transaction (KIP-890);
+    /// without a transactional id that cannot be asked: INVALID_TXN_STATE.
+    pub async fn first_write_guard(
+        &self,
+        log: &PartitionLog,
+        id: Option<&str>,
+        (producer_id, epoch): (i64, i16),
+        topic: &str,
+        partition: i32,
+    ) -> Result<u64, ResponseError> {
+        let (open, guard) = log.txn_guard(producer_id);
+        if !open {
+            let id = id
+                .filter(|id| !id.is_empty())
+                .ok_or(ResponseError::InvalidTxnState)?;
+            self.verify(id, producer_id, epoch, topic, partition)
+                .await?;
+        }
+        Ok(guard)
     }
 
     /// The check a partition leader makes before a transactional

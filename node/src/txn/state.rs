@@ -200,16 +200,7 @@ pub fn init(
     match m.state {
         TxnState::PrepareCommit | TxnState::PrepareAbort => Err(TxnError::ConcurrentTransactions),
         TxnState::Ongoing => {
-            let mut next = m.clone();
-            // The open transaction's markers carry the bumped epoch, so its
-            // producer is fenced as soon as the first one lands.
-            if m.producer_epoch < i16::MAX - 1 {
-                next.last_epoch = m.producer_epoch;
-                next.producer_epoch += 1;
-            }
-            next.state = TxnState::PrepareAbort;
-            next.updated_ms = now;
-            let mk = markers(&next, false);
+            let (next, mk) = fence_and_abort(m, now);
             Ok(Init::AbortFirst(next, mk))
         }
         TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort | TxnState::Dead => {
@@ -333,6 +324,12 @@ pub fn expire(m: &TxnMetadata, now: i64) -> Option<(TxnMetadata, Markers)> {
     if m.state != TxnState::Ongoing || now < m.started_ms.saturating_add(i64::from(m.timeout_ms)) {
         return None;
     }
+    Some(fence_and_abort(m, now))
+}
+
+/// The open transaction aborted under a bumped epoch: its markers carry the
+/// new epoch, so its producer is fenced as soon as the first one lands.
+fn fence_and_abort(m: &TxnMetadata, now: i64) -> (TxnMetadata, Markers) {
     let mut next = m.clone();
     if m.producer_epoch < i16::MAX - 1 {
         next.last_epoch = m.producer_epoch;
@@ -341,7 +338,7 @@ pub fn expire(m: &TxnMetadata, now: i64) -> Option<(TxnMetadata, Markers)> {
     next.state = TxnState::PrepareAbort;
     next.updated_ms = now;
     let mk = markers(&next, false);
-    Some((next, mk))
+    (next, mk)
 }
 
 /// After a coordinator moves (failover, restart), what to finish: a
