@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -62,11 +63,55 @@ struct Running {
     ready: bool,
     live_failures: u32,
     ready_failures: u32,
-    last_probe: Option<Instant>,
+    /// Probes run off the kubelet's loop, as a real kubelet's per-pod
+    /// workers do: a hung container (SIGSTOP) costs its own probe's
+    /// timeout, not every other pod's and controller's progress.
+    readiness: Probe,
+    liveness: Probe,
+    /// A container being stopped (SIGTERM, SIGKILL after the grace period)
+    /// in the background; the next one starts once it is gone.
+    stopping: Option<tokio::task::JoinHandle<()>>,
     error: Option<String>,
     /// The exit code of a container that ended for good (restartPolicy
     /// Never, or OnFailure after a success).
     terminated: Option<i32>,
+}
+
+/// One probe of a container: when it last started and the attempt in flight.
+#[derive(Default)]
+struct Probe {
+    last: Option<Instant>,
+    running: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Probe {
+    /// The result of an attempt that finished since the last call; starts
+    /// the next attempt when none is in flight and `period` has passed
+    /// since the last one began.
+    fn poll(
+        &mut self,
+        now: Instant,
+        period: Duration,
+        start: impl FnOnce() -> tokio::task::JoinHandle<bool>,
+    ) -> Option<bool> {
+        let mut result = None;
+        if self.running.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = self.running.take().expect("checked");
+            result = Some(h.now_or_never().and_then(Result::ok).unwrap_or(false));
+        }
+        if self.running.is_none() && self.last.is_none_or(|t| now >= t + period) {
+            self.running = Some(start());
+            self.last = Some(now);
+        }
+        result
+    }
+
+    fn reset(&mut self) {
+        if let Some(h) = self.running.take() {
+            h.abort();
+        }
+        self.last = None;
+    }
 }
 
 pub struct Kubelet {
@@ -732,7 +777,8 @@ impl Kubelet {
         Ok((argv, env, cwd))
     }
 
-    async fn probe(ip: &str, c: &Value, probe: &Value) -> bool {
+    async fn probe(ip: String, c: Value, probe: Value) -> bool {
+        let (ip, c) = (ip.as_str(), &c);
         let port_of = |p: &Value| -> Option<u16> {
             if let Some(n) = p.as_u64() {
                 return u16::try_from(n).ok();
@@ -825,6 +871,9 @@ impl Kubelet {
                     // the same address, which must be free by then.
                     Self::stop(&mut c, r.grace).await;
                 }
+                if let Some(h) = r.stopping.take() {
+                    let _ = h.await;
+                }
             }
         }
         // PVCs deleted: their directories go.
@@ -871,7 +920,9 @@ impl Kubelet {
                 ready: false,
                 live_failures: 0,
                 ready_failures: 0,
-                last_probe: None,
+                readiness: Probe::default(),
+                liveness: Probe::default(),
+                stopping: None,
                 error: None,
                 terminated: None,
             });
@@ -894,7 +945,10 @@ impl Kubelet {
                     r.error = Some(format!("exited: {status}"));
                 }
             }
-            if r.child.is_none() && r.next_start.is_some_and(|t| now >= t) {
+            if r.stopping.as_ref().is_some_and(|h| h.is_finished()) {
+                r.stopping = None;
+            }
+            if r.child.is_none() && r.stopping.is_none() && r.next_start.is_some_and(|t| now >= t) {
                 let spawned = {
                     let st = server.store.lock().expect("store lock");
                     self_command(&self.config, self, &st, &ns, &pod, &ip)
@@ -908,7 +962,8 @@ impl Kubelet {
                         r.error = None;
                         r.live_failures = 0;
                         r.ready_failures = 0;
-                        r.last_probe = None;
+                        r.readiness.reset();
+                        r.liveness.reset();
                     }
                     Err(e) => {
                         r.error = Some(e);
@@ -918,7 +973,7 @@ impl Kubelet {
             }
             let r = self.pods.get_mut(&pk).expect("inserted");
             let c = &pod["spec"]["containers"][0];
-            // Probes, each at its period.
+            // Probes, each at its period, off this loop.
             if r.child.is_some() {
                 let readiness = &c["readinessProbe"];
                 let liveness = &c["livenessProbe"];
@@ -926,46 +981,44 @@ impl Kubelet {
                     |p: &Value| Duration::from_secs(p["periodSeconds"].as_u64().unwrap_or(10));
                 let delay =
                     |p: &Value| Duration::from_secs(p["initialDelaySeconds"].as_u64().unwrap_or(0));
-                let due = |p: &Value, r: &Running| {
-                    now >= r.started + delay(p)
-                        && r.last_probe
-                            .is_none_or(|t| now >= t + period(p).min(Duration::from_secs(1)))
+                let start = |p: &Value| {
+                    let (ip, c, p) = (r.ip.clone(), c.clone(), p.clone());
+                    move || tokio::spawn(Self::probe(ip, c, p))
                 };
-                let mut probed = false;
-                if readiness.is_object() && due(readiness, r) {
-                    probed = true;
-                    let ok = Self::probe(&r.ip, c, readiness).await;
-                    r.ready_failures = if ok { 0 } else { r.ready_failures + 1 };
-                    if ok {
-                        r.ready = true;
-                    } else if r.ready_failures
-                        >= readiness["failureThreshold"].as_u64().unwrap_or(3) as u32
-                    {
-                        r.ready = false;
-                    }
-                } else if !readiness.is_object() {
+                if !readiness.is_object() {
                     r.ready = true;
+                } else if now >= r.started + delay(readiness) {
+                    if let Some(ok) = r.readiness.poll(now, period(readiness), start(readiness)) {
+                        r.ready_failures = if ok { 0 } else { r.ready_failures + 1 };
+                        if ok {
+                            r.ready = true;
+                        } else if r.ready_failures
+                            >= readiness["failureThreshold"].as_u64().unwrap_or(3) as u32
+                        {
+                            r.ready = false;
+                        }
+                    }
                 }
-                if liveness.is_object() && due(liveness, r) {
-                    probed = true;
-                    let ok = Self::probe(&r.ip, c, liveness).await;
+                let live = (liveness.is_object() && now >= r.started + delay(liveness))
+                    .then(|| r.liveness.poll(now, period(liveness), start(liveness)))
+                    .flatten();
+                if let Some(ok) = live {
                     r.live_failures = if ok { 0 } else { r.live_failures + 1 };
                     if r.live_failures >= liveness["failureThreshold"].as_u64().unwrap_or(3) as u32
                     {
                         if let Some(mut child) = r.child.take() {
-                            let grace = pod["spec"]["terminationGracePeriodSeconds"]
-                                .as_u64()
-                                .unwrap_or(30);
-                            Self::stop(&mut child, Duration::from_secs(grace)).await;
+                            let grace = r.grace;
+                            r.stopping = Some(tokio::spawn(async move {
+                                Self::stop(&mut child, grace).await;
+                            }));
                         }
+                        r.readiness.reset();
+                        r.liveness.reset();
                         r.ready = false;
                         r.restarts += 1;
                         r.next_start = Some(Instant::now() + Duration::from_millis(500));
                         r.error = Some("liveness probe failed".into());
                     }
-                }
-                if probed {
-                    r.last_probe = Some(now);
                 }
             }
             let running = r.child.is_some();
