@@ -406,6 +406,7 @@ impl Broker {
                 max_decompressed: config.max_decompressed_batch_bytes,
             },
         )?;
+        metrics.watch_store(&store);
         let cluster_id = match (&config.cluster_id, store.get_meta("cluster_id")?) {
             (Some(id), _) => id.clone(),
             (None, Some(v)) => String::from_utf8_lossy(&v).into_owned(),

@@ -3,7 +3,10 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -276,6 +279,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Exports the store's RocksDB statistics (bytes written by kind,
+    /// write stalls, level-0 files, blob files) with every scrape.
+    pub fn watch_store(&self, store: &std::sync::Arc<crate::log::Store>) {
+        self.registry
+            .lock()
+            .expect("metrics registry lock")
+            .register_collector(Box::new(StoreCollector(std::sync::Arc::downgrade(store))));
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -283,5 +295,53 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String");
         out
+    }
+}
+
+/// Reads a store's statistics at each scrape; gone with the store.
+struct StoreCollector(std::sync::Weak<crate::log::Store>);
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(store) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let s = store.stats();
+        for (name, help, v) in [
+            ("store_user_written_bytes", "Bytes the node handed to RocksDB in writes", s.user_bytes),
+            ("store_wal_written_bytes", "Bytes RocksDB appended to its write-ahead log", s.wal_bytes),
+            ("store_flush_written_bytes", "Bytes of table files RocksDB wrote flushing memtables", s.flush_bytes),
+            ("store_compaction_read_bytes", "Bytes RocksDB compactions read", s.compaction_read_bytes),
+            ("store_compaction_written_bytes", "Bytes RocksDB compactions wrote", s.compaction_write_bytes),
+            ("store_blob_written_bytes", "Bytes RocksDB wrote to blob files (the log's batches)", s.blob_bytes),
+            ("store_blob_gc_relocated_bytes", "Bytes blob garbage collection moved to new blob files", s.blob_gc_bytes),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let stall = ConstCounter::new(s.stall_micros as f64 / 1e6);
+        stall.encode(encoder.encode_descriptor(
+            "store_write_stall_seconds",
+            "Time RocksDB delayed or stopped writes because flushes or compactions fell behind",
+            None,
+            stall.metric_type(),
+        )?)?;
+        for (name, help, v) in [
+            ("store_log_level0_files", "Table files in level 0 of the log column family", s.log_l0_files),
+            ("store_pending_compaction_bytes", "Bytes RocksDB estimates its compactions must still rewrite", s.pending_compaction_bytes),
+            ("store_log_blob_files", "Blob files of the log column family", s.blob_files),
+            ("store_log_blob_live_bytes", "Bytes of the log column family's blob files", s.live_blob_bytes),
+            ("store_log_blob_garbage_bytes", "Bytes in blob files no key points to any more", s.garbage_blob_bytes),
+        ] {
+            let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
     }
 }

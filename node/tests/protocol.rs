@@ -1006,6 +1006,16 @@ fn health_and_metrics_endpoints() {
         "{body}"
     );
     assert!(body.contains("sluice_kafka_requests_total{api=\"Produce\"} 1"));
+    // RocksDB's own account: what the node wrote reached the WAL.
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+    };
+    assert!(value("sluice_store_user_written_bytes_total") > 0.0);
+    assert!(value("sluice_store_wal_written_bytes_total") > 0.0);
+    assert_eq!(value("sluice_store_write_stall_seconds_total"), 0.0);
+    assert!(value("sluice_store_log_level0_files") >= 0.0);
 }
 
 #[test]

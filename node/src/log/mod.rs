@@ -14,4 +14,4 @@ pub mod validate;
 pub use partition::{
     AppendError, Appended, CleanStats, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH,
 };
-pub use store::{Store, StoreError, StoreOptions};
+pub use store::{Store, StoreError, StoreOptions, StoreStats, MIN_BLOB};

@@ -1662,6 +1662,74 @@ mod tests {
         assert_eq!(log.read(0, 1 << 20, 30, true).unwrap().batches, 3);
     }
 
+    /// Batches above `MIN_BLOB` live in blob files once flushed; reads,
+    /// a restart, retention and the cleaner see them as before, and a
+    /// compaction of the table files does not write them again.
+    #[test]
+    fn big_batches_live_in_blob_files_through_reopen_retention_and_cleaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let value = "v".repeat(1_000);
+        let big = |key: &str| {
+            let pairs: Vec<(String, Option<&str>)> = (0..8)
+                .map(|i| (format!("{key}{i}"), Some(value.as_str())))
+                .collect();
+            let pairs: Vec<(&str, Option<&str>)> =
+                pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            keyed(&pairs, Compression::None)
+        };
+        let first = big("a");
+        assert!(first.len() as u64 > crate::log::MIN_BLOB);
+        {
+            let store = Store::open(dir.path(), Default::default()).unwrap();
+            let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
+            for key in ["a", "b", "a", "c"] {
+                app(&log, &big(key), 0, TimestampType::CreateTime, 0).unwrap();
+            }
+            store.flush_log().unwrap();
+            let s = store.stats();
+            assert!(s.blob_files >= 1, "{s:?}");
+            assert!(s.blob_bytes >= 4 * first.len() as u64, "{s:?}");
+            assert!(s.user_bytes > 0 && s.wal_bytes > 0, "{s:?}");
+            // A full compaction rewrites keys and references, not batches.
+            store.compact_log();
+            let after = store.stats();
+            assert!(
+                after.compaction_write_bytes - s.compaction_write_bytes < first.len() as u64,
+                "{after:?}"
+            );
+        }
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let log = PartitionLog::open(store.clone(), &id, 0).unwrap();
+        assert_eq!(log.log_end_offset(), 32);
+        assert_eq!(records(&log, 32).len(), 32);
+        assert_eq!(records(&log, 32)[31].2.as_deref(), Some(value.as_str()));
+        // The cleaner keeps the latest of each key: the second "a" batch
+        // supersedes the first.
+        let stats = log
+            .clean(&policy(), 10_000, 1 << 20, 1, &mut |_| {})
+            .unwrap()
+            .unwrap();
+        assert_eq!((stats.records_read, stats.records_removed), (32, 8));
+        assert_eq!(records(&log, 32)[0].0, 8);
+        // Retention drops the oldest batch left.
+        let mut n = 0;
+        let dropped = log
+            .delete_prefix_while(|_, _| {
+                n += 1;
+                n == 1
+            })
+            .unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(log.log_start_offset(), 16);
+        let kept = records(&log, 32);
+        assert_eq!(kept.len(), 16);
+        assert_eq!(kept[0].0, 16);
+        store.flush_log().unwrap();
+        store.compact_log();
+        assert_eq!(records(&log, 32), kept);
+    }
+
     #[test]
     fn state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
