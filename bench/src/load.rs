@@ -15,8 +15,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use crate::report::{histogram, incompressible, Latency, Report};
-use crate::Target;
+use crate::report::{histogram, incompressible, Latency, Point, Report};
+use crate::{Profile, Target};
 
 #[derive(Args, Clone)]
 pub struct ProducerSettings {
@@ -95,6 +95,10 @@ pub struct E2eArgs {
     /// How long to produce, in seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration_s: f64,
+    /// Width of the windows of the latency series (`series` in the
+    /// report), in milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    pub window_ms: f64,
 }
 
 fn loopback_only(bootstrap: &str) -> anyhow::Result<()> {
@@ -165,10 +169,13 @@ fn producer_config(t: &Target, p: &ProducerSettings) -> ClientConfig {
         .set("compression.type", &p.compression)
         .set("linger.ms", p.linger_ms.to_string())
         .set("batch.size", p.batch_size.to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
         .set("enable.idempotence", p.idempotent.to_string())
         .set("message.timeout.ms", "60000");
+    if t.client_profile == Profile::Tuned {
+        // Room for a million records in flight instead of 100,000.
+        c.set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576");
+    }
     c
 }
 
@@ -322,20 +329,22 @@ pub fn produce(a: &ProduceArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn consumer(bootstrap: &str, group: &str, profile: Profile) -> anyhow::Result<BaseConsumer> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "false");
+    if profile == Profile::Tuned {
         // librdkafka stops fetching a partition whose local queue holds
         // queued.min.messages and then waits fetch.queue.backoff.ms (1 s)
         // before the next fetch: with a fast application that cap, not the
         // broker, sets the rate. Keep fetching.
-        .set("queued.min.messages", "1000000")
-        .set("fetch.queue.backoff.ms", "1")
-        .create()?)
+        c.set("queued.min.messages", "1000000")
+            .set("fetch.queue.backoff.ms", "1");
+    }
+    Ok(c.create()?)
 }
 
 /// Every partition of `topic` from its start.
@@ -368,8 +377,9 @@ pub fn consume(a: &ConsumeArgs) -> anyhow::Result<Report> {
             let group = a.group.clone();
             let own_group = own_group.clone();
             let want = a.records;
+            let profile = a.target.client_profile;
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let c = consumer(&bootstrap, group.as_deref().unwrap_or(&own_group))?;
+                let c = consumer(&bootstrap, group.as_deref().unwrap_or(&own_group), profile)?;
                 match group {
                     Some(_) => c.subscribe(&[&topic])?,
                     None => assign_all(&c, &topic)?,
@@ -419,22 +429,34 @@ pub fn e2e(a: &E2eArgs) -> anyhow::Result<Report> {
     let c = consumer(
         &a.target.bootstrap,
         &format!("sluice-bench-e2e-{}", std::process::id()),
+        a.target.client_profile,
     )?;
     assign_all(&c, &a.target.topic)?;
     let sent = Arc::new(AtomicU64::new(u64::MAX));
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let (sent, done) = (sent.clone(), done.clone());
-        std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+        let window = Duration::from_secs_f64(a.window_ms / 1000.0);
+        std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, u64, u64, Vec<Point>)> {
             let mut h = histogram();
+            // The latency of each window of receive time, for a plot.
+            let (start, mut w, mut series) = (Instant::now(), histogram(), Vec::new());
+            let mut w_end = start + window;
             let (mut got, mut bytes) = (0u64, 0u64);
             let mut quiet_since = Instant::now();
             loop {
+                if Instant::now() >= w_end || got >= sent.load(Ordering::Relaxed) {
+                    if !w.is_empty() {
+                        series.push(Point::of(w_end.duration_since(start).as_secs_f64(), &w));
+                        w.reset();
+                    }
+                    w_end += window;
+                }
                 if got >= sent.load(Ordering::Relaxed)
                     || (done.load(Ordering::Relaxed)
                         && quiet_since.elapsed() > Duration::from_secs(10))
                 {
-                    return Ok((h, got, bytes));
+                    return Ok((h, got, bytes, series));
                 }
                 match c.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
@@ -443,6 +465,7 @@ pub fn e2e(a: &E2eArgs) -> anyhow::Result<Report> {
                             let ts = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
                             let us = unix_ns().saturating_sub(ts) / 1000;
                             h.record(us.max(1))?;
+                            w.record(us.max(1))?;
                         }
                         got += 1;
                         bytes += p.len() as u64;
@@ -476,11 +499,12 @@ pub fn e2e(a: &E2eArgs) -> anyhow::Result<Report> {
     )?;
     sent.store(n, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
-    let (h, got, bytes) = reader.join().expect("consumer thread")?;
+    let (h, got, bytes, series) = reader.join().expect("consumer thread")?;
     let secs = started.elapsed().as_secs_f64();
     let mut r = Report::new("e2e", got, bytes, secs);
     r.errors = n.saturating_sub(got) + p.context().errors.load(Ordering::Relaxed);
     r.latency_us = Some(Latency::of(&h));
+    r.series = Some(series);
     Ok(r)
 }
 

@@ -56,6 +56,17 @@ pub struct Target {
     /// Topic configs of the created topic (KEY=VALUE, repeatable).
     #[arg(long = "topic-config", value_parser = parse_kv)]
     pub topic_configs: Vec<(String, String)>,
+    /// librdkafka settings: `defaults` (what users run) or `tuned` (deep
+    /// producer and consumer queues, no fetch backoff: what the broker can
+    /// do when the client never holds back).
+    #[arg(long, value_enum, default_value_t = Profile::Defaults)]
+    pub client_profile: Profile,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Profile {
+    Defaults,
+    Tuned,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

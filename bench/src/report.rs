@@ -28,6 +28,30 @@ impl Latency {
     }
 }
 
+/// The latency of one window of an end-to-end run: its end (seconds from
+/// the start) and percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub t: f64,
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Point {
+    pub fn of(t: f64, h: &Histogram<u64>) -> Point {
+        let l = Latency::of(h);
+        Point {
+            t,
+            count: l.count,
+            p50: l.p50,
+            p99: l.p99,
+            max: l.max,
+        }
+    }
+}
+
 /// Microseconds from 1 us to 10 minutes, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
@@ -44,6 +68,9 @@ pub struct Report {
     pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<Latency>,
+    /// End-to-end runs: latency per window of receive time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<Point>>,
 }
 
 impl Report {

@@ -323,9 +323,6 @@ pub struct Broker {
     /// Topic defaults in force: the static ones under the dynamic broker
     /// configs of the last view applied.
     defaults: RwLock<Arc<BrokerDefaults>>,
-    /// Woken after every append, high watermark move and role change, so
-    /// long-polling fetches and waiting produces re-check.
-    appended: Notify,
     /// Woken after every view applied.
     applied: Notify,
     producer_ids: std::sync::Mutex<ProducerIdBlock>,
@@ -458,7 +455,6 @@ impl Broker {
             orphans: RwLock::new(orphans),
             view: RwLock::new(Arc::new(View::default())),
             defaults: RwLock::new(Arc::new(config.defaults.clone())),
-            appended: Notify::new(),
             applied: Notify::new(),
             producer_ids: std::sync::Mutex::new(ProducerIdBlock { next: 0, end: 0 }),
             lease_valid_until: AtomicI64::new(i64::MIN),
@@ -480,11 +476,6 @@ impl Broker {
     /// This broker as an `Arc`, for tasks it starts.
     pub fn me(&self) -> Option<Arc<Broker>> {
         self.me.upgrade()
-    }
-
-    /// Wakes long-polling fetches and waiting produces to re-check.
-    pub fn wake(&self) {
-        self.appended.notify_waiters();
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -827,8 +818,10 @@ impl Broker {
                 }
             }
         }
+        // Roles may have moved: parked fetches and waiting produces
+        // re-check (appends and high watermark moves wake them through
+        // their partition's PartitionLog::changed).
         self.applied.notify_waiters();
-        self.appended.notify_waiters();
         Ok(ViewApplied {
             transitions,
             dropped,
@@ -1443,7 +1436,6 @@ impl Broker {
             self.metrics
                 .record_append(name, i64::from(h.record_count()), b.len());
             p.replica.leader_appended(me, &p.log)?;
-            self.appended.notify_waiters();
         }
         Ok(appended)
     }
@@ -1468,7 +1460,7 @@ impl Broker {
             .ok_or_else(|| no_partition(name, partition))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let notified = self.appended.notified();
+            let (moved, roles) = (p.log.changed(), self.applied.notified());
             let role = p.replica.role();
             let isr = match &role {
                 Role::Leader { isr, epoch, .. } if *epoch == appended.leader_epoch => isr,
@@ -1487,7 +1479,13 @@ impl Broker {
                 }
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let either = async {
+                tokio::select! {
+                    _ = moved => {}
+                    _ = roles => {}
+                }
+            };
+            if tokio::time::timeout_at(deadline, either).await.is_err() {
                 return Err(KafkaError::new(
                     ResponseError::RequestTimedOut,
                     format!(
@@ -1588,12 +1586,6 @@ impl Broker {
         // Between the high watermark (for read_committed, the last stable
         // offset) and the log end: nothing visible yet.
         Ok(log.read(offset, max_bytes, hw, at_least_one)?)
-    }
-
-    /// A future that completes on the next append; create it before checking
-    /// for data so no append can slip between check and wait.
-    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.appended.notified()
     }
 
     /// Applies `retention.ms` and `retention.bytes` to every partition once.

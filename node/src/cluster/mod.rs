@@ -375,10 +375,9 @@ impl LeaderLogs for Broker {
             now_ms(),
             self.config.replica_lag_time_max_ms,
         ) {
-            Ok((moved, change)) => {
-                if moved {
-                    self.wake();
-                }
+            Ok((_, change)) => {
+                // A moved high watermark wakes the partition's waiters by
+                // itself (PartitionLog::changed).
                 if let Some(change) = change {
                     if let Some(me) = self.me() {
                         tokio::spawn(store_isr(me, topic.to_string(), partition, change));
@@ -391,7 +390,7 @@ impl LeaderLogs for Broker {
         }
     }
 
-    fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.appended()
+    fn roles_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.next_view()
     }
 }

@@ -122,9 +122,19 @@ pub struct PartitionLog {
     /// none is open: the last stable offset is the lower of it and the
     /// high watermark.
     first_unstable: AtomicI64,
+    /// Woken when the log end or the high watermark moves (appends, a
+    /// follower's progress, truncation): what parked fetches of this
+    /// partition, and produce requests waiting on its ISR, wait for.
+    changed: tokio::sync::Notify,
 }
 
 impl PartitionLog {
+    /// Resolves on the next change of the log end or high watermark after
+    /// this call (registered at once, before the future is first polled).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
     /// Opens (or creates) a partition, recovering its counters from the store.
     pub fn open(store: Arc<Store>, topic_id: &Uuid, partition: i32) -> store::Result<PartitionLog> {
         let prefix = partition_prefix(topic_id, partition);
@@ -168,6 +178,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(state.high_watermark),
             size_bytes: AtomicI64::new(state.size_bytes),
             first_unstable: AtomicI64::new(txns.first_open().unwrap_or(i64::MAX)),
+            changed: tokio::sync::Notify::new(),
             inner: Mutex::new(Inner {
                 state,
                 producers,
@@ -410,6 +421,7 @@ impl PartitionLog {
         self.log_end.store(next.next_offset, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
+        self.changed.notify_waiters();
         Ok(Appended {
             base_offset: base,
             last_offset: last,
@@ -425,6 +437,17 @@ impl PartitionLog {
     /// state and the epoch cache follow them, so this replica can lead later.
     /// Returns the new log end offset.
     pub fn append_replicated(&self, records: &Bytes) -> Result<i64, AppendError> {
+        self.append_replicated_with_hw(records, None)
+    }
+
+    /// [`Self::append_replicated`], raising the high watermark to the
+    /// leader's `hw` (bounded by the new log end) in the same write: a
+    /// follower's fetch answer costs one store write, not two.
+    pub fn append_replicated_with_hw(
+        &self,
+        records: &Bytes,
+        hw: Option<i64>,
+    ) -> Result<i64, AppendError> {
         let batches = batch::split_replicated(records)
             .map_err(|e| AppendError::Replication(format!("leader sent an invalid batch: {e}")))?;
         let mut inner = self.write_lock()?;
@@ -484,6 +507,10 @@ impl PartitionLog {
             next.next_offset = h.last_offset().saturating_add(1);
             next.size_bytes += b.len() as i64;
         }
+        if let Some(hw) = hw {
+            let hw = hw.min(next.next_offset).max(next.log_start_offset);
+            next.high_watermark = next.high_watermark.max(hw);
+        }
         for (pid, e) in &producers {
             let json = serde_json::to_vec(e).expect("producer entry serializes");
             self.store.put_producer(&mut wb, &self.prefix, *pid, &json);
@@ -504,6 +531,9 @@ impl PartitionLog {
         }
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.log_end.store(next.next_offset, Ordering::Release);
+        self.high_watermark
+            .store(next.high_watermark, Ordering::Release);
+        self.changed.notify_waiters();
         Ok(next.next_offset)
     }
 
@@ -525,6 +555,7 @@ impl PartitionLog {
         self.store.write(wb)?;
         inner.state = next;
         self.high_watermark.store(hw, Ordering::Release);
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -694,6 +725,7 @@ impl PartitionLog {
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
+        self.changed.notify_waiters();
         Ok(cut)
     }
 
@@ -723,6 +755,7 @@ impl PartitionLog {
         self.log_end.store(offset, Ordering::Release);
         self.high_watermark.store(offset, Ordering::Release);
         self.size_bytes.store(0, Ordering::Release);
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -925,6 +958,8 @@ impl PartitionLog {
             return Ok(0);
         }
         self.advance_start(&mut inner, new_start, size, new_start)?;
+        drop(inner);
+        self.store.compact_partition(&self.prefix, new_start);
         Ok(deleted)
     }
 
@@ -958,6 +993,8 @@ impl PartitionLog {
         drop(it);
         // The whole batches go and the start lands exactly, in one write.
         self.advance_start(&mut inner, cut, size, offset)?;
+        drop(inner);
+        self.store.compact_partition(&self.prefix, cut);
         Ok(offset)
     }
 
@@ -999,7 +1036,8 @@ impl PartitionLog {
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
         self.size_bytes.store(size, Ordering::Release);
-        self.store.compact_partition(&self.prefix, cut);
+        // The caller compacts the deleted range once it has let go of the
+        // partition: appends do not wait for a compaction.
         Ok(())
     }
 

@@ -14,11 +14,15 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio::sync::futures::Notified;
 
 use super::limits::Reservation;
 use super::Services;
 use crate::broker::{Broker, KafkaError, Partition, Topic};
+use crate::log::PartitionLog;
 
 /// The partition if this node leads it, checking the client's view of the
 /// leader epoch (-1 = not known).
@@ -209,10 +213,22 @@ pub async fn fetch(
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
     loop {
-        // Register for the next append before looking, so none is missed.
-        let notified = broker.appended();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        // Register for the next change of the wanted partitions (and of
+        // roles) before looking, so none is missed; appends to other
+        // partitions do not wake this fetch.
+        let watched: Vec<Arc<PartitionLog>> = wanted
+            .iter()
+            .filter_map(|w| broker.topic(&w.name).map(|t| (t, w)))
+            .flat_map(|(t, w)| {
+                w.partitions
+                    .iter()
+                    .filter_map(|p| t.partition(p.partition).map(|p| p.log.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut waits: Vec<Pin<Box<Notified<'_>>>> =
+            watched.iter().map(|l| Box::pin(l.changed())).collect();
+        waits.push(Box::pin(broker.next_view()));
         // Room for the records and their copy in the encoded answer.
         let mut reserved = svc
             .pool
@@ -234,7 +250,7 @@ pub async fn fetch(
         }
         drop(reserved);
         tokio::select! {
-            _ = &mut notified => {}
+            _ = futures_util::future::select_all(waits) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

@@ -115,13 +115,15 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
             format!("acks must be -1, 0 or 1, got {acks}"),
         )
     });
-    let mut results = Vec::with_capacity(req.topic_data.len());
+    // What each partition gets: an error now, or an append. Checks that
+    // may wait (a transaction's coordinator) run here, on the async worker.
+    let mut plans = Vec::with_capacity(req.topic_data.len());
     for td in &req.topic_data {
         let name = td.name.0.to_string();
         let topic = broker.topic(&name);
         let mut partitions = Vec::with_capacity(td.partition_data.len());
         for pd in &td.partition_data {
-            let result = match (&acks_error, &topic) {
+            let plan = match (&acks_error, &topic) {
                 (Some(e), _) => Err(e.clone()),
                 (None, None) => Err(KafkaError::new(
                     ResponseError::UnknownTopicOrPartition,
@@ -136,25 +138,49 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
                 (None, Some(t)) => match transactional_producer(pd.records.as_ref()) {
                     Err(e) => Err(e),
                     Ok(Some(producer)) => {
-                        match verify_transaction(svc, t, pd.index, transactional_id, producer).await
-                        {
-                            Ok(guard) => broker.append_guarded(
-                                t,
-                                pd.index,
-                                pd.records.as_ref(),
-                                acks,
-                                Some(guard),
-                            ),
-                            Err(e) => Err(e),
-                        }
+                        verify_transaction(svc, t, pd.index, transactional_id, producer)
+                            .await
+                            .map(Some)
                     }
-                    Ok(None) => broker.append(t, pd.index, pd.records.as_ref(), acks),
+                    Ok(None) => Ok(None),
                 },
             };
-            partitions.push(result);
+            partitions.push(plan.map(|guard| (pd.records.clone(), guard)));
         }
-        results.push((topic, partitions));
+        plans.push((topic, partitions));
     }
+    // The appends themselves (validation, RocksDB writes) run on a blocking
+    // thread, all of the request's in one hand-off and in order: a write
+    // held up by the disk or a RocksDB stall must not hold up the other
+    // connections served by the same async worker.
+    let mut results = {
+        let broker = broker.clone();
+        let indexes: Vec<Vec<i32>> = req
+            .topic_data
+            .iter()
+            .map(|td| td.partition_data.iter().map(|pd| pd.index).collect())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            plans
+                .into_iter()
+                .zip(indexes)
+                .map(|((topic, partitions), indexes)| {
+                    let appended = partitions
+                        .into_iter()
+                        .zip(indexes)
+                        .map(|(plan, index)| {
+                            let (records, guard) = plan?;
+                            let t = topic.as_ref().expect("planned appends have a topic");
+                            broker.append_guarded(t, index, records.as_ref(), acks, guard)
+                        })
+                        .collect::<Vec<_>>();
+                    (topic, appended)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .expect("appends do not panic")
+    };
     if acks == 0 {
         return None;
     }

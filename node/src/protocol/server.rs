@@ -358,7 +358,14 @@ async fn dispatch(
             ResponseKind::DescribeProducers(admin::describe_producers(broker, r, v))
         }
         RequestKind::DeleteRecords(r) => {
-            ResponseKind::DeleteRecords(admin::delete_records(broker, r, v))
+            // Store writes and the compaction of the deleted range, off the
+            // async workers.
+            let broker = broker.clone();
+            ResponseKind::DeleteRecords(
+                tokio::task::spawn_blocking(move || admin::delete_records(&broker, r, v))
+                    .await
+                    .expect("DeleteRecords does not panic"),
+            )
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
             ResponseKind::OffsetForLeaderEpoch(fetch::offset_for_leader_epoch(broker, r, v))

@@ -117,15 +117,20 @@ async fn session(
         if throttled_bytes > 0 {
             throttle.spent(throttled_bytes, Instant::now());
         }
-        let mut refused = true;
-        for d in resp.partitions {
-            if let Some(f) = set
-                .iter()
-                .find(|f| f.topic == d.topic && f.partition == d.partition)
-            {
-                refused &= apply(f, &d)? == Applied::Refused;
+        // Store writes on a blocking thread, off the async workers.
+        let refused = tokio::task::spawn_blocking(move || -> Result<bool, Error> {
+            let mut refused = true;
+            for d in resp.partitions {
+                if let Some(f) = set
+                    .iter()
+                    .find(|f| f.topic == d.topic && f.partition == d.partition)
+                {
+                    refused &= apply(f, &d)? == Applied::Refused;
+                }
             }
-        }
+            Ok(refused)
+        })
+        .await??;
         if refused {
             // Errors only (not leader, stale epoch): give metadata time to
             // move. An empty answer (a moved high watermark, the wait over)
@@ -193,9 +198,14 @@ fn apply_current(f: &Following, d: &PartitionData) -> Result<Applied, Error> {
     }
     let progressed = !d.records.is_empty();
     if progressed {
-        log.append_replicated(&bytes::Bytes::copy_from_slice(&d.records))?;
+        // The batches and the leader's high watermark in one write.
+        log.append_replicated_with_hw(
+            &bytes::Bytes::copy_from_slice(&d.records),
+            Some(d.high_watermark),
+        )?;
+    } else {
+        log.set_high_watermark(d.high_watermark.min(log.log_end_offset()))?;
     }
-    log.set_high_watermark(d.high_watermark.min(log.log_end_offset()))?;
     // The leader's log start moved (DeleteRecords, retention): follow it up
     // to what this replica has committed, so records deleted on the leader
     // never come back if this replica leads later.

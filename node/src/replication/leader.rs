@@ -4,12 +4,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::futures::Notified;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{FetchError, FetchRequest, FetchResponse, PartitionData, PartitionFetch};
 use super::LeaderLogs;
+use crate::log::PartitionLog;
 
 pub struct Service<L: LeaderLogs> {
     logs: Arc<L>,
@@ -94,9 +96,17 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
     let max_bytes = (req.max_bytes as usize).max(1);
     let mut last_hw: Vec<i64> = Vec::new();
     loop {
-        let notified = logs.changed();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        // Register for the next change of these partitions (and of roles)
+        // before looking, so none is missed; an append elsewhere does not
+        // wake this fetch.
+        let watched: Vec<Arc<PartitionLog>> = req
+            .partitions
+            .iter()
+            .filter_map(|pf| logs.leader_log(&pf.topic, pf.partition, pf.leader_epoch).ok())
+            .collect();
+        let mut waits: Vec<Pin<Box<Notified<'_>>>> =
+            watched.iter().map(|l| Box::pin(l.changed())).collect();
+        waits.push(Box::pin(logs.roles_changed()));
         let mut urgent = false;
         let mut budget = max_bytes;
         let mut parts = Vec::with_capacity(req.partitions.len());
@@ -114,7 +124,7 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
         }
         last_hw = hws;
         tokio::select! {
-            _ = &mut notified => {}
+            _ = futures_util::future::select_all(waits) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

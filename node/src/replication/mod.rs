@@ -47,9 +47,10 @@ pub trait LeaderLogs: Send + Sync + 'static {
     /// watermark with it.
     fn follower_fetched(&self, topic: &str, partition: i32, follower: i32, fetch_offset: i64);
 
-    /// Resolves on the next append or high watermark change, so a parked
-    /// fetch can answer early.
-    fn changed(&self) -> tokio::sync::futures::Notified<'_>;
+    /// Resolves when roles may have changed, so a parked fetch re-checks
+    /// its partitions' leadership; appends and high watermark moves wake
+    /// it through each log's `PartitionLog::changed`.
+    fn roles_changed(&self) -> tokio::sync::futures::Notified<'_>;
 }
 
 /// What a follower needs to know about one partition it follows.
