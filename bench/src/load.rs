@@ -437,45 +437,47 @@ pub fn e2e(a: &E2eArgs) -> anyhow::Result<Report> {
     let reader = {
         let (sent, done) = (sent.clone(), done.clone());
         let window = Duration::from_secs_f64(a.window_ms / 1000.0);
-        std::thread::spawn(move || -> anyhow::Result<(Histogram<u64>, u64, u64, Vec<Point>)> {
-            let mut h = histogram();
-            // The latency of each window of receive time, for a plot.
-            let (start, mut w, mut series) = (Instant::now(), histogram(), Vec::new());
-            let mut w_end = start + window;
-            let (mut got, mut bytes) = (0u64, 0u64);
-            let mut quiet_since = Instant::now();
-            loop {
-                if Instant::now() >= w_end || got >= sent.load(Ordering::Relaxed) {
-                    if !w.is_empty() {
-                        series.push(Point::of(w_end.duration_since(start).as_secs_f64(), &w));
-                        w.reset();
-                    }
-                    w_end += window;
-                }
-                if got >= sent.load(Ordering::Relaxed)
-                    || (done.load(Ordering::Relaxed)
-                        && quiet_since.elapsed() > Duration::from_secs(10))
-                {
-                    return Ok((h, got, bytes, series));
-                }
-                match c.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => {
-                        let p = m.payload().unwrap_or_default();
-                        if p.len() >= 8 {
-                            let ts = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
-                            let us = unix_ns().saturating_sub(ts) / 1000;
-                            h.record(us.max(1))?;
-                            w.record(us.max(1))?;
+        std::thread::spawn(
+            move || -> anyhow::Result<(Histogram<u64>, u64, u64, Vec<Point>)> {
+                let mut h = histogram();
+                // The latency of each window of receive time, for a plot.
+                let (start, mut w, mut series) = (Instant::now(), histogram(), Vec::new());
+                let mut w_end = start + window;
+                let (mut got, mut bytes) = (0u64, 0u64);
+                let mut quiet_since = Instant::now();
+                loop {
+                    if Instant::now() >= w_end || got >= sent.load(Ordering::Relaxed) {
+                        if !w.is_empty() {
+                            series.push(Point::of(w_end.duration_since(start).as_secs_f64(), &w));
+                            w.reset();
                         }
-                        got += 1;
-                        bytes += p.len() as u64;
-                        quiet_since = Instant::now();
+                        w_end += window;
                     }
-                    Some(Err(e)) => bail!("consume: {e}"),
-                    None => {}
+                    if got >= sent.load(Ordering::Relaxed)
+                        || (done.load(Ordering::Relaxed)
+                            && quiet_since.elapsed() > Duration::from_secs(10))
+                    {
+                        return Ok((h, got, bytes, series));
+                    }
+                    match c.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            let p = m.payload().unwrap_or_default();
+                            if p.len() >= 8 {
+                                let ts = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
+                                let us = unix_ns().saturating_sub(ts) / 1000;
+                                h.record(us.max(1))?;
+                                w.record(us.max(1))?;
+                            }
+                            got += 1;
+                            bytes += p.len() as u64;
+                            quiet_since = Instant::now();
+                        }
+                        Some(Err(e)) => bail!("consume: {e}"),
+                        None => {}
+                    }
                 }
-            }
-        })
+            },
+        )
     };
     let acks = Acks {
         start: Instant::now(),

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -314,13 +314,41 @@ impl Collector for StoreCollector {
         };
         let s = store.stats();
         for (name, help, v) in [
-            ("store_user_written_bytes", "Bytes the node handed to RocksDB in writes", s.user_bytes),
-            ("store_wal_written_bytes", "Bytes RocksDB appended to its write-ahead log", s.wal_bytes),
-            ("store_flush_written_bytes", "Bytes of table files RocksDB wrote flushing memtables", s.flush_bytes),
-            ("store_compaction_read_bytes", "Bytes RocksDB compactions read", s.compaction_read_bytes),
-            ("store_compaction_written_bytes", "Bytes RocksDB compactions wrote", s.compaction_write_bytes),
-            ("store_blob_written_bytes", "Bytes RocksDB wrote to blob files (the log's batches)", s.blob_bytes),
-            ("store_blob_gc_relocated_bytes", "Bytes blob garbage collection moved to new blob files", s.blob_gc_bytes),
+            (
+                "store_user_written_bytes",
+                "Bytes the node handed to RocksDB in writes",
+                s.user_bytes,
+            ),
+            (
+                "store_wal_written_bytes",
+                "Bytes RocksDB appended to its write-ahead log",
+                s.wal_bytes,
+            ),
+            (
+                "store_flush_written_bytes",
+                "Bytes of table files RocksDB wrote flushing memtables",
+                s.flush_bytes,
+            ),
+            (
+                "store_compaction_read_bytes",
+                "Bytes RocksDB compactions read",
+                s.compaction_read_bytes,
+            ),
+            (
+                "store_compaction_written_bytes",
+                "Bytes RocksDB compactions wrote",
+                s.compaction_write_bytes,
+            ),
+            (
+                "store_blob_written_bytes",
+                "Bytes RocksDB wrote to blob files (the log's batches)",
+                s.blob_bytes,
+            ),
+            (
+                "store_blob_gc_relocated_bytes",
+                "Bytes blob garbage collection moved to new blob files",
+                s.blob_gc_bytes,
+            ),
         ] {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
@@ -333,11 +361,31 @@ impl Collector for StoreCollector {
             stall.metric_type(),
         )?)?;
         for (name, help, v) in [
-            ("store_log_level0_files", "Table files in level 0 of the log column family", s.log_l0_files),
-            ("store_pending_compaction_bytes", "Bytes RocksDB estimates its compactions must still rewrite", s.pending_compaction_bytes),
-            ("store_log_blob_files", "Blob files of the log column family", s.blob_files),
-            ("store_log_blob_live_bytes", "Bytes of the log column family's blob files", s.live_blob_bytes),
-            ("store_log_blob_garbage_bytes", "Bytes in blob files no key points to any more", s.garbage_blob_bytes),
+            (
+                "store_log_level0_files",
+                "Table files in level 0 of the log column family",
+                s.log_l0_files,
+            ),
+            (
+                "store_pending_compaction_bytes",
+                "Bytes RocksDB estimates its compactions must still rewrite",
+                s.pending_compaction_bytes,
+            ),
+            (
+                "store_log_blob_files",
+                "Blob files of the log column family",
+                s.blob_files,
+            ),
+            (
+                "store_log_blob_live_bytes",
+                "Bytes of the log column family's blob files",
+                s.live_blob_bytes,
+            ),
+            (
+                "store_log_blob_garbage_bytes",
+                "Bytes in blob files no key points to any more",
+                s.garbage_blob_bytes,
+            ),
         ] {
             let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;

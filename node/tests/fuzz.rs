@@ -962,7 +962,10 @@ fn last_offset(records: &Bytes) -> Option<i64> {
 /// closes the connection, and lives.
 #[test]
 fn fuzz_regressions_stay_fixed() {
-    let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into())).join("tests/fuzz-regressions");
+    let dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/fuzz-regressions");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -102,7 +102,10 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
         let watched: Vec<Arc<PartitionLog>> = req
             .partitions
             .iter()
-            .filter_map(|pf| logs.leader_log(&pf.topic, pf.partition, pf.leader_epoch).ok())
+            .filter_map(|pf| {
+                logs.leader_log(&pf.topic, pf.partition, pf.leader_epoch)
+                    .ok()
+            })
             .collect();
         let mut waits: Vec<Pin<Box<Notified<'_>>>> =
             watched.iter().map(|l| Box::pin(l.changed())).collect();
