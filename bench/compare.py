@@ -162,7 +162,7 @@ def io_written(pid):
 
 
 STORE_BYTES = [("WAL", "sluice_store_wal_written_bytes_total"),
-               ("flush", "sluice_store_flush_written_bytes_total"),
+               ("flush (blob files included)", "sluice_store_flush_written_bytes_total"),
                ("compaction", "sluice_store_compaction_written_bytes_total"),
                ("blob files", "sluice_store_blob_written_bytes_total")]
 
@@ -182,7 +182,6 @@ def scenarios(a, b, broker, replicated, strict):
     out = {}
     for prof in a.profiles:
         out.update(profile_scenarios(a, b, broker, replicated, strict, prof))
-    out.update(write_amplification(a, b, broker, strict, split=not replicated))
     return out
 
 
@@ -260,8 +259,9 @@ def profile_scenarios(a, b, broker, replicated, strict, prof):
 
 def write_amplification(a, b, broker, strict, split):
     """Bytes written to storage per byte produced: --wa-records records of
-    1 KiB, then --wa-settle-s seconds for flushes and compactions to follow,
-    from the broker's /proc/<pid>/io (and, for Sluice, RocksDB's own split)."""
+    1 KiB into a fresh broker, then --wa-settle-s seconds for flushes and
+    compactions to follow, from the broker's /proc/<pid>/io (and, for
+    Sluice, RocksDB's own split)."""
     before, m0 = io_written(broker.proc.pid), metrics(broker.admin)
     rep = b.run("produce", "--bootstrap", broker.bootstrap, "--topic", b.topic(),
                 "--create-partitions", str(a.partitions), "--records", str(a.wa_records),
@@ -307,11 +307,10 @@ def instructions(a, b, kind):
     total = 0
     for name in os.listdir(d):
         if name.startswith("callgrind.out"):
+            # `totals:` closes each dump (its `summary:` reads 0 when the
+            # dump is taken with instrumentation off).
             with open(os.path.join(d, name)) as f:
-                for line in f:
-                    if line.startswith("summary:") or line.startswith("totals:"):
-                        total += int(line.split()[1])
-                        break
+                total += sum(int(line.split()[1]) for line in f if line.startswith("totals:"))
     shutil.rmtree(d, ignore_errors=True)
     return total / (rep["bytes"] / 1e6) if rep and rep["bytes"] else None
 
@@ -490,6 +489,22 @@ def main():
             results[name] = scenarios(a, b, broker, replicated=nodes == 3, strict=nodes > 0)
             if nodes == 1:
                 batch = batch_size(broker.admin)
+        finally:
+            broker.stop()
+            shutil.rmtree(d, ignore_errors=True)
+    for name, nodes in targets:
+        if nodes == 3:
+            continue
+        print(f"== {name}: bytes written per byte produced", flush=True)
+        d = tempfile.mkdtemp(prefix="sluice-wa-", dir=a.scratch)
+        if nodes == 0:
+            broker = start_tansu(a)
+        elif nodes < 0:
+            broker = start_tansu(a, f"sqlite://{d}/tansu.db")
+        else:
+            broker = start_sluice(a, nodes, d)
+        try:
+            results[name].update(write_amplification(a, b, broker, nodes > 0, split=nodes == 1))
         finally:
             broker.stop()
             shutil.rmtree(d, ignore_errors=True)

@@ -60,6 +60,10 @@ pub struct Partition {
     refused: std::sync::Mutex<HashMap<i64, Vec<(Refusal, KafkaError)>>>,
 }
 
+/// How often moved high watermarks are written (they also go with every
+/// append's write).
+const HW_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Refusals remembered per partition at most; past it they are forgotten
 /// (a forgotten one only means OUT_OF_ORDER_SEQUENCE_NUMBER, as Kafka answers).
 const MAX_REFUSALS: usize = 10_000;
@@ -1619,6 +1623,34 @@ impl Broker {
             tracing::info!(batches = deleted, "retention deleted batches");
         }
         Ok(deleted)
+    }
+
+    /// Writes every partition's high watermark that moved since its last
+    /// checkpoint ([`PartitionLog::checkpoint_high_watermark`]).
+    pub fn checkpoint_high_watermarks(&self) {
+        for t in self.topics() {
+            for p in &t.partitions {
+                match p.log.checkpoint_high_watermark() {
+                    Ok(()) | Err(crate::log::StoreError::Closed(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(topic = %t.record.name, partition = p.log.partition, error = %e, "checkpointing the high watermark failed")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checkpoints high watermarks every 5 s (Kafka's
+    /// `replica.high.watermark.checkpoint.interval.ms`) until the process
+    /// ends.
+    pub async fn checkpoint_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(HW_CHECKPOINT_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.checkpoint_high_watermarks()).await;
+        }
     }
 
     /// Runs retention every `retention_check_interval_ms` until the process ends.

@@ -226,6 +226,8 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
             ),
         }
     }
+    let broker = ready.broker.clone();
+    let _ = tokio::task::spawn_blocking(move || broker.checkpoint_high_watermarks()).await;
     tracing::info!("shutting down");
     Ok(())
 }
@@ -355,6 +357,7 @@ pub async fn serve(
     tokio::spawn(cluster::run_sync(broker.clone(), coordinators, fetchers));
     tokio::spawn(cluster::run_isr_checks(broker.clone()));
     tokio::spawn(broker.clone().retention_loop());
+    tokio::spawn(broker.clone().checkpoint_loop());
     tokio::spawn(broker.clone().storage_watch());
     tokio::spawn(crate::cleaner::run(broker.clone()));
     tokio::spawn(groups.clone().run_timers());

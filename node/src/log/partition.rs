@@ -89,6 +89,9 @@ struct Inner {
     /// Open and aborted transactions (the last stable offset and what
     /// read_committed fetches must report).
     txns: TxnIndex,
+    /// The high watermark moved in memory since it was last checkpointed
+    /// ([`PartitionLog::checkpoint_high_watermark`]).
+    hw_dirty: bool,
 }
 
 /// Answer to "where does epoch E end in this log" (Kafka's
@@ -187,6 +190,7 @@ impl PartitionLog {
                 generation: 0,
                 closed: false,
                 txns,
+                hw_dirty: false,
             }),
         })
     }
@@ -537,9 +541,16 @@ impl PartitionLog {
         Ok(next.next_offset)
     }
 
-    /// Raises the high watermark (bounded by the log end) and checkpoints it.
-    /// It never moves back here: only truncation and reset lower it, so
-    /// concurrent appends finishing out of order cannot hide committed data.
+    /// Raises the high watermark (bounded by the log end), in memory: it
+    /// reaches the store with the partition's next write (every append
+    /// carries the partition's state) or the next
+    /// [`checkpoint_high_watermark`](Self::checkpoint_high_watermark), as
+    /// Kafka checkpoints it every few seconds rather than on every move. A
+    /// high watermark lost in a crash only under-reports: the records are
+    /// in the log (truncation goes by leader epoch, never by the high
+    /// watermark), and it moves up again as the ISR fetches. It never moves
+    /// back here: only truncation and reset lower it, so concurrent appends
+    /// finishing out of order cannot hide committed data.
     pub fn set_high_watermark(&self, hw: i64) -> store::Result<()> {
         let mut inner = self.write_lock()?;
         let hw = hw
@@ -548,14 +559,25 @@ impl PartitionLog {
         if hw <= inner.state.high_watermark {
             return Ok(());
         }
-        let mut next = inner.state;
-        next.high_watermark = hw;
-        let mut wb = WriteBatch::default();
-        self.store.put_partition_state(&mut wb, &self.prefix, &next);
-        self.store.write(wb)?;
-        inner.state = next;
+        inner.state.high_watermark = hw;
+        inner.hw_dirty = true;
         self.high_watermark.store(hw, Ordering::Release);
         self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Writes the partition's state if its high watermark moved since the
+    /// last checkpoint (periodically, and when the node stops).
+    pub fn checkpoint_high_watermark(&self) -> store::Result<()> {
+        let mut inner = self.write_lock()?;
+        if !inner.hw_dirty {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        self.store
+            .put_partition_state(&mut wb, &self.prefix, &inner.state);
+        self.store.write(wb)?;
+        inner.hw_dirty = false;
         Ok(())
     }
 
@@ -1766,6 +1788,47 @@ mod tests {
         store.flush_log().unwrap();
         store.compact_log();
         assert_eq!(records(&log, 32), kept);
+    }
+
+    /// A moved high watermark costs no write of its own: it goes with the
+    /// next append or checkpoint; lost in a crash, it only under-reports.
+    #[test]
+    fn the_high_watermark_goes_with_the_next_write_or_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let reopen = || {
+            let store = Store::open(dir.path(), Default::default()).unwrap();
+            PartitionLog::open(store, &id, 0).unwrap()
+        };
+        {
+            let log = reopen();
+            let b = encode(5, Compression::None);
+            log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
+            log.append(&b, 0, TimestampType::CreateTime, 0).unwrap();
+            let writes = log.store.writes();
+            log.set_high_watermark(5).unwrap();
+            assert_eq!(log.high_watermark(), 5);
+            assert_eq!(log.store.writes(), writes, "no write for a moved high watermark");
+            // Lost with the process: the reopened log says less, never more.
+        }
+        {
+            let log = reopen();
+            assert_eq!((log.high_watermark(), log.log_end_offset()), (0, 10));
+            log.set_high_watermark(5).unwrap();
+            // The next append carries it.
+            log.append(&encode(1, Compression::None), 0, TimestampType::CreateTime, 0)
+                .unwrap();
+        }
+        {
+            let log = reopen();
+            assert_eq!(log.high_watermark(), 5);
+            log.set_high_watermark(11).unwrap();
+            let writes = log.store.writes();
+            log.checkpoint_high_watermark().unwrap();
+            log.checkpoint_high_watermark().unwrap();
+            assert_eq!(log.store.writes(), writes + 1, "one checkpoint write");
+        }
+        assert_eq!(reopen().high_watermark(), 11);
     }
 
     #[test]

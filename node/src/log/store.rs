@@ -271,6 +271,10 @@ impl Store {
         log_opts.set_blob_compression_type(DBCompressionType::None);
         log_opts.set_enable_blob_gc(true);
         log_opts.set_blob_gc_age_cutoff(0.25);
+        // And when half of those oldest files is garbage, RocksDB compacts
+        // the table files pointing into them on its own, so their space
+        // comes back even where no new writes would reach them.
+        log_opts.set_blob_gc_force_threshold(0.5);
         let mut table = BlockBasedOptions::default();
         table.set_block_size(64 << 10);
         log_opts.set_block_based_table_factory(&table);
