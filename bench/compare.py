@@ -59,10 +59,10 @@ def proc_stat(pid):
 class Broker:
     """One broker under test: a process, its bootstrap, its pid."""
 
-    def __init__(self, name, argv, ready=None, port=None, env=None):
+    def __init__(self, name, argv, ready=None, port=None, env=None, cwd=None):
         self.name = name
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.PIPE, text=True, env=env)
+                                     stdin=subprocess.PIPE, text=True, env=env, cwd=cwd)
         self.started = time.monotonic()
         if ready:
             while True:
@@ -143,14 +143,26 @@ def start_sluice(a, nodes, data_dir, extra=(), prefix=()):
     return Broker(f"sluice ({nodes} node{'s' if nodes > 1 else ''})", argv, ready="sluice ready ", env=env)
 
 
-def start_tansu(a, engine="memory://tansu/", prefix=()):
-    """Tansu with its in-memory engine, or a durable one (`sqlite://<file>`)."""
+def start_tansu(a, data_dir=None, prefix=()):
+    """Tansu with its in-memory engine, or with its durable SQLite one in
+    `data_dir` (Tansu opens `sqlite://<path>` relative to its working
+    directory)."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    name = "Tansu (memory)" if engine.startswith("memory") else "Tansu (sqlite)"
+    engine = "sqlite://tansu.db" if data_dir else "memory://tansu/"
+    name = "Tansu (sqlite)" if data_dir else "Tansu (memory)"
     return Broker(name, [*prefix, a.tansu_binary, "broker", "--listener-url", url,
                          "--advertised-listener-url", url, "--storage-engine", engine],
-                  port=port)
+                  port=port, cwd=data_dir)
+
+
+def start_broker(a, nodes, d):
+    """Sluice with `nodes` nodes; 0: Tansu in memory; -1: Tansu on SQLite."""
+    if nodes == 0:
+        return start_tansu(a)
+    if nodes < 0:
+        return start_tansu(a, d)
+    return start_sluice(a, nodes, d)
 
 
 def io_written(pid):
@@ -479,12 +491,12 @@ def main():
     for name, nodes in targets:
         print(f"== {name}", flush=True)
         d = tempfile.mkdtemp(prefix="sluice-bench-", dir=a.scratch)
-        if nodes == 0:
-            broker = start_tansu(a)
-        elif nodes < 0:
-            broker = start_tansu(a, f"sqlite://{d}/tansu.db")
-        else:
-            broker = start_sluice(a, nodes, d)
+        try:
+            broker = start_broker(a, nodes, d)
+        except SystemExit as e:  # a peer that does not start is n/a
+            print(f"   {name} did not start: {e}", flush=True)
+            results[name] = {}
+            continue
         try:
             results[name] = scenarios(a, b, broker, replicated=nodes == 3, strict=nodes > 0)
             if nodes == 1:
@@ -497,12 +509,11 @@ def main():
             continue
         print(f"== {name}: bytes written per byte produced", flush=True)
         d = tempfile.mkdtemp(prefix="sluice-wa-", dir=a.scratch)
-        if nodes == 0:
-            broker = start_tansu(a)
-        elif nodes < 0:
-            broker = start_tansu(a, f"sqlite://{d}/tansu.db")
-        else:
-            broker = start_sluice(a, nodes, d)
+        try:
+            broker = start_broker(a, nodes, d)
+        except SystemExit as e:
+            print(f"   {name} did not start: {e}", flush=True)
+            continue
         try:
             results[name].update(write_amplification(a, b, broker, nodes > 0, split=nodes == 1))
         finally:

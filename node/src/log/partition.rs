@@ -1808,7 +1808,11 @@ mod tests {
             let writes = log.store.writes();
             log.set_high_watermark(5).unwrap();
             assert_eq!(log.high_watermark(), 5);
-            assert_eq!(log.store.writes(), writes, "no write for a moved high watermark");
+            assert_eq!(
+                log.store.writes(),
+                writes,
+                "no write for a moved high watermark"
+            );
             // Lost with the process: the reopened log says less, never more.
         }
         {
@@ -1816,8 +1820,13 @@ mod tests {
             assert_eq!((log.high_watermark(), log.log_end_offset()), (0, 10));
             log.set_high_watermark(5).unwrap();
             // The next append carries it.
-            log.append(&encode(1, Compression::None), 0, TimestampType::CreateTime, 0)
-                .unwrap();
+            log.append(
+                &encode(1, Compression::None),
+                0,
+                TimestampType::CreateTime,
+                0,
+            )
+            .unwrap();
         }
         {
             let log = reopen();
