@@ -26,7 +26,6 @@ use crate::log::producers::{self, Refusal, SequenceError};
 use crate::log::validate::{self, RecordProblem};
 use crate::log::{
     AppendError, Appended, PartitionLog, Read, Store, StoreError, StoreOptions, TimestampType,
-    Watch,
 };
 use crate::metrics::Metrics;
 
@@ -1465,7 +1464,7 @@ impl Broker {
             .ok_or_else(|| no_partition(name, partition))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let watch = Watch::new([&*p.log], self.applied.notified());
+            let (moved, roles) = (p.log.changed(), self.applied.notified());
             let role = p.replica.role();
             let isr = match &role {
                 Role::Leader { isr, epoch, .. } if *epoch == appended.leader_epoch => isr,
@@ -1484,10 +1483,13 @@ impl Broker {
                 }
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, watch.changed())
-                .await
-                .is_err()
-            {
+            let either = async {
+                tokio::select! {
+                    _ = moved => {}
+                    _ = roles => {}
+                }
+            };
+            if tokio::time::timeout_at(deadline, either).await.is_err() {
                 return Err(KafkaError::new(
                     ResponseError::RequestTimedOut,
                     format!(

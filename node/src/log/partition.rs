@@ -131,15 +131,6 @@ pub struct PartitionLog {
     changed: tokio::sync::Notify,
 }
 
-impl Inner {
-    /// `next` was just written to the store, high watermark included:
-    /// nothing is left for the next checkpoint.
-    fn written(&mut self, next: PartitionState) {
-        self.state = next;
-        self.hw_dirty = false;
-    }
-}
-
 impl PartitionLog {
     /// Resolves on the next change of the log end or high watermark after
     /// this call (registered at once, before the future is first polled).
@@ -423,7 +414,7 @@ impl PartitionLog {
             return Err(e.into());
         }
         self.publish_unstable(&inner.txns);
-        inner.written(next);
+        inner.state = next;
         if new_epoch {
             inner.epochs.push((leader_epoch, base));
         }
@@ -537,7 +528,7 @@ impl PartitionLog {
             return Err(e.into());
         }
         self.publish_unstable(&inner.txns);
-        inner.written(next);
+        inner.state = next;
         inner.epochs = epochs;
         for (pid, e) in producers {
             inner.producers.insert(pid, e);
@@ -745,7 +736,7 @@ impl PartitionLog {
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
         self.store.write(wb)?;
-        inner.written(next);
+        inner.state = next;
         inner.epochs = epochs;
         inner.producers = producers;
         inner.cleaner = cleaner;
@@ -775,7 +766,7 @@ impl PartitionLog {
         };
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.write(wb)?;
-        inner.written(next);
+        inner.state = next;
         inner.epochs.clear();
         inner.producers.clear();
         inner.txns = TxnIndex::default();
@@ -1060,7 +1051,7 @@ impl PartitionLog {
         self.store
             .delete_aborted(&mut wb, &self.prefix, 0, new_start);
         self.store.write(wb)?;
-        inner.written(next);
+        *st = next;
         inner.cleaner = cleaner;
         inner.txns.trim_before(new_start);
         self.log_start.store(new_start, Ordering::Release);
@@ -1430,7 +1421,7 @@ impl PartitionLog {
             self.store.put_cleaner(&mut chunk.wb, &self.prefix, cp);
         }
         self.store.write(chunk.wb)?;
-        inner.written(next);
+        inner.state = next;
         if let Some(cp) = checkpoint {
             inner.cleaner = cp;
         }

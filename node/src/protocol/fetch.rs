@@ -14,12 +14,15 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio::sync::futures::Notified;
 
 use super::limits::Reservation;
 use super::Services;
 use crate::broker::{Broker, KafkaError, Partition, Topic};
-use crate::log::{PartitionLog, Watch};
+use crate::log::PartitionLog;
 
 /// The partition if this node leads it, checking the client's view of the
 /// leader epoch (-1 = not known).
@@ -223,7 +226,9 @@ pub async fn fetch(
                     .collect::<Vec<_>>()
             })
             .collect();
-        let watch = Watch::new(watched.iter().map(|l| &**l), broker.next_view());
+        let mut waits: Vec<Pin<Box<Notified<'_>>>> =
+            watched.iter().map(|l| Box::pin(l.changed())).collect();
+        waits.push(Box::pin(broker.next_view()));
         // Room for the records and their copy in the encoded answer.
         let mut reserved = svc
             .pool
@@ -245,7 +250,7 @@ pub async fn fetch(
         }
         drop(reserved);
         tokio::select! {
-            _ = watch.changed() => {}
+            _ = futures_util::future::select_all(waits) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
