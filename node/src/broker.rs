@@ -26,6 +26,7 @@ use crate::log::producers::{self, Refusal, SequenceError};
 use crate::log::validate::{self, RecordProblem};
 use crate::log::{
     AppendError, Appended, PartitionLog, Read, Store, StoreError, StoreOptions, TimestampType,
+    Watch,
 };
 use crate::metrics::Metrics;
 
@@ -1464,7 +1465,7 @@ impl Broker {
             .ok_or_else(|| no_partition(name, partition))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (moved, roles) = (p.log.changed(), self.applied.notified());
+            let watch = Watch::new([&*p.log], self.applied.notified());
             let role = p.replica.role();
             let isr = match &role {
                 Role::Leader { isr, epoch, .. } if *epoch == appended.leader_epoch => isr,
@@ -1483,13 +1484,10 @@ impl Broker {
                 }
                 return Ok(());
             }
-            let either = async {
-                tokio::select! {
-                    _ = moved => {}
-                    _ = roles => {}
-                }
-            };
-            if tokio::time::timeout_at(deadline, either).await.is_err() {
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
                 return Err(KafkaError::new(
                     ResponseError::RequestTimedOut,
                     format!(

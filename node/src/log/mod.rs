@@ -10,8 +10,10 @@ pub mod producers;
 mod store;
 pub mod txn_index;
 pub mod validate;
+mod watch;
 
 pub use partition::{
     AppendError, Appended, CleanStats, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH,
 };
 pub use store::{Store, StoreError, StoreOptions, StoreStats, MIN_BLOB};
+pub use watch::Watch;

@@ -131,6 +131,15 @@ pub struct PartitionLog {
     changed: tokio::sync::Notify,
 }
 
+impl Inner {
+    /// `next` was just written to the store, high watermark included:
+    /// nothing is left for the next checkpoint.
+    fn written(&mut self, next: PartitionState) {
+        self.state = next;
+        self.hw_dirty = false;
+    }
+}
+
 impl PartitionLog {
     /// Resolves on the next change of the log end or high watermark after
     /// this call (registered at once, before the future is first polled).
@@ -414,7 +423,7 @@ impl PartitionLog {
             return Err(e.into());
         }
         self.publish_unstable(&inner.txns);
-        inner.state = next;
+        inner.written(next);
         if new_epoch {
             inner.epochs.push((leader_epoch, base));
         }
@@ -528,7 +537,7 @@ impl PartitionLog {
             return Err(e.into());
         }
         self.publish_unstable(&inner.txns);
-        inner.state = next;
+        inner.written(next);
         inner.epochs = epochs;
         for (pid, e) in producers {
             inner.producers.insert(pid, e);
@@ -736,7 +745,7 @@ impl PartitionLog {
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.put_cleaner(&mut wb, &self.prefix, &cleaner);
         self.store.write(wb)?;
-        inner.state = next;
+        inner.written(next);
         inner.epochs = epochs;
         inner.producers = producers;
         inner.cleaner = cleaner;
@@ -766,7 +775,7 @@ impl PartitionLog {
         };
         self.store.put_partition_state(&mut wb, &self.prefix, &next);
         self.store.write(wb)?;
-        inner.state = next;
+        inner.written(next);
         inner.epochs.clear();
         inner.producers.clear();
         inner.txns = TxnIndex::default();
@@ -1051,7 +1060,7 @@ impl PartitionLog {
         self.store
             .delete_aborted(&mut wb, &self.prefix, 0, new_start);
         self.store.write(wb)?;
-        *st = next;
+        inner.written(next);
         inner.cleaner = cleaner;
         inner.txns.trim_before(new_start);
         self.log_start.store(new_start, Ordering::Release);
@@ -1421,7 +1430,7 @@ impl PartitionLog {
             self.store.put_cleaner(&mut chunk.wb, &self.prefix, cp);
         }
         self.store.write(chunk.wb)?;
-        inner.state = next;
+        inner.written(next);
         if let Some(cp) = checkpoint {
             inner.cleaner = cp;
         }

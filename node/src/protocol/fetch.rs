@@ -14,15 +14,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
-use std::pin::Pin;
 use std::sync::Arc;
-
-use tokio::sync::futures::Notified;
 
 use super::limits::Reservation;
 use super::Services;
 use crate::broker::{Broker, KafkaError, Partition, Topic};
-use crate::log::PartitionLog;
+use crate::log::{PartitionLog, Watch};
 
 /// The partition if this node leads it, checking the client's view of the
 /// leader epoch (-1 = not known).
@@ -226,9 +223,7 @@ pub async fn fetch(
                     .collect::<Vec<_>>()
             })
             .collect();
-        let mut waits: Vec<Pin<Box<Notified<'_>>>> =
-            watched.iter().map(|l| Box::pin(l.changed())).collect();
-        waits.push(Box::pin(broker.next_view()));
+        let watch = Watch::new(watched.iter().map(|l| &**l), broker.next_view());
         // Room for the records and their copy in the encoded answer.
         let mut reserved = svc
             .pool
@@ -250,7 +245,7 @@ pub async fn fetch(
         }
         drop(reserved);
         tokio::select! {
-            _ = futures_util::future::select_all(waits) => {}
+            _ = watch.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

@@ -145,7 +145,7 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
                     Ok(None) => Ok(None),
                 },
             };
-            partitions.push(plan.map(|guard| (pd.records.clone(), guard)));
+            partitions.push(plan.map(|guard| (pd.index, pd.records.clone(), guard)));
         }
         plans.push((topic, partitions));
     }
@@ -155,21 +155,14 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
     // connections served by the same async worker.
     let mut results = {
         let broker = broker.clone();
-        let indexes: Vec<Vec<i32>> = req
-            .topic_data
-            .iter()
-            .map(|td| td.partition_data.iter().map(|pd| pd.index).collect())
-            .collect();
         tokio::task::spawn_blocking(move || {
             plans
                 .into_iter()
-                .zip(indexes)
-                .map(|((topic, partitions), indexes)| {
+                .map(|(topic, partitions)| {
                     let appended = partitions
                         .into_iter()
-                        .zip(indexes)
-                        .map(|(plan, index)| {
-                            let (records, guard) = plan?;
+                        .map(|plan| {
+                            let (index, records, guard) = plan?;
                             let t = topic.as_ref().expect("planned appends have a topic");
                             broker.append_guarded(t, index, records.as_ref(), acks, guard)
                         })

@@ -4,14 +4,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::futures::Notified;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{FetchError, FetchRequest, FetchResponse, PartitionData, PartitionFetch};
 use super::LeaderLogs;
-use crate::log::PartitionLog;
+use crate::log::{PartitionLog, Watch};
 
 pub struct Service<L: LeaderLogs> {
     logs: Arc<L>,
@@ -107,9 +106,7 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
                     .ok()
             })
             .collect();
-        let mut waits: Vec<Pin<Box<Notified<'_>>>> =
-            watched.iter().map(|l| Box::pin(l.changed())).collect();
-        waits.push(Box::pin(logs.roles_changed()));
+        let watch = Watch::new(watched.iter().map(|l| &**l), logs.roles_changed());
         let mut urgent = false;
         let mut budget = max_bytes;
         let mut parts = Vec::with_capacity(req.partitions.len());
@@ -127,7 +124,7 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
         }
         last_hw = hws;
         tokio::select! {
-            _ = futures_util::future::select_all(waits) => {}
+            _ = watch.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
