@@ -28,6 +28,26 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Where a produce request spends its time: `queue` (waiting for a
+/// blocking thread), `append` (validation and the RocksDB writes, write
+/// stalls included), `replicate` (acks=all: waiting for the ISR).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+/// Who waited in a long-poll fetch: `consumer` (Kafka Fetch) or
+/// `follower` (replication).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetcherLabels {
+    pub fetcher: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~10 s.
+    Histogram::new(exponential_buckets(0.00001, 2.0, 21))
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub requests: Family<ApiLabels, Counter>,
@@ -54,6 +74,9 @@ pub struct Metrics {
     pub cleaner_max_dirty_ratio: Gauge<f64, AtomicU64>,
     pub cleaner_uncleanable_partitions: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    pub produce_stage_seconds: Family<StageLabels, Histogram>,
+    pub fetch_wake_seconds: Family<FetcherLabels, Histogram>,
+    pub fetches_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -215,6 +238,26 @@ impl Metrics {
             "Record batch bytes served to consumers",
             fetched_bytes.clone(),
         );
+        let produce_stage_seconds =
+            Family::<StageLabels, Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "produce_stage_duration_seconds",
+            "Time a produce request spends per stage: queue (for a blocking thread), append (validation and RocksDB writes, stalls included), replicate (acks=all, for the ISR)",
+            produce_stage_seconds.clone(),
+        );
+        let fetch_wake_seconds =
+            Family::<FetcherLabels, Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "fetch_wake_duration_seconds",
+            "From a partition's log end or high watermark moving to the answer of a long-poll fetch that waited for it, by fetcher (consumer, follower)",
+            fetch_wake_seconds.clone(),
+        );
+        let fetches_waiting = Gauge::default();
+        registry.register(
+            "kafka_fetches_waiting",
+            "Kafka fetches parked now, waiting for data (long polls)",
+            fetches_waiting.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -241,7 +284,22 @@ impl Metrics {
             cleaner_max_dirty_ratio,
             cleaner_uncleanable_partitions,
             connections_closed,
+            produce_stage_seconds,
+            fetch_wake_seconds,
+            fetches_waiting,
         }
+    }
+
+    pub fn observe_stage(&self, stage: &'static str, seconds: f64) {
+        self.produce_stage_seconds
+            .get_or_create(&StageLabels { stage })
+            .observe(seconds);
+    }
+
+    pub fn observe_wake(&self, fetcher: &'static str, seconds: f64) {
+        self.fetch_wake_seconds
+            .get_or_create(&FetcherLabels { fetcher })
+            .observe(seconds);
     }
 
     pub fn record_append(&self, topic: &str, records: i64, bytes: usize) {

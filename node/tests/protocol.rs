@@ -570,10 +570,9 @@ fn fetch_long_polls_until_data_arrives() {
     // Produce only once the fetch is parked on the node.
     wait_for(Duration::from_secs(10), || {
         let (_, body) = n.http_get("/metrics");
-        body.contains("sluice_kafka_connections_open 2")
+        body.contains("sluice_kafka_fetches_waiting 1")
             .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(100));
     produce(&mut c, "poll", 0, batch(1, "late", Compression::None), 9);
     let (p, waited) = waiter.join().unwrap();
     assert_eq!(
@@ -583,6 +582,13 @@ fn fetch_long_polls_until_data_arrives() {
     assert!(
         waited < Duration::from_secs(20),
         "woken by the append, not the timeout"
+    );
+    // The wake-up is measured, and the fetch no longer counts as parked.
+    let (_, body) = n.http_get("/metrics");
+    assert!(body.contains("sluice_kafka_fetches_waiting 0"), "{body}");
+    assert!(
+        body.contains("sluice_fetch_wake_duration_seconds_count{fetcher=\"consumer\"} 1"),
+        "{body}"
     );
     // With nothing to read, max_wait_ms bounds the wait and the answer is empty.
     let r = c.send(&fetch_req("poll", 0, 1, 200), 12);
@@ -1006,6 +1012,15 @@ fn health_and_metrics_endpoints() {
         "{body}"
     );
     assert!(body.contains("sluice_kafka_requests_total{api=\"Produce\"} 1"));
+    // Where the produce (acks=all) spent its time.
+    for stage in ["queue", "append", "replicate"] {
+        assert!(
+            body.contains(&format!(
+                "sluice_produce_stage_duration_seconds_count{{stage=\"{stage}\"}} 1"
+            )),
+            "{stage}: {body}"
+        );
+    }
     // RocksDB's own account: what the node wrote reached the WAL.
     let value = |name: &str| -> f64 {
         body.lines()

@@ -393,4 +393,8 @@ impl LeaderLogs for Broker {
     fn roles_changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.next_view()
     }
+
+    fn woke_after(&self, seconds: f64) {
+        self.metrics.observe_wake("follower", seconds);
+    }
 }

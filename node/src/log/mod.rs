@@ -16,4 +16,4 @@ pub use partition::{
     AppendError, Appended, CleanStats, PartitionLog, Read, TimestampType, UNDEFINED_EPOCH,
 };
 pub use store::{Store, StoreError, StoreOptions, StoreStats, MIN_BLOB};
-pub use watch::Watch;
+pub use watch::{seconds_since, Watch};

@@ -129,6 +129,9 @@ pub struct PartitionLog {
     /// follower's progress, truncation): what parked fetches of this
     /// partition, and produce requests waiting on its ISR, wait for.
     changed: tokio::sync::Notify,
+    /// When `changed` last fired, on `watch::clock_nanos`'s clock: how
+    /// long a woken fetch took to answer is measured from it.
+    changed_at: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -145,6 +148,17 @@ impl PartitionLog {
     /// this call (registered at once, before the future is first polled).
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
+    }
+
+    /// When the log end or high watermark last moved (`watch::clock_nanos`).
+    pub fn changed_at(&self) -> u64 {
+        self.changed_at.load(Ordering::Acquire)
+    }
+
+    fn announce(&self) {
+        self.changed_at
+            .store(super::watch::clock_nanos(), Ordering::Release);
+        self.changed.notify_waiters();
     }
 
     /// Opens (or creates) a partition, recovering its counters from the store.
@@ -191,6 +205,7 @@ impl PartitionLog {
             size_bytes: AtomicI64::new(state.size_bytes),
             first_unstable: AtomicI64::new(txns.first_open().unwrap_or(i64::MAX)),
             changed: tokio::sync::Notify::new(),
+            changed_at: std::sync::atomic::AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 state,
                 producers,
@@ -434,7 +449,7 @@ impl PartitionLog {
         self.log_end.store(next.next_offset, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
-        self.changed.notify_waiters();
+        self.announce();
         Ok(Appended {
             base_offset: base,
             last_offset: last,
@@ -546,7 +561,7 @@ impl PartitionLog {
         self.log_end.store(next.next_offset, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
-        self.changed.notify_waiters();
+        self.announce();
         Ok(next.next_offset)
     }
 
@@ -571,7 +586,7 @@ impl PartitionLog {
         inner.state.high_watermark = hw;
         inner.hw_dirty = true;
         self.high_watermark.store(hw, Ordering::Release);
-        self.changed.notify_waiters();
+        self.announce();
         Ok(())
     }
 
@@ -756,7 +771,7 @@ impl PartitionLog {
         self.size_bytes.store(next.size_bytes, Ordering::Release);
         self.high_watermark
             .store(next.high_watermark, Ordering::Release);
-        self.changed.notify_waiters();
+        self.announce();
         Ok(cut)
     }
 
@@ -786,7 +801,7 @@ impl PartitionLog {
         self.log_end.store(offset, Ordering::Release);
         self.high_watermark.store(offset, Ordering::Release);
         self.size_bytes.store(0, Ordering::Release);
-        self.changed.notify_waiters();
+        self.announce();
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::limits::Reservation;
 use super::Services;
 use crate::broker::{Broker, KafkaError, Partition, Topic};
-use crate::log::{PartitionLog, Watch};
+use crate::log::{seconds_since, PartitionLog, Watch};
 
 /// The partition if this node leads it, checking the client's view of the
 /// leader epoch (-1 = not known).
@@ -209,6 +209,8 @@ pub async fn fetch(
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
+    // When the partition whose change last woke this fetch changed.
+    let mut woken: Option<u64> = None;
     loop {
         // Register for the next change of the wanted partitions (and of
         // roles) before looking, so none is missed; appends to other
@@ -241,13 +243,33 @@ pub async fn fetch(
             reserved.shrink_to(c.bytes * 2);
             *held = Some(reserved);
             broker.metrics.fetched_bytes.inc_by(c.bytes as u64);
+            if let (Some(at), true) = (woken, c.bytes > 0) {
+                broker.metrics.observe_wake("consumer", seconds_since(at));
+            }
             return c.response;
         }
         drop(reserved);
+        let _parked = Parked::new(&broker.metrics.fetches_waiting);
         tokio::select! {
-            _ = watch.changed() => {}
+            at = watch.changed() => woken = at.or(woken),
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+/// Counts a fetch as parked while it lives (a dropped request included).
+struct Parked<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -153,10 +153,15 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
     // thread, all of the request's in one hand-off and in order: a write
     // held up by the disk or a RocksDB stall must not hold up the other
     // connections served by the same async worker.
+    let queued = std::time::Instant::now();
     let mut results = {
         let broker = broker.clone();
         tokio::task::spawn_blocking(move || {
-            plans
+            let started = std::time::Instant::now();
+            broker
+                .metrics
+                .observe_stage("queue", (started - queued).as_secs_f64());
+            let appended = plans
                 .into_iter()
                 .map(|(topic, partitions)| {
                     let appended = partitions
@@ -169,7 +174,11 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
                         .collect::<Vec<_>>();
                     (topic, appended)
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            broker
+                .metrics
+                .observe_stage("append", started.elapsed().as_secs_f64());
+            appended
         })
         .await
         .expect("appends do not panic")
@@ -184,6 +193,7 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
             broker.config.replication_timeout_ms
         };
         let timeout = std::time::Duration::from_millis(ms as u64);
+        let waiting = std::time::Instant::now();
         for ((topic, partitions), td) in results.iter_mut().zip(&req.topic_data) {
             let Some(t) = topic else { continue };
             for (r, pd) in partitions.iter_mut().zip(&td.partition_data) {
@@ -194,6 +204,9 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
                 }
             }
         }
+        broker
+            .metrics
+            .observe_stage("replicate", waiting.elapsed().as_secs_f64());
     }
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for ((_, partitions), td) in results.into_iter().zip(req.topic_data) {

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{FetchError, FetchRequest, FetchResponse, PartitionData, PartitionFetch};
 use super::LeaderLogs;
-use crate::log::{PartitionLog, Watch};
+use crate::log::{seconds_since, PartitionLog, Watch};
 
 pub struct Service<L: LeaderLogs> {
     logs: Arc<L>,
@@ -94,6 +94,8 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
     let deadline = tokio::time::Instant::now() + wait;
     let max_bytes = (req.max_bytes as usize).max(1);
     let mut last_hw: Vec<i64> = Vec::new();
+    // When the partition whose change last woke this fetch changed.
+    let mut woken: Option<u64> = None;
     loop {
         // Register for the next change of these partitions (and of roles)
         // before looking, so none is missed; an append elsewhere does not
@@ -120,11 +122,14 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
         let hws: Vec<i64> = parts.iter().map(|d| d.high_watermark).collect();
         let hw_moved = !last_hw.is_empty() && hws != last_hw;
         if urgent || hw_moved || tokio::time::Instant::now() >= deadline {
+            if let (Some(at), true) = (woken, urgent || hw_moved) {
+                logs.woke_after(seconds_since(at));
+            }
             return FetchResponse { partitions: parts };
         }
         last_hw = hws;
         tokio::select! {
-            _ = watch.changed() => {}
+            at = watch.changed() => woken = at.or(woken),
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }

@@ -51,6 +51,10 @@ pub trait LeaderLogs: Send + Sync + 'static {
     /// its partitions' leadership; appends and high watermark moves wake
     /// it through each log's `PartitionLog::changed`.
     fn roles_changed(&self) -> tokio::sync::futures::Notified<'_>;
+
+    /// A parked follower fetch answered `seconds` after the partition
+    /// change that woke it (for metrics).
+    fn woke_after(&self, _seconds: f64) {}
 }
 
 /// What a follower needs to know about one partition it follows.
