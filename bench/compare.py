@@ -478,10 +478,20 @@ def main():
     ap.add_argument("--output", default="docs/benchmarks.md")
     ap.add_argument("--plot", default="docs/e2e-latency-half-rate.png")
     ap.add_argument("--command", default="bash bench/compare.sh")
+    ap.add_argument("--only-instructions", action="store_true",
+                    help="measure instructions per MB produced alone (callgrind), "
+                         "print them and write nothing")
     a = ap.parse_args()
     a.profiles = [p for p in a.profiles.split(",") if p]
     b = Bench(a)
     started = datetime.datetime.now(datetime.timezone.utc)
+
+    if a.only_instructions:
+        kinds = [("Sluice, 1 node", "sluice")] + ([("Tansu (memory)", "tansu")] if a.tansu_binary else [])
+        for name, kind in kinds:
+            v = instructions(a, b, kind)
+            print(f"{name}: {v / 1e6:.2f} M instructions per MB produced" if v else f"{name}: n/a")
+        return
 
     results = {}
     targets = [("Sluice, 1 node", 1), ("Sluice, 3 nodes", 3)]

@@ -306,9 +306,18 @@ pub fn codec(h: &Header<'_>) -> Compression {
 /// `max_decompressed` bytes. Every count and length in the batch is checked
 /// against the bytes present before anything is allocated for it.
 pub fn decode_records(batch: &[u8], max_decompressed: usize) -> Result<Vec<Record>, BatchError> {
-    let mut buf = Bytes::copy_from_slice(batch);
-    let bounded = |payload: &mut Bytes, c: Compression| {
-        codec::decompress(c, payload, max_decompressed).map_err(anyhow::Error::from)
+    decode_shared(&Bytes::copy_from_slice(batch), max_decompressed)
+}
+
+/// [`decode_records`] over a batch already in a shared buffer (a produce
+/// request's): the records' keys and values point into it, nothing is
+/// copied but what compression makes new.
+pub fn decode_shared(batch: &Bytes, max_decompressed: usize) -> Result<Vec<Record>, BatchError> {
+    let mut buf = batch.clone();
+    let bounded = |payload: &mut Bytes, c: Compression| match c {
+        // Uncompressed records are read where they are.
+        Compression::None if payload.len() <= max_decompressed => Ok(payload.clone()),
+        c => codec::decompress(c, payload, max_decompressed).map_err(anyhow::Error::from),
     };
     RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(bounded))
         .map(|set| set.records)

@@ -18,6 +18,10 @@ use super::store::{
 };
 use super::txn_index::{self, AbortedTxn, TxnIndex};
 
+/// Room in a write batch for what goes beside a record batch: its key, the
+/// time index entry, the partition's state, an epoch, producer entries.
+const WRITE_BATCH_SLACK: usize = 1024;
+
 /// What an append assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -387,7 +391,9 @@ impl PartitionLog {
             next.high_watermark = next.next_offset;
         }
         let key = batch_key(&self.prefix, base);
-        let mut wb = WriteBatch::default();
+        // Sized for the batch and the small records beside it, so RocksDB
+        // copies the batch in once instead of again as its buffer grows.
+        let mut wb = WriteBatch::with_capacity_bytes(b.len() + WRITE_BATCH_SLACK);
         if max_ts > st.max_timestamp {
             next.max_timestamp = max_ts;
             wb.put_cf(self.store.cf(CF_TSIDX), key, max_ts.to_be_bytes());
@@ -482,7 +488,9 @@ impl PartitionLog {
         let mut next = inner.state;
         let mut epochs = inner.epochs.clone();
         let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
-        let mut wb = WriteBatch::default();
+        let mut wb = WriteBatch::with_capacity_bytes(
+            records.len() + WRITE_BATCH_SLACK * (batches.len() + 1),
+        );
         let mark = inner.txns.mark();
         for b in &batches {
             let h = Header::parse(b).expect("validated");

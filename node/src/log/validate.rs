@@ -20,6 +20,7 @@
 //! them) with the batch's true max timestamp, which replaces a wrong one in
 //! the header as Kafka does.
 
+use bytes::Bytes;
 use kafka_protocol::records::Record;
 
 use super::batch::{self, BatchError, Header};
@@ -63,9 +64,9 @@ pub struct Checked {
 
 /// Checks every record of one produced batch (already framed and
 /// checksummed) against the topic's rules.
-pub fn validate(b: &[u8], rules: &Rules) -> Result<Checked, BatchError> {
+pub fn validate(b: &Bytes, rules: &Rules) -> Result<Checked, BatchError> {
     let h = Header::parse(b)?;
-    let records = batch::decode_records(b, rules.max_decompressed)?;
+    let records = batch::decode_shared(b, rules.max_decompressed)?;
     // The decoder read exactly `count` records and nothing after them; the
     // header's count was checked against its last offset delta.
     if records.len() != h.record_count() as usize {

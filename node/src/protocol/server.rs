@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::limits::{Refused, Reservation};
@@ -98,6 +98,19 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener) {
     }
 }
 
+/// Reads the `len` bytes of a frame into a buffer of exactly that size,
+/// without zeroing it first (the bytes are written once, by the read).
+async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> std::io::Result<BytesMut> {
+    let mut frame = BytesMut::with_capacity(len);
+    let mut rest = rd.take(len as u64);
+    while frame.len() < len {
+        if rest.read_buf(&mut frame).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(frame)
+}
+
 /// Serves one connection until the client closes it (`Ok(None)`) or the
 /// node does (`Ok(Some(reason))`): idle for `connections.max.idle.ms`, a
 /// frame not read whole within the request read timeout, or a frame that
@@ -139,8 +152,8 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<Opt
         // Room in the memory pool first: when it is full, this connection
         // waits (and stops reading) rather than allocating.
         let mut held = services.pool.reserve(len as usize).await;
-        let mut frame = BytesMut::zeroed(len as usize);
-        match tokio::time::timeout_at(started, rd.read_exact(&mut frame)).await {
+        let frame = match tokio::time::timeout_at(started, read_frame(&mut rd, len as usize)).await
+        {
             Err(_) => return Ok(Some("read_timeout")),
             Ok(r) => r?,
         };
