@@ -176,6 +176,9 @@ fn producer_config(t: &Target, p: &ProducerSettings) -> ClientConfig {
         c.set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576");
     }
+    for (k, v) in &t.client_configs {
+        c.set(k, v);
+    }
     c
 }
 
@@ -329,20 +332,23 @@ pub fn produce(a: &ProduceArgs) -> anyhow::Result<Report> {
     Ok(r)
 }
 
-fn consumer(bootstrap: &str, group: &str, profile: Profile) -> anyhow::Result<BaseConsumer> {
+fn consumer(t: &Target, group: &str) -> anyhow::Result<BaseConsumer> {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
+    c.set("bootstrap.servers", &t.bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    if profile == Profile::Tuned {
+    if t.client_profile == Profile::Tuned {
         // librdkafka stops fetching a partition whose local queue holds
         // queued.min.messages and then waits fetch.queue.backoff.ms (1 s)
         // before the next fetch: with a fast application that cap, not the
         // broker, sets the rate. Keep fetching.
         c.set("queued.min.messages", "1000000")
             .set("fetch.queue.backoff.ms", "1");
+    }
+    for (k, v) in &t.client_configs {
+        c.set(k, v);
     }
     Ok(c.create()?)
 }
@@ -373,13 +379,13 @@ pub fn consume(a: &ConsumeArgs) -> anyhow::Result<Report> {
     let handles: Vec<_> = (0..a.consumers)
         .map(|_| {
             let (total, bytes) = (total.clone(), bytes.clone());
-            let (bootstrap, topic) = (a.target.bootstrap.clone(), a.target.topic.clone());
+            let target = a.target.clone();
+            let topic = a.target.topic.clone();
             let group = a.group.clone();
             let own_group = own_group.clone();
             let want = a.records;
-            let profile = a.target.client_profile;
             std::thread::spawn(move || -> anyhow::Result<()> {
-                let c = consumer(&bootstrap, group.as_deref().unwrap_or(&own_group), profile)?;
+                let c = consumer(&target, group.as_deref().unwrap_or(&own_group))?;
                 match group {
                     Some(_) => c.subscribe(&[&topic])?,
                     None => assign_all(&c, &topic)?,
@@ -427,9 +433,8 @@ fn unix_ns() -> u64 {
 pub fn e2e(a: &E2eArgs) -> anyhow::Result<Report> {
     prepare(&a.target)?;
     let c = consumer(
-        &a.target.bootstrap,
+        &a.target,
         &format!("sluice-bench-e2e-{}", std::process::id()),
-        a.target.client_profile,
     )?;
     assign_all(&c, &a.target.topic)?;
     let sent = Arc::new(AtomicU64::new(u64::MAX));

@@ -61,6 +61,10 @@ pub struct Target {
     /// do when the client never holds back).
     #[arg(long, value_enum, default_value_t = Profile::Defaults)]
     pub client_profile: Profile,
+    /// A librdkafka property set on every client after the profile's
+    /// (KEY=VALUE, repeatable), as kcat's -X: for measuring one setting.
+    #[arg(short = 'X', long = "set", value_parser = parse_kv)]
+    pub client_configs: Vec<(String, String)>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
