@@ -22,6 +22,10 @@ use super::txn_index::{self, AbortedTxn, TxnIndex};
 /// time index entry, the partition's state, an epoch, producer entries.
 const WRITE_BATCH_SLACK: usize = 1024;
 
+/// What each of many replicated batches adds to a write batch beside its
+/// bytes: its key and a time index entry.
+const PER_BATCH_SLACK: usize = 64;
+
 /// What an append assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -488,8 +492,10 @@ impl PartitionLog {
         let mut next = inner.state;
         let mut epochs = inner.epochs.clone();
         let mut producers: Vec<(i64, ProducerEntry)> = Vec::new();
+        // The batches, their keys and time index entries, and the
+        // partition's state once (producer entries may grow it a little).
         let mut wb = WriteBatch::with_capacity_bytes(
-            records.len() + WRITE_BATCH_SLACK * (batches.len() + 1),
+            records.len() + PER_BATCH_SLACK * batches.len() + WRITE_BATCH_SLACK,
         );
         let mark = inner.txns.mark();
         for b in &batches {

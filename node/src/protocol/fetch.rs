@@ -209,7 +209,8 @@ pub async fn fetch(
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let deadline = tokio::time::Instant::now() + wait;
     let min_bytes = req.min_bytes.max(0) as usize;
-    // When the partition whose change last woke this fetch changed.
+    // When the partition whose change woke this fetch changed (None when
+    // it was last woken by anything else, or not at all).
     let mut woken: Option<u64> = None;
     loop {
         // Register for the next change of the wanted partitions (and of
@@ -251,8 +252,8 @@ pub async fn fetch(
         drop(reserved);
         let _parked = Parked::new(&broker.metrics.fetches_waiting);
         tokio::select! {
-            at = watch.changed() => woken = at.or(woken),
-            _ = tokio::time::sleep_until(deadline) => {}
+            at = watch.changed() => woken = at,
+            _ = tokio::time::sleep_until(deadline) => woken = None,
         }
     }
 }

@@ -194,19 +194,23 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
         };
         let timeout = std::time::Duration::from_millis(ms as u64);
         let waiting = std::time::Instant::now();
+        let mut waited = false;
         for ((topic, partitions), td) in results.iter_mut().zip(&req.topic_data) {
             let Some(t) = topic else { continue };
             for (r, pd) in partitions.iter_mut().zip(&td.partition_data) {
                 if let Ok(a) = r {
+                    waited = true;
                     if let Err(e) = broker.wait_replicated(t, pd.index, a, timeout).await {
                         *r = Err(e);
                     }
                 }
             }
         }
-        broker
-            .metrics
-            .observe_stage("replicate", waiting.elapsed().as_secs_f64());
+        if waited {
+            broker
+                .metrics
+                .observe_stage("replicate", waiting.elapsed().as_secs_f64());
+        }
     }
     let mut responses = Vec::with_capacity(req.topic_data.len());
     for ((_, partitions), td) in results.into_iter().zip(req.topic_data) {

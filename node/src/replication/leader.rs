@@ -94,7 +94,8 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
     let deadline = tokio::time::Instant::now() + wait;
     let max_bytes = (req.max_bytes as usize).max(1);
     let mut last_hw: Vec<i64> = Vec::new();
-    // When the partition whose change last woke this fetch changed.
+    // When the partition whose change woke this fetch changed (None when
+    // it was last woken by anything else, or not at all).
     let mut woken: Option<u64> = None;
     loop {
         // Register for the next change of these partitions (and of roles)
@@ -129,8 +130,8 @@ async fn serve_one<L: LeaderLogs>(logs: &L, req: FetchRequest) -> FetchResponse 
         }
         last_hw = hws;
         tokio::select! {
-            at = watch.changed() => woken = at.or(woken),
-            _ = tokio::time::sleep_until(deadline) => {}
+            at = watch.changed() => woken = at,
+            _ = tokio::time::sleep_until(deadline) => woken = None,
         }
     }
 }
