@@ -328,7 +328,31 @@ pub fn create_topic(
                     })
                     .collect(),
             )]);
-    c.send(&req, 7).topics[0].error_code
+    let code = c.send(&req, 7).topics[0].error_code;
+    if code == 0 {
+        // CreateTopics answers once the topic exists; its leaders are
+        // elected by the controller just after. Tests go on from there.
+        wait_for(Duration::from_secs(30), || {
+            let md = c.send(
+                &kafka_protocol::messages::MetadataRequest::default().with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(kafka_protocol::messages::TopicName(
+                            StrBytes::from_string(name.to_string()),
+                        ))),
+                ])),
+                9,
+            );
+            md.topics
+                .iter()
+                .all(|t| {
+                    t.error_code == 0
+                        && t.partitions.len() == partitions.max(1) as usize
+                        && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
+                })
+                .then_some(())
+        });
+    }
+    code
 }
 
 /// Polls `f` until it returns `Some`, for at most `timeout`.
