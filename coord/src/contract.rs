@@ -15,6 +15,7 @@ fn node(id: i32) -> NodeInfo {
         kafka_port: 9092 + id as u16,
         replication_addr: format!("127.0.0.1:{}", 19092 + id),
         rack: None,
+        listeners: Default::default(),
         orphans: Default::default(),
         incarnation: Default::default(),
         leaving: false,
@@ -209,6 +210,28 @@ pub async fn run(c: &dyn Coordination) {
     let d = stored.iter().find(|s| s.value.node.is_none()).unwrap();
     assert_eq!((&d.value, d.version), (&defaults, v2));
     assert!(stored.iter().any(|s| s.value == per_node));
+
+    // The security record: created once, then replaced by CAS.
+    assert_eq!(c.security().await.unwrap(), None);
+    let mut sec = SecurityRecord::default();
+    sec.users.entry("alice".into()).or_default().insert(
+        sluice_security::Mechanism::Sha512,
+        sluice_security::ScramCredential::new(sluice_security::Mechanism::Sha512, "pw", 4096)
+            .unwrap(),
+    );
+    let v = c.put_security(sec.clone(), None).await.unwrap();
+    assert!(matches!(
+        c.put_security(sec.clone(), None).await,
+        Err(CoordError::AlreadyExists(_))
+    ));
+    sec.users.clear();
+    let v2 = c.put_security(sec.clone(), Some(v)).await.unwrap();
+    assert!(matches!(
+        c.put_security(sec.clone(), Some(v)).await,
+        Err(CoordError::Conflict(_))
+    ));
+    let stored = c.security().await.unwrap().unwrap();
+    assert_eq!((&stored.value, stored.version), (&sec, v2));
 
     // Deleting a topic: marked, its nodes say they dropped its data, then
     // it is removed with its partition records.

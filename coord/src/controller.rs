@@ -612,6 +612,7 @@ mod tests {
             kafka_port: 9092,
             replication_addr: "127.0.0.1:9093".into(),
             rack: None,
+            listeners: Default::default(),
             orphans: Default::default(),
             incarnation: Uuid::nil(),
             leaving: false,

@@ -1157,6 +1157,54 @@ impl Coordination for Kubernetes {
         }
     }
 
+    async fn security(&self) -> CResult<Option<Versioned<SecurityRecord>>> {
+        match self.cached_leases("security").await.first() {
+            Some(l) => Ok(Some(Versioned {
+                value: value_of(l)?,
+                version: rv_of(&l.metadata)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_security(
+        &self,
+        record: SecurityRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        // One Lease like the broker configs: salted and hashed credentials
+        // (never a password) and the ACLs, under the same RBAC as the rest
+        // of the cluster's metadata.
+        let name = format!("{}-security", self.cluster);
+        let what = "the security record".to_string();
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(self.labels("security", None)),
+                annotations: Some(BTreeMap::from([(
+                    VALUE.to_string(),
+                    serde_json::to_string(&record).expect("serializes"),
+                )])),
+                resource_version: expected.map(|v| v.to_string()),
+                owner_references: self.owners(),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        };
+        match expected {
+            Some(_) => self.replace_lease(&name, &lease, what).await,
+            None => match self.leases.create(&PostParams::default(), &lease).await {
+                Ok(l) => {
+                    self.lease_rv.wrote(&l.metadata);
+                    self.announce();
+                    rv_of(&l.metadata)
+                }
+                Err(e) if status_code(&e) == Some(409) => Err(CoordError::AlreadyExists(what)),
+                Err(e) => Err(backend(e)),
+            },
+        }
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }

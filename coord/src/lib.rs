@@ -2,7 +2,8 @@
 //! by the storage nodes and the operator.
 //!
 //! Node leases (liveness and addresses), topics, one record per partition
-//! (replicas, ISR, leader, leader epoch) and dynamic broker configs, each
+//! (replicas, ISR, leader, leader epoch), dynamic broker configs and the
+//! security record (users' SCRAM credentials, ACLs), each
 //! changed only by
 //! compare-and-swap on a version. Two backends implement it: in memory (for
 //! `sluice dev` and in-process tests) and, with the operator, Kubernetes
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 pub use sluice_api::election::PartitionRecord;
+pub use sluice_security::SecurityRecord;
 use uuid::Uuid;
 
 pub use kubernetes::{
@@ -42,6 +44,11 @@ pub struct NodeInfo {
     /// `host:port` of the replication (gRPC) endpoint.
     pub replication_addr: String,
     pub rack: Option<String>,
+    /// Host and port of each named Kafka listener, for clients of that
+    /// listener (Metadata answers with the address of the listener the
+    /// client connected to); the primary one is `kafka_host`/`kafka_port`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, (String, u16)>,
     /// Topics whose data this node keeps although the metadata no longer
     /// names them (their `Topic` objects were lost, not deleted), by name,
     /// with their ids: a topic of that name that comes back takes its old
@@ -60,6 +67,17 @@ pub struct NodeInfo {
     /// before it stops (a controlled shutdown).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,
+}
+
+impl NodeInfo {
+    /// Where clients of listener `name` reach this node (the primary
+    /// address if the node has no such listener).
+    pub fn address(&self, listener: &str) -> (&str, u16) {
+        match self.listeners.get(listener) {
+            Some((host, port)) => (host, *port),
+            None => (&self.kafka_host, self.kafka_port),
+        }
+    }
 }
 
 /// A node's lease as last renewed.
@@ -308,6 +326,16 @@ pub trait Coordination: Send + Sync + 'static {
     async fn put_broker_configs(
         &self,
         configs: BrokerConfigs,
+        expected: Option<Version>,
+    ) -> CResult<Version>;
+
+    /// Users' SCRAM credentials and the ACLs, if any were ever stored.
+    async fn security(&self) -> CResult<Option<Versioned<SecurityRecord>>>;
+    /// Stores them (`expected: None`: none may exist yet) or replaces them
+    /// if they are still at `expected`.
+    async fn put_security(
+        &self,
+        record: SecurityRecord,
         expected: Option<Version>,
     ) -> CResult<Version>;
 

@@ -30,6 +30,7 @@ struct State {
     topics: BTreeMap<String, Versioned<TopicSpec>>,
     partitions: BTreeMap<PartitionKey, Versioned<PartitionRecord>>,
     broker_configs: BTreeMap<Option<i32>, Versioned<BrokerConfigs>>,
+    security: Option<Versioned<SecurityRecord>>,
     /// Locks, like leases, are not kept on disk.
     locks: BTreeMap<String, Versioned<LockRecord>>,
     /// Lines in the journal since the last snapshot.
@@ -44,6 +45,7 @@ enum Op {
     DeleteTopic(String),
     PutPartition(PartitionKey, PartitionRecord, Version),
     PutConfigs(BrokerConfigs, Version),
+    PutSecurity(SecurityRecord, Version),
 }
 
 impl State {
@@ -71,6 +73,12 @@ impl State {
                     },
                 );
             }
+            Op::PutSecurity(r, v) => {
+                self.security = Some(Versioned {
+                    value: r,
+                    version: v,
+                });
+            }
             Op::PutConfigs(c, v) => {
                 self.broker_configs.insert(
                     c.node,
@@ -84,7 +92,10 @@ impl State {
     }
 
     fn entries(&self) -> usize {
-        self.topics.len() + self.partitions.len() + self.broker_configs.len()
+        self.topics.len()
+            + self.partitions.len()
+            + self.broker_configs.len()
+            + usize::from(self.security.is_some())
     }
 }
 
@@ -114,6 +125,8 @@ struct Saved {
     partitions: Vec<(PartitionKey, PartitionRecord, Version)>,
     #[serde(default)]
     broker_configs: Vec<(BrokerConfigs, Version)>,
+    #[serde(default)]
+    security: Option<(SecurityRecord, Version)>,
 }
 
 /// A journal line: the version the change made, and the change.
@@ -147,6 +160,9 @@ impl InMemory {
                 }
                 for (c, v) in saved.broker_configs {
                     st.apply(Op::PutConfigs(c, v));
+                }
+                if let Some((r, v)) = saved.security {
+                    st.apply(Op::PutSecurity(r, v));
                 }
                 for (k, r, v) in saved.partitions {
                     st.apply(Op::PutPartition(k, r, v));
@@ -260,6 +276,7 @@ fn snapshot(st: &mut State, file: &std::path::Path) -> CResult<()> {
             .values()
             .map(|c| (c.value.clone(), c.version))
             .collect(),
+        security: st.security.as_ref().map(|r| (r.value.clone(), r.version)),
     };
     let json = serde_json::to_vec(&saved).expect("metadata serializes");
     let tmp = file.with_extension("tmp");
@@ -502,6 +519,32 @@ impl Coordination for InMemory {
             _ => {}
         }
         self.change(&mut st, |v| vec![Op::PutConfigs(configs, v)])
+    }
+
+    async fn security(&self) -> CResult<Option<Versioned<SecurityRecord>>> {
+        Ok(self
+            .state
+            .lock()
+            .expect("coordination lock")
+            .security
+            .clone())
+    }
+
+    async fn put_security(
+        &self,
+        record: SecurityRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state.lock().expect("coordination lock");
+        let what = "the security record".to_string();
+        match (&st.security, expected) {
+            (Some(_), None) => return Err(CoordError::AlreadyExists(what)),
+            (None, Some(_)) => return Err(CoordError::NotFound(what)),
+            (Some(c), Some(v)) if c.version != v => return Err(CoordError::Conflict(what)),
+            _ => {}
+        }
+        self.change(&mut st, |v| vec![Op::PutSecurity(record, v)])
     }
 
     async fn lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>> {

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
-    mono_ms, BrokerConfigs, CResult, Coordination, NodeLease, PartitionRecord, TopicSpec, Versioned,
+    mono_ms, BrokerConfigs, CResult, Coordination, NodeLease, PartitionRecord, SecurityRecord,
+    TopicSpec, Versioned,
 };
 
 /// The cluster's metadata as one node last read it.
@@ -16,6 +17,8 @@ pub struct View {
     pub records: HashMap<String, Vec<Option<Versioned<PartitionRecord>>>>,
     /// Dynamic broker configs: cluster-wide and per node.
     pub broker_configs: Vec<Versioned<BrokerConfigs>>,
+    /// Users' SCRAM credentials and the ACLs.
+    pub security: Option<Versioned<SecurityRecord>>,
 }
 
 impl View {
@@ -88,6 +91,7 @@ impl View {
             topics,
             records,
             broker_configs: coord.broker_configs().await?,
+            security: coord.security().await?,
         })
     }
 }

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::coord::View;
 use crate::coord::{
-    BrokerConfigs, CoordError, Coordination, PartitionKey, PartitionRecord, TopicSpec,
+    BrokerConfigs, CoordError, Coordination, PartitionKey, PartitionRecord, SecurityRecord,
+    TopicSpec,
 };
 use crate::replication::replica::{Replica, Role, Transition};
 
@@ -1175,6 +1176,38 @@ impl Broker {
                 .is_some_and(|c| c.value.configs == configs)
         })
         .await
+    }
+
+    /// Changes the stored security record (users' credentials, ACLs) by
+    /// compare-and-swap: `change` gets the current record and returns the
+    /// next one, or `None` when nothing is to be written. Retried on a
+    /// concurrent change; answered once this node has applied it.
+    pub async fn update_security(
+        &self,
+        change: impl Fn(SecurityRecord) -> Option<SecurityRecord>,
+    ) -> KResult<()> {
+        for _ in 0..16 {
+            let current = self.coord.security().await.map_err(coord_error)?;
+            let expected = current.as_ref().map(|c| c.version);
+            let Some(next) = change(current.map(|c| c.value).unwrap_or_default()) else {
+                return Ok(());
+            };
+            match self.coord.put_security(next, expected).await {
+                Ok(v) => {
+                    return self
+                        .until_applied("the security change", |b| {
+                            b.view().security.as_ref().is_some_and(|s| s.version >= v)
+                        })
+                        .await
+                }
+                Err(CoordError::Conflict(_)) | Err(CoordError::AlreadyExists(_)) => continue,
+                Err(e) => return Err(coord_error(e)),
+            }
+        }
+        Err(KafkaError::new(
+            ResponseError::ConcurrentTransactions,
+            "the security record kept changing under this request; retry",
+        ))
     }
 
     /// The dynamic broker configs stored for one node or the cluster.

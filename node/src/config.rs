@@ -92,6 +92,8 @@ pub struct NodeConfig {
     /// Print `sluice dev`'s start-up banner (addresses, data directory,
     /// how to stop, a first command) once ready.
     pub banner: bool,
+    /// Listeners, TLS, SASL and the authorizer.
+    pub security: crate::security::SecurityConfig,
 }
 
 impl NodeConfig {
@@ -130,6 +132,7 @@ impl NodeConfig {
             replication_timeout_ms: 30_000,
             cluster_id: None,
             banner: false,
+            security: Default::default(),
         }
     }
 }

@@ -34,4 +34,5 @@ pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod replication;
+pub mod security;
 pub mod txn;

@@ -146,6 +146,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct CommonArgs {
+    #[command(flatten)]
+    security: SecurityArgs,
     /// HOST[:PORT] advertised to clients in metadata, when they must reach
     /// the node through another address (a Service, a proxy). Defaults to
     /// the listen address and the bound port.
@@ -286,8 +288,127 @@ struct CommonArgs {
     replica_lag_time_max_ms: i64,
 }
 
+/// Listeners, TLS, SASL and ACLs (Kafka's names where Kafka has them).
+#[derive(Args)]
+struct SecurityArgs {
+    /// Named Kafka listeners, `NAME://host:port,...` (listeners); replaces
+    /// --listen. The first is the primary one. An empty host listens on
+    /// every interface.
+    #[arg(long, env = "SLUICE_LISTENERS")]
+    listeners: Option<String>,
+    /// Addresses clients of each listener are told, `NAME://host:port,...`
+    /// (advertised.listeners).
+    #[arg(long, env = "SLUICE_ADVERTISED_LISTENERS", requires = "listeners")]
+    advertised_listeners: Option<String>,
+    /// `NAME:PROTOCOL,...` for listener names other than PLAINTEXT, SSL,
+    /// SASL_PLAINTEXT and SASL_SSL, which name their protocol
+    /// (listener.security.protocol.map).
+    #[arg(
+        long,
+        env = "SLUICE_LISTENER_SECURITY_PROTOCOL_MAP",
+        default_value = ""
+    )]
+    listener_security_protocol_map: String,
+    /// PEM certificate chain of the TLS listeners (read again when it changes).
+    #[arg(long, env = "SLUICE_SSL_CERT")]
+    ssl_cert: Option<PathBuf>,
+    /// PEM private key of the TLS listeners (read again when it changes).
+    #[arg(long, env = "SLUICE_SSL_KEY")]
+    ssl_key: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to (mutual TLS).
+    #[arg(long, env = "SLUICE_SSL_CA")]
+    ssl_ca: Option<PathBuf>,
+    /// Ask TLS clients for a certificate (ssl.client.auth); its subject
+    /// becomes the principal, `User:CN=...`.
+    #[arg(
+        long,
+        env = "SLUICE_SSL_CLIENT_AUTH",
+        value_enum,
+        default_value = "none"
+    )]
+    ssl_client_auth: sluice_node::security::tls::ClientAuth,
+    /// SASL mechanisms offered (sasl.enabled.mechanisms): PLAIN,
+    /// SCRAM-SHA-256, SCRAM-SHA-512. PLAIN is checked against the stored
+    /// SCRAM credentials.
+    #[arg(
+        long,
+        env = "SLUICE_SASL_ENABLED_MECHANISMS",
+        default_value = "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN"
+    )]
+    sasl_enabled_mechanisms: String,
+    /// A SASL session lasts this long, in ms; clients re-authenticate
+    /// before it ends (connections.max.reauth.ms). 0: no limit.
+    #[arg(long, env = "SLUICE_CONNECTIONS_MAX_REAUTH_MS", default_value_t = 0)]
+    connections_max_reauth_ms: u64,
+    /// `name:password` lines: SCRAM users the node makes sure exist at start
+    /// (the first administrator).
+    #[arg(long, env = "SLUICE_SCRAM_USERS_FILE")]
+    scram_users_file: Option<PathBuf>,
+    /// Check every request against the ACLs; what no ACL allows is denied.
+    #[arg(long, env = "SLUICE_AUTHORIZER", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    authorizer: bool,
+    /// Principals every check lets through, `User:a;User:b` (super.users).
+    #[arg(long, env = "SLUICE_SUPER_USERS", default_value = "")]
+    super_users: String,
+    /// Let everyone at resources no ACL mentions
+    /// (allow.everyone.if.no.acl.found).
+    #[arg(long, env = "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    allow_everyone_if_no_acl_found: bool,
+}
+
+impl SecurityArgs {
+    fn apply(self, c: &mut NodeConfig) -> anyhow::Result<()> {
+        use sluice_node::security::{listener, sasl, tls};
+        let s = &mut c.security;
+        if let Some(ls) = &self.listeners {
+            let map = listener::parse_protocol_map(&self.listener_security_protocol_map)
+                .map_err(anyhow::Error::msg)?;
+            let mut all = listener::parse_listeners(ls, self.advertised_listeners.as_deref(), &map)
+                .map_err(anyhow::Error::msg)?
+                .into_iter();
+            let first = all.next().expect("at least one listener");
+            c.kafka_listen = first.addr;
+            if let Some((host, port)) = first.advertised {
+                c.advertised_host = Some(host);
+                c.advertised_port = Some(port);
+            }
+            s.listener_name = first.name;
+            s.listener_protocol = first.protocol;
+            s.extra_listeners = all.collect();
+        }
+        s.tls = match (self.ssl_cert, self.ssl_key) {
+            (Some(cert), Some(key)) => Some(tls::TlsFiles {
+                cert,
+                key,
+                ca: self.ssl_ca,
+                client_auth: self.ssl_client_auth,
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("--ssl-cert and --ssl-key go together"),
+        };
+        s.sasl_mechanisms =
+            sasl::parse_mechanisms(&self.sasl_enabled_mechanisms).map_err(anyhow::Error::msg)?;
+        s.max_reauth_ms = self.connections_max_reauth_ms;
+        s.scram_users_file = self.scram_users_file;
+        s.authorizer = self.authorizer;
+        s.allow_everyone_if_no_acl = self.allow_everyone_if_no_acl_found;
+        s.super_users = self
+            .super_users
+            .split(';')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        if let Some(bad) = s.super_users.iter().find(|u| !u.contains(':')) {
+            anyhow::bail!("super user {bad:?} is not of the form User:name");
+        }
+        Ok(())
+    }
+}
+
 impl CommonArgs {
-    fn apply(self, c: &mut NodeConfig, dev: bool) {
+    fn apply(self, c: &mut NodeConfig, dev: bool) -> anyhow::Result<()> {
+        self.security.apply(c)?;
         if let Some((host, port)) = self.advertised_address {
             c.advertised_host = Some(host);
             c.advertised_port = port;
@@ -346,6 +467,7 @@ impl CommonArgs {
             min_insync_replicas: self.min_insync_replicas,
             dynamic: Default::default(),
         };
+        Ok(())
     }
 }
 
@@ -411,7 +533,7 @@ fn serve(command: Server) -> anyhow::Result<()> {
             c.replication_listen = SocketAddr::new(a.listen.ip(), 0);
             c.banner = true;
             nodes = usize::from(a.nodes);
-            a.common.apply(&mut c, true);
+            a.common.apply(&mut c, true)?;
             c
         }
         Server::Serve(a) => {
@@ -433,7 +555,7 @@ fn serve(command: Server) -> anyhow::Result<()> {
                     shutdown_timeout: std::time::Duration::from_millis(a.shutdown_timeout_ms),
                 };
             }
-            a.common.apply(&mut c, false);
+            a.common.apply(&mut c, false)?;
             c
         }
     };

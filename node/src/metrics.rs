@@ -28,6 +28,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 /// Where a produce request spends its time: `queue` (waiting for a
 /// blocking thread), `append` (validation and the RocksDB writes, write
 /// stalls included), `replicate` (acks=all: waiting for the ISR).
@@ -74,6 +79,8 @@ pub struct Metrics {
     pub cleaner_max_dirty_ratio: Gauge<f64, AtomicU64>,
     pub cleaner_uncleanable_partitions: Gauge,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// SASL authentications by result (success, failure).
+    pub authentications: Family<ResultLabels, Counter>,
     pub produce_stage_seconds: Family<StageLabels, Histogram>,
     pub fetch_wake_seconds: Family<FetcherLabels, Histogram>,
     pub fetches_waiting: Gauge,
@@ -131,8 +138,14 @@ impl Metrics {
         let connections_closed = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "kafka_connections_closed",
-            "Client connections the node closed or turned away, by reason (idle, read_timeout, max_connections, max_connections_per_ip, bad_frame)",
+            "Client connections the node closed or turned away, by reason (idle, read_timeout, max_connections, max_connections_per_ip, bad_frame, tls_handshake, authentication_failed, unauthenticated, ...)",
             connections_closed.clone(),
+        );
+        let authentications = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "kafka_sasl_authentications",
+            "SASL authentications by result (success, failure)",
+            authentications.clone(),
         );
         for (name, help, c) in [
             (
@@ -284,6 +297,7 @@ impl Metrics {
             cleaner_max_dirty_ratio,
             cleaner_uncleanable_partitions,
             connections_closed,
+            authentications,
             produce_stage_seconds,
             fetch_wake_seconds,
             fetches_waiting,
@@ -325,6 +339,14 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn authentication(&self, result: &str) {
+        self.authentications
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
             })
             .inc();
     }

@@ -23,7 +23,7 @@ use crate::coord::{
 };
 use crate::group::Coordinator;
 use crate::metrics::Metrics;
-use crate::protocol::Services;
+use crate::protocol::{ListenerInfo, Services};
 use crate::replication::leader;
 use crate::replication::throttle::Throttle;
 
@@ -268,6 +268,13 @@ pub async fn serve(
     ready: oneshot::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let kafka = bind("Kafka clients", config.kafka_listen).await?;
+    let mut extra = vec![];
+    for l in config.security.extra_listeners.iter_mut() {
+        let bound = bind(&format!("listener {}", l.name), l.addr).await?;
+        l.addr = bound.local_addr()?;
+        extra.push(bound);
+    }
+    let security = Arc::new(crate::security::Security::new(&config.security)?);
     let admin = bind("admin HTTP", config.admin_listen).await?;
     let replication = bind("replication", config.replication_listen).await?;
     config.kafka_listen = kafka.local_addr()?;
@@ -335,6 +342,19 @@ pub async fn serve(
         kafka_port: kafka_port as u16,
         replication_addr: format!("{repl_host}:{}", addrs.replication.port()),
         rack: config.rack.clone(),
+        listeners: std::iter::once(config.security.listener_name.clone())
+            .chain(
+                config
+                    .security
+                    .extra_listeners
+                    .iter()
+                    .map(|l| l.name.clone()),
+            )
+            .map(|name| {
+                let (host, port) = crate::protocol::advertised_for(&broker, &name);
+                (name, (host, port as u16))
+            })
+            .collect(),
         orphans: Default::default(),
         incarnation: uuid::Uuid::new_v4(),
         leaving: false,
@@ -355,6 +375,7 @@ pub async fn serve(
     };
     cluster::refresh(&broker, &coordinators, &mut fetchers).await;
     tokio::spawn(cluster::run_sync(broker.clone(), coordinators, fetchers));
+    ensure_users(&broker).await?;
     tokio::spawn(cluster::run_isr_checks(broker.clone()));
     tokio::spawn(broker.clone().retention_loop());
     tokio::spawn(broker.clone().checkpoint_loop());
@@ -363,8 +384,28 @@ pub async fn serve(
     tokio::spawn(groups.clone().run_timers());
     tokio::spawn(txns.clone().run_timers());
     let http = tokio::spawn(crate::http::serve(broker.clone(), admin));
-    let services = Arc::new(Services::new(broker, groups, txns));
-    let kafka_server = tokio::spawn(crate::protocol::serve(services, kafka));
+    let services = Arc::new(Services::new(broker, groups, txns, security));
+    let s = &config.security;
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(crate::protocol::serve(
+        services.clone(),
+        kafka,
+        Arc::new(ListenerInfo {
+            name: s.listener_name.clone(),
+            protocol: s.listener_protocol,
+        }),
+    ));
+    for (l, bound) in s.extra_listeners.iter().zip(extra) {
+        servers.spawn(crate::protocol::serve(
+            services.clone(),
+            bound,
+            Arc::new(ListenerInfo {
+                name: l.name.clone(),
+                protocol: l.protocol,
+            }),
+        ));
+    }
+    let kafka_server = async move { servers.join_next().await };
     tracing::info!(kafka = %addrs.kafka, admin = %addrs.admin, replication = %addrs.replication, data_dir = %config.data_dir.display(), node_id = config.node_id, "sluice node ready");
     let _ = ready.send(addrs);
     tokio::select! {
@@ -372,6 +413,41 @@ pub async fn serve(
         r = kafka_server => anyhow::bail!("Kafka listener stopped: {r:?}"),
         r = repl_server => anyhow::bail!("replication server stopped: {r:?}"),
     }
+}
+
+/// Makes sure the users of `--scram-users-file` have these passwords (the
+/// first administrator of a cluster with SASL, a dev setup). Writes only
+/// what differs, so restarts change nothing.
+async fn ensure_users(broker: &Broker) -> anyhow::Result<()> {
+    let Some(file) = &broker.config.security.scram_users_file else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let users = crate::security::parse_users_file(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let users = Arc::new(users);
+    broker
+        .update_security(|rec| {
+            let users = users.clone();
+            let mut rec = Some(rec);
+            let mut changed = false;
+            for (user, pw) in users.iter() {
+                let current = rec.take().expect("record");
+                match crate::security::with_user(current.clone(), user, pw) {
+                    Some(next) => {
+                        changed = true;
+                        rec = Some(next);
+                    }
+                    None => rec = Some(current),
+                }
+            }
+            changed.then(|| rec.expect("record"))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("storing the users of {}: {}", file.display(), e.message))?;
+    tracing::info!(users = users.len(), file = %file.display(), "SCRAM users ensured");
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -485,6 +561,18 @@ impl Coordination for Reachable {
     ) -> CResult<Version> {
         self.check()?;
         self.inner.put_broker_configs(configs, expected).await
+    }
+    async fn security(&self) -> CResult<Option<Versioned<crate::coord::SecurityRecord>>> {
+        self.check()?;
+        self.inner.security().await
+    }
+    async fn put_security(
+        &self,
+        record: crate::coord::SecurityRecord,
+        expected: Option<Version>,
+    ) -> CResult<Version> {
+        self.check()?;
+        self.inner.put_security(record, expected).await
     }
     async fn lock(&self, name: &str) -> CResult<Option<Versioned<LockRecord>>> {
         self.check()?;
@@ -669,6 +757,14 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
         c.node_id = i as i32;
         c.data_dir = base.data_dir.join(format!("node-{i}"));
         c.kafka_listen = offset_port(base.kafka_listen, i);
+        for l in c.security.extra_listeners.iter_mut() {
+            if l.addr.port() != 0 {
+                l.addr = offset_port(l.addr, i);
+            }
+            if let Some((_, port)) = l.advertised.as_mut() {
+                *port += i as u16;
+            }
+        }
         c.admin_listen = offset_port(base.admin_listen, i);
         c.replication_listen = SocketAddr::new(base.kafka_listen.ip(), 0);
         c.default_replication_factor = base.default_replication_factor.max(nodes.min(3) as i16);

@@ -442,7 +442,10 @@ impl ServerExchange {
         if B64.decode(binding).ok().as_deref() != Some(gs2_header.as_bytes()) {
             return Err(ScramError::BindingMismatch);
         }
-        if attr(attrs.next(), 'r')? != nonce {
+        // As Kafka's server: the final nonce must end with the one the
+        // server sent. librdkafka (2.0 and later) sends its own nonce again
+        // in front of it; the proof covers the message as sent either way.
+        if !attr(attrs.next(), 'r')?.ends_with(nonce) {
             return Err(ScramError::Nonce);
         }
         let proof = B64

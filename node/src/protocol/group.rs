@@ -38,6 +38,7 @@ pub fn find_coordinator(
     svc: &Services,
     req: FindCoordinatorRequest,
     version: i16,
+    client: &Client,
 ) -> FindCoordinatorResponse {
     let view = svc.broker.view();
     let now = crate::broker::mono_ms();
@@ -67,10 +68,12 @@ pub fn find_coordinator(
             .and_then(|l| view.node(l))
             .filter(|n| n.alive(now));
         match leader {
-            Some(n) => e
-                .with_node_id(BrokerId(n.info.id))
-                .with_host(str_bytes(n.info.kafka_host.clone()))
-                .with_port(i32::from(n.info.kafka_port)),
+            Some(n) => {
+                let (host, port) = n.info.address(&client.listener);
+                e.with_node_id(BrokerId(n.info.id))
+                    .with_host(str_bytes(host))
+                    .with_port(i32::from(port))
+            }
             None => e
                 .with_node_id(BrokerId(-1))
                 .with_port(-1)

@@ -18,19 +18,36 @@ use crate::broker::{mono_ms, Broker, Topic};
 use crate::config::validate_topic_name;
 use crate::coord::View;
 
-/// The address clients should use for this node.
+/// The address clients of `listener` should use for this node.
+pub(crate) fn advertised_for(broker: &Broker, listener: &str) -> (String, i32) {
+    let s = &broker.config.security;
+    match s.extra_listeners.iter().find(|l| l.name == listener) {
+        Some(l) => match &l.advertised {
+            Some((host, port)) => (host.clone(), i32::from(*port)),
+            None => (bind_host(l.addr.ip()), i32::from(l.addr.port())),
+        },
+        None => advertised(broker),
+    }
+}
+
+/// The host to advertise for a bound address.
+fn bind_host(ip: std::net::IpAddr) -> String {
+    if ip.is_unspecified() {
+        // Listening everywhere: the host name is the best guess (a pod's name
+        // resolves through its headless Service).
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())
+    } else {
+        ip.to_string()
+    }
+}
+
+/// The address clients of the primary listener should use for this node.
 pub(crate) fn advertised(broker: &Broker) -> (String, i32) {
     let c = &broker.config;
-    let host = c.advertised_host.clone().unwrap_or_else(|| {
-        let ip = c.kafka_listen.ip();
-        if ip.is_unspecified() {
-            // Listening everywhere: the host name is the best guess (a pod's name
-            // resolves through its headless Service).
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())
-        } else {
-            ip.to_string()
-        }
-    });
+    let host = c
+        .advertised_host
+        .clone()
+        .unwrap_or_else(|| bind_host(c.kafka_listen.ip()));
     let port = c.advertised_port.unwrap_or(c.kafka_listen.port());
     (host, i32::from(port))
 }
@@ -78,24 +95,30 @@ fn topic_metadata(view: &View, t: &Topic, version: i16) -> MetadataResponseTopic
     out
 }
 
-/// The live nodes as Metadata lists them (this node alone before it has
-/// read the cluster).
-fn brokers(broker: &Broker, view: &View, now: i64) -> Vec<(i32, String, i32, Option<String>)> {
+/// The live nodes as Metadata lists them to clients of `listener` (this
+/// node alone before it has read the cluster).
+fn brokers(
+    broker: &Broker,
+    view: &View,
+    now: i64,
+    listener: &str,
+) -> Vec<(i32, String, i32, Option<String>)> {
     let mut out: Vec<_> = view
         .nodes
         .iter()
         .filter(|n| n.alive(now))
         .map(|n| {
+            let (host, port) = n.info.address(listener);
             (
                 n.info.id,
-                n.info.kafka_host.clone(),
-                i32::from(n.info.kafka_port),
+                host.to_string(),
+                i32::from(port),
                 n.info.rack.clone(),
             )
         })
         .collect();
     if !out.iter().any(|b| b.0 == broker.node_id()) {
-        let (host, port) = advertised(broker);
+        let (host, port) = advertised_for(broker, listener);
         out.push((broker.node_id(), host, port, broker.config.rack.clone()));
     }
     out.sort();
@@ -117,9 +140,14 @@ fn topic_error(
     t
 }
 
-pub async fn metadata(broker: &Broker, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata(
+    broker: &Broker,
+    req: MetadataRequest,
+    version: i16,
+    listener: &str,
+) -> MetadataResponse {
     let now = mono_ms();
-    let listed = brokers(broker, &broker.view(), now)
+    let listed = brokers(broker, &broker.view(), now, listener)
         .into_iter()
         .map(|(id, host, port, rack)| {
             MetadataResponseBroker::default()
@@ -228,6 +256,7 @@ pub fn describe_cluster(
     broker: &Broker,
     req: DescribeClusterRequest,
     version: i16,
+    listener: &str,
 ) -> DescribeClusterResponse {
     let now = mono_ms();
     let mut resp = DescribeClusterResponse::default();
@@ -248,7 +277,7 @@ pub fn describe_cluster(
             ops::CLUSTER,
         ))
         .with_brokers(
-            brokers(broker, &broker.view(), now)
+            brokers(broker, &broker.view(), now, listener)
                 .into_iter()
                 .map(|(id, host, port, rack)| {
                     DescribeClusterBroker::default()

@@ -10,12 +10,13 @@ mod group;
 pub mod limits;
 mod metadata;
 mod produce;
+mod security;
 mod server;
 mod txn;
 pub mod versions;
 
-pub(crate) use metadata::advertised;
-pub use server::{handle_frame, serve, FrameError, Response};
+pub(crate) use metadata::{advertised, advertised_for};
+pub use server::{handle_frame, serve, Connection, FrameError, ListenerInfo, Response};
 
 use std::sync::Arc;
 
@@ -32,6 +33,8 @@ pub struct Services {
     /// Memory for requests in flight and fetch answers.
     pub pool: limits::MemoryPool,
     pub connections: Arc<limits::Connections>,
+    /// TLS, SASL settings and the authorizer.
+    pub security: Arc<crate::security::Security>,
 }
 
 impl Services {
@@ -39,6 +42,7 @@ impl Services {
         broker: Arc<Broker>,
         groups: Arc<Coordinator>,
         txns: Arc<crate::txn::Coordinator>,
+        security: Arc<crate::security::Security>,
     ) -> Services {
         let c = &broker.config;
         Services {
@@ -47,16 +51,50 @@ impl Services {
             broker,
             groups,
             txns,
+            security,
         }
+    }
+
+    /// Whether `client` may do `op` on the resource `name` of type
+    /// `rtype`: always without an authorizer, else as the stored ACLs say.
+    pub fn authorize(
+        &self,
+        client: &Client,
+        op: sluice_security::Operation,
+        rtype: sluice_security::ResourceType,
+        name: &str,
+    ) -> bool {
+        let Some(auth) = &self.security.authorizer else {
+            return true;
+        };
+        let view = self.broker.view();
+        let acls = view
+            .security
+            .as_ref()
+            .map_or(&[][..], |s| &s.value.acls[..]);
+        let host = client.host.trim_start_matches('/');
+        auth.allows(acls, &client.principal, host, op, rtype, name)
+    }
+
+    pub fn authorize_cluster(&self, client: &Client, op: sluice_security::Operation) -> bool {
+        self.authorize(
+            client,
+            op,
+            sluice_security::ResourceType::Cluster,
+            sluice_security::acl::CLUSTER_NAME,
+        )
     }
 }
 
-/// Who sent a request: the header's client id and the peer address in
-/// Kafka's `/ip` form (as DescribeGroups reports it).
+/// Who sent a request: the header's client id, the peer address in
+/// Kafka's `/ip` form (as DescribeGroups reports it), the principal it acts
+/// as and the listener it came in on.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
     pub client_id: String,
     pub host: String,
+    pub principal: String,
+    pub listener: String,
 }
 
 /// Authorized operations as Kafka reports them without an authorizer:

@@ -1,27 +1,38 @@
 //! TCP listener, framing and dispatch.
 //!
-//! Each connection is served in order, one request at a time, as Kafka does:
+//! A connection on a TLS listener is a rustls stream; on a SASL listener it
+//! must authenticate (SaslHandshake, SaslAuthenticate) before anything but
+//! ApiVersions. Each connection is served in order, one request at a time, as Kafka does:
 //! responses go back in request order and a long-polling fetch holds back the
 //! requests behind it on the same connection. A frame that cannot be a valid
 //! request (over `socket.request.max.bytes`, truncated, unknown API key,
 //! unsupported version other than ApiVersions, undecodable) closes that
 //! connection only; everyone else is unaffected.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use kafka_protocol::ResponseError;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use sluice_security::ANONYMOUS;
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::limits::{Refused, Reservation};
-use super::{admin, fetch, group, metadata, produce, txn, versions, Client, Services};
+use super::{
+    admin, fetch, group, metadata, produce, security, str_bytes, txn, versions, Client, Services,
+};
 use crate::metrics::ApiLabels;
+use crate::security::sasl::{Authenticator, Failed, Handshake, Outcome};
+use crate::security::Protocol;
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +64,14 @@ impl FrameError {
     }
 }
 
-pub async fn serve(services: Arc<Services>, listener: TcpListener) {
+/// The listener a connection came in on.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub protocol: Protocol,
+}
+
+pub async fn serve(services: Arc<Services>, listener: TcpListener, info: Arc<ListenerInfo>) {
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
@@ -72,11 +90,12 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener) {
                         continue;
                     }
                 };
+                let info = info.clone();
                 tokio::spawn(async move {
                     let metrics = services.broker.metrics.clone();
                     metrics.connections.inc();
                     metrics.connections_open.inc();
-                    match connection(&services, sock).await {
+                    match accept(&services, sock, peer, info).await {
                         Ok(Some(reason)) => {
                             metrics.close_connection(reason);
                             tracing::info!(%peer, reason, "connection closed");
@@ -98,6 +117,77 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener) {
     }
 }
 
+/// Sets a connection up as its listener says (TLS handshake, SASL state)
+/// and serves it.
+async fn accept(
+    services: &Services,
+    sock: TcpStream,
+    peer: SocketAddr,
+    info: Arc<ListenerInfo>,
+) -> std::io::Result<Option<&'static str>> {
+    sock.set_nodelay(true)?;
+    let sasl = info
+        .protocol
+        .sasl()
+        .then(|| Authenticator::new(services.security.sasl.clone()));
+    if !info.protocol.tls() {
+        let session = Session {
+            listener: info,
+            principal: ANONYMOUS.to_string(),
+            sasl,
+        };
+        let (rd, wr) = sock.into_split();
+        return connection(services, rd, wr, peer, session).await;
+    }
+    let Some(tls) = services.security.tls.as_ref() else {
+        return Ok(Some("tls_unconfigured"));
+    };
+    let timeout = Duration::from_millis(services.broker.config.request_read_timeout_ms);
+    let stream = match tokio::time::timeout(timeout, tls.acceptor().accept(sock)).await {
+        Err(_) => return Ok(Some("tls_handshake_timeout")),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return Ok(Some("tls_handshake"));
+        }
+        Ok(Ok(s)) => s,
+    };
+    // The client certificate (mutual TLS) names the principal.
+    let principal = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(crate::security::tls::principal_of)
+        .unwrap_or_else(|| ANONYMOUS.to_string());
+    let session = Session {
+        listener: info,
+        principal,
+        sasl,
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    connection(services, rd, wr, peer, session).await
+}
+
+/// Who a connection acts as.
+struct Session {
+    listener: Arc<ListenerInfo>,
+    /// `User:ANONYMOUS`, or the subject of the client's certificate.
+    principal: String,
+    /// On SASL listeners: the exchange and, once done, the principal.
+    sasl: Option<Authenticator>,
+}
+
+impl Session {
+    /// The principal requests act as; `None` while a SASL connection has
+    /// not authenticated (or its session expired).
+    fn principal(&self) -> Option<&str> {
+        match &self.sasl {
+            Some(a) => a.principal(),
+            None => Some(&self.principal),
+        }
+    }
+}
+
 /// Reads the `len` bytes of a frame into a buffer of exactly that size,
 /// without zeroing it first (the bytes are written once, by the read).
 async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> std::io::Result<BytesMut> {
@@ -113,14 +203,21 @@ async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> std::io::Re
 
 /// Serves one connection until the client closes it (`Ok(None)`) or the
 /// node does (`Ok(Some(reason))`): idle for `connections.max.idle.ms`, a
-/// frame not read whole within the request read timeout, or a frame that
-/// cannot be a request.
-async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<Option<&'static str>> {
-    sock.set_nodelay(true)?;
-    let peer = sock.peer_addr()?;
+/// frame not read whole within the request read timeout, a frame that
+/// cannot be a request, or authentication that failed or was skipped.
+async fn connection<R, W>(
+    services: &Services,
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    mut session: Session,
+) -> std::io::Result<Option<&'static str>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let host = format!("/{}", peer.ip());
     let broker = &services.broker;
-    let (rd, wr) = sock.into_split();
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(64 << 10, wr);
     let max = broker.config.socket_request_max_bytes;
@@ -142,9 +239,15 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<Opt
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Ok(Err(e)) => return Err(e),
         };
-        // Refuse before allocating: the length prefix alone decides.
-        if len < 0 || len as u64 > max as u64 {
-            let e = FrameError::TooLarge(len, max);
+        // Refuse before allocating: the length prefix alone decides. Before
+        // authentication, only what a SASL exchange needs.
+        let limit = if session.principal().is_some() {
+            max
+        } else {
+            max.min(MAX_UNAUTHENTICATED_FRAME)
+        };
+        if len < 0 || len as u64 > limit as u64 {
+            let e = FrameError::TooLarge(len, limit);
             broker.metrics.reject_frame(e.reason());
             tracing::warn!(%peer, error = %e, "closing connection");
             return Ok(Some("bad_frame"));
@@ -155,11 +258,71 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<Opt
         let frame = match tokio::time::timeout_at(started, read_frame(&mut rd, len as usize)).await
         {
             Err(_) => return Ok(Some("read_timeout")),
-            Ok(r) => r?,
+            Ok(r) => r?.freeze(),
+        };
+        // SASL: the exchange's own frames, and nothing else before it is done.
+        if let Some(auth) = session.sasl.as_mut() {
+            if auth.raw() {
+                // After a v0 handshake the tokens come bare.
+                match authenticate(services, &mut session.sasl, &frame).await {
+                    Ok((reply, _)) => {
+                        wr.write_all(&(reply.len() as u32).to_be_bytes()).await?;
+                        wr.write_all(&reply).await?;
+                        wr.flush().await?;
+                        continue;
+                    }
+                    Err(f) => {
+                        tracing::info!(%peer, reason = %f.detail, "SASL authentication failed");
+                        return Ok(Some("authentication_failed"));
+                    }
+                }
+            }
+        }
+        let key = frame
+            .get(..2)
+            .map(|k| i16::from_be_bytes([k[0], k[1]]))
+            .unwrap_or(-1);
+        if key == ApiKey::SaslHandshake as i16 || key == ApiKey::SaslAuthenticate as i16 {
+            let (bytes, close) = match sasl_request(services, &mut session, frame).await {
+                Ok(r) => r,
+                Err(e) => {
+                    broker.metrics.reject_frame(e.reason());
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                    return Ok(Some("bad_frame"));
+                }
+            };
+            wr.write_all(&bytes).await?;
+            wr.flush().await?;
+            if let Some(reason) = close {
+                tracing::info!(%peer, reason, "closing connection after SASL");
+                return Ok(Some(reason));
+            }
+            continue;
+        }
+        let principal = match session.principal() {
+            Some(p) => p.to_string(),
+            None => {
+                let exchanging = session.sasl.as_ref().is_some_and(|a| a.exchanging());
+                if key == ApiKey::ApiVersions as i16 && !exchanging {
+                    ANONYMOUS.to_string()
+                } else {
+                    // As Kafka: a request other than the exchange's before
+                    // authentication (or after the session expired) closes
+                    // the connection unanswered.
+                    let api = ApiKey::try_from(key).map(|k| format!("{k:?}"));
+                    tracing::info!(%peer, api = %api.unwrap_or_else(|_| key.to_string()), "request before SASL authentication; closing");
+                    return Ok(Some("unauthenticated"));
+                }
+            }
+        };
+        let conn = Connection {
+            host: &host,
+            principal,
+            listener: &session.listener.name,
         };
         // A client that goes away mid-request (a long poll, a parked
         // JoinGroup) ends the request: nobody is left to answer.
-        let handling = handle_frame(services, frame.freeze(), &host);
+        let handling = handle_frame(services, frame, &conn);
         tokio::pin!(handling);
         let mut watching = true;
         let handled = loop {
@@ -193,6 +356,137 @@ async fn connection(services: &Services, sock: TcpStream) -> std::io::Result<Opt
     }
 }
 
+/// The largest frame a connection may send before it has authenticated:
+/// SASL messages are small, and an unauthenticated client must not make
+/// the node hold megabytes.
+const MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
+
+/// One SASL token through the connection's authenticator, off the async
+/// workers (a PLAIN login runs PBKDF2). Returns the reply and, when the
+/// exchange is done, the session's lifetime in ms.
+async fn authenticate(
+    services: &Services,
+    slot: &mut Option<Authenticator>,
+    token: &[u8],
+) -> Result<(Vec<u8>, Option<i64>), Failed> {
+    let mut auth = slot.take().expect("a SASL connection has an authenticator");
+    let view = services.broker.view();
+    let token = token.to_vec();
+    let (auth, outcome) = tokio::task::spawn_blocking(move || {
+        let security = view.security.as_ref().map(|s| &s.value);
+        let outcome = auth.step(&token, security);
+        (auth, outcome)
+    })
+    .await
+    .expect("authentication does not panic");
+    *slot = Some(auth);
+    let metrics = &services.broker.metrics;
+    match outcome {
+        Ok(Outcome::Continue(reply)) => Ok((reply, None)),
+        Ok(Outcome::Done { reply, lifetime_ms }) => {
+            metrics.authentication("success");
+            Ok((reply, Some(lifetime_ms)))
+        }
+        Err(f) => {
+            metrics.authentication("failure");
+            Err(f)
+        }
+    }
+}
+
+/// SaslHandshake and SaslAuthenticate, which change the connection's
+/// state: the encoded answer and, when the connection must close after it,
+/// why.
+async fn sasl_request(
+    services: &Services,
+    session: &mut Session,
+    frame: Bytes,
+) -> Result<(Bytes, Option<&'static str>), FrameError> {
+    let d = match decode(frame)? {
+        Decoded::Request(d) => d,
+        Decoded::Answer(_) => unreachable!("only ApiVersions is answered before decoding"),
+    };
+    let (api, version, correlation_id) = (d.api, d.version, d.header.correlation_id);
+    services
+        .broker
+        .metrics
+        .requests
+        .get_or_create(&ApiLabels {
+            api: format!("{api:?}"),
+        })
+        .inc();
+    let (body, close) = match d.request {
+        RequestKind::SaslHandshake(r) => {
+            let Some(auth) = session.sasl.as_mut() else {
+                // Kafka answers a handshake on a listener without SASL so.
+                let body = SaslHandshakeResponse::default()
+                    .with_error_code(ResponseError::IllegalSaslState.code());
+                return encode_response(
+                    api,
+                    version,
+                    correlation_id,
+                    &ResponseKind::SaslHandshake(body),
+                )
+                .map(|b| (b, None));
+            };
+            let mechanisms = auth.mechanisms().into_iter().map(str_bytes).collect();
+            let (code, close) = match auth.handshake(r.mechanism.as_str(), version) {
+                Handshake::Accepted => (0, None),
+                Handshake::Unsupported => (
+                    ResponseError::UnsupportedSaslMechanism.code(),
+                    Some("unsupported_sasl_mechanism"),
+                ),
+                Handshake::Illegal => (
+                    ResponseError::IllegalSaslState.code(),
+                    Some("illegal_sasl_state"),
+                ),
+            };
+            let body = SaslHandshakeResponse::default()
+                .with_error_code(code)
+                .with_mechanisms(mechanisms);
+            (ResponseKind::SaslHandshake(body), close)
+        }
+        RequestKind::SaslAuthenticate(r) => {
+            let ready = session
+                .sasl
+                .as_ref()
+                .is_some_and(|a| a.expects_token() && !a.raw());
+            if !ready {
+                let body = SaslAuthenticateResponse::default()
+                    .with_error_code(ResponseError::IllegalSaslState.code())
+                    .with_error_message(Some(str_bytes(
+                        "SaslAuthenticate request received before a SaslHandshake",
+                    )));
+                let close = session.sasl.is_some().then_some("illegal_sasl_state");
+                (ResponseKind::SaslAuthenticate(body), close)
+            } else {
+                match authenticate(services, &mut session.sasl, &r.auth_bytes).await {
+                    Ok((reply, lifetime)) => {
+                        let mut body =
+                            SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(reply));
+                        if version >= 1 {
+                            body.session_lifetime_ms = lifetime.unwrap_or(0);
+                        }
+                        (ResponseKind::SaslAuthenticate(body), None)
+                    }
+                    Err(f) => {
+                        tracing::info!(reason = %f.detail, "SASL authentication failed");
+                        let body = SaslAuthenticateResponse::default()
+                            .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+                            .with_error_message(Some(str_bytes(f.message)));
+                        (
+                            ResponseKind::SaslAuthenticate(body),
+                            Some("authentication_failed"),
+                        )
+                    }
+                }
+            }
+        }
+        _ => unreachable!("only SASL requests come here"),
+    };
+    encode_response(api, version, correlation_id, &body).map(|b| (b, close))
+}
+
 /// An encoded answer, with the pool memory that built it (a fetch's),
 /// held until it is written.
 pub struct Response {
@@ -218,15 +512,32 @@ fn encode_response(
     Ok(buf.freeze())
 }
 
-/// Decodes one request frame (without its length prefix), handles it and
-/// returns the encoded response frame, `None` when the request wants no
-/// response (acks=0 produce), or why the connection must close.
-pub async fn handle_frame(
-    services: &Services,
-    mut frame: Bytes,
-    host: &str,
-) -> Result<Option<Response>, FrameError> {
-    let broker = &services.broker;
+/// Where a request comes from.
+pub struct Connection<'a> {
+    /// The peer in Kafka's `/ip` form.
+    pub host: &'a str,
+    /// `User:...`: authenticated, from a client certificate, or anonymous.
+    pub principal: String,
+    /// The listener the connection came in on.
+    pub listener: &'a str,
+}
+
+/// A decoded request.
+struct Request {
+    api: ApiKey,
+    version: i16,
+    header: RequestHeader,
+    request: RequestKind,
+}
+
+enum Decoded {
+    /// Answered without decoding (ApiVersions at a version we lack).
+    Answer(Response),
+    Request(Request),
+}
+
+/// Decodes one request frame (without its length prefix).
+fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
     if frame.len() < 8 {
         return Err(FrameError::TooShort(frame.len()));
     }
@@ -244,7 +555,7 @@ pub async fn handle_frame(
                 ResponseError::UnsupportedVersion.code(),
             ));
             return encode_response(api, 0, correlation_id, &body)
-                .map(|bytes| Some(Response { bytes, held: None }));
+                .map(|bytes| Decoded::Answer(Response { bytes, held: None }));
         }
         return Err(FrameError::UnsupportedVersion(api, version));
     }
@@ -253,16 +564,39 @@ pub async fn handle_frame(
         let request = RequestKind::decode(api, &mut frame, version)?;
         Ok::<_, anyhow::Error>((header, request))
     });
-    let (header, request) = match decoded {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => return Err(FrameError::Malformed(api, version, e.to_string())),
-        Err(_) => {
-            return Err(FrameError::Malformed(
-                api,
-                version,
-                "decoder panicked".into(),
-            ))
-        }
+    match decoded {
+        Ok(Ok((header, request))) => Ok(Decoded::Request(Request {
+            api,
+            version,
+            header,
+            request,
+        })),
+        Ok(Err(e)) => Err(FrameError::Malformed(api, version, e.to_string())),
+        Err(_) => Err(FrameError::Malformed(
+            api,
+            version,
+            "decoder panicked".into(),
+        )),
+    }
+}
+
+/// Decodes one request frame (without its length prefix), handles it and
+/// returns the encoded response frame, `None` when the request wants no
+/// response (acks=0 produce), or why the connection must close.
+pub async fn handle_frame(
+    services: &Services,
+    frame: Bytes,
+    conn: &Connection<'_>,
+) -> Result<Option<Response>, FrameError> {
+    let broker = &services.broker;
+    let Request {
+        api,
+        version,
+        header,
+        request,
+    } = match decode(frame)? {
+        Decoded::Answer(r) => return Ok(Some(r)),
+        Decoded::Request(r) => r,
     };
     let labels = ApiLabels {
         api: format!("{api:?}"),
@@ -275,7 +609,9 @@ pub async fn handle_frame(
             .as_deref()
             .map(|c| c.to_string())
             .unwrap_or_default(),
-        host: host.to_string(),
+        host: conn.host.to_string(),
+        principal: conn.principal.clone(),
+        listener: conn.listener.to_string(),
     };
     let mut held = None;
     let response = dispatch(services, &header, request, &client, &mut held).await;
@@ -327,7 +663,7 @@ async fn dispatch(
     let broker = &svc.broker;
     Some(match request {
         RequestKind::FindCoordinator(r) => {
-            ResponseKind::FindCoordinator(group::find_coordinator(svc, r, v))
+            ResponseKind::FindCoordinator(group::find_coordinator(svc, r, v, client))
         }
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(group::join_group(svc, r, v, client).await)
@@ -350,10 +686,12 @@ async fn dispatch(
             ResponseKind::OffsetDelete(group::offset_delete(svc, r, v).await)
         }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(0)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::metadata(broker, r, v).await),
-        RequestKind::DescribeCluster(r) => {
-            ResponseKind::DescribeCluster(metadata::describe_cluster(broker, r, v))
+        RequestKind::Metadata(r) => {
+            ResponseKind::Metadata(metadata::metadata(broker, r, v, &client.listener).await)
         }
+        RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(
+            metadata::describe_cluster(broker, r, v, &client.listener),
+        ),
         RequestKind::DescribeTopicPartitions(r) => {
             ResponseKind::DescribeTopicPartitions(metadata::describe_topic_partitions(broker, r, v))
         }
@@ -421,6 +759,21 @@ async fn dispatch(
         ),
         RequestKind::ElectLeaders(r) => {
             ResponseKind::ElectLeaders(admin::elect_leaders(broker, r, v).await)
+        }
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            security::describe_user_scram_credentials(svc, r, client).await,
+        ),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            security::alter_user_scram_credentials(svc, r, client).await,
+        ),
+        RequestKind::CreateAcls(r) => {
+            ResponseKind::CreateAcls(security::create_acls(svc, r, client).await)
+        }
+        RequestKind::DescribeAcls(r) => {
+            ResponseKind::DescribeAcls(security::describe_acls(svc, r, client).await)
+        }
+        RequestKind::DeleteAcls(r) => {
+            ResponseKind::DeleteAcls(security::delete_acls(svc, r, client).await)
         }
         RequestKind::DescribeConfigs(r) => {
             ResponseKind::DescribeConfigs(admin::describe_configs(broker, r, v))
