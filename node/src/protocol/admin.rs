@@ -30,11 +30,13 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::str_bytes;
+use super::Authz;
 use crate::broker::{Broker, KafkaError, NewTopic, Topic};
 use crate::config::{
     topic_config_doc, topic_config_keys, topic_config_type, topic_key_of_broker_config,
     ConfigSource, DYNAMIC_BROKER_CONFIGS,
 };
+use sluice_security::Operation;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -254,6 +256,7 @@ pub async fn create_topics(
     broker: &Broker,
     req: CreateTopicsRequest,
     version: i16,
+    authz: &Authz<'_>,
 ) -> CreateTopicsResponse {
     let mut counts: HashMap<String, usize> = HashMap::new();
     for t in &req.topics {
@@ -267,6 +270,8 @@ pub async fn create_topics(
                 ResponseError::InvalidRequest,
                 format!("topic {name} appears more than once in the request"),
             ))
+        } else if let Err(e) = authz.create_topic(&name) {
+            Err(e)
         } else {
             match new_topic(broker, ct) {
                 Err(e) => Err(e),
@@ -313,6 +318,7 @@ pub async fn delete_topics(
     broker: &Broker,
     req: DeleteTopicsRequest,
     version: i16,
+    authz: &Authz<'_>,
 ) -> DeleteTopicsResponse {
     // v0-5 name topics in `topic_names`; v6 in `topics`, by name or by id.
     let wanted: Vec<(Option<TopicName>, uuid::Uuid)> = if version >= 6 {
@@ -342,7 +348,10 @@ pub async fn delete_topics(
                     }),
             };
             let result = match resolved {
-                Ok(n) => broker.delete_topic(&n).await.map(|id| (n, id)),
+                Ok(n) => match authz.topic(Operation::Delete, &n) {
+                    Ok(()) => broker.delete_topic(&n).await.map(|id| (n, id)),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             let mut r = DeletableTopicResult::default();
@@ -374,6 +383,7 @@ pub async fn create_partitions(
     broker: &Broker,
     req: CreatePartitionsRequest,
     _version: i16,
+    authz: &Authz<'_>,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
@@ -383,9 +393,14 @@ pub async fn create_partitions(
                 .map(|p| p.broker_ids.iter().map(|b| b.0).collect())
                 .collect()
         });
-        let result = broker
-            .create_partitions(&name, t.count, assignment, req.validate_only)
-            .await;
+        let result = match authz.topic(Operation::Alter, &name) {
+            Ok(()) => {
+                broker
+                    .create_partitions(&name, t.count, assignment, req.validate_only)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
         if let Err(e) = result {
             r.error_code = e.code();
@@ -419,6 +434,7 @@ pub fn describe_configs(
     broker: &Broker,
     req: DescribeConfigsRequest,
     version: i16,
+    authz: &Authz<'_>,
 ) -> DescribeConfigsResponse {
     let results = req
         .resources
@@ -433,6 +449,16 @@ pub fn describe_configs(
             let mut out = DescribeConfigsResult::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
+            let allowed = match res.resource_type {
+                RESOURCE_TOPIC => authz.topic(Operation::DescribeConfigs, &name),
+                RESOURCE_BROKER => authz.cluster(Operation::DescribeConfigs),
+                _ => Ok(()),
+            };
+            if let Err(e) = allowed {
+                out.error_code = e.code();
+                out.error_message = Some(str_bytes(e.message));
+                return out;
+            }
             match res.resource_type {
                 RESOURCE_TOPIC => match broker.topic(&name) {
                     None => {
@@ -494,10 +520,12 @@ pub fn describe_configs(
     DescribeConfigsResponse::default().with_results(results)
 }
 
+/// `denied`: topics the principal may not delete records of.
 pub fn delete_records(
     broker: &Broker,
     req: DeleteRecordsRequest,
     _version: i16,
+    denied: &[String],
 ) -> DeleteRecordsResponse {
     use kafka_protocol::messages::delete_records_response::{
         DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
@@ -513,7 +541,15 @@ pub fn delete_records(
                 .map(|p| {
                     let r = DeleteRecordsPartitionResult::default()
                         .with_partition_index(p.partition_index);
-                    match broker.delete_records(&name, p.partition_index, p.offset) {
+                    let deleted = if denied.contains(&name) {
+                        Err(KafkaError::new(
+                            ResponseError::TopicAuthorizationFailed,
+                            format!("DELETE on topic {name} is needed"),
+                        ))
+                    } else {
+                        broker.delete_records(&name, p.partition_index, p.offset)
+                    };
+                    match deleted {
                         Ok(low) => r.with_low_watermark(low),
                         Err(e) => r.with_low_watermark(-1).with_error_code(e.code()),
                     }
@@ -551,6 +587,7 @@ pub async fn alter_configs(
     broker: &Broker,
     req: AlterConfigsRequest,
     _version: i16,
+    authz: &Authz<'_>,
 ) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let mut responses = Vec::with_capacity(req.resources.len());
@@ -567,10 +604,16 @@ pub async fn alter_configs(
                 })
                 .collect();
             let result = match r.resource_type {
-                RESOURCE_TOPIC => {
-                    broker
-                        .alter_topic_configs(&r.resource_name, configs, req.validate_only)
-                        .await
+                RESOURCE_TOPIC => match authz.topic(Operation::AlterConfigs, &r.resource_name) {
+                    Ok(()) => {
+                        broker
+                            .alter_topic_configs(&r.resource_name, configs, req.validate_only)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+                RESOURCE_BROKER if authz.cluster(Operation::AlterConfigs).is_err() => {
+                    authz.cluster(Operation::AlterConfigs)
                 }
                 RESOURCE_BROKER => match broker_resource(&r.resource_name) {
                     Ok(node) => {
@@ -691,12 +734,23 @@ pub async fn incremental_alter_configs(
     broker: &Broker,
     req: IncrementalAlterConfigsRequest,
     _version: i16,
+    authz: &Authz<'_>,
 ) -> IncrementalAlterConfigsResponse {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
         responses.push({
             let result = match r.resource_type {
+                RESOURCE_TOPIC
+                    if authz
+                        .topic(Operation::AlterConfigs, &r.resource_name)
+                        .is_err() =>
+                {
+                    authz.topic(Operation::AlterConfigs, &r.resource_name)
+                }
+                RESOURCE_BROKER if authz.cluster(Operation::AlterConfigs).is_err() => {
+                    authz.cluster(Operation::AlterConfigs)
+                }
                 RESOURCE_TOPIC => match broker.topic(&r.resource_name) {
                     None => Err(KafkaError::new(
                         ResponseError::UnknownTopicOrPartition,
@@ -802,6 +856,7 @@ pub fn describe_producers(
     broker: &Broker,
     req: DescribeProducersRequest,
     _version: i16,
+    authz: &Authz<'_>,
 ) -> DescribeProducersResponse {
     use kafka_protocol::messages::describe_producers_response::{
         PartitionResponse, ProducerState, TopicResponse,
@@ -812,11 +867,17 @@ pub fn describe_producers(
         .into_iter()
         .map(|t| {
             let topic = broker.topic(&t.name);
+            let denied = authz.topic(Operation::Read, &t.name).err();
             let partitions = t
                 .partition_indexes
                 .iter()
                 .map(|p| {
                     let r = PartitionResponse::default().with_partition_index(*p);
+                    if let Some(e) = &denied {
+                        return r
+                            .with_error_code(e.code())
+                            .with_error_message(Some(str_bytes(e.message.clone())));
+                    }
                     match topic.as_ref().and_then(|tp| tp.partition(*p)) {
                         None => r
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code())

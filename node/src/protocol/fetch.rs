@@ -17,9 +17,10 @@ use kafka_protocol::ResponseError;
 use std::sync::Arc;
 
 use super::limits::Reservation;
-use super::Services;
+use super::{Client, Services};
 use crate::broker::{Broker, KafkaError, Partition, Topic};
 use crate::log::{seconds_since, PartitionLog, Watch};
+use sluice_security::Operation;
 
 /// The partition if this node leads it, checking the client's view of the
 /// leader epoch (-1 = not known).
@@ -48,6 +49,8 @@ struct Collected {
 /// A topic asked for, and its partitions.
 struct Wanted<'a> {
     name: String,
+    /// The principal may not read the topic.
+    denied: bool,
     topic: &'a FetchTopic,
     partitions: Vec<&'a FetchPartition>,
 }
@@ -65,6 +68,7 @@ fn wanted(req: &FetchRequest) -> Vec<Wanted<'_>> {
             None => {
                 out.push(Wanted {
                     name,
+                    denied: false,
                     topic: ft,
                     partitions: Vec::new(),
                 });
@@ -102,13 +106,20 @@ fn collect(
         let mut parts = Vec::with_capacity(w.partitions.len());
         for fp in &w.partitions {
             let mut pd = PartitionData::default().with_partition_index(fp.partition);
-            let result = leader(
-                broker,
-                topic.as_ref(),
-                name,
-                fp.partition,
-                fp.current_leader_epoch,
-            )
+            let result = if w.denied {
+                Err(KafkaError::new(
+                    ResponseError::TopicAuthorizationFailed,
+                    format!("READ on topic {name} is needed"),
+                ))
+            } else {
+                leader(
+                    broker,
+                    topic.as_ref(),
+                    name,
+                    fp.partition,
+                    fp.current_leader_epoch,
+                )
+            }
             .and_then(|log| {
                 let limit = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                 // KIP-74: only the first non-empty partition may exceed the limits.
@@ -184,6 +195,7 @@ pub async fn fetch(
     req: FetchRequest,
     version: i16,
     held: &mut Option<Reservation>,
+    client: &Client,
 ) -> FetchResponse {
     let broker = &svc.broker;
     // Incremental fetch sessions (KIP-227) are not offered: session id 0 in the
@@ -193,7 +205,10 @@ pub async fn fetch(
             .with_error_code(ResponseError::FetchSessionIdNotFound.code())
             .with_session_id(0);
     }
-    let wanted = wanted(&req);
+    let mut wanted = wanted(&req);
+    for w in wanted.iter_mut() {
+        w.denied = !svc.authorize_topic(client, Operation::Read, &w.name);
+    }
     let read_committed = version >= 4 && req.isolation_level == READ_COMMITTED;
     let asked = if req.max_bytes <= 0 {
         usize::MAX
@@ -274,12 +289,19 @@ impl Drop for Parked<'_> {
     }
 }
 
-pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+pub fn list_offsets(
+    svc: &Services,
+    req: ListOffsetsRequest,
+    version: i16,
+    client: &Client,
+) -> ListOffsetsResponse {
+    let broker = &svc.broker;
     let read_committed = version >= 2 && req.isolation_level == READ_COMMITTED;
     let mut topics = Vec::with_capacity(req.topics.len());
     for lt in req.topics {
         let name = lt.name.0.to_string();
         let topic = broker.topic(&name);
+        let denied = !svc.authorize_topic(client, Operation::Describe, &name);
         let mut parts = Vec::with_capacity(lt.partitions.len());
         for lp in lt.partitions {
             let epoch = if version >= 4 {
@@ -287,24 +309,31 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
             } else {
                 -1
             };
-            let result =
-                leader(broker, topic.as_ref(), &name, lp.partition_index, epoch).and_then(|log| {
-                    let leader_epoch = log.replica.leader_epoch().unwrap_or(-1);
-                    let found = match lp.timestamp {
-                        -2 => Some((log.log_start_offset(), -1)),
-                        -1 if read_committed => Some((log.last_stable_offset(), -1)),
-                        -1 => Some((log.high_watermark(), -1)),
-                        -3 if version >= 7 => log.max_timestamp_offset()?,
-                        ts if ts >= 0 => log.offset_for_timestamp(ts)?,
-                        ts => {
-                            return Err(KafkaError::new(
-                                ResponseError::InvalidRequest,
-                                format!("timestamp {ts} is not a time or a known sentinel"),
-                            ))
-                        }
-                    };
-                    Ok((found, leader_epoch))
-                });
+            let found = if denied {
+                Err(KafkaError::new(
+                    ResponseError::TopicAuthorizationFailed,
+                    format!("DESCRIBE on topic {name} is needed"),
+                ))
+            } else {
+                leader(broker, topic.as_ref(), &name, lp.partition_index, epoch)
+            };
+            let result = found.and_then(|log| {
+                let leader_epoch = log.replica.leader_epoch().unwrap_or(-1);
+                let found = match lp.timestamp {
+                    -2 => Some((log.log_start_offset(), -1)),
+                    -1 if read_committed => Some((log.last_stable_offset(), -1)),
+                    -1 => Some((log.high_watermark(), -1)),
+                    -3 if version >= 7 => log.max_timestamp_offset()?,
+                    ts if ts >= 0 => log.offset_for_timestamp(ts)?,
+                    ts => {
+                        return Err(KafkaError::new(
+                            ResponseError::InvalidRequest,
+                            format!("timestamp {ts} is not a time or a known sentinel"),
+                        ))
+                    }
+                };
+                Ok((found, leader_epoch))
+            });
             let mut r =
                 ListOffsetsPartitionResponse::default().with_partition_index(lp.partition_index);
             match result {
@@ -336,10 +365,12 @@ pub fn list_offsets(broker: &Broker, req: ListOffsetsRequest, version: i16) -> L
 /// OffsetForLeaderEpoch: where a leader epoch ends in this log, so a client
 /// (or a follower) can tell whether its position survived a leader change.
 pub fn offset_for_leader_epoch(
-    broker: &Broker,
+    svc: &Services,
     req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
     _version: i16,
+    client: &Client,
 ) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+    let broker = &svc.broker;
     use kafka_protocol::messages::offset_for_leader_epoch_response::{
         EpochEndOffset, OffsetForLeaderTopicResult,
     };
@@ -349,20 +380,27 @@ pub fn offset_for_leader_epoch(
         .map(|t| {
             let name = t.topic.0.to_string();
             let topic = broker.topic(&name);
+            let denied = !svc.authorize_topic(client, Operation::Describe, &name);
             let partitions = t
                 .partitions
                 .into_iter()
                 .map(|p| {
                     let r = EpochEndOffset::default().with_partition(p.partition);
-                    match leader(
-                        broker,
-                        topic.as_ref(),
-                        &name,
-                        p.partition,
-                        p.current_leader_epoch,
-                    )
-                    .map(|log| log.end_offset_for_epoch(p.leader_epoch))
-                    {
+                    let found = if denied {
+                        Err(KafkaError::new(
+                            ResponseError::TopicAuthorizationFailed,
+                            format!("DESCRIBE on topic {name} is needed"),
+                        ))
+                    } else {
+                        leader(
+                            broker,
+                            topic.as_ref(),
+                            &name,
+                            p.partition,
+                            p.current_leader_epoch,
+                        )
+                    };
+                    match found.map(|log| log.end_offset_for_epoch(p.leader_epoch)) {
                         Ok((epoch, end)) => r.with_leader_epoch(epoch).with_end_offset(end),
                         Err(e) => r
                             .with_error_code(e.code())

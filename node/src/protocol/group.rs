@@ -23,6 +23,7 @@ use kafka_protocol::ResponseError;
 use super::{str_bytes, Client, Services};
 use crate::group::coordinator::CommitPartition;
 use crate::group::state::{Committed, JoinArgs};
+use sluice_security::Operation;
 
 fn code(r: Result<(), ResponseError>) -> i16 {
     r.err().map(|e| e.code()).unwrap_or(0)
@@ -44,6 +45,21 @@ pub fn find_coordinator(
     let now = crate::broker::mono_ms();
     let entry = |key: StrBytes| -> CoordinatorEntry {
         let e = CoordinatorEntry::default().with_key(key.clone());
+        let denied = match req.key_type {
+            0 if !svc.authorize_group(client, Operation::Describe, &key) => {
+                Some(ResponseError::GroupAuthorizationFailed)
+            }
+            1 if !svc.authorize_txn(client, Operation::Describe, &key) => {
+                Some(ResponseError::TransactionalIdAuthorizationFailed)
+            }
+            _ => None,
+        };
+        if let Some(code) = denied {
+            return e
+                .with_node_id(BrokerId(-1))
+                .with_port(-1)
+                .with_error_code(code.code());
+        }
         // The leader of the group's offsets partition, or of the
         // transactional id's transaction state partition.
         let (topic, p) = match req.key_type {
@@ -112,6 +128,9 @@ pub async fn join_group(
     if req.group_id.is_empty() {
         return resp.with_error_code(ResponseError::InvalidGroupId.code());
     }
+    if !svc.authorize_group(client, Operation::Read, &req.group_id) {
+        return resp.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let instance_id = opt(&req.group_instance_id);
     let prefix = instance_id
         .clone()
@@ -163,9 +182,18 @@ pub async fn join_group(
     resp
 }
 
-pub async fn sync_group(svc: &Services, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+pub async fn sync_group(
+    svc: &Services,
+    req: SyncGroupRequest,
+    version: i16,
+    client: &Client,
+) -> SyncGroupResponse {
     if req.group_id.is_empty() {
         return SyncGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    if !svc.authorize_group(client, Operation::Read, &req.group_id) {
+        return SyncGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
     }
     let assignments = req
         .assignments
@@ -199,9 +227,18 @@ pub async fn sync_group(svc: &Services, req: SyncGroupRequest, version: i16) -> 
     }
 }
 
-pub fn heartbeat(svc: &Services, req: HeartbeatRequest, _version: i16) -> HeartbeatResponse {
+pub fn heartbeat(
+    svc: &Services,
+    req: HeartbeatRequest,
+    _version: i16,
+    client: &Client,
+) -> HeartbeatResponse {
     if req.group_id.is_empty() {
         return HeartbeatResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    if !svc.authorize_group(client, Operation::Read, &req.group_id) {
+        return HeartbeatResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
     }
     let r = svc.groups.heartbeat(
         &req.group_id,
@@ -212,9 +249,18 @@ pub fn heartbeat(svc: &Services, req: HeartbeatRequest, _version: i16) -> Heartb
     HeartbeatResponse::default().with_error_code(code(r))
 }
 
-pub fn leave_group(svc: &Services, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+pub fn leave_group(
+    svc: &Services,
+    req: LeaveGroupRequest,
+    version: i16,
+    client: &Client,
+) -> LeaveGroupResponse {
     if req.group_id.is_empty() {
         return LeaveGroupResponse::default().with_error_code(ResponseError::InvalidGroupId.code());
+    }
+    if !svc.authorize_group(client, Operation::Read, &req.group_id) {
+        return LeaveGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
     }
     let who: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
@@ -245,15 +291,27 @@ pub async fn offset_commit(
     svc: &Services,
     req: OffsetCommitRequest,
     _version: i16,
+    client: &Client,
 ) -> OffsetCommitResponse {
-    let group_error = req
-        .group_id
-        .is_empty()
-        .then_some(ResponseError::InvalidGroupId);
+    let group_error = if req.group_id.is_empty() {
+        Some(ResponseError::InvalidGroupId)
+    } else if !svc.authorize_group(client, Operation::Read, &req.group_id) {
+        Some(ResponseError::GroupAuthorizationFailed)
+    } else {
+        None
+    };
+    // Offsets of topics the principal may not read are refused one by one.
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| svc.authorize_topic(client, Operation::Read, &t.name))
+        .collect();
     let parts: Vec<CommitPartition> = req
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&readable)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(t, _)| {
             t.partitions.iter().map(|p| CommitPartition {
                 topic: t.name.to_string(),
                 partition: p.partition_index,
@@ -284,16 +342,22 @@ pub async fn offset_commit(
     let topics = req
         .topics
         .iter()
-        .map(|t| {
+        .zip(&readable)
+        .map(|(t, ok)| {
             OffsetCommitResponseTopic::default()
                 .with_name(t.name.clone())
                 .with_partitions(
                     t.partitions
                         .iter()
                         .map(|p| {
+                            let code = if *ok || group_error.is_some() {
+                                it.next().unwrap_or(0)
+                            } else {
+                                ResponseError::TopicAuthorizationFailed.code()
+                            };
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
-                                .with_error_code(it.next().unwrap_or(0))
+                                .with_error_code(code)
                         })
                         .collect(),
                 )
@@ -303,10 +367,13 @@ pub async fn offset_commit(
 }
 
 type Fetched = Vec<((String, i32), Option<Committed>)>;
-type TopicOffsets = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+/// A partition's committed offset, or `Err` when its topic may not be
+/// described.
+type Visible = Result<Option<Committed>, ()>;
+type TopicOffsets = Vec<(String, Vec<(i32, Visible)>)>;
 
 /// Groups fetched offsets by topic, preserving first-seen topic order.
-fn by_topic(fetched: Fetched) -> TopicOffsets {
+fn by_topic(fetched: Vec<((String, i32), Visible)>) -> TopicOffsets {
     let mut out: TopicOffsets = vec![];
     for ((t, p), c) in fetched {
         match out.iter_mut().find(|(name, _)| *name == t) {
@@ -343,7 +410,29 @@ fn stability(unstable: &[(String, i32)], topic: &str, partition: i32) -> i16 {
     }
 }
 
-pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+pub fn offset_fetch(
+    svc: &Services,
+    req: OffsetFetchRequest,
+    version: i16,
+    client: &Client,
+) -> OffsetFetchResponse {
+    // DESCRIBE on the group; offsets of topics the principal may not
+    // describe are left out of a fetch of all, refused when named.
+    let group_ok = |g: &str| svc.authorize_group(client, Operation::Describe, g);
+    let visible = |fetched: Fetched, named: bool| -> Vec<((String, i32), Visible)> {
+        fetched
+            .into_iter()
+            .filter_map(|((t, p), c)| {
+                if svc.authorize_topic(client, Operation::Describe, &t) {
+                    Some(((t, p), Ok(c)))
+                } else if named {
+                    Some(((t, p), Err(())))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    };
     if version >= 8 {
         let groups = req
             .groups
@@ -354,8 +443,14 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
                         .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
                         .collect()
                 });
+                if !group_ok(&g.group_id) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+                }
+                let named = wanted.is_some();
                 let fetched = match svc.groups.fetch_offsets(&g.group_id, wanted) {
-                    Ok(f) => f,
+                    Ok(f) => visible(f, named),
                     Err(e) => {
                         return OffsetFetchResponseGroup::default()
                             .with_group_id(g.group_id.clone())
@@ -369,7 +464,12 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
                         let partitions = parts
                             .into_iter()
                             .map(|(p, c)| {
-                                let code = stability(&unstable, &t, p);
+                                let (code, c) = match c {
+                                    Ok(c) => (stability(&unstable, &t, p), c),
+                                    Err(()) => {
+                                        (ResponseError::TopicAuthorizationFailed.code(), None)
+                                    }
+                                };
                                 let (offset, epoch, metadata) = committed_fields(c);
                                 OffsetFetchResponsePartitions::default()
                                     .with_partition_index(p)
@@ -396,8 +496,12 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
             .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
             .collect()
     });
-    let fetched = match svc.groups.fetch_offsets(&req.group_id, wanted) {
-        Ok(f) => f,
+    let named = wanted.is_some();
+    let fetched = match group_ok(&req.group_id)
+        .then(|| svc.groups.fetch_offsets(&req.group_id, wanted))
+        .unwrap_or(Err(ResponseError::GroupAuthorizationFailed))
+    {
+        Ok(f) => visible(f, named),
         Err(e) => {
             let mut r = OffsetFetchResponse::default();
             if version >= 2 {
@@ -435,7 +539,10 @@ pub fn offset_fetch(svc: &Services, req: OffsetFetchRequest, version: i16) -> Of
             let partitions = parts
                 .into_iter()
                 .map(|(p, c)| {
-                    let code = stability(&unstable, &t, p);
+                    let (code, c) = match c {
+                        Ok(c) => (stability(&unstable, &t, p), c),
+                        Err(()) => (ResponseError::TopicAuthorizationFailed.code(), None),
+                    };
                     let (offset, epoch, metadata) = committed_fields(c);
                     let mut r = OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
@@ -460,6 +567,7 @@ pub fn describe_groups(
     svc: &Services,
     req: DescribeGroupsRequest,
     version: i16,
+    client: &Client,
 ) -> DescribeGroupsResponse {
     let groups = req
         .groups
@@ -472,6 +580,9 @@ pub fn describe_groups(
             }
             if id.is_empty() {
                 return out.with_error_code(ResponseError::InvalidGroupId.code());
+            }
+            if !svc.authorize_group(client, Operation::Describe, id) {
+                return out.with_error_code(ResponseError::GroupAuthorizationFailed.code());
             }
             let d = match svc.groups.describe(id) {
                 Ok(d) => d,
@@ -504,7 +615,15 @@ pub fn describe_groups(
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-pub fn list_groups(svc: &Services, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+pub fn list_groups(
+    svc: &Services,
+    req: ListGroupsRequest,
+    version: i16,
+    client: &Client,
+) -> ListGroupsResponse {
+    // DESCRIBE on the cluster lists every group; else those the principal
+    // may describe.
+    let all = svc.authorize_cluster(client, Operation::Describe);
     let filter: Vec<String> = if version >= 4 {
         req.states_filter.iter().map(|s| s.to_lowercase()).collect()
     } else {
@@ -515,6 +634,7 @@ pub fn list_groups(svc: &Services, req: ListGroupsRequest, version: i16) -> List
         .list()
         .into_iter()
         .filter(|(_, _, state)| filter.is_empty() || filter.contains(&state.to_lowercase()))
+        .filter(|(id, _, _)| all || svc.authorize_group(client, Operation::Describe, id))
         .map(|(id, protocol_type, state)| {
             let mut g = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(id)))
@@ -532,12 +652,15 @@ pub async fn delete_groups(
     svc: &Services,
     req: DeleteGroupsRequest,
     _version: i16,
+    client: &Client,
 ) -> DeleteGroupsResponse {
     use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
     let mut results = Vec::with_capacity(req.groups_names.len());
     for g in &req.groups_names {
         let r = if g.is_empty() {
             Err(ResponseError::InvalidGroupId)
+        } else if !svc.authorize_group(client, Operation::Delete, g) {
+            Err(ResponseError::GroupAuthorizationFailed)
         } else {
             svc.groups.delete_group(g).await
         };
@@ -554,7 +677,12 @@ pub async fn offset_delete(
     svc: &Services,
     req: OffsetDeleteRequest,
     _version: i16,
+    client: &Client,
 ) -> OffsetDeleteResponse {
+    if !req.group_id.is_empty() && !svc.authorize_group(client, Operation::Delete, &req.group_id) {
+        return OffsetDeleteResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     let parts: Vec<(String, i32)> = req
         .topics
         .iter()

@@ -13,10 +13,11 @@ use uuid::Uuid;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 
-use super::{ops, str_bytes};
+use super::{ops, str_bytes, Client, Services};
 use crate::broker::{mono_ms, Broker, Topic};
 use crate::config::validate_topic_name;
 use crate::coord::View;
+use sluice_security::Operation;
 
 /// The address clients of `listener` should use for this node.
 pub(crate) fn advertised_for(broker: &Broker, listener: &str) -> (String, i32) {
@@ -141,13 +142,14 @@ fn topic_error(
 }
 
 pub async fn metadata(
-    broker: &Broker,
+    svc: &Services,
     req: MetadataRequest,
     version: i16,
-    listener: &str,
+    client: &Client,
 ) -> MetadataResponse {
+    let broker = &svc.broker;
     let now = mono_ms();
-    let listed = brokers(broker, &broker.view(), now, listener)
+    let listed = brokers(broker, &broker.view(), now, &client.listener)
         .into_iter()
         .map(|(id, host, port, rack)| {
             MetadataResponseBroker::default()
@@ -168,16 +170,18 @@ pub async fn metadata(
     let topics = match requested {
         None => {
             let view = broker.view();
+            // Topics the principal may not describe are left out.
             broker
                 .topics()
                 .iter()
+                .filter(|t| svc.authorize_topic(client, Operation::Describe, &t.record.name))
                 .map(|t| topic_metadata(&view, t, version))
                 .collect()
         }
         Some(list) => {
             let mut out = Vec::with_capacity(list.len());
             for rt in list {
-                out.push(requested_topic(broker, rt, allow_auto, version).await);
+                out.push(requested_topic(svc, client, rt, allow_auto, version).await);
             }
             out
         }
@@ -213,16 +217,39 @@ pub async fn metadata(
 
 /// One topic a Metadata request names, auto-created when allowed.
 async fn requested_topic(
-    broker: &Broker,
+    svc: &Services,
+    client: &Client,
     rt: MetadataRequestTopic,
     allow_auto: bool,
     version: i16,
 ) -> MetadataResponseTopic {
+    let broker = &svc.broker;
     let by_name = rt.name.clone().map(|n| n.0.to_string());
     match by_name {
         Some(name) => {
+            let describe = svc.authorize_topic(client, Operation::Describe, &name);
             if let Some(t) = broker.topic(&name) {
+                if !describe {
+                    return topic_error(
+                        rt.name,
+                        Uuid::nil(),
+                        ResponseError::TopicAuthorizationFailed,
+                        version,
+                    );
+                }
                 return topic_metadata(&broker.view(), &t, version);
+            }
+            // Creating needs CREATE on the cluster or the topic; without
+            // DESCRIBE the client learns nothing of the name.
+            let create = svc.authorize_cluster(client, Operation::Create)
+                || svc.authorize_topic(client, Operation::Create, &name);
+            if !describe && !(create && allow_auto && broker.config.auto_create_topics) {
+                return topic_error(
+                    rt.name,
+                    Uuid::nil(),
+                    ResponseError::TopicAuthorizationFailed,
+                    version,
+                );
             }
             if validate_topic_name(&name).is_err() {
                 return topic_error(
@@ -232,7 +259,7 @@ async fn requested_topic(
                     version,
                 );
             }
-            if allow_auto && broker.config.auto_create_topics {
+            if allow_auto && broker.config.auto_create_topics && create {
                 match broker.auto_create(&name).await {
                     Ok(t) => return topic_metadata(&broker.view(), &t, version),
                     Err(e) => return topic_error(rt.name, Uuid::nil(), e.code, version),
@@ -246,6 +273,14 @@ async fn requested_topic(
             )
         }
         None => match broker.topic_by_id(&rt.topic_id) {
+            Some(t) if !svc.authorize_topic(client, Operation::Describe, &t.record.name) => {
+                topic_error(
+                    None,
+                    rt.topic_id,
+                    ResponseError::TopicAuthorizationFailed,
+                    version,
+                )
+            }
             Some(t) => topic_metadata(&broker.view(), &t, version),
             None => topic_error(None, rt.topic_id, ResponseError::UnknownTopicId, version),
         },
@@ -300,10 +335,13 @@ const PARTITION_LIMIT: i32 = 2000;
 /// says where the next page starts. Sluice keeps no eligible leader
 /// replicas (ELR), so those lists are empty.
 pub fn describe_topic_partitions(
-    broker: &Broker,
+    svc: &Services,
     req: DescribeTopicPartitionsRequest,
     _version: i16,
+    client: &Client,
 ) -> DescribeTopicPartitionsResponse {
+    let broker = &svc.broker;
+    let listing = req.topics.is_empty();
     use kafka_protocol::messages::describe_topic_partitions_response::{
         Cursor, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
     };
@@ -340,6 +378,17 @@ pub fn describe_topic_partitions(
             0
         };
         let tn = TopicName(str_bytes(name.clone()));
+        if !svc.authorize_topic(client, Operation::Describe, &name) {
+            if !listing {
+                topics.push(
+                    DescribeTopicPartitionsResponseTopic::default()
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_name(Some(tn))
+                        .with_topic_authorized_operations(ops::NOT_REQUESTED),
+                );
+            }
+            continue;
+        }
         let Some(t) = broker.topic(&name) else {
             topics.push(
                 DescribeTopicPartitionsResponseTopic::default()

@@ -76,6 +76,58 @@ impl Services {
         auth.allows(acls, &client.principal, host, op, rtype, name)
     }
 
+    pub fn authorize_topic(
+        &self,
+        client: &Client,
+        op: sluice_security::Operation,
+        name: &str,
+    ) -> bool {
+        self.authorize(client, op, sluice_security::ResourceType::Topic, name)
+    }
+
+    pub fn authorize_group(
+        &self,
+        client: &Client,
+        op: sluice_security::Operation,
+        name: &str,
+    ) -> bool {
+        self.authorize(client, op, sluice_security::ResourceType::Group, name)
+    }
+
+    pub fn authorize_txn(&self, client: &Client, op: sluice_security::Operation, id: &str) -> bool {
+        self.authorize(
+            client,
+            op,
+            sluice_security::ResourceType::TransactionalId,
+            id,
+        )
+    }
+
+    /// Whether `client` may do `op` on some resource of type `rtype`
+    /// (an idempotent producer with WRITE on any topic, as Kafka allows).
+    pub fn authorize_any(
+        &self,
+        client: &Client,
+        op: sluice_security::Operation,
+        rtype: sluice_security::ResourceType,
+    ) -> bool {
+        let Some(auth) = &self.security.authorizer else {
+            return true;
+        };
+        let view = self.broker.view();
+        let acls = view
+            .security
+            .as_ref()
+            .map_or(&[][..], |s| &s.value.acls[..]);
+        auth.allows_some(
+            acls,
+            &client.principal,
+            client.host.trim_start_matches('/'),
+            op,
+            rtype,
+        )
+    }
+
     pub fn authorize_cluster(&self, client: &Client, op: sluice_security::Operation) -> bool {
         self.authorize(
             client,
@@ -83,6 +135,46 @@ impl Services {
             sluice_security::ResourceType::Cluster,
             sluice_security::acl::CLUSTER_NAME,
         )
+    }
+}
+
+/// One request's authorization questions, answered as Kafka's errors.
+pub(crate) struct Authz<'a> {
+    pub svc: &'a Services,
+    pub client: &'a Client,
+}
+
+impl Authz<'_> {
+    pub fn topic(
+        &self,
+        op: sluice_security::Operation,
+        name: &str,
+    ) -> Result<(), crate::broker::KafkaError> {
+        if self.svc.authorize_topic(self.client, op, name) {
+            Ok(())
+        } else {
+            Err(crate::broker::KafkaError::new(
+                kafka_protocol::ResponseError::TopicAuthorizationFailed,
+                format!("{op:?} on topic {name} is needed"),
+            ))
+        }
+    }
+
+    pub fn cluster(&self, op: sluice_security::Operation) -> Result<(), crate::broker::KafkaError> {
+        if self.svc.authorize_cluster(self.client, op) {
+            Ok(())
+        } else {
+            Err(crate::broker::KafkaError::new(
+                kafka_protocol::ResponseError::ClusterAuthorizationFailed,
+                format!("{op:?} on the cluster is needed"),
+            ))
+        }
+    }
+
+    /// CREATE on the cluster or on the topic, as Kafka asks of a creation.
+    pub fn create_topic(&self, name: &str) -> Result<(), crate::broker::KafkaError> {
+        self.cluster(sluice_security::Operation::Create)
+            .or_else(|_| self.topic(sluice_security::Operation::Create, name))
     }
 }
 

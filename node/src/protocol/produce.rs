@@ -6,9 +6,10 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 
-use super::{str_bytes, Services};
+use super::{str_bytes, Client, Services};
 use crate::broker::{KafkaError, Topic};
 use crate::log::batch::Header;
+use sluice_security::Operation;
 
 fn partition_error(index: i32, e: &KafkaError, version: i16) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default()
@@ -105,7 +106,12 @@ async fn verify_transaction(
 /// Returns `None` for acks=0: the client expects no response at all.
 /// Every partition is appended first; with `acks=all` the response then
 /// waits, up to the request's timeout, for each to reach its ISR.
-pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Option<ProduceResponse> {
+pub async fn produce(
+    svc: &Services,
+    req: ProduceRequest,
+    version: i16,
+    client: &Client,
+) -> Option<ProduceResponse> {
     let broker = &svc.broker;
     let transactional_id = req.transactional_id.as_ref().map(|t| t.0.as_str());
     let acks = req.acks;
@@ -115,16 +121,34 @@ pub async fn produce(svc: &Services, req: ProduceRequest, version: i16) -> Optio
             format!("acks must be -1, 0 or 1, got {acks}"),
         )
     });
+    // WRITE on the transactional id and on each topic (before anything
+    // about the topic is told).
+    let txn_denied = transactional_id
+        .is_some_and(|id| !svc.authorize_txn(client, Operation::Write, id))
+        .then(|| {
+            KafkaError::new(
+                ResponseError::TransactionalIdAuthorizationFailed,
+                "WRITE on the transactional id is needed",
+            )
+        });
     // What each partition gets: an error now, or an append. Checks that
     // may wait (a transaction's coordinator) run here, on the async worker.
     let mut plans = Vec::with_capacity(req.topic_data.len());
     for td in &req.topic_data {
         let name = td.name.0.to_string();
         let topic = broker.topic(&name);
+        let denied = (!svc.authorize_topic(client, Operation::Write, &name)).then(|| {
+            KafkaError::new(
+                ResponseError::TopicAuthorizationFailed,
+                format!("WRITE on topic {name} is needed"),
+            )
+        });
         let mut partitions = Vec::with_capacity(td.partition_data.len());
         for pd in &td.partition_data {
             let plan = match (&acks_error, &topic) {
                 (Some(e), _) => Err(e.clone()),
+                (None, _) if txn_denied.is_some() => Err(txn_denied.clone().expect("checked")),
+                (None, _) if denied.is_some() => Err(denied.clone().expect("checked")),
                 (None, None) => Err(KafkaError::new(
                     ResponseError::UnknownTopicOrPartition,
                     format!("topic {name} does not exist"),

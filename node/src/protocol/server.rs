@@ -28,11 +28,18 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::limits::{Refused, Reservation};
 use super::{
-    admin, fetch, group, metadata, produce, security, str_bytes, txn, versions, Client, Services,
+    admin, fetch, group, metadata, produce, security, str_bytes, txn, versions, Authz, Client,
+    Services,
 };
 use crate::metrics::ApiLabels;
 use crate::security::sasl::{Authenticator, Failed, Handshake, Outcome};
 use crate::security::Protocol;
+use kafka_protocol::messages::{
+    AddOffsetsToTxnResponse, AlterPartitionReassignmentsResponse, DescribeLogDirsResponse,
+    ElectLeadersResponse, EndTxnResponse, InitProducerIdResponse,
+    ListPartitionReassignmentsResponse, ProducerId,
+};
+use sluice_security::{Operation, ResourceType};
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]
@@ -661,6 +668,7 @@ async fn dispatch(
 ) -> Option<ResponseKind> {
     let v = header.request_api_version;
     let broker = &svc.broker;
+    let authz = Authz { svc, client };
     Some(match request {
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(group::find_coordinator(svc, r, v, client))
@@ -668,88 +676,172 @@ async fn dispatch(
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(group::join_group(svc, r, v, client).await)
         }
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(group::sync_group(svc, r, v).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group::heartbeat(svc, r, v)),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(group::leave_group(svc, r, v)),
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(group::sync_group(svc, r, v, client).await)
+        }
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(group::heartbeat(svc, r, v, client)),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(group::leave_group(svc, r, v, client))
+        }
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(group::offset_commit(svc, r, v).await)
+            ResponseKind::OffsetCommit(group::offset_commit(svc, r, v, client).await)
         }
-        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(group::offset_fetch(svc, r, v)),
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(group::offset_fetch(svc, r, v, client))
+        }
         RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(group::describe_groups(svc, r, v))
+            ResponseKind::DescribeGroups(group::describe_groups(svc, r, v, client))
         }
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(group::list_groups(svc, r, v)),
+        RequestKind::ListGroups(r) => {
+            ResponseKind::ListGroups(group::list_groups(svc, r, v, client))
+        }
         RequestKind::DeleteGroups(r) => {
-            ResponseKind::DeleteGroups(group::delete_groups(svc, r, v).await)
+            ResponseKind::DeleteGroups(group::delete_groups(svc, r, v, client).await)
         }
         RequestKind::OffsetDelete(r) => {
-            ResponseKind::OffsetDelete(group::offset_delete(svc, r, v).await)
+            ResponseKind::OffsetDelete(group::offset_delete(svc, r, v, client).await)
         }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions_body(0)),
         RequestKind::Metadata(r) => {
-            ResponseKind::Metadata(metadata::metadata(broker, r, v, &client.listener).await)
+            ResponseKind::Metadata(metadata::metadata(svc, r, v, client).await)
         }
         RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(
             metadata::describe_cluster(broker, r, v, &client.listener),
         ),
-        RequestKind::DescribeTopicPartitions(r) => {
-            ResponseKind::DescribeTopicPartitions(metadata::describe_topic_partitions(broker, r, v))
+        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+            metadata::describe_topic_partitions(svc, r, v, client),
+        ),
+        RequestKind::Produce(r) => {
+            ResponseKind::Produce(produce::produce(svc, r, v, client).await?)
         }
-        RequestKind::Produce(r) => ResponseKind::Produce(produce::produce(svc, r, v).await?),
         RequestKind::AlterConfigs(r) => {
-            ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v).await)
+            ResponseKind::AlterConfigs(admin::alter_configs(broker, r, v, &authz).await)
         }
         RequestKind::IncrementalAlterConfigs(r) => ResponseKind::IncrementalAlterConfigs(
-            admin::incremental_alter_configs(broker, r, v).await,
+            admin::incremental_alter_configs(broker, r, v, &authz).await,
         ),
         RequestKind::DescribeLogDirs(r) => {
-            ResponseKind::DescribeLogDirs(admin::describe_log_dirs(broker, r, v))
+            if authz.cluster(Operation::Describe).is_err() {
+                ResponseKind::DescribeLogDirs(
+                    DescribeLogDirsResponse::default()
+                        .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+                )
+            } else {
+                ResponseKind::DescribeLogDirs(admin::describe_log_dirs(broker, r, v))
+            }
         }
         RequestKind::DescribeProducers(r) => {
-            ResponseKind::DescribeProducers(admin::describe_producers(broker, r, v))
+            ResponseKind::DescribeProducers(admin::describe_producers(broker, r, v, &authz))
         }
         RequestKind::DeleteRecords(r) => {
             // Store writes and the compaction of the deleted range, off the
             // async workers.
             let broker = broker.clone();
+            let denied: Vec<String> = r
+                .topics
+                .iter()
+                .map(|t| t.name.to_string())
+                .filter(|n| authz.topic(Operation::Delete, n).is_err())
+                .collect();
             ResponseKind::DeleteRecords(
-                tokio::task::spawn_blocking(move || admin::delete_records(&broker, r, v))
+                tokio::task::spawn_blocking(move || admin::delete_records(&broker, r, v, &denied))
                     .await
                     .expect("DeleteRecords does not panic"),
             )
         }
         RequestKind::OffsetForLeaderEpoch(r) => {
-            ResponseKind::OffsetForLeaderEpoch(fetch::offset_for_leader_epoch(broker, r, v))
+            ResponseKind::OffsetForLeaderEpoch(fetch::offset_for_leader_epoch(svc, r, v, client))
         }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(txn::init_producer_id(svc, r, v).await)
+            // WRITE on the transactional id; an idempotent producer needs
+            // IDEMPOTENT_WRITE on the cluster or WRITE on some topic.
+            let denied = match r.transactional_id.as_deref() {
+                Some(id) if !id.is_empty() => (!svc.authorize_txn(client, Operation::Write, id))
+                    .then_some(ResponseError::TransactionalIdAuthorizationFailed),
+                _ => (!svc.authorize_cluster(client, Operation::IdempotentWrite)
+                    && !svc.authorize_any(client, Operation::Write, ResourceType::Topic))
+                .then_some(ResponseError::ClusterAuthorizationFailed),
+            };
+            match denied {
+                Some(e) => ResponseKind::InitProducerId(
+                    InitProducerIdResponse::default()
+                        .with_error_code(e.code())
+                        .with_producer_id(ProducerId(-1))
+                        .with_producer_epoch(-1),
+                ),
+                None => ResponseKind::InitProducerId(txn::init_producer_id(svc, r, v).await),
+            }
         }
         RequestKind::AddPartitionsToTxn(r) => {
-            ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(svc, r, v).await)
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(svc, r, v, &authz).await)
         }
         RequestKind::AddOffsetsToTxn(r) => {
-            ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(svc, r, v).await)
+            let denied = if !svc.authorize_txn(client, Operation::Write, &r.transactional_id) {
+                Some(ResponseError::TransactionalIdAuthorizationFailed)
+            } else if !svc.authorize_group(client, Operation::Read, &r.group_id) {
+                Some(ResponseError::GroupAuthorizationFailed)
+            } else {
+                None
+            };
+            match denied {
+                Some(e) => ResponseKind::AddOffsetsToTxn(
+                    AddOffsetsToTxnResponse::default().with_error_code(e.code()),
+                ),
+                None => ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(svc, r, v).await),
+            }
+        }
+        RequestKind::EndTxn(r)
+            if !svc.authorize_txn(client, Operation::Write, &r.transactional_id) =>
+        {
+            ResponseKind::EndTxn(
+                EndTxnResponse::default()
+                    .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            )
         }
         RequestKind::EndTxn(r) => ResponseKind::EndTxn(txn::end_txn(svc, r, v).await),
         RequestKind::TxnOffsetCommit(r) => {
-            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(svc, r, v).await)
+            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(svc, r, v, &authz).await)
         }
         RequestKind::DescribeTransactions(r) => {
-            ResponseKind::DescribeTransactions(txn::describe_transactions(svc, r, v))
+            ResponseKind::DescribeTransactions(txn::describe_transactions(svc, r, v, client))
         }
         RequestKind::ListTransactions(r) => {
-            ResponseKind::ListTransactions(txn::list_transactions(svc, r, v))
+            ResponseKind::ListTransactions(txn::list_transactions(svc, r, v, client))
         }
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(svc, r, v, held).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(fetch::list_offsets(broker, r, v)),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::fetch(svc, r, v, held, client).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(fetch::list_offsets(svc, r, v, client))
+        }
         RequestKind::CreateTopics(r) => {
-            ResponseKind::CreateTopics(admin::create_topics(broker, r, v).await)
+            ResponseKind::CreateTopics(admin::create_topics(broker, r, v, &authz).await)
         }
         RequestKind::DeleteTopics(r) => {
-            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, v).await)
+            ResponseKind::DeleteTopics(admin::delete_topics(broker, r, v, &authz).await)
         }
         RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(admin::create_partitions(broker, r, v).await)
+            ResponseKind::CreatePartitions(admin::create_partitions(broker, r, v, &authz).await)
+        }
+        RequestKind::AlterPartitionReassignments(_) if authz.cluster(Operation::Alter).is_err() => {
+            ResponseKind::AlterPartitionReassignments(
+                AlterPartitionReassignmentsResponse::default()
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+            )
+        }
+        RequestKind::ListPartitionReassignments(_)
+            if authz.cluster(Operation::Describe).is_err() =>
+        {
+            ResponseKind::ListPartitionReassignments(
+                ListPartitionReassignmentsResponse::default()
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+            )
+        }
+        RequestKind::ElectLeaders(_) if authz.cluster(Operation::Alter).is_err() => {
+            ResponseKind::ElectLeaders(
+                ElectLeadersResponse::default()
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+            )
         }
         RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
             admin::alter_partition_reassignments(broker, r, v).await,
@@ -776,7 +868,7 @@ async fn dispatch(
             ResponseKind::DeleteAcls(security::delete_acls(svc, r, client).await)
         }
         RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(admin::describe_configs(broker, r, v))
+            ResponseKind::DescribeConfigs(admin::describe_configs(broker, r, v, &authz))
         }
         other => {
             // versions::supported() admits only the APIs above.

@@ -25,8 +25,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, Services};
+use super::{Authz, Client};
 use crate::group::coordinator::CommitPartition;
 use crate::group::OFFSETS_TOPIC;
+use sluice_security::Operation;
 
 /// InitProducerId. Without a transactional id: a fresh producer id at
 /// epoch 0, or, when a producer asks to bump its own epoch (KIP-360, v3+),
@@ -150,6 +152,7 @@ fn answered(topics: &[AddPartitionsToTxnTopic], code: i16) -> Vec<AddPartitionsT
 
 /// One transaction's AddPartitionsToTxn (or, with `verify_only`, the check
 /// that its partitions were added).
+#[allow(clippy::too_many_arguments)]
 async fn add_one(
     svc: &Services,
     id: &str,
@@ -158,7 +161,34 @@ async fn add_one(
     verify_only: bool,
     topics: &[AddPartitionsToTxnTopic],
     version: i16,
+    authz: &Authz<'_>,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
+    // WRITE on the transactional id, then on every topic: a topic refused
+    // leaves the others not attempted, as Kafka answers.
+    if !svc.authorize_txn(authz.client, Operation::Write, id) {
+        return answered(
+            topics,
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+        );
+    }
+    let denied: Vec<bool> = topics
+        .iter()
+        .map(|t| authz.topic(Operation::Write, &t.name).is_err())
+        .collect();
+    if denied.iter().any(|d| *d) {
+        return topics
+            .iter()
+            .zip(denied)
+            .flat_map(|(t, d)| {
+                let code = if d {
+                    ResponseError::TopicAuthorizationFailed
+                } else {
+                    ResponseError::OperationNotAttempted
+                };
+                answered(std::slice::from_ref(t), code.code())
+            })
+            .collect();
+    }
     let partitions = match existing(svc, topics) {
         Ok(p) => p,
         Err(results) => return results,
@@ -204,6 +234,7 @@ pub async fn add_partitions_to_txn(
     svc: &Services,
     req: AddPartitionsToTxnRequest,
     version: i16,
+    authz: &Authz<'_>,
 ) -> AddPartitionsToTxnResponse {
     if version <= 3 {
         let results = add_one(
@@ -214,6 +245,7 @@ pub async fn add_partitions_to_txn(
             false,
             &req.v3_and_below_topics,
             version,
+            authz,
         )
         .await;
         return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
@@ -228,6 +260,7 @@ pub async fn add_partitions_to_txn(
             t.verify_only,
             &t.topics,
             version,
+            authz,
         )
         .await;
         out.push(
@@ -284,11 +317,28 @@ pub async fn txn_offset_commit(
     svc: &Services,
     req: TxnOffsetCommitRequest,
     version: i16,
+    authz: &Authz<'_>,
 ) -> TxnOffsetCommitResponse {
+    // WRITE on the transactional id, READ on the group, then READ on each
+    // topic (refused topics are answered alone, the rest committed).
+    let whole = if !svc.authorize_txn(authz.client, Operation::Write, &req.transactional_id) {
+        Some(ResponseError::TransactionalIdAuthorizationFailed)
+    } else if !svc.authorize_group(authz.client, Operation::Read, &req.group_id) {
+        Some(ResponseError::GroupAuthorizationFailed)
+    } else {
+        None
+    };
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| whole.is_none() && authz.topic(Operation::Read, &t.name).is_ok())
+        .collect();
     let parts: Vec<CommitPartition> = req
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&readable)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(t, _)| {
             t.partitions.iter().map(|p| CommitPartition {
                 topic: t.name.to_string(),
                 partition: p.partition_index,
@@ -304,6 +354,7 @@ pub async fn txn_offset_commit(
         (String::new(), -1)
     };
     let results = match verify_offsets(svc, &req).await {
+        _ if parts.is_empty() => Ok(vec![]),
         Ok(guard) => {
             svc.groups
                 .commit_transactional(
@@ -333,16 +384,22 @@ pub async fn txn_offset_commit(
     let topics = req
         .topics
         .iter()
-        .map(|t| {
+        .zip(&readable)
+        .map(|(t, ok)| {
             TxnOffsetCommitResponseTopic::default()
                 .with_name(t.name.clone())
                 .with_partitions(
                     t.partitions
                         .iter()
                         .map(|p| {
+                            let code = match (whole, ok) {
+                                (Some(e), _) => e.code(),
+                                (None, false) => ResponseError::TopicAuthorizationFailed.code(),
+                                (None, true) => codes.next().unwrap_or(0),
+                            };
                             TxnOffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
-                                .with_error_code(codes.next().unwrap_or(0))
+                                .with_error_code(code)
                         })
                         .collect(),
                 )
@@ -386,39 +443,46 @@ pub fn describe_transactions(
     svc: &Services,
     req: DescribeTransactionsRequest,
     _version: i16,
+    client: &Client,
 ) -> DescribeTransactionsResponse {
     let states = req
         .transactional_ids
         .into_iter()
-        .map(|id| match svc.txns.describe(&id) {
-            Ok(m) => {
-                let mut topics: Vec<TopicData> = vec![];
-                for (t, p) in &m.partitions {
-                    match topics.iter_mut().find(|d| d.topic.0.as_str() == t) {
-                        Some(d) => d.partitions.push(*p),
-                        None => topics.push(
-                            TopicData::default()
-                                .with_topic(TopicName(str_bytes(t.clone())))
-                                .with_partitions(vec![*p]),
-                        ),
+        .map(|id| {
+            match svc
+                .authorize_txn(client, Operation::Describe, &id)
+                .then(|| svc.txns.describe(&id))
+                .unwrap_or(Err(ResponseError::TransactionalIdAuthorizationFailed))
+            {
+                Ok(m) => {
+                    let mut topics: Vec<TopicData> = vec![];
+                    for (t, p) in &m.partitions {
+                        match topics.iter_mut().find(|d| d.topic.0.as_str() == t) {
+                            Some(d) => d.partitions.push(*p),
+                            None => topics.push(
+                                TopicData::default()
+                                    .with_topic(TopicName(str_bytes(t.clone())))
+                                    .with_partitions(vec![*p]),
+                            ),
+                        }
                     }
+                    DescribedState::default()
+                        .with_transactional_id(id)
+                        .with_transaction_state(str_bytes(m.state.name().to_string()))
+                        .with_transaction_timeout_ms(m.timeout_ms)
+                        .with_transaction_start_time_ms(m.started_ms)
+                        .with_producer_id(ProducerId(m.producer_id))
+                        .with_producer_epoch(m.producer_epoch)
+                        .with_topics(topics)
                 }
-                DescribedState::default()
+                Err(e) => DescribedState::default()
                     .with_transactional_id(id)
-                    .with_transaction_state(str_bytes(m.state.name().to_string()))
-                    .with_transaction_timeout_ms(m.timeout_ms)
-                    .with_transaction_start_time_ms(m.started_ms)
-                    .with_producer_id(ProducerId(m.producer_id))
-                    .with_producer_epoch(m.producer_epoch)
-                    .with_topics(topics)
+                    .with_error_code(e.code())
+                    .with_transaction_state(str_bytes(String::new()))
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+                    .with_transaction_start_time_ms(-1),
             }
-            Err(e) => DescribedState::default()
-                .with_transactional_id(id)
-                .with_error_code(e.code())
-                .with_transaction_state(str_bytes(String::new()))
-                .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1)
-                .with_transaction_start_time_ms(-1),
         })
         .collect();
     DescribeTransactionsResponse::default().with_transaction_states(states)
@@ -440,6 +504,7 @@ pub fn list_transactions(
     svc: &Services,
     req: ListTransactionsRequest,
     version: i16,
+    client: &Client,
 ) -> ListTransactionsResponse {
     let filters: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();
     let unknown: Vec<_> = req
@@ -458,6 +523,7 @@ pub fn list_transactions(
         .txns
         .list(&filters, &pids, min_duration)
         .into_iter()
+        .filter(|m| svc.authorize_txn(client, Operation::Describe, &m.transactional_id))
         .map(|m| {
             ListedState::default()
                 .with_transactional_id(TransactionalId(str_bytes(m.transactional_id)))
