@@ -497,6 +497,63 @@ fn seed_body(api: ApiKey, version: i16, records: &Bytes) -> Option<Vec<u8>> {
             ListTransactionsRequest::default().with_state_filters(vec![s("Ongoing")]),
             version,
         ),
+        ApiKey::SaslHandshake => enc(
+            SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-512")),
+            version,
+        ),
+        ApiKey::SaslAuthenticate => enc(
+            SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"n,,n=a,r=x")),
+            version,
+        ),
+        ApiKey::DescribeAcls => enc(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+            version,
+        ),
+        ApiKey::CreateAcls => enc(
+            CreateAclsRequest::default().with_creations(vec![
+                create_acls_request::AclCreation::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("fuzz"))
+                    .with_resource_pattern_type(3)
+                    .with_principal(s("User:a"))
+                    .with_host(s("*"))
+                    .with_operation(3)
+                    .with_permission_type(3),
+            ]),
+            version,
+        ),
+        ApiKey::DeleteAcls => enc(
+            DeleteAclsRequest::default().with_filters(vec![
+                delete_acls_request::DeleteAclsFilter::default()
+                    .with_resource_type_filter(2)
+                    .with_resource_name_filter(Some(s("fuzz")))
+                    .with_pattern_type_filter(3)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            ]),
+            version,
+        ),
+        ApiKey::DescribeUserScramCredentials => enc(
+            DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+                describe_user_scram_credentials_request::UserName::default().with_name(s("a")),
+            ])),
+            version,
+        ),
+        ApiKey::AlterUserScramCredentials => enc(
+            AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                    .with_name(s("fuzz-user"))
+                    .with_mechanism(2)
+                    .with_iterations(4096)
+                    .with_salt(Bytes::from_static(b"salt"))
+                    .with_salted_password(Bytes::from(vec![7u8; 64])),
+            ]),
+            version,
+        ),
         _ => None,
     }
 }

@@ -153,9 +153,11 @@ fn hmac_sign(m: Mechanism, key: &[u8], data: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn salted_password(m: Mechanism, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+/// SaltedPassword (PBKDF2 of the password): what AlterUserScramCredentials
+/// carries, so the password itself never travels.
+pub fn salted_password(m: Mechanism, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
     let mut out = vec![0; m.len()];
-    let n = NonZeroU32::new(iterations).expect("iterations were checked");
+    let n = NonZeroU32::new(iterations.max(1)).expect("at least one iteration");
     pbkdf2::derive(m.pbkdf2(), n, salt, password, &mut out);
     out
 }
@@ -478,61 +480,76 @@ pub fn server_nonce() -> String {
     B64.encode(bytes)
 }
 
+/// The client's side of an exchange (RFC 5802): what the operator and the
+/// tests use to log in to a node.
+pub struct ClientExchange {
+    m: Mechanism,
+    password: String,
+    nonce: String,
+    first_bare: String,
+}
+
+impl ClientExchange {
+    /// `nonce`: printable, without commas (see [`server_nonce`]).
+    pub fn new(m: Mechanism, user: &str, password: &str, nonce: &str) -> ClientExchange {
+        let escaped = user.replace('=', "=3D").replace(',', "=2C");
+        ClientExchange {
+            m,
+            password: password.into(),
+            nonce: nonce.into(),
+            first_bare: format!("n={escaped},r={nonce}"),
+        }
+    }
+
+    /// The client-first message.
+    pub fn first(&self) -> Vec<u8> {
+        format!("n,,{}", self.first_bare).into_bytes()
+    }
+
+    /// The client-final message for the server's first message, and the
+    /// server-final message a server that knows the password sends.
+    pub fn last(&self, server_first: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ScramError> {
+        let sf =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let mut it = sf.split(',');
+        let r = attr(it.next(), 'r')?;
+        if !r.starts_with(&self.nonce) {
+            return Err(ScramError::Nonce);
+        }
+        let salt = B64
+            .decode(attr(it.next(), 's')?)
+            .map_err(|_| ScramError::Malformed("salt is not base64"))?;
+        let i: u32 = attr(it.next(), 'i')?
+            .parse()
+            .map_err(|_| ScramError::Malformed("bad iteration count"))?;
+        if i == 0 {
+            return Err(ScramError::Malformed("bad iteration count"));
+        }
+        let salted = salted_password(self.m, self.password.as_bytes(), &salt, i);
+        let client_key = hmac_sign(self.m, &salted, b"Client Key");
+        let stored = digest::digest(self.m.digest(), &client_key);
+        let without = format!("c=biws,r={r}");
+        let auth = format!("{},{sf},{without}", self.first_bare);
+        let sig = hmac_sign(self.m, stored.as_ref(), auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+        let server_key = hmac_sign(self.m, &salted, b"Server Key");
+        let expect = format!(
+            "v={}",
+            B64.encode(hmac_sign(self.m, &server_key, auth.as_bytes()))
+        );
+        Ok((
+            format!("{without},p={}", B64.encode(proof)).into_bytes(),
+            expect.into_bytes(),
+        ))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The client side of RFC 5802, enough to drive the server in tests.
-    pub struct Client {
-        m: Mechanism,
-        user: String,
-        password: String,
-        nonce: String,
-        first_bare: String,
-    }
-
-    impl Client {
-        pub fn new(m: Mechanism, user: &str, password: &str, nonce: &str) -> Client {
-            let escaped = user.replace('=', "=3D").replace(',', "=2C");
-            Client {
-                m,
-                user: user.into(),
-                password: password.into(),
-                nonce: nonce.into(),
-                first_bare: format!("n={escaped},r={nonce}"),
-            }
-        }
-        pub fn first(&self) -> Vec<u8> {
-            format!("n,,{}", self.first_bare).into_bytes()
-        }
-        /// The final message and the server signature it expects.
-        pub fn last(&self, server_first: &[u8]) -> (Vec<u8>, Vec<u8>) {
-            let sf = std::str::from_utf8(server_first).unwrap();
-            let mut it = sf.split(',');
-            let r = &it.next().unwrap()[2..];
-            assert!(r.starts_with(&self.nonce));
-            let salt = B64.decode(&it.next().unwrap()[2..]).unwrap();
-            let i: u32 = it.next().unwrap()[2..].parse().unwrap();
-            let salted = salted_password(self.m, self.password.as_bytes(), &salt, i);
-            let client_key = hmac_sign(self.m, &salted, b"Client Key");
-            let stored = digest::digest(self.m.digest(), &client_key);
-            let without = format!("c=biws,r={r}");
-            let auth = format!("{},{sf},{without}", self.first_bare);
-            let sig = hmac_sign(self.m, stored.as_ref(), auth.as_bytes());
-            let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
-            let server_key = hmac_sign(self.m, &salted, b"Server Key");
-            let expect = format!(
-                "v={}",
-                B64.encode(hmac_sign(self.m, &server_key, auth.as_bytes()))
-            );
-            let _ = &self.user;
-            (
-                format!("{without},p={}", B64.encode(proof)).into_bytes(),
-                expect.into_bytes(),
-            )
-        }
-    }
+    use ClientExchange as Client;
 
     /// RFC 7677's example exchange, byte for byte.
     #[test]
@@ -581,7 +598,7 @@ pub(crate) mod tests {
         else {
             panic!("the first message does not end the exchange")
         };
-        let (last, expect) = client.last(&sf);
+        let (last, expect) = client.last(&sf).unwrap();
         let step = ex.step(&last, |_| None, String::new)?;
         if let Step::Done { server_final, .. } = &step {
             assert_eq!(server_final, &expect);
@@ -670,7 +687,7 @@ pub(crate) mod tests {
             let Ok(Step::Continue(sf)) = ex.step(&client.first(), |_| Some(cred.clone()), server_nonce) else {
                 panic!("first step")
             };
-            let (mut last, _) = client.last(&sf);
+            let (mut last, _) = client.last(&sf).unwrap();
             let i = flip % last.len();
             last[i] ^= 0x01;
             prop_assert!(ex.step(&last, |_| None, String::new).is_err());
