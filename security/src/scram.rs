@@ -288,7 +288,7 @@ pub enum Step {
 }
 
 /// Splits `name=value` attributes of a SCRAM message.
-fn attr<'a>(part: Option<&'a str>, name: char) -> Result<&'a str, ScramError> {
+fn attr(part: Option<&str>, name: char) -> Result<&str, ScramError> {
     let part = part.ok_or(ScramError::Malformed("missing attribute"))?;
     let mut chars = part.chars();
     if chars.next() != Some(name) || chars.next() != Some('=') {
@@ -667,11 +667,14 @@ pub(crate) mod tests {
             CredentialError::Iterations(4095)
         );
         assert!(ScramCredential::new(Mechanism::Sha256, "pw", 16385).is_err());
-        let c = ScramCredential::new(Mechanism::Sha512, "pw", 4096).unwrap();
-        assert!(c.verify_password(Mechanism::Sha512, "pw"));
-        assert!(!c.verify_password(Mechanism::Sha512, "pW"));
+        let pw = "correct horse battery staple";
+        let c = ScramCredential::new(Mechanism::Sha512, pw, 4096).unwrap();
+        assert!(c.verify_password(Mechanism::Sha512, pw));
+        assert!(!c.verify_password(Mechanism::Sha512, "correct horse battery stapler"));
+        // Stored salted and hashed: no trace of the password (base64 has
+        // no spaces).
         let json = serde_json::to_string(&c).unwrap();
-        assert!(!json.contains("pw"));
+        assert!(!json.contains(pw) && !json.contains(' '));
         assert_eq!(serde_json::from_str::<ScramCredential>(&json).unwrap(), c);
         assert!(!format!("{c:?}").contains("stored"));
     }

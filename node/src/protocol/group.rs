@@ -497,10 +497,12 @@ pub fn offset_fetch(
             .collect()
     });
     let named = wanted.is_some();
-    let fetched = match group_ok(&req.group_id)
-        .then(|| svc.groups.fetch_offsets(&req.group_id, wanted))
-        .unwrap_or(Err(ResponseError::GroupAuthorizationFailed))
-    {
+    let fetched = if group_ok(&req.group_id) {
+        svc.groups.fetch_offsets(&req.group_id, wanted)
+    } else {
+        Err(ResponseError::GroupAuthorizationFailed)
+    };
+    let fetched = match fetched {
         Ok(f) => visible(f, named),
         Err(e) => {
             let mut r = OffsetFetchResponse::default();
@@ -575,8 +577,12 @@ pub fn describe_groups(
         .map(|id| {
             let mut out = DescribedGroup::default().with_group_id(id.clone());
             if version >= 3 {
-                out.authorized_operations =
-                    super::ops::when(req.include_authorized_operations, super::ops::GROUP);
+                out.authorized_operations = svc.authorized_ops(
+                    client,
+                    sluice_security::ResourceType::Group,
+                    id,
+                    super::ops::when(req.include_authorized_operations, super::ops::GROUP),
+                );
             }
             if id.is_empty() {
                 return out.with_error_code(ResponseError::InvalidGroupId.code());

@@ -17,7 +17,8 @@ use super::{ops, str_bytes, Client, Services};
 use crate::broker::{mono_ms, Broker, Topic};
 use crate::config::validate_topic_name;
 use crate::coord::View;
-use sluice_security::Operation;
+use sluice_security::acl::CLUSTER_NAME;
+use sluice_security::{Operation, ResourceType};
 
 /// The address clients of `listener` should use for this node.
 pub(crate) fn advertised_for(broker: &Broker, listener: &str) -> (String, i32) {
@@ -202,15 +203,21 @@ pub async fn metadata(
         ops::TOPIC,
     );
     for t in resp.topics.iter_mut() {
-        t.topic_authorized_operations = if t.error_code == 0 {
-            topic_ops
-        } else {
-            ops::NOT_REQUESTED
+        t.topic_authorized_operations = match &t.name {
+            Some(name) if t.error_code == 0 => {
+                svc.authorized_ops(client, ResourceType::Topic, name, topic_ops)
+            }
+            _ => ops::NOT_REQUESTED,
         };
     }
-    resp.cluster_authorized_operations = ops::when(
-        (8..=10).contains(&version) && req.include_cluster_authorized_operations,
-        ops::CLUSTER,
+    resp.cluster_authorized_operations = svc.authorized_ops(
+        client,
+        ResourceType::Cluster,
+        CLUSTER_NAME,
+        ops::when(
+            (8..=10).contains(&version) && req.include_cluster_authorized_operations,
+            ops::CLUSTER,
+        ),
     );
     resp
 }
@@ -243,7 +250,8 @@ async fn requested_topic(
             // DESCRIBE the client learns nothing of the name.
             let create = svc.authorize_cluster(client, Operation::Create)
                 || svc.authorize_topic(client, Operation::Create, &name);
-            if !describe && !(create && allow_auto && broker.config.auto_create_topics) {
+            let may_create = create && allow_auto && broker.config.auto_create_topics;
+            if !(describe || may_create) {
                 return topic_error(
                     rt.name,
                     Uuid::nil(),

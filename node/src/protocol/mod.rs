@@ -128,6 +128,28 @@ impl Services {
         )
     }
 
+    /// Kafka's authorized-operations bit field for one resource: `all`
+    /// (what the type supports) without an authorizer, else the operations
+    /// the principal may do on it.
+    pub fn authorized_ops(
+        &self,
+        client: &Client,
+        rtype: sluice_security::ResourceType,
+        name: &str,
+        all: i32,
+    ) -> i32 {
+        if self.security.authorizer.is_none() || all == ops::NOT_REQUESTED {
+            return all;
+        }
+        (0..31)
+            .filter(|bit| all & (1 << bit) != 0)
+            .filter(|bit| {
+                sluice_security::Operation::from_code(*bit as i8)
+                    .is_some_and(|op| self.authorize(client, op, rtype, name))
+            })
+            .fold(0, |acc, bit| acc | (1 << bit))
+    }
+
     pub fn authorize_cluster(&self, client: &Client, op: sluice_security::Operation) -> bool {
         self.authorize(
             client,

@@ -540,7 +540,7 @@ struct Request {
 enum Decoded {
     /// Answered without decoding (ApiVersions at a version we lack).
     Answer(Response),
-    Request(Request),
+    Request(Box<Request>),
 }
 
 /// Decodes one request frame (without its length prefix).
@@ -572,12 +572,12 @@ fn decode(mut frame: Bytes) -> Result<Decoded, FrameError> {
         Ok::<_, anyhow::Error>((header, request))
     });
     match decoded {
-        Ok(Ok((header, request))) => Ok(Decoded::Request(Request {
+        Ok(Ok((header, request))) => Ok(Decoded::Request(Box::new(Request {
             api,
             version,
             header,
             request,
-        })),
+        }))),
         Ok(Err(e)) => Err(FrameError::Malformed(api, version, e.to_string())),
         Err(_) => Err(FrameError::Malformed(
             api,
@@ -603,7 +603,7 @@ pub async fn handle_frame(
         request,
     } = match decode(frame)? {
         Decoded::Answer(r) => return Ok(Some(r)),
-        Decoded::Request(r) => r,
+        Decoded::Request(r) => *r,
     };
     let labels = ApiLabels {
         api: format!("{api:?}"),

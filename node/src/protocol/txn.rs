@@ -449,11 +449,12 @@ pub fn describe_transactions(
         .transactional_ids
         .into_iter()
         .map(|id| {
-            match svc
-                .authorize_txn(client, Operation::Describe, &id)
-                .then(|| svc.txns.describe(&id))
-                .unwrap_or(Err(ResponseError::TransactionalIdAuthorizationFailed))
-            {
+            let described = if svc.authorize_txn(client, Operation::Describe, &id) {
+                svc.txns.describe(&id)
+            } else {
+                Err(ResponseError::TransactionalIdAuthorizationFailed)
+            };
+            match described {
                 Ok(m) => {
                     let mut topics: Vec<TopicData> = vec![];
                     for (t, p) in &m.partitions {

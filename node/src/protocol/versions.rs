@@ -1,6 +1,7 @@
 //! The API versions this node advertises. Each range is fully handled and
 //! exercised by the protocol matrix test (`node/tests/protocol.rs`), which
-//! sends every API at every version listed here.
+//! sends every API at every version listed here (the SASL, SCRAM and ACL
+//! APIs: `node/tests/security.rs`), and by the fuzzer (`node/tests/fuzz.rs`).
 
 use kafka_protocol::messages::ApiKey;
 

@@ -64,7 +64,10 @@ enum State {
     /// A mechanism was chosen; `raw` for a v0 handshake.
     Chosen { mech: Mech, raw: bool },
     /// Between SCRAM's two client messages.
-    Scram { exchange: ServerExchange, raw: bool },
+    Scram {
+        exchange: Box<ServerExchange>,
+        raw: bool,
+    },
     /// Authenticated (possibly again, if re-authenticating).
     Done,
 }
@@ -217,7 +220,10 @@ impl Authenticator {
                 let mut exchange = ServerExchange::new(m);
                 match exchange.step(token, |u| lookup(u, m), server_nonce) {
                     Ok(Step::Continue(reply)) => {
-                        self.state = State::Scram { exchange, raw };
+                        self.state = State::Scram {
+                            exchange: Box::new(exchange),
+                            raw,
+                        };
                         return Ok(Outcome::Continue(reply));
                     }
                     Ok(Step::Done { .. }) => unreachable!("SCRAM takes two client messages"),
