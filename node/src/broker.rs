@@ -341,6 +341,8 @@ pub struct Broker {
     view_read_at: AtomicI64,
     /// Set once this node shuts down on purpose (see [`Broker::leave`]).
     leaving: watch::Sender<bool>,
+    /// Mutual TLS to the other nodes (`--replication-tls`), set at start.
+    pub node_tls: std::sync::OnceLock<Arc<crate::security::grpc::NodeTls>>,
     me: std::sync::Weak<Broker>,
 }
 
@@ -466,6 +468,7 @@ impl Broker {
             lease_valid_until: AtomicI64::new(i64::MIN),
             view_read_at: AtomicI64::new(i64::MIN),
             leaving: watch::channel(false).0,
+            node_tls: std::sync::OnceLock::new(),
             config,
         }))
     }

@@ -344,6 +344,11 @@ struct SecurityArgs {
     /// (the first administrator).
     #[arg(long, env = "SLUICE_SCRAM_USERS_FILE")]
     scram_users_file: Option<PathBuf>,
+    /// Replication and transaction markers between nodes over mutual TLS,
+    /// with --ssl-cert, --ssl-key and --ssl-ca (a certificate valid for
+    /// the node's replication host, for client and server use).
+    #[arg(long, env = "SLUICE_REPLICATION_TLS", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    replication_tls: bool,
     /// Check every request against the ACLs; what no ACL allows is denied.
     #[arg(long, env = "SLUICE_AUTHORIZER", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     authorizer: bool,
@@ -391,6 +396,7 @@ impl SecurityArgs {
         s.max_reauth_ms = self.connections_max_reauth_ms;
         s.scram_users_file = self.scram_users_file;
         s.authorizer = self.authorizer;
+        s.replication_tls = self.replication_tls;
         s.allow_everyone_if_no_acl = self.allow_everyone_if_no_acl_found;
         s.super_users = self
             .super_users

@@ -203,7 +203,10 @@ pub async fn run(mut config: NodeConfig, metadata: Metadata) -> anyhow::Result<(
         },
         r = &mut node => return Err(start_failure(r)),
     };
-    println!("sluice ready kafka={} admin={}", ready.kafka, ready.admin);
+    println!(
+        "sluice ready kafka={} admin={} replication={}",
+        ready.kafka, ready.admin, ready.replication
+    );
     if let Some(config) = banner_text {
         eprintln!("{}", banner(&config, &[(0, ready.kafka, ready.admin)]));
     }
@@ -291,12 +294,15 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || Broker::open(config, Arc::new(Metrics::new()), coord))
             .await??
     };
+    if let Some(t) = &security.nodes {
+        let _ = broker.node_tls.set(t.clone());
+    }
     if import_local {
         import_local_topics(&broker).await?;
     }
     let groups = Coordinator::new(broker.clone(), config.groups.clone());
     let txns = crate::txn::Coordinator::new(broker.clone(), groups.clone(), config.txns.clone());
-    let repl_server = tokio::spawn(
+    let services_builder = || {
         tonic::transport::Server::builder()
             .add_service(leader::Service::new(broker.clone()))
             .add_service(crate::txn::markers::Service::new(
@@ -304,20 +310,25 @@ pub async fn serve(
                 groups.clone(),
                 &txns,
             ))
-            .serve_with_incoming(
-                // Small messages both ways: Nagle's algorithm would hold each
-                // answer for a delayed ACK.
-                tokio_stream::StreamExt::map(
-                    tokio_stream::wrappers::TcpListenerStream::new(replication),
-                    |s| {
-                        if let Ok(s) = &s {
-                            let _ = s.set_nodelay(true);
-                        }
-                        s
-                    },
-                ),
+    };
+    let repl_server = match &security.nodes {
+        // Mutual TLS between nodes: every connection through a handshake
+        // that requires a certificate the CA signed.
+        Some(t) => tokio::spawn(services_builder().serve_with_incoming(t.incoming(replication))),
+        None => tokio::spawn(services_builder().serve_with_incoming(
+            // Small messages both ways: Nagle's algorithm would hold each
+            // answer for a delayed ACK.
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(replication),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
             ),
-    );
+        )),
+    };
     let addrs = Ready {
         kafka: kafka_addr,
         admin: admin_addr,
@@ -752,6 +763,7 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
     let mut cluster: BTreeMap<i32, DevNode> = BTreeMap::new();
     let mut kafka = vec![];
     let mut admin = vec![];
+    let mut replication = vec![];
     for i in 0..nodes {
         let mut c = base.clone();
         c.node_id = i as i32;
@@ -777,12 +789,14 @@ pub async fn dev_cluster(base: NodeConfig, nodes: usize) -> anyhow::Result<()> {
         let ready = n.start(coord.clone()).await?;
         kafka.push(ready.kafka.to_string());
         admin.push(ready.admin.to_string());
+        replication.push(ready.replication.to_string());
         cluster.insert(i as i32, n);
     }
     println!(
-        "sluice ready kafka={} admin={}",
+        "sluice ready kafka={} admin={} replication={}",
         kafka.join(","),
-        admin.join(",")
+        admin.join(","),
+        replication.join(",")
     );
     if base.banner {
         let rows: Vec<(i32, String, String)> = (0..nodes)

@@ -152,7 +152,7 @@ async fn follower_copies_the_leader_and_the_high_watermark_follows() {
     let leader = test_leader(&leader_log, 1);
     let addr = serve(leader.clone()).await;
     let (tx, rx) = watch::channel(following(&follower_log, 1));
-    let session = tokio::spawn(follower::run(2, addr, rx, unthrottled()));
+    let session = tokio::spawn(follower::run(2, addr, rx, unthrottled(), None));
 
     for i in 0..20 {
         leader_log
@@ -246,7 +246,7 @@ async fn a_former_leaders_unreplicated_tail_is_truncated() {
     let leader = test_leader(&new_leader_log, 2);
     let addr = serve(leader).await;
     let (_tx, rx) = watch::channel(following(&old_leader_log, 2));
-    tokio::spawn(follower::run(2, addr, rx, unthrottled()));
+    tokio::spawn(follower::run(2, addr, rx, unthrottled(), None));
     until("the old leader to converge", || {
         old_leader_log.log_end_offset() == 9 && old_leader_log.latest_epoch() == 2
     })
@@ -298,7 +298,7 @@ async fn a_follower_behind_the_leaders_log_start_resets() {
     let leader = test_leader(&leader_log, 0);
     let addr = serve(leader).await;
     let (_tx, rx) = watch::channel(following(&follower_log, 0));
-    tokio::spawn(follower::run(2, addr, rx, unthrottled()));
+    tokio::spawn(follower::run(2, addr, rx, unthrottled(), None));
     until("the follower to reset and catch up", || {
         follower_log.log_end_offset() == 10
     })
@@ -340,7 +340,7 @@ async fn a_follower_resets_to_a_log_start_inside_a_batch() {
     let leader = test_leader(&leader_log, 0);
     let addr = serve(leader).await;
     let (_tx, rx) = watch::channel(following(&follower_log, 0));
-    tokio::spawn(follower::run(2, addr, rx, unthrottled()));
+    tokio::spawn(follower::run(2, addr, rx, unthrottled(), None));
     until(
         "the follower to take the straddling batch and the rest",
         || follower_log.log_end_offset() == 30,
@@ -384,7 +384,7 @@ async fn a_replica_being_added_catches_up_no_faster_than_the_throttle() {
     let rate = 128 * 1024;
     let throttle = Arc::new(Throttle::new(rate, Default::default()));
     let started = std::time::Instant::now();
-    tokio::spawn(follower::run(2, addr, rx, throttle.clone()));
+    tokio::spawn(follower::run(2, addr, rx, throttle.clone(), None));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while follower_log.log_end_offset() < 100 {
         assert!(

@@ -122,6 +122,7 @@ class SluiceCluster:
             if line.startswith("sluice ready "):
                 fields = dict(kv.split("=", 1) for kv in line.split()[2:])
                 self.kafka = fields["kafka"].split(",")
+                self.ready = fields
                 return self
 
     def control(self, line):

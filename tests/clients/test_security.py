@@ -13,8 +13,9 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import SluiceNode, _free_port, wait_for
+from conftest import FAST_CLUSTER, SluiceCluster, SluiceNode, _free_port, wait_for
 
 N = 2_000
 
@@ -34,12 +35,16 @@ class Pki:
             f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
         with open(os.path.join(d, "client.ext"), "w") as f:
             f.write("extendedKeyUsage=clientAuth\n")
+        with open(os.path.join(d, "peer.ext"), "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n")
         self.ca("ca")
         self.ca("other-ca")
         self.cert("node", "/CN=localhost", "ca", "server.ext")
         self.cert("alice", "/O=Sluice/OU=Test/CN=alice", "ca", "client.ext")
         self.cert("mallory", "/CN=mallory", "other-ca", "client.ext")
         self.cert("expired", "/CN=expired", "ca", "client.ext", days=-1)
+        self.cert("peer", "/CN=localhost", "ca", "peer.ext")
 
     def path(self, name):
         return os.path.join(self.d, name)
@@ -333,3 +338,37 @@ def test_sessions_expire_and_clients_keep_working(short_sessions):
     assert p.flush(30) == 0
     assert len(delivered) == sent and all(e is None for e in delivered)
     assert sorted(consume(conf, "reauth", sent)) == sorted(f"m-{i}".encode() for i in range(sent))
+
+
+def test_nodes_replicate_over_mutual_tls_and_refuse_peers_without_a_certificate(pki):
+    """--replication-tls: three nodes replicate acks=all writes to each
+    other over mutual TLS; a connection to a replication port without a
+    certificate the CA signed is refused."""
+    d = tempfile.mkdtemp(prefix="sluice-repl-tls-")
+    c = SluiceCluster(d, 3, [*FAST_CLUSTER, "--ssl-cert", pki.path("peer.pem"),
+                             "--ssl-key", pki.path("peer.key"), "--ssl-ca", pki.path("ca.pem"),
+                             "--replication-tls"])
+    try:
+        c.start()
+        replication = c.ready["replication"].split(",")
+        admin = AdminClient({"bootstrap.servers": c.bootstrap})
+        admin.create_topics([NewTopic("replicated", 3, 3, config={"min.insync.replicas": "3"})])[
+            "replicated"].result(30)
+        conf = {"bootstrap.servers": c.bootstrap}
+        values = [f"r-{i}".encode() for i in range(N)]
+        produce({**conf, "acks": "all"}, "replicated", values)
+        assert sorted(consume(conf, "replicated", N)) == sorted(values)
+        for who in (None, "mallory"):
+            ctx = ssl.create_default_context(cafile=pki.path("ca.pem"))
+            if who:
+                ctx.load_cert_chain(pki.path(f"{who}.pem"), pki.path(f"{who}.key"))
+            host, port = replication[0].rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=10) as raw:
+                with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                        if not s.recv(1):
+                            raise ConnectionResetError("closed")
+    finally:
+        c.stop()
+        shutil.rmtree(d, ignore_errors=True)

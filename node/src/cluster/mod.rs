@@ -164,6 +164,7 @@ impl Fetchers {
                         key.1.clone(),
                         rx,
                         self.throttle.clone(),
+                        broker.node_tls.get().cloned(),
                     ));
                     self.sessions.insert(key, tx);
                 }

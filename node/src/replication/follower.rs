@@ -22,13 +22,23 @@ pub async fn run(
     leader_addr: String,
     mut following: watch::Receiver<Vec<Following>>,
     throttle: Arc<Throttle>,
+    tls: Option<Arc<crate::security::grpc::NodeTls>>,
 ) {
     let endpoint = format!("http://{leader_addr}");
     loop {
         if following.has_changed().is_err() {
             return;
         }
-        match session(follower_id, &endpoint, &mut following, &throttle).await {
+        match session(
+            follower_id,
+            &endpoint,
+            &leader_addr,
+            tls.as_ref(),
+            &mut following,
+            &throttle,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(leader = %leader_addr, error = %e, "replication session ended; retrying");
@@ -42,13 +52,13 @@ pub async fn run(
 async fn session(
     follower_id: i32,
     endpoint: &str,
+    addr: &str,
+    tls: Option<&Arc<crate::security::grpc::NodeTls>>,
     following: &mut watch::Receiver<Vec<Following>>,
     throttle: &Throttle,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_string())?.tcp_nodelay(true);
+    let channel = crate::security::grpc::channel(tls, endpoint, addr).await?;
     let mut client = ReplicationClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(1);
     let mut responses = client.fetch(ReceiverStream::new(rx)).await?.into_inner();

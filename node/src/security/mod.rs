@@ -5,6 +5,7 @@
 //! against the stored ACLs. The rules themselves (SCRAM, ACL matching) are
 //! in the `sluice-security` crate, shared with the operator.
 
+pub mod grpc;
 pub mod listener;
 pub mod sasl;
 pub mod tls;
@@ -40,6 +41,9 @@ pub struct SecurityConfig {
     /// `name:password` lines: users whose SCRAM credentials the node makes
     /// sure exist at start (the first administrator, a dev setup).
     pub scram_users_file: Option<PathBuf>,
+    /// Replication and transaction markers between nodes over mutual TLS
+    /// (the same certificate, key and CA).
+    pub replication_tls: bool,
 }
 
 impl Default for SecurityConfig {
@@ -59,6 +63,7 @@ impl Default for SecurityConfig {
             authorizer: false,
             allow_everyone_if_no_acl: false,
             scram_users_file: None,
+            replication_tls: false,
         }
     }
 }
@@ -80,6 +85,8 @@ impl SecurityConfig {
 /// What the listeners share at run time.
 pub struct Security {
     pub tls: Option<Arc<tls::Tls>>,
+    /// Mutual TLS between nodes, when on.
+    pub nodes: Option<Arc<grpc::NodeTls>>,
     pub sasl: Arc<sasl::SaslConfig>,
     pub authorizer: Option<sluice_security::Authorizer>,
 }
@@ -93,8 +100,16 @@ impl Security {
             ),
             (_, false) => None,
         };
+        let nodes = match (&c.tls, c.replication_tls) {
+            (Some(files), true) => Some(grpc::NodeTls::new(files)?),
+            (None, true) => anyhow::bail!(
+                "--replication-tls needs a certificate, key and CA (--ssl-cert, --ssl-key, --ssl-ca)"
+            ),
+            (_, false) => None,
+        };
         Ok(Security {
             tls,
+            nodes,
             sasl: Arc::new(sasl::SaslConfig {
                 mechanisms: c.sasl_mechanisms.clone(),
                 max_reauth_ms: c.max_reauth_ms,

@@ -111,11 +111,12 @@ impl Coordinator {
         groups: Arc<group::Coordinator>,
         config: TxnConfig,
     ) -> Arc<Coordinator> {
+        let node_tls = broker.node_tls.get().cloned();
         Arc::new_cyclic(|me| Coordinator {
             broker,
             groups,
             config,
-            peers: Peers::default(),
+            peers: Peers::new(node_tls),
             inner: Mutex::new(Inner::default()),
             me: me.clone(),
         })

@@ -72,12 +72,20 @@ pub async fn append_marker(
 }
 
 /// gRPC clients to the other nodes' Transactions service, by address.
-#[derive(Default)]
 pub struct Peers {
     clients: tokio::sync::Mutex<HashMap<String, TransactionsClient<Channel>>>,
+    /// Mutual TLS to the other nodes, when on.
+    tls: Option<Arc<crate::security::grpc::NodeTls>>,
 }
 
 impl Peers {
+    pub fn new(tls: Option<Arc<crate::security::grpc::NodeTls>>) -> Peers {
+        Peers {
+            clients: Default::default(),
+            tls,
+        }
+    }
+
     /// A client of the node at `addr`. The connection is made outside the
     /// lock, so one node that does not answer holds up only its own calls;
     /// every call has a deadline.
@@ -85,12 +93,12 @@ impl Peers {
         if let Some(c) = self.clients.lock().await.get(addr) {
             return Ok(c.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| ResponseError::CoordinatorNotAvailable)?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect()
+            .timeout(Duration::from_secs(30));
+        let channel = crate::security::grpc::channel(self.tls.as_ref(), endpoint, addr)
             .await
             .map_err(|e| {
                 tracing::debug!(addr, error = %e, "connecting to a node's Transactions service failed");
