@@ -1158,9 +1158,15 @@ impl Coordination for Kubernetes {
     }
 
     async fn security(&self) -> CResult<Option<Versioned<SecurityRecord>>> {
-        match self.cached_leases("security").await.first() {
+        let name = format!("{}-security", self.cluster);
+        let found = self
+            .cached_leases("security")
+            .await
+            .into_iter()
+            .find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
+        match found {
             Some(l) => Ok(Some(Versioned {
-                value: value_of(l)?,
+                value: value_of(&l)?,
                 version: rv_of(&l.metadata)?,
             })),
             None => Ok(None),

@@ -426,9 +426,9 @@ pub async fn serve(
     }
 }
 
-/// Makes sure the users of `--scram-users-file` have these passwords (the
-/// first administrator of a cluster with SASL, a dev setup). Writes only
-/// what differs, so restarts change nothing.
+/// Makes sure the users of `--scram-users-file` exist (the first
+/// administrator of a cluster with SASL, a dev setup): a missing one is
+/// created with the file's password; existing ones are left as they are.
 async fn ensure_users(broker: &Broker) -> anyhow::Result<()> {
     let Some(file) = &broker.config.security.scram_users_file else {
         return Ok(());

@@ -350,10 +350,10 @@ pub async fn offset_commit(
                     t.partitions
                         .iter()
                         .map(|p| {
-                            let code = if *ok || group_error.is_some() {
-                                it.next().unwrap_or(0)
-                            } else {
-                                ResponseError::TopicAuthorizationFailed.code()
+                            let code = match (group_error, ok) {
+                                (Some(e), _) => e.code(),
+                                (None, true) => it.next().unwrap_or(0),
+                                (None, false) => ResponseError::TopicAuthorizationFailed.code(),
                             };
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
@@ -689,10 +689,18 @@ pub async fn offset_delete(
         return OffsetDeleteResponse::default()
             .with_error_code(ResponseError::GroupAuthorizationFailed.code());
     }
+    // Offsets of topics the principal may not read stay; those are refused.
+    let readable: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| svc.authorize_topic(client, Operation::Read, &t.name))
+        .collect();
     let parts: Vec<(String, i32)> = req
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&readable)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(t, _)| {
             t.partitions
                 .iter()
                 .map(|p| (t.name.to_string(), p.partition_index))
@@ -710,7 +718,8 @@ pub async fn offset_delete(
             let topics = req
                 .topics
                 .iter()
-                .map(|t| {
+                .zip(&readable)
+                .map(|(t, ok)| {
                     OffsetDeleteResponseTopic::default()
                         .with_name(t.name.clone())
                         .with_partitions(
@@ -719,7 +728,11 @@ pub async fn offset_delete(
                                 .map(|p| {
                                     OffsetDeleteResponsePartition::default()
                                         .with_partition_index(p.partition_index)
-                                        .with_error_code(it.next().map(code).unwrap_or(0))
+                                        .with_error_code(if *ok {
+                                            it.next().map(code).unwrap_or(0)
+                                        } else {
+                                            ResponseError::TopicAuthorizationFailed.code()
+                                        })
                                 })
                                 .collect(),
                         )

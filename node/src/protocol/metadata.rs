@@ -246,12 +246,12 @@ async fn requested_topic(
                 }
                 return topic_metadata(&broker.view(), &t, version);
             }
-            // Creating needs CREATE on the cluster or the topic; without
-            // DESCRIBE the client learns nothing of the name.
+            // As Kafka: without DESCRIBE the client learns nothing of the
+            // name; creating it needs CREATE on the cluster or the topic.
             let create = svc.authorize_cluster(client, Operation::Create)
                 || svc.authorize_topic(client, Operation::Create, &name);
-            let may_create = create && allow_auto && broker.config.auto_create_topics;
-            if !(describe || may_create) {
+            let auto = allow_auto && broker.config.auto_create_topics;
+            if !describe || (auto && !create) {
                 return topic_error(
                     rt.name,
                     Uuid::nil(),
@@ -267,7 +267,7 @@ async fn requested_topic(
                     version,
                 );
             }
-            if allow_auto && broker.config.auto_create_topics && create {
+            if auto {
                 match broker.auto_create(&name).await {
                     Ok(t) => return topic_metadata(&broker.view(), &t, version),
                     Err(e) => return topic_error(rt.name, Uuid::nil(), e.code, version),

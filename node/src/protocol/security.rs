@@ -71,7 +71,9 @@ pub async fn describe_user_scram_credentials(
         }
     };
     let results = match req.users {
+        // Null or empty: every user, as Kafka answers.
         None => users.keys().map(|u| describe(u)).collect(),
+        Some(asked) if asked.is_empty() => users.keys().map(|u| describe(u)).collect(),
         Some(asked) => {
             let mut seen = BTreeSet::new();
             let dups: BTreeSet<String> = asked

@@ -83,7 +83,7 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener, info: Arc<Lis
         match listener.accept().await {
             Ok((sock, peer)) => {
                 let services = services.clone();
-                let admitted = match services.connections.admit(peer.ip()) {
+                let admitted = match services.connections.admit(peer.ip().to_canonical()) {
                     Ok(a) => a,
                     Err(why) => {
                         // Accepted and closed at once, as Kafka does.
@@ -223,7 +223,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let host = format!("/{}", peer.ip());
+    // An IPv4 client of a dual-stack listener is its IPv4 address, as
+    // Kafka sees it (host ACLs name it so).
+    let host = format!("/{}", peer.ip().to_canonical());
     let broker = &services.broker;
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(64 << 10, wr);

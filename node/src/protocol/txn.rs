@@ -457,7 +457,11 @@ pub fn describe_transactions(
             match described {
                 Ok(m) => {
                     let mut topics: Vec<TopicData> = vec![];
-                    for (t, p) in &m.partitions {
+                    for (t, p) in m
+                        .partitions
+                        .iter()
+                        .filter(|(t, _)| svc.authorize_topic(client, Operation::Describe, t))
+                    {
                         match topics.iter_mut().find(|d| d.topic.0.as_str() == t) {
                             Some(d) => d.partitions.push(*p),
                             None => topics.push(

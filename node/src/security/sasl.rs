@@ -78,6 +78,9 @@ pub struct Authenticator {
     state: State,
     /// The principal once authenticated; kept through re-authentication.
     principal: Option<String>,
+    /// The mechanism of the first authentication: re-authentication must
+    /// use it again, as Kafka requires.
+    mechanism: Option<Mech>,
     expires: Option<Instant>,
 }
 
@@ -131,6 +134,7 @@ impl Authenticator {
             config,
             state: State::Start,
             principal: None,
+            mechanism: None,
             expires: None,
         }
     }
@@ -174,6 +178,7 @@ impl Authenticator {
             return Handshake::Illegal;
         }
         match Mech::parse(mechanism).filter(|m| self.config.mechanisms.contains(m)) {
+            Some(mech) if self.mechanism.is_some_and(|first| first != mech) => Handshake::Illegal,
             Some(mech) => {
                 self.state = State::Chosen {
                     mech,
@@ -194,6 +199,11 @@ impl Authenticator {
     ) -> Result<Outcome, Failed> {
         let lookup =
             |user: &str, m: Mechanism| security.and_then(|s| s.credential(user, m)).cloned();
+        let mech = match &self.state {
+            State::Chosen { mech, .. } => Some(*mech),
+            State::Scram { exchange, .. } => Some(Mech::Scram(exchange.mechanism())),
+            _ => None,
+        };
         let (user, reply) = match std::mem::replace(&mut self.state, State::Start) {
             State::Chosen {
                 mech: Mech::Plain, ..
@@ -253,6 +263,7 @@ impl Authenticator {
             }
         }
         self.principal = Some(principal);
+        self.mechanism = mech;
         self.state = State::Done;
         let ms = self.config.max_reauth_ms;
         self.expires = (ms > 0).then(|| Instant::now() + Duration::from_millis(ms));
@@ -341,6 +352,13 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(matches!(a.handshake("PLAIN", 0), Handshake::Illegal));
+        let mut other = auth("PLAIN,SCRAM-SHA-512", 0);
+        other.handshake("PLAIN", 1);
+        assert!(other.step(b"\0alice\0secret", Some(&r)).is_ok());
+        assert!(
+            matches!(other.handshake("SCRAM-SHA-512", 1), Handshake::Illegal),
+            "re-authentication keeps the mechanism"
+        );
         assert!(matches!(a.handshake("PLAIN", 1), Handshake::Accepted));
         assert!(a.step(b"\0bob\0pw", Some(&r)).is_err(), "another principal");
     }
