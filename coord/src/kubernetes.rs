@@ -424,6 +424,44 @@ impl Kubernetes {
         }
     }
 
+    /// Creates (`expected: None`) or replaces a Lease of `kind` whose
+    /// value annotation holds `value`.
+    async fn put_value_lease<T: serde::Serialize>(
+        &self,
+        name: &str,
+        kind: &str,
+        value: &T,
+        expected: Option<Version>,
+        what: String,
+    ) -> CResult<Version> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(self.labels(kind, None)),
+                annotations: Some(BTreeMap::from([(
+                    VALUE.to_string(),
+                    serde_json::to_string(value).expect("serializes"),
+                )])),
+                resource_version: expected.map(|v| v.to_string()),
+                owner_references: self.owners(),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        };
+        match expected {
+            Some(_) => self.replace_lease(name, &lease, what).await,
+            None => match self.leases.create(&PostParams::default(), &lease).await {
+                Ok(l) => {
+                    self.lease_rv.wrote(&l.metadata);
+                    self.announce();
+                    rv_of(&l.metadata)
+                }
+                Err(e) if status_code(&e) == Some(409) => Err(CoordError::AlreadyExists(what)),
+                Err(e) => Err(backend(e)),
+            },
+        }
+    }
+
     /// Cached leases of one kind.
     async fn cached_leases(&self, kind: &str) -> Vec<std::sync::Arc<Lease>> {
         self.lease_rv.caught_up().await;
@@ -1129,32 +1167,8 @@ impl Coordination for Kubernetes {
             None => "cluster-wide broker configs".to_string(),
             Some(id) => format!("broker {id} configs"),
         };
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(self.labels("config", None)),
-                annotations: Some(BTreeMap::from([(
-                    VALUE.to_string(),
-                    serde_json::to_string(&configs).expect("serializes"),
-                )])),
-                resource_version: expected.map(|v| v.to_string()),
-                owner_references: self.owners(),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec::default()),
-        };
-        match expected {
-            Some(_) => self.replace_lease(&name, &lease, what).await,
-            None => match self.leases.create(&PostParams::default(), &lease).await {
-                Ok(l) => {
-                    self.lease_rv.wrote(&l.metadata);
-                    self.announce();
-                    rv_of(&l.metadata)
-                }
-                Err(e) if status_code(&e) == Some(409) => Err(CoordError::AlreadyExists(what)),
-                Err(e) => Err(backend(e)),
-            },
-        }
+        self.put_value_lease(&name, "config", &configs, expected, what)
+            .await
     }
 
     async fn security(&self) -> CResult<Option<Versioned<SecurityRecord>>> {
@@ -1183,32 +1197,8 @@ impl Coordination for Kubernetes {
         // of the cluster's metadata.
         let name = format!("{}-security", self.cluster);
         let what = "the security record".to_string();
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(self.labels("security", None)),
-                annotations: Some(BTreeMap::from([(
-                    VALUE.to_string(),
-                    serde_json::to_string(&record).expect("serializes"),
-                )])),
-                resource_version: expected.map(|v| v.to_string()),
-                owner_references: self.owners(),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec::default()),
-        };
-        match expected {
-            Some(_) => self.replace_lease(&name, &lease, what).await,
-            None => match self.leases.create(&PostParams::default(), &lease).await {
-                Ok(l) => {
-                    self.lease_rv.wrote(&l.metadata);
-                    self.announce();
-                    rv_of(&l.metadata)
-                }
-                Err(e) if status_code(&e) == Some(409) => Err(CoordError::AlreadyExists(what)),
-                Err(e) => Err(backend(e)),
-            },
-        }
+        self.put_value_lease(&name, "security", &record, expected, what)
+            .await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -139,12 +139,15 @@ pub enum CredentialError {
     },
 }
 
-fn check_iterations(iterations: i64) -> Result<u32, CredentialError> {
-    if (i64::from(MIN_ITERATIONS)..=i64::from(MAX_ITERATIONS)).contains(&iterations) {
-        Ok(iterations as u32)
-    } else {
-        Err(CredentialError::Iterations(iterations))
+/// The iteration count and salt a stored credential may have.
+fn check(iterations: i64, salt: &[u8]) -> Result<u32, CredentialError> {
+    if !(i64::from(MIN_ITERATIONS)..=i64::from(MAX_ITERATIONS)).contains(&iterations) {
+        return Err(CredentialError::Iterations(iterations));
     }
+    if salt.is_empty() {
+        return Err(CredentialError::EmptySalt);
+    }
+    Ok(iterations as u32)
 }
 
 fn hmac_sign(m: Mechanism, key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -183,10 +186,7 @@ impl ScramCredential {
         salt: &[u8],
         iterations: i64,
     ) -> Result<ScramCredential, CredentialError> {
-        let iterations = check_iterations(iterations)?;
-        if salt.is_empty() {
-            return Err(CredentialError::EmptySalt);
-        }
+        let iterations = check(iterations, salt)?;
         let salted = salted_password(m, password, salt, iterations);
         Ok(ScramCredential::from_salted(m, &salted, salt, iterations))
     }
@@ -199,10 +199,7 @@ impl ScramCredential {
         salt: &[u8],
         iterations: i64,
     ) -> Result<ScramCredential, CredentialError> {
-        let iterations = check_iterations(iterations)?;
-        if salt.is_empty() {
-            return Err(CredentialError::EmptySalt);
-        }
+        let iterations = check(iterations, salt)?;
         if salted.len() != m.len() {
             return Err(CredentialError::SaltedLength {
                 mechanism: m,

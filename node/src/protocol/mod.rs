@@ -55,14 +55,12 @@ impl Services {
         }
     }
 
-    /// Whether `client` may do `op` on the resource `name` of type
-    /// `rtype`: always without an authorizer, else as the stored ACLs say.
-    pub fn authorize(
+    /// Asks `decide` with the authorizer, the stored ACLs and the client's
+    /// host; always yes without an authorizer.
+    fn decide(
         &self,
         client: &Client,
-        op: sluice_security::Operation,
-        rtype: sluice_security::ResourceType,
-        name: &str,
+        decide: impl FnOnce(&sluice_security::Authorizer, &[sluice_security::AclBinding], &str) -> bool,
     ) -> bool {
         let Some(auth) = &self.security.authorizer else {
             return true;
@@ -72,8 +70,21 @@ impl Services {
             .security
             .as_ref()
             .map_or(&[][..], |s| &s.value.acls[..]);
-        let host = client.host.trim_start_matches('/');
-        auth.allows(acls, &client.principal, host, op, rtype, name)
+        decide(auth, acls, client.host.trim_start_matches('/'))
+    }
+
+    /// Whether `client` may do `op` on the resource `name` of type
+    /// `rtype`: always without an authorizer, else as the stored ACLs say.
+    pub fn authorize(
+        &self,
+        client: &Client,
+        op: sluice_security::Operation,
+        rtype: sluice_security::ResourceType,
+        name: &str,
+    ) -> bool {
+        self.decide(client, |auth, acls, host| {
+            auth.allows(acls, &client.principal, host, op, rtype, name)
+        })
     }
 
     pub fn authorize_topic(
@@ -111,21 +122,9 @@ impl Services {
         op: sluice_security::Operation,
         rtype: sluice_security::ResourceType,
     ) -> bool {
-        let Some(auth) = &self.security.authorizer else {
-            return true;
-        };
-        let view = self.broker.view();
-        let acls = view
-            .security
-            .as_ref()
-            .map_or(&[][..], |s| &s.value.acls[..]);
-        auth.allows_some(
-            acls,
-            &client.principal,
-            client.host.trim_start_matches('/'),
-            op,
-            rtype,
-        )
+        self.decide(client, |auth, acls, host| {
+            auth.allows_some(acls, &client.principal, host, op, rtype)
+        })
     }
 
     /// Kafka's authorized-operations bit field for one resource: `all`

@@ -36,6 +36,21 @@ fn msg(s: impl Into<String>) -> Option<StrBytes> {
 /// Kafka's answer to ACL requests on a node without an authorizer.
 const NO_AUTHORIZER: &str = "No Authorizer is configured on the broker";
 
+/// Why an ACL request is refused as a whole: no authorizer, or the
+/// principal may not do `op` on the cluster.
+fn acl_gate(svc: &Services, client: &Client, op: Operation) -> Result<(), (ResponseError, String)> {
+    if svc.security.authorizer.is_none() {
+        return Err((ResponseError::SecurityDisabled, NO_AUTHORIZER.into()));
+    }
+    if !svc.authorize_cluster(client, op) {
+        return Err((
+            ResponseError::ClusterAuthorizationFailed,
+            format!("{op:?} on the cluster is needed"),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn describe_user_scram_credentials(
     svc: &Services,
     req: DescribeUserScramCredentialsRequest,
@@ -306,25 +321,14 @@ pub async fn create_acls(
     req: CreateAclsRequest,
     client: &Client,
 ) -> CreateAclsResponse {
-    let each = |code: ResponseError, m: &str| {
-        req.creations
-            .iter()
-            .map(|_| {
-                AclCreationResult::default()
-                    .with_error_code(code.code())
-                    .with_error_message(msg(m))
-            })
-            .collect()
-    };
-    if svc.security.authorizer.is_none() {
+    if let Err((code, m)) = acl_gate(svc, client, Operation::Alter) {
+        let refused = |_| {
+            AclCreationResult::default()
+                .with_error_code(code.code())
+                .with_error_message(msg(m.clone()))
+        };
         return CreateAclsResponse::default()
-            .with_results(each(ResponseError::SecurityDisabled, NO_AUTHORIZER));
-    }
-    if !svc.authorize_cluster(client, Operation::Alter) {
-        return CreateAclsResponse::default().with_results(each(
-            ResponseError::ClusterAuthorizationFailed,
-            "ALTER on the cluster is needed",
-        ));
+            .with_results(req.creations.iter().map(refused).collect());
     }
     let parsed: Vec<Result<AclBinding, String>> = req
         .creations
@@ -389,15 +393,8 @@ pub async fn describe_acls(
     client: &Client,
 ) -> DescribeAclsResponse {
     let out = DescribeAclsResponse::default();
-    if svc.security.authorizer.is_none() {
-        return out
-            .with_error_code(ResponseError::SecurityDisabled.code())
-            .with_error_message(msg(NO_AUTHORIZER));
-    }
-    if !svc.authorize_cluster(client, Operation::Describe) {
-        return out
-            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
-            .with_error_message(msg("DESCRIBE on the cluster is needed"));
+    if let Err((code, m)) = acl_gate(svc, client, Operation::Describe) {
+        return out.with_error_code(code.code()).with_error_message(msg(m));
     }
     let filter = match filter_of(
         req.resource_type_filter,
@@ -451,25 +448,14 @@ pub async fn delete_acls(
     req: DeleteAclsRequest,
     client: &Client,
 ) -> DeleteAclsResponse {
-    let each = |code: ResponseError, m: &str| {
-        req.filters
-            .iter()
-            .map(|_| {
-                DeleteAclsFilterResult::default()
-                    .with_error_code(code.code())
-                    .with_error_message(msg(m))
-            })
-            .collect()
-    };
-    if svc.security.authorizer.is_none() {
+    if let Err((code, m)) = acl_gate(svc, client, Operation::Alter) {
+        let refused = |_| {
+            DeleteAclsFilterResult::default()
+                .with_error_code(code.code())
+                .with_error_message(msg(m.clone()))
+        };
         return DeleteAclsResponse::default()
-            .with_filter_results(each(ResponseError::SecurityDisabled, NO_AUTHORIZER));
-    }
-    if !svc.authorize_cluster(client, Operation::Alter) {
-        return DeleteAclsResponse::default().with_filter_results(each(
-            ResponseError::ClusterAuthorizationFailed,
-            "ALTER on the cluster is needed",
-        ));
+            .with_filter_results(req.filters.iter().map(refused).collect());
     }
     let filters: Vec<Result<AclFilter, String>> = req
         .filters
