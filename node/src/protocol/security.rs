@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
 use kafka_protocol::messages::delete_acls_response::{
     DeleteAclsFilterResult, DeleteAclsMatchingAcl,
@@ -267,26 +268,37 @@ pub async fn alter_user_scram_credentials(
     AlterUserScramCredentialsResponse::default().with_results(results)
 }
 
-fn binding_of(
+/// The four codes of a binding or filter, each checked.
+fn codes(
     resource_type: i8,
-    name: &str,
     pattern: i8,
-    principal: &str,
-    host: &str,
     op: i8,
     perm: i8,
-) -> Result<AclBinding, String> {
-    let binding = AclBinding {
-        resource_type: ResourceType::from_code(resource_type)
+) -> Result<(ResourceType, PatternType, Operation, Permission), String> {
+    Ok((
+        ResourceType::from_code(resource_type)
             .ok_or_else(|| format!("unknown resource type {resource_type}"))?,
-        name: name.to_string(),
-        pattern: PatternType::from_code(pattern)
-            .ok_or_else(|| format!("unknown pattern type {pattern}"))?,
-        principal: principal.to_string(),
-        host: host.to_string(),
-        operation: Operation::from_code(op).ok_or_else(|| format!("unknown operation {op}"))?,
-        permission: Permission::from_code(perm)
-            .ok_or_else(|| format!("unknown permission type {perm}"))?,
+        PatternType::from_code(pattern).ok_or_else(|| format!("unknown pattern type {pattern}"))?,
+        Operation::from_code(op).ok_or_else(|| format!("unknown operation {op}"))?,
+        Permission::from_code(perm).ok_or_else(|| format!("unknown permission type {perm}"))?,
+    ))
+}
+
+fn binding_of(c: &AclCreation) -> Result<AclBinding, String> {
+    let (resource_type, pattern, operation, permission) = codes(
+        c.resource_type,
+        c.resource_pattern_type,
+        c.operation,
+        c.permission_type,
+    )?;
+    let binding = AclBinding {
+        resource_type,
+        name: c.resource_name.to_string(),
+        pattern,
+        principal: c.principal.to_string(),
+        host: c.host.to_string(),
+        operation,
+        permission,
     };
     binding.validate().map_err(|e| e.to_string())?;
     Ok(binding)
@@ -302,17 +314,15 @@ fn filter_of(
     op: i8,
     perm: i8,
 ) -> Result<AclFilter, String> {
+    let (resource_type, pattern, operation, permission) = codes(resource_type, pattern, op, perm)?;
     Ok(AclFilter {
-        resource_type: ResourceType::from_code(resource_type)
-            .ok_or_else(|| format!("unknown resource type {resource_type}"))?,
+        resource_type,
         name: name.map(|n| n.to_string()),
-        pattern: PatternType::from_code(pattern)
-            .ok_or_else(|| format!("unknown pattern type {pattern}"))?,
+        pattern,
         principal: principal.map(|p| p.to_string()),
         host: host.map(|h| h.to_string()),
-        operation: Operation::from_code(op).ok_or_else(|| format!("unknown operation {op}"))?,
-        permission: Permission::from_code(perm)
-            .ok_or_else(|| format!("unknown permission type {perm}"))?,
+        operation,
+        permission,
     })
 }
 
@@ -330,21 +340,7 @@ pub async fn create_acls(
         return CreateAclsResponse::default()
             .with_results(req.creations.iter().map(refused).collect());
     }
-    let parsed: Vec<Result<AclBinding, String>> = req
-        .creations
-        .iter()
-        .map(|c| {
-            binding_of(
-                c.resource_type,
-                &c.resource_name,
-                c.resource_pattern_type,
-                &c.principal,
-                &c.host,
-                c.operation,
-                c.permission_type,
-            )
-        })
-        .collect();
+    let parsed: Vec<Result<AclBinding, String>> = req.creations.iter().map(binding_of).collect();
     let good: Vec<AclBinding> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
     let written = if good.is_empty() {
         Ok(())
