@@ -10,9 +10,11 @@ ARG RUST_VERSION=1.90
 ARG VERSION=0.1.0
 
 FROM rust:${RUST_VERSION}-bookworm AS build
-# clang for bindgen (rocksdb), protoc for the replication service.
+# clang for bindgen (rocksdb), protoc for the replication service, OpenSSL
+# headers for TLS and SCRAM in the CLI's librdkafka.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends clang libclang-dev protobuf-compiler \
+    libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

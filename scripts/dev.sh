@@ -4,7 +4,9 @@
 # (see `sluice dev --help`). Installs the build's system packages if missing.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# clang/libclang for the rocksdb crate's bindings, protoc for the gRPC service.
-bash "$here/ensure-packages.sh" clang libclang-dev protobuf-compiler
+# clang/libclang for the rocksdb crate's bindings, protoc for the gRPC service,
+# a C toolchain, OpenSSL headers and pkg-config for the CLI's librdkafka.
+bash "$here/ensure-packages.sh" clang libclang-dev protobuf-compiler \
+  build-essential libssl-dev pkg-config
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
 exec cargo run --release --manifest-path "$here/../Cargo.toml" -p sluice-node --bin sluice -- dev "$@"

@@ -20,6 +20,7 @@ APT_PACKAGES=(
   python3-pytest
   unzip                         # kubectl and helm come from an npm package
   build-essential zlib1g-dev    # librdkafka, built into the load generator (bench/)
+  libssl-dev pkg-config         # TLS and SASL/SCRAM in that librdkafka (CLI, bench, e2e)
   shellcheck                    # the shell scripts (charts/check.sh)
   tmux                          # the CLI's terminal output, as a person sees it
   valgrind                      # callgrind: the benchmark's instructions per MB

@@ -380,6 +380,10 @@ fn no_partition(topic: &str, partition: i32) -> KafkaError {
     )
 }
 
+/// The most the security record (users' SCRAM credentials and the ACLs)
+/// may take: it is one Lease annotation on Kubernetes, which holds 256 KiB.
+pub const MAX_SECURITY_RECORD_BYTES: usize = 192 << 10;
+
 fn coord_error(e: CoordError) -> KafkaError {
     match e {
         CoordError::AlreadyExists(m) => KafkaError::new(ResponseError::TopicAlreadyExists, m),
@@ -1189,12 +1193,25 @@ impl Broker {
         &self,
         change: impl Fn(SecurityRecord) -> Option<SecurityRecord>,
     ) -> KResult<()> {
-        for _ in 0..16 {
+        for attempt in 0..16u64 {
+            if attempt > 0 {
+                // Someone else changed it meanwhile: read it again shortly.
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
             let current = self.coord.security().await.map_err(coord_error)?;
             let expected = current.as_ref().map(|c| c.version);
             let Some(next) = change(current.map(|c| c.value).unwrap_or_default()) else {
                 return Ok(());
             };
+            let size = serde_json::to_vec(&next).map_or(0, |b| b.len());
+            if size > MAX_SECURITY_RECORD_BYTES {
+                return Err(KafkaError::new(
+                    ResponseError::PolicyViolation,
+                    format!(
+                        "the users and ACLs would take {size} bytes, more than the {MAX_SECURITY_RECORD_BYTES} the cluster's metadata keeps for them; remove some first"
+                    ),
+                ));
+            }
             match self.coord.put_security(next, expected).await {
                 Ok(v) => {
                     return self

@@ -340,6 +340,19 @@ struct SecurityArgs {
     /// before it ends (connections.max.reauth.ms). 0: no limit.
     #[arg(long, env = "SLUICE_CONNECTIONS_MAX_REAUTH_MS", default_value_t = 0)]
     connections_max_reauth_ms: u64,
+    /// A failed SASL login is answered this late, in ms
+    /// (connection.failed.authentication.delay.ms).
+    #[arg(
+        long,
+        env = "SLUICE_CONNECTION_FAILED_AUTHENTICATION_DELAY_MS",
+        default_value_t = 100
+    )]
+    connection_failed_authentication_delay_ms: u64,
+    /// The CA of the nodes' certificates for --replication-tls, when it is
+    /// not --ssl-ca (recommended: then no client certificate passes for a
+    /// node).
+    #[arg(long, env = "SLUICE_REPLICATION_SSL_CA")]
+    replication_ssl_ca: Option<PathBuf>,
     /// `name:password` lines: SCRAM users the node makes sure exist at start
     /// (the first administrator).
     #[arg(long, env = "SLUICE_SCRAM_USERS_FILE")]
@@ -394,6 +407,8 @@ impl SecurityArgs {
         s.sasl_mechanisms =
             sasl::parse_mechanisms(&self.sasl_enabled_mechanisms).map_err(anyhow::Error::msg)?;
         s.max_reauth_ms = self.connections_max_reauth_ms;
+        s.failed_authentication_delay_ms = self.connection_failed_authentication_delay_ms;
+        s.replication_ca = self.replication_ssl_ca;
         s.scram_users_file = self.scram_users_file;
         s.authorizer = self.authorizer;
         s.replication_tls = self.replication_tls;

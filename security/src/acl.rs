@@ -271,8 +271,10 @@ impl Authorizer {
 
     /// Whether `principal` may do `op` on at least one resource of type
     /// `rtype` (Kafka's `authorizeByResourceType`: a producer with WRITE on
-    /// some topic may be idempotent): some allow binding and no deny of
-    /// the wildcard or of every name.
+    /// some topic may be idempotent): some allow binding that no deny
+    /// covers (a deny of the wildcard, of the same literal name, or of a
+    /// prefix of its name); with `allow.everyone.if.no.acl.found`, also
+    /// when no binding of that type exists at all.
     pub fn allows_some(
         &self,
         acls: &[AclBinding],
@@ -289,16 +291,32 @@ impl Authorizer {
                 && b.applies_to(principal, host)
                 && (b.operation == op || b.operation == Operation::All)
         };
-        let denied_everywhere = acls.iter().filter(relevant).any(|b| {
-            b.permission == Permission::Deny
-                && b.pattern == PatternType::Literal
-                && b.name == WILDCARD
-        });
-        !denied_everywhere
-            && acls
-                .iter()
-                .filter(relevant)
-                .any(|b| b.permission == Permission::Allow)
+        let denies: Vec<&AclBinding> = acls
+            .iter()
+            .filter(relevant)
+            .filter(|b| b.permission == Permission::Deny)
+            .collect();
+        let covered = |allow: &AclBinding| {
+            denies.iter().any(|d| match d.pattern {
+                PatternType::Literal => {
+                    d.name == WILDCARD
+                        || (allow.pattern == PatternType::Literal && d.name == allow.name)
+                }
+                PatternType::Prefixed => allow.name.starts_with(&d.name),
+                _ => false,
+            })
+        };
+        if denies
+            .iter()
+            .any(|d| d.pattern == PatternType::Literal && d.name == WILDCARD)
+        {
+            return false;
+        }
+        let allowed = acls
+            .iter()
+            .filter(relevant)
+            .any(|b| b.permission == Permission::Allow && !covered(b));
+        allowed || (self.allow_if_no_acl && !acls.iter().any(|b| b.resource_type == rtype))
     }
 }
 
@@ -380,6 +398,18 @@ mod tests {
         assert!(!a.allows(&acls, "User:mallory", "10.0.0.9", Write, Topic, "t"));
         assert!(a.allows_some(&acls, "User:bob", "h", Write, Topic));
         assert!(!a.allows_some(&acls, "User:carol", "h", Create, Group));
+        // An allow a deny covers does not count.
+        let covered = [
+            acl(Topic, "logs-a", Literal, "User:x", Write, Allow),
+            acl(Topic, "logs-", Prefixed, "User:x", Write, Deny),
+        ];
+        assert!(!a.allows_some(&covered, "User:x", "h", Write, Topic));
+        let open = Authorizer {
+            allow_if_no_acl: true,
+            ..Default::default()
+        };
+        assert!(open.allows_some(&[], "User:x", "h", Write, Topic));
+        assert!(!open.allows_some(&covered, "User:y", "h", Write, Topic));
     }
 
     #[test]

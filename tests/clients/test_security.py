@@ -372,3 +372,26 @@ def test_nodes_replicate_over_mutual_tls_and_refuse_peers_without_a_certificate(
     finally:
         c.stop()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_sluice_command_line_works_over_sasl_ssl(secure, pki):
+    """The CLI's librdkafka speaks TLS and SCRAM: librdkafka properties
+    with -X, as in a profile."""
+    binary = os.environ.get("SLUICE_BIN", "sluice")
+    props = ["-b", secure.addr("SASL_SSL"), "-X", "security.protocol=sasl_ssl",
+             "-X", f"ssl.ca.location={pki.path('ca.pem')}", "-X", "sasl.mechanisms=SCRAM-SHA-512",
+             "-X", "sasl.username=alice", "-X", "sasl.password=alice-secret"]
+
+    def cli(*args, input=None):
+        r = subprocess.run([binary, *args, *props], input=input, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    cli("topic", "create", "cli-sec", "-p", "2")
+    assert "cli-sec" in cli("topic", "list")
+    cli("produce", "cli-sec", input="one\ntwo\nthree\n")
+    assert sorted(cli("consume", "cli-sec", "-e").split()) == ["one", "three", "two"]
+    r = subprocess.run([binary, "topic", "list", *props[:-2], "-X", "sasl.password=wrong"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "error:" in r.stderr, r

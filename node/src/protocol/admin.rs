@@ -350,6 +350,11 @@ pub async fn delete_topics(
             let result = match resolved {
                 Ok(n) => match authz.topic(Operation::Delete, &n) {
                     Ok(()) => broker.delete_topic(&n).await.map(|id| (n, id)),
+                    // Named by id: the refusal does not tell the name.
+                    Err(e) if name.is_none() => Err(KafkaError::new(
+                        e.code,
+                        "DELETE on the topic is needed".to_string(),
+                    )),
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),

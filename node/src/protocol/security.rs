@@ -474,9 +474,13 @@ pub async fn delete_acls(
     let written = svc
         .broker
         .update_security(|mut rec| {
-            let mut per_filter = vec![];
-            for f in &good {
-                per_filter.push(rec.acls.iter().filter(|b| f.matches(b)).cloned().collect());
+            // Each removed binding is listed under the first filter that
+            // matches it, as Kafka lists it.
+            let mut per_filter: Vec<Vec<AclBinding>> = vec![vec![]; good.len()];
+            for b in &rec.acls {
+                if let Some(i) = good.iter().position(|f| f.matches(b)) {
+                    per_filter[i].push(b.clone());
+                }
             }
             let before = rec.acls.len();
             rec.acls.retain(|b| !good.iter().any(|f| f.matches(b)));

@@ -398,6 +398,10 @@ async fn authenticate(
         }
         Err(f) => {
             metrics.authentication("failure");
+            // Kafka's connection.failed.authentication.delay.ms: guesses
+            // come slowly.
+            let delay = services.security.sasl.failed_delay_ms;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             Err(f)
         }
     }

@@ -28,13 +28,16 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
-    pub fn new(files: &TlsFiles) -> anyhow::Result<Arc<NodeTls>> {
+    /// `ca`: the nodes' own CA, else the listeners' (`--ssl-ca`).
+    pub fn new(files: &TlsFiles, ca: Option<&std::path::PathBuf>) -> anyhow::Result<Arc<NodeTls>> {
+        let ca = ca.or(files.ca.as_ref()).cloned();
         anyhow::ensure!(
-            files.ca.is_some(),
-            "--replication-tls needs the CA of the nodes' certificates (--ssl-ca)"
+            ca.is_some(),
+            "--replication-tls needs the CA of the nodes' certificates (--replication-ssl-ca or --ssl-ca)"
         );
         let files = TlsFiles {
             client_auth: ClientAuth::Required,
+            ca,
             ..files.clone()
         };
         Ok(Arc::new(NodeTls {

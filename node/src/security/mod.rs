@@ -32,6 +32,8 @@ pub struct SecurityConfig {
     pub sasl_mechanisms: Vec<sasl::Mech>,
     /// `connections.max.reauth.ms` (0: sessions do not expire).
     pub max_reauth_ms: u64,
+    /// `connection.failed.authentication.delay.ms`.
+    pub failed_authentication_delay_ms: u64,
     /// `super.users`: principals every ACL check lets through.
     pub super_users: BTreeSet<String>,
     /// Check every request against the stored ACLs.
@@ -42,8 +44,11 @@ pub struct SecurityConfig {
     /// sure exist at start (the first administrator, a dev setup).
     pub scram_users_file: Option<PathBuf>,
     /// Replication and transaction markers between nodes over mutual TLS
-    /// (the same certificate, key and CA).
+    /// (the same certificate and key).
     pub replication_tls: bool,
+    /// The CA of the nodes' certificates, when it is not `--ssl-ca` (so a
+    /// client certificate cannot pass for a node).
+    pub replication_ca: Option<PathBuf>,
 }
 
 impl Default for SecurityConfig {
@@ -59,11 +64,13 @@ impl Default for SecurityConfig {
                 sasl::Mech::Plain,
             ],
             max_reauth_ms: 0,
+            failed_authentication_delay_ms: 100,
             super_users: BTreeSet::new(),
             authorizer: false,
             allow_everyone_if_no_acl: false,
             scram_users_file: None,
             replication_tls: false,
+            replication_ca: None,
         }
     }
 }
@@ -101,7 +108,7 @@ impl Security {
             (_, false) => None,
         };
         let nodes = match (&c.tls, c.replication_tls) {
-            (Some(files), true) => Some(grpc::NodeTls::new(files)?),
+            (Some(files), true) => Some(grpc::NodeTls::new(files, c.replication_ca.as_ref())?),
             (None, true) => anyhow::bail!(
                 "--replication-tls needs a certificate, key and CA (--ssl-cert, --ssl-key, --ssl-ca)"
             ),
@@ -113,6 +120,7 @@ impl Security {
             sasl: Arc::new(sasl::SaslConfig {
                 mechanisms: c.sasl_mechanisms.clone(),
                 max_reauth_ms: c.max_reauth_ms,
+                failed_delay_ms: c.failed_authentication_delay_ms,
             }),
             authorizer: c.authorizer(),
         })

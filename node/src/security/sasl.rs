@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_security::scram::{server_nonce, ServerExchange, Step};
-use sluice_security::{plain, user_principal, Mechanism, SecurityRecord};
+use sluice_security::{plain, user_principal, Mechanism, ScramCredential, SecurityRecord};
 
 /// A SASL mechanism this node can offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,20 @@ pub struct SaslConfig {
     pub mechanisms: Vec<Mech>,
     /// `connections.max.reauth.ms`; 0: a session never expires.
     pub max_reauth_ms: u64,
+    /// `connection.failed.authentication.delay.ms`: a failed login is
+    /// answered this late, slowing password guessing.
+    pub failed_delay_ms: u64,
+}
+
+/// A credential no password matches: a PLAIN login of an unknown user is
+/// checked against it, so it takes as long as a wrong password (the time
+/// does not tell which users exist).
+fn decoy() -> &'static ScramCredential {
+    static DECOY: std::sync::OnceLock<ScramCredential> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        ScramCredential::new(Mechanism::Sha512, &server_nonce(), 4096)
+            .expect("4096 iterations are allowed")
+    })
 }
 
 enum State {
@@ -211,10 +225,16 @@ impl Authenticator {
                 let login = plain::parse(token)
                     .map_err(|e| Failed::credentials(Mech::Plain, e.to_string()))?;
                 // Checked against the strongest stored credential.
-                let ok = [Mechanism::Sha512, Mechanism::Sha256]
+                let ok = match [Mechanism::Sha512, Mechanism::Sha256]
                     .into_iter()
                     .find_map(|m| lookup(login.user, m).map(|c| (m, c)))
-                    .is_some_and(|(m, c)| c.verify_password(m, login.password));
+                {
+                    Some((m, c)) => c.verify_password(m, login.password),
+                    None => {
+                        let _ = decoy().verify_password(Mechanism::Sha512, login.password);
+                        false
+                    }
+                };
                 if !ok {
                     return Err(Failed::credentials(
                         Mech::Plain,
@@ -292,6 +312,7 @@ mod tests {
         Authenticator::new(Arc::new(SaslConfig {
             mechanisms: parse_mechanisms(mechs).unwrap(),
             max_reauth_ms: reauth,
+            failed_delay_ms: 0,
         }))
     }
 
