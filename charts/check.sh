@@ -34,9 +34,14 @@ helm template sluice "$CHART" --namespace data \
   --set 'nodes.topicDefaults.num\.partitions=6' \
   --set nodes.resources.requests.cpu=1 --set nodes.resources.limits.memory=2Gi \
   --set metrics.serviceMonitor.enabled=true --set metrics.podMonitor.enabled=true \
+  --set security.tls=certManager --set security.certManager.issuer.name=sluice-ca \
+  --set security.authentication=tls --set 'security.superUsers={User:CN=admin}' \
   > "$OUT/full.yaml"
+helm template sluice "$CHART" --namespace data \
+  --set security.tls=none --set security.authentication=none --set security.authorizer=false \
+  > "$OUT/clear.yaml"
 for v in "${VERSIONS[@]}"; do
-  for f in default full; do
+  for f in default full clear; do
     # Kinds without a bundled schema (Topic, ServiceMonitor, PodMonitor)
     # are only warned about; every built-in kind must pass.
     if ! kubernetes-validate --strict --quiet -k "$v" "$OUT/$f.yaml" > "$OUT/validate" 2>&1; then
@@ -50,7 +55,9 @@ echo "helm template: valid against Kubernetes ${VERSIONS[0]} to ${VERSIONS[-1]}"
 # binary at hand: SLUICE_OPERATOR_BIN).
 if [ -n "${SLUICE_OPERATOR_BIN:-}" ]; then
   full=(--set nodes.resources.requests.cpu=1 --set nodes.leaseMs=1000000
-        --set 'nodes.topicDefaults.log\.retention\.ms=604800000' --set nodes.rackTopologyKey=zone)
+        --set 'nodes.topicDefaults.log\.retention\.ms=604800000' --set nodes.rackTopologyKey=zone
+        --set security.tls=certManager --set security.certManager.issuer.name=sluice-ca
+        --set security.certManager.issuer.kind=ClusterIssuer --set security.authentication=tls)
   for f in default full; do
     extra=()
     if [ "$f" = full ]; then extra=("${full[@]}"); fi
@@ -60,6 +67,7 @@ if [ -n "${SLUICE_OPERATOR_BIN:-}" ]; then
       || { echo "the operator refuses the settings the chart renders ($f values):"; cat "$OUT/settings-$f.yaml"; exit 1; }
   done
   grep -q "^nodeLeaseMs: 1000000$" "$OUT/checked-full" || { echo "settings read back wrong:"; cat "$OUT/checked-full"; exit 1; }
+  grep -q "kind: ClusterIssuer" "$OUT/checked-full" || { echo "security settings read back wrong:"; cat "$OUT/checked-full"; exit 1; }
   echo "the operator accepts the settings the chart renders"
 fi
 
@@ -75,6 +83,8 @@ expect_refused "minNode" --set nodes.minNode=3
 expect_refused "/nodes/minNodes" --set nodes.minNodes=three
 expect_refused "maxNodes" --set nodes.minNodes=5 --set nodes.maxNodes=3
 expect_refused "/nodes/advertise" --set nodes.advertise=nodePort
+expect_refused "/security/authentication" --set security.authentication=plain
+expect_refused "security.certManager.issuer.name" --set security.tls=certManager
 echo "values.schema.json refuses wrong values, naming them"
 
 for f in crds/*.yaml; do

@@ -353,3 +353,33 @@ pub trait Coordination: Send + Sync + 'static {
     /// A counter that moves whenever anything stored changes.
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
 }
+
+/// The most the security record (users' SCRAM credentials and the ACLs)
+/// may take: it is one Lease annotation on Kubernetes, which holds 256 KiB.
+pub const MAX_SECURITY_RECORD_BYTES: usize = 192 << 10;
+
+/// Changes the users and ACLs by compare-and-swap: `change` gets the
+/// record as stored and returns the next one (`None`: nothing to change,
+/// or an error to give up with); retried, backing off, while others change
+/// it meanwhile. Returns the version written, if any.
+pub async fn update_security<E: From<CoordError>>(
+    coord: &dyn Coordination,
+    change: impl Fn(SecurityRecord) -> Result<Option<SecurityRecord>, E>,
+) -> Result<Option<Version>, E> {
+    for attempt in 0..16u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+        }
+        let current = coord.security().await?;
+        let expected = current.as_ref().map(|c| c.version);
+        let Some(next) = change(current.map(|c| c.value).unwrap_or_default())? else {
+            return Ok(None);
+        };
+        match coord.put_security(next, expected).await {
+            Ok(v) => return Ok(Some(v)),
+            Err(CoordError::Conflict(_) | CoordError::AlreadyExists(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CoordError::Conflict("the security record kept changing meanwhile; it".into()).into())
+}

@@ -1,6 +1,7 @@
 //! The custom resources, group `sluice.dev`, version `v1alpha1`: `Topic`
 //! (a Kafka topic: the topic's metadata record on Kubernetes) and
-//! `ConsumerGroup` (a view of, and actions on, a consumer group). The YAML in
+//! `ConsumerGroup` (a view of, and actions on, a consumer group) and `User`
+//! (a Kafka user: its credential and its ACLs). The YAML in
 //! `crds/` is generated from these types (`crds_in_the_repository_are_current`).
 
 use std::collections::BTreeMap;
@@ -235,6 +236,149 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
+/// A Kafka user of the cluster: how it authenticates and what it may do.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "User",
+    doc = "A Kafka user of the Sluice cluster in this namespace: the operator stores its credential (a generated SCRAM-SHA-512 password, or a client certificate of the clients' CA), writes it to a Secret of the same name, and keeps its ACLs. Deleting the User removes all three.",
+    namespaced,
+    shortname = "su",
+    status = "UserStatus",
+    printcolumn = r#"{"name":"Authentication","type":"string","jsonPath":".spec.authentication.type"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSpec {
+    pub authentication: UserAuthentication,
+    /// What the user may do; with the authorizer on, nothing else.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<AclRule>,
+}
+
+/// How a user proves who it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAuthentication {
+    #[serde(rename = "type")]
+    pub kind: AuthenticationType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AuthenticationType {
+    /// SASL SCRAM-SHA-512 with a generated password (the Secret's
+    /// `password`, and `sasl.jaas.config` for Java clients). The principal
+    /// is `User:<name>`.
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+    /// A client certificate signed by the clients' CA (the Secret's
+    /// `user.crt`, `user.key` and `ca.crt`: the CA that signed the nodes).
+    /// The principal is `User:CN=<name>`.
+    #[serde(rename = "tls")]
+    Tls,
+}
+
+/// One ACL rule: operations on a resource, allowed or denied, from a host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.resource.type != 'cluster' || !has(self.resource.patternType) || self.resource.patternType == 'literal'").message("the cluster resource is literal"))]
+#[serde(rename_all = "camelCase")]
+pub struct AclRule {
+    pub resource: AclResource,
+    #[schemars(length(min = 1))]
+    pub operations: Vec<AclOperation>,
+    /// `*` (the default) or one client address.
+    #[serde(default = "any_host")]
+    pub host: String,
+    #[serde(default, rename = "type")]
+    pub permission: AclPermission,
+}
+
+fn any_host() -> String {
+    "*".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AclResource {
+    #[serde(rename = "type")]
+    pub kind: AclResourceType,
+    /// The resource's name (`*` for every one); none for `cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 249))]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub pattern_type: AclPatternType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AclResourceType {
+    Topic,
+    Group,
+    Cluster,
+    TransactionalId,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AclPatternType {
+    #[default]
+    Literal,
+    Prefixed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AclOperation {
+    All,
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    ClusterAction,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AclPermission {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// What the operator did with a User.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The Kafka principal the ACLs name (`User:alice`, `User:CN=alice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The Secret holding the credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// `Ready`: the credential and the ACLs are stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The Kafka principal of a User: `User:<name>` for SCRAM, the client
+/// certificate's subject (`User:CN=<name>`) for TLS.
+pub fn user_principal(u: &User) -> String {
+    let name = u.metadata.name.clone().unwrap_or_default();
+    match u.spec.authentication.kind {
+        AuthenticationType::ScramSha512 => format!("User:{name}"),
+        AuthenticationType::Tls => format!("User:CN={name}"),
+    }
+}
+
 /// The Kafka topic name a `Topic` object stands for.
 pub fn kafka_name(t: &Topic) -> String {
     t.spec
@@ -315,6 +459,7 @@ mod tests {
         for (file, crd) in [
             ("topics.sluice.dev.yaml", Topic::crd()),
             ("consumergroups.sluice.dev.yaml", ConsumerGroup::crd()),
+            ("users.sluice.dev.yaml", User::crd()),
         ] {
             let yaml = format!(
                 "# Generated from crds/src/v1alpha1.rs: do not edit.\n{}",

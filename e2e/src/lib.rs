@@ -42,6 +42,15 @@ pub const OPERATOR_IMAGE: &str = "ghcr.io/sluice-streaming/sluice-operator";
 /// The release and cluster name every scenario installs.
 pub const RELEASE: &str = "sluice";
 
+/// The chart's security defaults (TLS from the operator's CAs, SCRAM,
+/// the authorizer), for the scenarios about a default install; the others
+/// run in the clear ([`Cluster::provider_values`]).
+pub const SECURE: &[&str] = &[
+    "security.tls=operator",
+    "security.authentication=scram-sha-512",
+    "security.authorizer=true",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Localkube,
@@ -174,7 +183,15 @@ impl Cluster {
 
     /// The values each provider needs.
     pub fn provider_values(&self) -> Vec<String> {
-        match self.provider {
+        // Scenarios about other things talk to the nodes in the clear;
+        // those about a default install pass [`SECURE`], which wins.
+        let clear = [
+            "security.tls=none",
+            "security.authentication=none",
+            "security.authorizer=false",
+        ]
+        .map(String::from);
+        let mut values: Vec<String> = match self.provider {
             Provider::Localkube => vec![
                 // Pods are processes of one machine with their own loopback
                 // addresses, and no DNS names.
@@ -194,7 +211,95 @@ impl Cluster {
                     "nodes.storage.size=1Gi".into(),
                 ]
             }
+        };
+        values.extend(clear);
+        values
+    }
+
+    /// A file the clients can read (on kind: in the client pod); its path.
+    pub async fn client_file(&self, name: &str, content: &str) -> Result<String> {
+        match self.provider {
+            Provider::Localkube => {
+                let path = self.work.path().join(name);
+                std::fs::write(&path, content)?;
+                Ok(path.display().to_string())
+            }
+            Provider::Kind => {
+                let path = format!("/tmp/{name}");
+                self.run(
+                    "kubectl",
+                    &[
+                        "--namespace",
+                        &self.namespace,
+                        "exec",
+                        "-i",
+                        "e2e-client",
+                        "--",
+                        "sh",
+                        "-c",
+                        &format!("cat > {path}"),
+                    ],
+                    Some(content),
+                )
+                .await?;
+                Ok(path)
+            }
         }
+    }
+
+    /// kcat's `-X` options to log in as the User whose Secret is `secret`
+    /// (SCRAM-SHA-512 over TLS with `password`, or TLS with `user.crt`),
+    /// trusting the cluster's CA from the Secret. On localkube the nodes
+    /// are reached by IP, which their certificate cannot name: the name is
+    /// not checked there (it is on kind).
+    pub async fn login_args(&self, secret: &str) -> Result<Vec<String>> {
+        use k8s_openapi::api::core::v1::Secret;
+        let s = self.api::<Secret>().get(secret).await?;
+        let data = s.data.unwrap_or_default();
+        let get = |k: &str| {
+            data.get(k)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        };
+        let ca = get("ca.crt").ok_or_else(|| anyhow!("Secret {secret} has no ca.crt"))?;
+        let mut args = vec![
+            "ssl.ca.location".to_string(),
+            self.client_file(&format!("{secret}-ca.crt"), &ca).await?,
+        ];
+        if self.provider == Provider::Localkube {
+            args.extend([
+                "ssl.endpoint.identification.algorithm".into(),
+                "none".into(),
+            ]);
+        }
+        match (get("password"), get("user.crt"), get("user.key")) {
+            (Some(password), _, _) => args.extend([
+                "security.protocol".into(),
+                "sasl_ssl".into(),
+                "sasl.mechanisms".into(),
+                "SCRAM-SHA-512".into(),
+                "sasl.username".into(),
+                secret.into(),
+                "sasl.password".into(),
+                password,
+            ]),
+            (None, Some(cert), Some(key)) => {
+                let cert = self.client_file(&format!("{secret}.crt"), &cert).await?;
+                let key = self.client_file(&format!("{secret}.key"), &key).await?;
+                args.extend([
+                    "security.protocol".into(),
+                    "ssl".into(),
+                    "ssl.certificate.location".into(),
+                    cert,
+                    "ssl.key.location".into(),
+                    key,
+                ]);
+            }
+            _ => bail!("Secret {secret} holds neither a password nor a certificate"),
+        }
+        Ok(args
+            .chunks(2)
+            .flat_map(|kv| ["-X".to_string(), format!("{}={}", kv[0], kv[1])])
+            .collect())
     }
 
     /// Runs `program` (kubectl or helm) against this cluster; its stdout,

@@ -380,9 +380,7 @@ fn no_partition(topic: &str, partition: i32) -> KafkaError {
     )
 }
 
-/// The most the security record (users' SCRAM credentials and the ACLs)
-/// may take: it is one Lease annotation on Kubernetes, which holds 256 KiB.
-pub const MAX_SECURITY_RECORD_BYTES: usize = 192 << 10;
+pub use sluice_coord::MAX_SECURITY_RECORD_BYTES;
 
 fn coord_error(e: CoordError) -> KafkaError {
     match e {
@@ -392,6 +390,15 @@ fn coord_error(e: CoordError) -> KafkaError {
             KafkaError::new(ResponseError::ConcurrentTransactions, format!("{m}; retry"))
         }
         CoordError::Backend(m) => KafkaError::new(ResponseError::UnknownServerError, m),
+    }
+}
+
+/// A Kafka error a metadata error maps to (see [`coord_error`]).
+struct StoreRefusal(KafkaError);
+
+impl From<CoordError> for StoreRefusal {
+    fn from(e: CoordError) -> StoreRefusal {
+        StoreRefusal(coord_error(e))
     }
 }
 
@@ -1193,41 +1200,33 @@ impl Broker {
         &self,
         change: impl Fn(SecurityRecord) -> Option<SecurityRecord>,
     ) -> KResult<()> {
-        for attempt in 0..16u64 {
-            if attempt > 0 {
-                // Someone else changed it meanwhile: read it again shortly.
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-            }
-            let current = self.coord.security().await.map_err(coord_error)?;
-            let expected = current.as_ref().map(|c| c.version);
-            let Some(next) = change(current.map(|c| c.value).unwrap_or_default()) else {
-                return Ok(());
+        let written = sluice_coord::update_security(self.coord.as_ref(), |current| {
+            let Some(next) = change(current) else {
+                return Ok(None);
             };
             let size = serde_json::to_vec(&next).map_or(0, |b| b.len());
             if size > MAX_SECURITY_RECORD_BYTES {
-                return Err(KafkaError::new(
+                return Err(StoreRefusal(KafkaError::new(
                     ResponseError::PolicyViolation,
                     format!(
                         "the users and ACLs would take {size} bytes, more than the {MAX_SECURITY_RECORD_BYTES} the cluster's metadata keeps for them; remove some first"
                     ),
-                ));
+                )));
             }
-            match self.coord.put_security(next, expected).await {
-                Ok(v) => {
-                    return self
-                        .until_applied("the security change", |b| {
-                            b.view().security.as_ref().is_some_and(|s| s.version >= v)
-                        })
-                        .await
-                }
-                Err(CoordError::Conflict(_)) | Err(CoordError::AlreadyExists(_)) => continue,
-                Err(e) => return Err(coord_error(e)),
+            Ok(Some(next))
+        })
+        .await
+        .map_err(|StoreRefusal(e)| e);
+        match written {
+            Ok(Some(v)) => {
+                self.until_applied("the security change", |b| {
+                    b.view().security.as_ref().is_some_and(|s| s.version >= v)
+                })
+                .await
             }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         }
-        Err(KafkaError::new(
-            ResponseError::ConcurrentTransactions,
-            "the security record kept changing under this request; retry",
-        ))
     }
 
     /// The dynamic broker configs stored for one node or the cluster.

@@ -353,6 +353,11 @@ struct SecurityArgs {
     /// node).
     #[arg(long, env = "SLUICE_REPLICATION_SSL_CA")]
     replication_ssl_ca: Option<PathBuf>,
+    /// With --replication-tls, the name every node's certificate is
+    /// checked for, instead of the peer's host (for nodes reached by
+    /// addresses their certificates cannot name, such as pod IPs).
+    #[arg(long, env = "SLUICE_REPLICATION_SERVER_NAME")]
+    replication_server_name: Option<String>,
     /// `name:password` lines: SCRAM users the node makes sure exist at start
     /// (the first administrator).
     #[arg(long, env = "SLUICE_SCRAM_USERS_FILE")]
@@ -409,6 +414,7 @@ impl SecurityArgs {
         s.max_reauth_ms = self.connections_max_reauth_ms;
         s.failed_authentication_delay_ms = self.connection_failed_authentication_delay_ms;
         s.replication_ca = self.replication_ssl_ca;
+        s.replication_server_name = self.replication_server_name;
         s.scram_users_file = self.scram_users_file;
         s.authorizer = self.authorizer;
         s.replication_tls = self.replication_tls;

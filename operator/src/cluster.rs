@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::{json, Value};
 
-use crate::config::{Advertise, Settings};
+use crate::config::{Advertise, Authentication, Settings, TlsSource};
 
 /// The field manager of everything the operator applies.
 pub const MANAGER: &str = "sluice-operator";
@@ -47,6 +47,56 @@ impl Names<'_> {
     /// The operator's ConfigMap, owner of everything else.
     pub fn owner(&self) -> String {
         format!("{}-operator", self.0)
+    }
+    /// The CA that signs the nodes' certificates (a Secret).
+    pub fn cluster_ca(&self) -> String {
+        format!("{}-cluster-ca", self.0)
+    }
+    /// The CA that signs the users' client certificates (a Secret).
+    pub fn clients_ca(&self) -> String {
+        format!("{}-clients-ca", self.0)
+    }
+    /// The nodes' certificate and key, with both CAs (a Secret).
+    pub fn node_tls(&self) -> String {
+        format!("{}-node-tls", self.0)
+    }
+    /// The operator's own Kafka credentials (a Secret).
+    pub fn operator_user(&self) -> String {
+        format!("{}-operator-user", self.0)
+    }
+    /// The name every node's certificate carries and nodes check on each
+    /// other (pod addresses change; this does not).
+    pub fn node_server_name(&self, namespace: &str) -> String {
+        format!("{}.{namespace}.svc", self.headless())
+    }
+    /// The DNS names of the nodes' certificate: every pod's, the client
+    /// Service's, and the name nodes check on each other.
+    pub fn node_dns_names(&self, namespace: &str) -> Vec<String> {
+        let (h, b) = (self.headless(), self.bootstrap());
+        vec![
+            self.node_server_name(namespace),
+            format!("*.{h}.{namespace}.svc"),
+            format!("*.{h}.{namespace}.svc.cluster.local"),
+            format!("{b}.{namespace}.svc"),
+            format!("{b}.{namespace}.svc.cluster.local"),
+            format!("{b}.{namespace}"),
+            b,
+        ]
+    }
+}
+
+/// The user name the operator's own Kafka client logs in with; a super
+/// user.
+pub const OPERATOR_USER: &str = "sluice-operator";
+
+/// Where the nodes' TLS Secret is mounted.
+pub const TLS_DIR: &str = "/etc/sluice/tls";
+
+/// The operator's own principal under `s`'s authentication.
+pub fn operator_principal(s: &Settings) -> String {
+    match s.security.authentication {
+        Authentication::Tls => format!("User:CN={OPERATOR_USER}"),
+        _ => format!("User:{OPERATOR_USER}"),
     }
 }
 
@@ -107,15 +157,14 @@ fn node_env(s: &Settings, namespace: &str, owner: &OwnerReference) -> Vec<Value>
             s.reassignment_throttle_bytes_per_sec.to_string(),
         ),
         val("SLUICE_DATA_DIR", "/var/lib/sluice".into()),
-        val("SLUICE_LISTEN", format!("{host}:{}", s.kafka_port)),
         val("SLUICE_ADMIN_LISTEN", format!("{host}:{}", s.admin_port)),
         val(
             "SLUICE_REPLICATION_LISTEN",
             format!("{host}:{}", s.replication_port),
         ),
-        val("SLUICE_ADVERTISED_ADDRESS", advertised),
     ]
     .into_iter()
+    .chain(security_env(s, namespace, &host, &advertised))
     .chain(s.rack_topology_key.iter().flat_map(|key| {
         [
             field("SLUICE_KUBERNETES_NODE", "spec.nodeName"),
@@ -123,6 +172,68 @@ fn node_env(s: &Settings, namespace: &str, owner: &OwnerReference) -> Vec<Value>
         ]
     }))
     .collect()
+}
+
+/// The client listener, and with security on its TLS, authentication,
+/// authorizer and mutual TLS between nodes.
+fn security_env(s: &Settings, namespace: &str, host: &str, advertised: &str) -> Vec<Value> {
+    let val = |name: &str, v: String| json!({"name": name, "value": v});
+    let sec = &s.security;
+    let protocol = sec.protocol();
+    if protocol == "PLAINTEXT" && !sec.authorizer {
+        return vec![
+            val("SLUICE_LISTEN", format!("{host}:{}", s.kafka_port)),
+            val("SLUICE_ADVERTISED_ADDRESS", advertised.to_string()),
+        ];
+    }
+    let file = |f: &str| format!("{TLS_DIR}/{f}");
+    let mut env = vec![
+        val(
+            "SLUICE_LISTENERS",
+            format!("{protocol}://{host}:{}", s.kafka_port),
+        ),
+        val(
+            "SLUICE_ADVERTISED_LISTENERS",
+            format!("{protocol}://{advertised}:{}", s.kafka_port),
+        ),
+    ];
+    if sec.tls() {
+        env.push(val("SLUICE_SSL_CERT", file("tls.crt")));
+        env.push(val("SLUICE_SSL_KEY", file("tls.key")));
+        env.push(val("SLUICE_REPLICATION_TLS", "true".into()));
+        env.push(val("SLUICE_REPLICATION_SSL_CA", file("ca.crt")));
+        env.push(val(
+            "SLUICE_REPLICATION_SERVER_NAME",
+            Names(&s.cluster_name).node_server_name(namespace),
+        ));
+    }
+    match sec.authentication {
+        Authentication::Tls => {
+            // cert-manager's Secret carries the issuer's CA only: users'
+            // certificates come from the same issuer.
+            let ca = if sec.tls == TlsSource::CertManager {
+                "ca.crt"
+            } else {
+                "clients-ca.crt"
+            };
+            env.push(val("SLUICE_SSL_CA", file(ca)));
+            env.push(val("SLUICE_SSL_CLIENT_AUTH", "required".into()));
+        }
+        Authentication::ScramSha512 => {
+            env.push(val(
+                "SLUICE_SASL_ENABLED_MECHANISMS",
+                "SCRAM-SHA-512".into(),
+            ));
+        }
+        Authentication::None => {}
+    }
+    if sec.authorizer {
+        env.push(val("SLUICE_AUTHORIZER", "true".into()));
+        let mut supers = vec![operator_principal(s)];
+        supers.extend(sec.super_users.iter().cloned());
+        env.push(val("SLUICE_SUPER_USERS", supers.join(";")));
+    }
+    env
 }
 
 /// The nodes' StatefulSet with `replicas` pods.
@@ -171,11 +282,15 @@ pub fn statefulset(
             "readinessProbe": probe("/readyz", 2),
             "livenessProbe": probe("/healthz", 10),
             "resources": resources,
-            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/sluice"}],
+            "volumeMounts": volume_mounts(s),
             "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                 "capabilities": {"drop": ["ALL"]}},
         }],
     });
+    if s.security.tls() {
+        pod_spec["volumes"] = json!([{"name": "tls", "secret": {
+            "secretName": Names(&s.cluster_name).node_tls(), "defaultMode": 0o440}}]);
+    }
     if let Some(key) = &s.rack_topology_key {
         pod_spec["topologySpreadConstraints"] = json!([{
             "maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
@@ -208,6 +323,14 @@ pub fn statefulset(
         },
     }))
     .expect("a valid StatefulSet")
+}
+
+fn volume_mounts(s: &Settings) -> Value {
+    let mut mounts = vec![json!({"name": "data", "mountPath": "/var/lib/sluice"})];
+    if s.security.tls() {
+        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+    }
+    json!(mounts)
 }
 
 /// The headless Service (pod DNS names; unready pods published so nodes
@@ -448,7 +571,10 @@ mod tests {
 
     #[test]
     fn nodes_take_their_id_from_the_ordinal_and_advertise_as_configured() {
-        let s = Settings::default();
+        let s = Settings {
+            security: crate::config::Security::off(),
+            ..Settings::default()
+        };
         let sts = statefulset(&s, "data", 3, &owner());
         assert_eq!(sts.metadata.name.as_deref(), Some("sluice-node"));
         assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(3));
@@ -476,7 +602,7 @@ mod tests {
         );
         let local = Settings {
             advertise: Advertise::PodIp,
-            ..Settings::default()
+            ..s.clone()
         };
         let env = env_of(&statefulset(&local, "data", 1, &owner()));
         assert!(env.contains(&("SLUICE_LISTEN".into(), "$(POD_IP):9092".into())));
@@ -485,6 +611,90 @@ mod tests {
         assert_eq!(
             sts.metadata.owner_references.unwrap()[0].name,
             "sluice-operator"
+        );
+    }
+
+    /// The defaults: one SASL_SSL listener with SCRAM-SHA-512, the
+    /// certificate from the node Secret, mutual TLS between nodes checked
+    /// for the nodes' shared name, the authorizer with the operator as a
+    /// super user.
+    #[test]
+    fn a_secured_node_listens_with_tls_and_scram_and_checks_acls() {
+        let s = Settings::default();
+        let sts = statefulset(&s, "data", 3, &owner());
+        let env = env_of(&sts);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("SLUICE_LISTENERS").as_deref(),
+            Some("SASL_SSL://0.0.0.0:9092")
+        );
+        assert_eq!(
+            get("SLUICE_ADVERTISED_LISTENERS").as_deref(),
+            Some("SASL_SSL://$(POD_NAME).sluice-nodes.data.svc:9092")
+        );
+        assert_eq!(get("SLUICE_LISTEN"), None);
+        assert_eq!(get("SLUICE_ADVERTISED_ADDRESS"), None);
+        assert_eq!(
+            get("SLUICE_SSL_CERT").as_deref(),
+            Some("/etc/sluice/tls/tls.crt")
+        );
+        assert_eq!(
+            get("SLUICE_SASL_ENABLED_MECHANISMS").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        assert_eq!(get("SLUICE_REPLICATION_TLS").as_deref(), Some("true"));
+        assert_eq!(
+            get("SLUICE_REPLICATION_SSL_CA").as_deref(),
+            Some("/etc/sluice/tls/ca.crt")
+        );
+        assert_eq!(
+            get("SLUICE_REPLICATION_SERVER_NAME").as_deref(),
+            Some("sluice-nodes.data.svc")
+        );
+        assert_eq!(
+            get("SLUICE_SUPER_USERS").as_deref(),
+            Some("User:sluice-operator")
+        );
+        assert_eq!(get("SLUICE_SSL_CLIENT_AUTH"), None);
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("sluice-node-tls")
+        );
+        assert!(pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == TLS_DIR && m.read_only == Some(true)));
+        // The node's certificate names what nodes check on each other.
+        let names = Names("sluice").node_dns_names("data");
+        assert_eq!(names[0], "sluice-nodes.data.svc");
+        assert!(names.contains(&"*.sluice-nodes.data.svc".to_string()));
+
+        // Client certificates: SSL, certificates required of the clients'
+        // CA, the operator's principal its certificate's subject.
+        let mut tls = Settings::default();
+        tls.security.authentication = Authentication::Tls;
+        tls.security.super_users = vec!["User:admin".into()];
+        let env = env_of(&statefulset(&tls, "data", 3, &owner()));
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("SLUICE_LISTENERS").as_deref(),
+            Some("SSL://0.0.0.0:9092")
+        );
+        assert_eq!(get("SLUICE_SSL_CLIENT_AUTH").as_deref(), Some("required"));
+        assert_eq!(
+            get("SLUICE_SSL_CA").as_deref(),
+            Some("/etc/sluice/tls/clients-ca.crt")
+        );
+        assert_eq!(
+            get("SLUICE_SUPER_USERS").as_deref(),
+            Some("User:CN=sluice-operator;User:admin")
         );
     }
 

@@ -19,6 +19,110 @@ pub enum Advertise {
     PodIp,
 }
 
+/// Where the nodes' certificates come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsSource {
+    /// The operator's own CAs (Secrets `<cluster>-cluster-ca` and
+    /// `<cluster>-clients-ca`), certificates renewed before they expire.
+    #[default]
+    Operator,
+    /// cert-manager `Certificate`s from `certManagerIssuer`.
+    CertManager,
+    /// No TLS: the client listener and replication in the clear.
+    None,
+}
+
+/// How Kafka clients authenticate on the client listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Authentication {
+    /// SASL SCRAM-SHA-512 (SASL_SSL with TLS, else SASL_PLAINTEXT).
+    #[default]
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+    /// Client certificates of the clients' CA (SSL, certificates required).
+    #[serde(rename = "tls")]
+    Tls,
+    /// None: every client is `User:ANONYMOUS`.
+    #[serde(rename = "none")]
+    None,
+}
+
+/// A cert-manager issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (the default) or `ClusterIssuer`.
+    #[serde(default = "issuer_kind")]
+    pub kind: String,
+}
+
+fn issuer_kind() -> String {
+    "Issuer".into()
+}
+
+/// The cluster's security: TLS, authentication, authorization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Security {
+    pub tls: TlsSource,
+    /// The issuer of the nodes' and users' certificates with `tls:
+    /// certManager`.
+    pub cert_manager_issuer: Option<IssuerRef>,
+    pub authentication: Authentication,
+    /// Check every request against the ACLs (Users' `spec.acls`); what
+    /// no ACL allows is denied.
+    pub authorizer: bool,
+    /// Principals every check lets through besides the operator's own
+    /// (`User:admin`).
+    pub super_users: Vec<String>,
+    /// Lifetimes of the operator's CAs and of the certificates they sign;
+    /// each is renewed two thirds into its life.
+    pub ca_validity_days: i64,
+    pub cert_validity_days: i64,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security {
+            tls: TlsSource::Operator,
+            cert_manager_issuer: None,
+            authentication: Authentication::ScramSha512,
+            authorizer: true,
+            super_users: vec![],
+            ca_validity_days: 1825,
+            cert_validity_days: 90,
+        }
+    }
+}
+
+impl Security {
+    /// Everything off: a cluster in the clear, as before security.
+    pub fn off() -> Security {
+        Security {
+            tls: TlsSource::None,
+            authentication: Authentication::None,
+            authorizer: false,
+            ..Security::default()
+        }
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls != TlsSource::None
+    }
+
+    /// The client listener's security protocol.
+    pub fn protocol(&self) -> &'static str {
+        match (self.tls(), self.authentication) {
+            (true, Authentication::ScramSha512) => "SASL_SSL",
+            (true, _) => "SSL",
+            (false, Authentication::ScramSha512) => "SASL_PLAINTEXT",
+            (false, _) => "PLAINTEXT",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Settings {
@@ -73,6 +177,9 @@ pub struct Settings {
     /// `follower.replication.throttled.rate`), so moves leave clients their
     /// share of disk and network. 0: unthrottled.
     pub reassignment_throttle_bytes_per_sec: u64,
+    /// TLS, authentication and authorization (defaults: TLS from the
+    /// operator's CAs, SCRAM-SHA-512, the authorizer on).
+    pub security: Security,
 }
 
 impl Default for Settings {
@@ -105,6 +212,7 @@ impl Default for Settings {
             // About half of a general-purpose cloud SSD's baseline (gp3:
             // 125 MiB/s), the rest left to producers and consumers.
             reassignment_throttle_bytes_per_sec: 64 << 20,
+            security: Security::default(),
         }
     }
 }
@@ -186,6 +294,43 @@ impl Settings {
                 format!("{k} is not one of {}", TOPIC_DEFAULTS.join(", ")),
             );
         }
+        let sec = &self.security;
+        if sec.tls == TlsSource::None && sec.authentication == Authentication::Tls {
+            return bad(
+                "security.authentication",
+                "tls (client certificates) needs security.tls".into(),
+            );
+        }
+        if sec.authorizer && sec.authentication == Authentication::None {
+            return bad(
+                "security.authorizer",
+                "needs security.authentication: without it every client is User:ANONYMOUS".into(),
+            );
+        }
+        if sec.tls == TlsSource::CertManager && sec.cert_manager_issuer.is_none() {
+            return bad(
+                "security.certManagerIssuer",
+                "tls: certManager needs an issuer ({name, kind})".into(),
+            );
+        }
+        if sec.ca_validity_days < 2 || sec.cert_validity_days < 1 {
+            return bad(
+                "security.caValidityDays/certValidityDays",
+                "too short".into(),
+            );
+        }
+        if sec.cert_validity_days >= sec.ca_validity_days {
+            return bad(
+                "security.certValidityDays",
+                "must be shorter than caValidityDays".into(),
+            );
+        }
+        if let Some(u) = sec.super_users.iter().find(|u| !u.contains(':')) {
+            return bad(
+                "security.superUsers",
+                format!("{u:?} is not of the form User:name"),
+            );
+        }
         if self.cluster_name.is_empty()
             || self.cluster_name.len() > 40
             || !self
@@ -251,6 +396,25 @@ mod tests {
         assert!(e.to_string().starts_with("maxNodes:"), "{e}");
         let e = Settings::load(None, &["oops".into()]).unwrap_err();
         assert!(e.to_string().contains("key=value"), "{e}");
+        let e = Settings::load(None, &["security={tls: none, authentication: tls}".into()])
+            .unwrap_err();
+        assert!(e.to_string().starts_with("security.authentication:"), "{e}");
+        let e = Settings::load(None, &["security={authentication: none}".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("security.authorizer:"), "{e}");
+        let e = Settings::load(None, &["security={tls: certManager}".into()]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("security.certManagerIssuer:"),
+            "{e}"
+        );
+        let e = Settings::load(None, &["security={superUsers: [admin]}".into()]).unwrap_err();
+        assert!(e.to_string().starts_with("security.superUsers:"), "{e}");
+        let s = Settings::load(
+            None,
+            &["security={tls: certManager, certManagerIssuer: {name: ca}}".into()],
+        )
+        .unwrap();
+        assert_eq!(s.security.cert_manager_issuer.unwrap().kind, "Issuer");
+        assert_eq!(s.security.authentication, Authentication::ScramSha512);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub interval: Duration,
+    /// The operator's Kafka client (its login kept current by the TLS loop).
+    pub kafka: kafka::Kafka,
     /// Per object (uid): what its last full pass saw of it (generation,
     /// finalizers, deletion) and when. A pass triggered by nothing but a
     /// status write (its own, usually) within the interval reads nothing.
@@ -62,6 +64,7 @@ impl Context {
         metrics: Arc<Metrics>,
         recorder: Recorder,
         interval: Duration,
+        kafka: kafka::Kafka,
     ) -> Context {
         Context {
             client,
@@ -69,6 +72,7 @@ impl Context {
             metrics,
             recorder,
             interval,
+            kafka,
             last_pass: Default::default(),
         }
     }
@@ -327,6 +331,7 @@ pub fn reset_state_before(report: &GroupReport) -> Option<ResetState> {
 }
 
 async fn apply_reset(
+    kafka: &kafka::Kafka,
     view: &View,
     group: &str,
     reset: &OffsetReset,
@@ -349,10 +354,10 @@ async fn apply_reset(
         .filter_map(|t| counts.get(t).map(|n| (t, *n)))
         .flat_map(|(t, n)| (0..n).map(move |p| (t.clone(), p)))
         .collect();
-    let earliest = kafka::offsets_at(view, &parts, kafka::EARLIEST).await;
-    let latest = kafka::offsets_at(view, &parts, kafka::LATEST).await;
+    let earliest = kafka.offsets_at(view, &parts, kafka::EARLIEST).await;
+    let latest = kafka.offsets_at(view, &parts, kafka::LATEST).await;
     let at_time = match (reset.to, reset.value) {
-        (ResetTo::Timestamp, Some(ts)) => kafka::offsets_at(view, &parts, ts).await,
+        (ResetTo::Timestamp, Some(ts)) => kafka.offsets_at(view, &parts, ts).await,
         _ => BTreeMap::new(),
     };
     let targets = match reset_targets(
@@ -366,7 +371,7 @@ async fn apply_reset(
         Ok(t) => t,
         Err(why) => return Ok(ResetState::Failed(why)),
     };
-    kafka::commit(view, group, &targets).await?;
+    kafka.commit(view, group, &targets).await?;
     Ok(ResetState::Applied(AppliedOffsetReset {
         reset: reset.clone(),
         offsets: targets
@@ -402,19 +407,23 @@ async fn publish(ctx: &Context, cg: &ConsumerGroup, warn: bool, reason: &str, no
 /// off, leaving any other finalizer as it is. The patch carries the
 /// resourceVersion read: after a concurrent change it fails, and the next
 /// pass decides again.
-async fn set_finalizer(
-    api: &Api<ConsumerGroup>,
-    cg: &ConsumerGroup,
+pub async fn set_finalizer<K>(
+    api: &Api<K>,
+    cg: &K,
+    finalizer: &str,
     held: bool,
-) -> Result<(), kube::Error> {
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let mut finalizers: Vec<String> = cg
         .finalizers()
         .iter()
-        .filter(|f| *f != FINALIZER)
+        .filter(|f| *f != finalizer)
         .cloned()
         .collect();
     if held {
-        finalizers.push(FINALIZER.into());
+        finalizers.push(finalizer.into());
     }
     let patch = serde_json::json!({"metadata": {
         "finalizers": finalizers,
@@ -448,11 +457,11 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
         }
         if !cg.spec.delete_group_on_removal {
             // Turned off before the deletion: the group stays.
-            set_finalizer(&api, cg, false).await?;
+            set_finalizer(&api, cg, FINALIZER, false).await?;
             return Ok(Action::await_change());
         }
         let view = View::read(ctx.coord.as_ref()).await?;
-        match kafka::delete(&view, group).await {
+        match ctx.kafka.delete(&view, group).await {
             Ok(()) => {
                 publish(
                     ctx,
@@ -476,13 +485,13 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
             }
             Err(e) => return Err(e.into()),
         }
-        set_finalizer(&api, cg, false).await?;
+        set_finalizer(&api, cg, FINALIZER, false).await?;
         return Ok(Action::await_change());
     }
     // Held exactly while the Kafka group is to go with the object.
     let held = cg.finalizers().iter().any(|f| f == FINALIZER);
     if held != cg.spec.delete_group_on_removal {
-        set_finalizer(&api, cg, cg.spec.delete_group_on_removal).await?;
+        set_finalizer(&api, cg, FINALIZER, cg.spec.delete_group_on_removal).await?;
     }
     if let Some(wait) = ctx.not_due(cg) {
         return Ok(Action::requeue(wait));
@@ -490,7 +499,7 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
     let now = Utc::now();
     let view = View::read(ctx.coord.as_ref()).await?;
     let previous = cg.status.clone().unwrap_or_default();
-    let (report, log_end, reset) = match kafka::describe(&view, group).await {
+    let (report, log_end, reset) = match ctx.kafka.describe(&view, group).await {
         Ok(report) => {
             let reset = match reset_pending(
                 cg.spec.offset_reset.as_ref(),
@@ -502,7 +511,7 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
                 },
                 Some(r) => match reset_state_before(&report) {
                     Some(waiting) => waiting,
-                    None => apply_reset(&view, group, r, &report, now).await?,
+                    None => apply_reset(&ctx.kafka, &view, group, r, &report, now).await?,
                 },
             };
             if let ResetState::Applied(a) = &reset {
@@ -513,11 +522,11 @@ async fn reconcile_inner(cg: &ConsumerGroup, ctx: &Context) -> Result<Action, Gr
             // After a reset, the committed offsets are read again (the
             // ones read before will do if that fails).
             let report = match &reset {
-                ResetState::Applied(_) => kafka::describe(&view, group).await.unwrap_or(report),
+                ResetState::Applied(_) => ctx.kafka.describe(&view, group).await.unwrap_or(report),
                 _ => report,
             };
             let parts: Vec<(String, i32)> = report.committed.keys().cloned().collect();
-            let log_end = kafka::offsets_at(&view, &parts, kafka::LATEST).await;
+            let log_end = ctx.kafka.offsets_at(&view, &parts, kafka::LATEST).await;
             (Ok(report), log_end, reset)
         }
         Err(e) => (

@@ -12,6 +12,7 @@
 //! Nothing here decides what a node decides for itself; the rules live in
 //! `sluice-api` and `sluice-coord`.
 
+pub mod certs;
 pub mod cluster;
 pub mod config;
 #[cfg(test)]
@@ -23,3 +24,5 @@ pub mod roll;
 pub mod run;
 pub mod scale;
 pub mod status;
+pub mod tls;
+pub mod users;

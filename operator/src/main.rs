@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let app = metrics::router(metrics.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let op = Arc::new(Operator {
+        kafka: Default::default(),
         recorder: run::recorder(client.clone(), &identity),
         client,
         settings,

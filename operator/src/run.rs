@@ -38,6 +38,9 @@ pub struct Operator {
     pub coord: Arc<dyn Coordination>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// The operator's Kafka client (consumer groups), logged in as the
+    /// security settings say.
+    pub kafka: crate::kafka::Kafka,
 }
 
 /// The operator's ConfigMap: owner of every object it applies. The chart
@@ -102,6 +105,7 @@ impl Operator {
                     me.clone().nodes_loop(members_tx),
                     me.clone().status_loop(),
                     me.clone().groups_loop(),
+                    me.clone().users_loop(),
                 );
             }
         })
@@ -240,6 +244,27 @@ impl Operator {
                 *n != replicas || *r != restart || at.elapsed() > Duration::from_secs(60)
             });
             if due {
+                // The certificates the nodes mount, before the nodes.
+                match crate::tls::ensure(
+                    &self.client,
+                    &self.coord,
+                    &self.settings,
+                    &self.namespace,
+                    &owner,
+                )
+                .await
+                {
+                    Ok(login) => self.kafka.set_login(login),
+                    Err(e @ crate::tls::TlsError::Waiting(_)) => {
+                        tracing::warn!(error = %e, "certificates not ready")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "keeping the certificates failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                        continue;
+                    }
+                }
                 let started = Instant::now();
                 let r = cluster::apply(
                     &self.client,
@@ -503,9 +528,33 @@ impl Operator {
             self.metrics.clone(),
             self.recorder.clone(),
             Duration::from_millis(self.settings.group_status_interval_ms),
+            self.kafka.clone(),
         ));
         Controller::new(api, watcher::Config::default())
             .run(groups::reconcile, groups::error_policy, ctx)
+            .for_each(|_| async {})
+            .await;
+    }
+
+    /// Runs the User controller ([`crate::users`]) over this namespace;
+    /// a change to a User's Secret brings its User back.
+    async fn users_loop(self: Arc<Self>) {
+        let api: Api<sluice_api::v1alpha1::User> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let ctx = Arc::new(crate::users::Context {
+            client: self.client.clone(),
+            coord: self.coord.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+        });
+        Controller::new(api, watcher::Config::default())
+            .owns(
+                secrets,
+                watcher::Config::default().labels("sluice.dev/user"),
+            )
+            .run(crate::users::reconcile, crate::users::error_policy, ctx)
             .for_each(|_| async {})
             .await;
     }
@@ -675,6 +724,7 @@ mod tests {
             coord,
             metrics: Arc::new(Metrics::default()),
             recorder: recorder(events_client, "sluice-operator-0"),
+            kafka: Default::default(),
         };
         (op, events)
     }

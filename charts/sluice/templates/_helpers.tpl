@@ -76,4 +76,20 @@ statusIntervalMs: {{ .Values.operator.statusIntervalMs | int64 }}
 groupStatusIntervalMs: {{ .Values.operator.groupStatusIntervalMs | int64 }}
 maxConcurrentMoves: {{ $n.reassignment.maxConcurrentMoves | int64 }}
 reassignmentThrottleBytesPerSec: {{ $n.reassignment.throttleBytesPerSec | int64 }}
+{{- $sec := .Values.security }}
+security:
+  tls: {{ $sec.tls }}
+  {{- if eq $sec.tls "certManager" }}
+  {{- if not $sec.certManager.issuer.name }}
+  {{- fail "security.tls is certManager: set security.certManager.issuer.name" }}
+  {{- end }}
+  certManagerIssuer:
+    name: {{ $sec.certManager.issuer.name | quote }}
+    kind: {{ $sec.certManager.issuer.kind | quote }}
+  {{- end }}
+  authentication: {{ $sec.authentication }}
+  authorizer: {{ $sec.authorizer }}
+  superUsers: {{ toJson $sec.superUsers }}
+  caValidityDays: {{ $sec.caValidityDays | int64 }}
+  certValidityDays: {{ $sec.certValidityDays | int64 }}
 {{- end -}}

@@ -21,7 +21,8 @@
 //!   mount paths in command, args and env are rewritten to the directory.
 //!   Env: values, the downward API (metadata.name, metadata.namespace,
 //!   metadata.uid, status.podIP, spec.nodeName), ConfigMap and Secret keys
-//!   and envFrom. Pods are scheduled onto the fewest-loaded of localkube's
+//!   and envFrom; a pod whose Secret or ConfigMap (volume or key) is
+//!   missing waits for it, retried every second, as the kubelet does. Pods are scheduled onto the fewest-loaded of localkube's
 //!   Node objects (`--zones`: one per zone), all of them this machine.
 //!   HTTP and TCP readiness and liveness probes, restartPolicy
 //!   Always with backoff (OnFailure restarts only failed containers, Never
@@ -611,6 +612,24 @@ impl Kubelet {
                 } else {
                     None
                 };
+                // As the kubelet: a pod waits for a Secret or ConfigMap it
+                // mounts (unless `optional`), retried until it exists.
+                let source = if v["secret"].is_object() {
+                    Some(("secret", &v["secret"], v["secret"]["secretName"].as_str()))
+                } else if v["configMap"].is_object() {
+                    Some((
+                        "configmap",
+                        &v["configMap"],
+                        v["configMap"]["name"].as_str(),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((kind, spec, obj)) = source {
+                    if files.is_none() && spec["optional"].as_bool() != Some(true) {
+                        return Err(format!("{kind} \"{}\" not found", obj.unwrap_or_default()));
+                    }
+                }
                 let _ = std::fs::create_dir_all(&dir);
                 for (f, content) in files
                     .as_ref()
@@ -757,11 +776,16 @@ impl Kubelet {
                     r["key"].as_str().unwrap_or_default(),
                 )
             } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
-                lookup(
-                    "secrets",
-                    r["name"].as_str().unwrap_or_default(),
-                    r["key"].as_str().unwrap_or_default(),
-                )
+                let name = r["name"].as_str().unwrap_or_default();
+                let k = r["key"].as_str().unwrap_or_default();
+                match lookup("secrets", name, k) {
+                    None if r.get("optional").and_then(Value::as_bool) != Some(true) => {
+                        return Err(format!(
+                            "secret \"{name}\" has no key {k} (or does not exist)"
+                        ))
+                    }
+                    v => v,
+                }
             } else {
                 None
             };

@@ -25,11 +25,19 @@ use super::tls::{ClientAuth, Tls, TlsFiles};
 pub struct NodeTls {
     server: Arc<Tls>,
     files: TlsFiles,
+    /// Checked on the peers' certificates instead of their host.
+    server_name: Option<String>,
 }
 
 impl NodeTls {
     /// `ca`: the nodes' own CA, else the listeners' (`--ssl-ca`).
-    pub fn new(files: &TlsFiles, ca: Option<&std::path::PathBuf>) -> anyhow::Result<Arc<NodeTls>> {
+    /// `server_name`: the name peers' certificates must carry, when not
+    /// the host connected to.
+    pub fn new(
+        files: &TlsFiles,
+        ca: Option<&std::path::PathBuf>,
+        server_name: Option<String>,
+    ) -> anyhow::Result<Arc<NodeTls>> {
         let ca = ca.or(files.ca.as_ref()).cloned();
         anyhow::ensure!(
             ca.is_some(),
@@ -43,6 +51,7 @@ impl NodeTls {
         Ok(Arc::new(NodeTls {
             server: Tls::new(files.clone())?,
             files,
+            server_name,
         }))
     }
 
@@ -92,10 +101,22 @@ impl NodeTls {
                 }
                 let acceptor = me.server.acceptor();
                 let tx = tx.clone();
+                let server_name = me.server_name.clone();
+                let peer_addr = peer;
                 tokio::spawn(async move {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await
                     {
                         Ok(Ok(s)) => {
+                            if let Some(name) = &server_name {
+                                // Only a node: a client certificate of the
+                                // same CA does not carry the nodes' name.
+                                let peer =
+                                    s.get_ref().1.peer_certificates().and_then(|c| c.first());
+                                if !peer.is_some_and(|c| names_dns(c.as_ref(), name)) {
+                                    tracing::warn!(%peer_addr, %name, "replication peer refused: its certificate does not name the nodes");
+                                    return;
+                                }
+                            }
                             let _ = tx.send(Ok(TlsIo(s))).await;
                         }
                         Ok(Err(e)) => {
@@ -110,7 +131,7 @@ impl NodeTls {
     }
 
     /// A channel to the node at `host:port` over mutual TLS, its
-    /// certificate checked for `host`.
+    /// certificate checked for `host` (or the configured server name).
     pub async fn connect(
         self: &Arc<Self>,
         endpoint: Endpoint,
@@ -121,7 +142,10 @@ impl NodeTls {
         let (host, _) = addr
             .rsplit_once(':')
             .ok_or_else(|| format!("{addr} has no port"))?;
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())?;
+        let name = match &self.server_name {
+            Some(n) => ServerName::try_from(n.clone())?,
+            None => ServerName::try_from(host.trim_matches(['[', ']']).to_string())?,
+        };
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
             let (config, addr, name) = (config.clone(), addr.clone(), name.clone());
             async move {
@@ -135,6 +159,19 @@ impl NodeTls {
         });
         Ok(endpoint.connect_with_connector(connector).await?)
     }
+}
+
+/// Whether the DER certificate carries `name` among its DNS names.
+fn names_dns(der: &[u8], name: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|n| {
+        matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if d.eq_ignore_ascii_case(name))
+    })
 }
 
 /// A channel to another node at `addr` (`host:port`): over mutual TLS

@@ -49,6 +49,10 @@ pub struct SecurityConfig {
     /// The CA of the nodes' certificates, when it is not `--ssl-ca` (so a
     /// client certificate cannot pass for a node).
     pub replication_ca: Option<PathBuf>,
+    /// The name every node's certificate is checked for between nodes,
+    /// instead of the address connected to (pod addresses change; a name
+    /// every node certificate carries does not).
+    pub replication_server_name: Option<String>,
 }
 
 impl Default for SecurityConfig {
@@ -71,6 +75,7 @@ impl Default for SecurityConfig {
             scram_users_file: None,
             replication_tls: false,
             replication_ca: None,
+            replication_server_name: None,
         }
     }
 }
@@ -108,7 +113,11 @@ impl Security {
             (_, false) => None,
         };
         let nodes = match (&c.tls, c.replication_tls) {
-            (Some(files), true) => Some(grpc::NodeTls::new(files, c.replication_ca.as_ref())?),
+            (Some(files), true) => Some(grpc::NodeTls::new(
+                files,
+                c.replication_ca.as_ref(),
+                c.replication_server_name.clone(),
+            )?),
             (None, true) => anyhow::bail!(
                 "--replication-tls needs a certificate, key and CA (--ssl-cert, --ssl-key, --ssl-ca)"
             ),
