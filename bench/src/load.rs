@@ -123,10 +123,13 @@ fn prepare(t: &Target) -> anyhow::Result<()> {
     let Some(partitions) = t.create_partitions else {
         return Ok(());
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &t.bootstrap)
-        .create()
-        .context("admin client")?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &t.bootstrap);
+    // The -X settings (security above all) are the admin client's too.
+    for (k, v) in &t.client_configs {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().context("admin client")?;
     let mut topic = NewTopic::new(
         &t.topic,
         partitions,

@@ -639,4 +639,46 @@ mod tests {
             .unwrap()
             .verify_password(Mechanism::Sha512, "two"));
     }
+
+    #[test]
+    fn cert_manager_certificates_name_the_issuer_the_secret_and_the_use() {
+        let mut s = Settings::default();
+        s.security.tls = TlsSource::CertManager;
+        s.security.cert_manager_issuer = Some(crate::config::IssuerRef {
+            name: "sluice-ca".into(),
+            kind: "ClusterIssuer".into(),
+        });
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "sluice-operator".into(),
+            uid: "u-1".into(),
+            ..Default::default()
+        };
+        let node = Leaf::Node {
+            dns_names: Names("sluice").node_dns_names("data"),
+        };
+        let c = certificate(&s, "data", "sluice-node-tls", &node, &owner, &labels(&s));
+        assert_eq!(c["kind"], "Certificate");
+        assert_eq!(c["spec"]["secretName"], "sluice-node-tls");
+        assert_eq!(c["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+        assert_eq!(c["spec"]["duration"], "2160h");
+        assert_eq!(c["spec"]["renewBefore"], "720h");
+        assert_eq!(c["spec"]["dnsNames"][0], "sluice-nodes.data.svc");
+        assert!(c["spec"].get("commonName").is_none());
+        assert_eq!(c["spec"]["usages"][1], "client auth");
+        assert_eq!(c["metadata"]["ownerReferences"][0]["uid"], "u-1");
+        let user = Leaf::Client {
+            common_name: "carol".into(),
+        };
+        let mut l = labels(&s);
+        l.insert("sluice.dev/user".into(), "carol".into());
+        let c = certificate(&s, "data", "carol", &user, &owner, &l);
+        assert_eq!(c["spec"]["commonName"], "carol");
+        assert_eq!(
+            c["spec"]["secretTemplate"]["labels"]["sluice.dev/user"],
+            "carol"
+        );
+        assert_eq!(c["spec"]["usages"][0], "client auth");
+    }
 }

@@ -590,4 +590,107 @@ mod tests {
         assert_eq!(v.acls, vec![other]);
         assert!(v.users.contains_key("bob") && !v.users.contains_key("alice"));
     }
+
+    fn ctx(client: kube::Client, coord: Arc<sluice_coord::InMemory>) -> Arc<Context> {
+        Arc::new(Context {
+            client,
+            coord,
+            settings: Settings::default(),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    fn stored(mut u: User) -> User {
+        u.metadata.namespace = Some(crate::fixtures::NAMESPACE.into());
+        u.metadata.generation = Some(1);
+        u.metadata.resource_version = Some("7".into());
+        u.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        u
+    }
+
+    /// A rule the model refuses is a status naming it, and nothing is
+    /// stored or written.
+    #[tokio::test]
+    async fn an_invalid_acl_is_a_status_and_nothing_is_stored() {
+        let (client, mut server) = crate::fixtures::client();
+        let coord = Arc::new(sluice_coord::InMemory::new());
+        let u = stored(user(
+            AuthenticationType::ScramSha512,
+            vec![rule(AclResourceType::Group, None, &[AclOperation::Read])],
+        ));
+        let object = serde_json::to_value(&u).unwrap();
+        let run = tokio::spawn(reconcile(Arc::new(u), ctx(client, coord.clone())));
+        let seen = server
+            .expect(
+                "PATCH",
+                "/apis/sluice.dev/v1alpha1/namespaces/data/users/alice/status",
+                200,
+                |seen| {
+                    let mut o = object.clone();
+                    o["status"] = seen.body["status"].clone();
+                    o
+                },
+            )
+            .await;
+        let ready = &seen.body["status"]["conditions"][0];
+        assert_eq!(ready["reason"], "InvalidAcl");
+        assert!(ready["message"].as_str().unwrap().starts_with("acls[0]:"));
+        assert!(run.await.unwrap().is_ok());
+        server.done().await;
+        assert!(coord.security().await.unwrap().is_none());
+    }
+
+    /// Deleting a User removes its credential and ACLs, deletes its own
+    /// Secret, then lets it go.
+    #[tokio::test]
+    async fn a_deleted_user_takes_its_credential_acls_and_secret() {
+        let coord = Arc::new(sluice_coord::InMemory::new());
+        let mut u = stored(user(
+            AuthenticationType::ScramSha512,
+            vec![rule(
+                AclResourceType::Topic,
+                Some("orders"),
+                &[AclOperation::Read],
+            )],
+        ));
+        store(coord.as_ref(), "alice", &bindings(&u).unwrap(), Some("pw"))
+            .await
+            .unwrap();
+        u.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Utc::now(),
+        ));
+        let (client, mut server) = crate::fixtures::client();
+        let object = serde_json::to_value(&u).unwrap();
+        let run = tokio::spawn(reconcile(Arc::new(u), ctx(client, coord.clone())));
+        let secret = "/api/v1/namespaces/data/secrets/alice";
+        server
+            .expect("GET", secret, 200, |_| {
+                serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "alice", "namespace": "data",
+                                 "ownerReferences": [{"apiVersion": "sluice.dev/v1alpha1", "kind": "User",
+                                                      "name": "alice", "uid": "u-1", "controller": true}]}})
+            })
+            .await;
+        server
+            .expect(
+                "DELETE",
+                secret,
+                200,
+                |_| serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+            .await;
+        let patch = server
+            .expect(
+                "PATCH",
+                "/apis/sluice.dev/v1alpha1/namespaces/data/users/alice",
+                200,
+                |_| object.clone(),
+            )
+            .await;
+        assert_eq!(patch.body["metadata"]["finalizers"], serde_json::json!([]));
+        assert!(run.await.unwrap().is_ok());
+        server.done().await;
+        let left = coord.security().await.unwrap().unwrap().value;
+        assert!(left.users.is_empty() && left.acls.is_empty(), "{left:?}");
+    }
 }

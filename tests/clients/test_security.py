@@ -343,11 +343,13 @@ def test_sessions_expire_and_clients_keep_working(short_sessions):
 def test_nodes_replicate_over_mutual_tls_and_refuse_peers_without_a_certificate(pki):
     """--replication-tls: three nodes replicate acks=all writes to each
     other over mutual TLS; a connection to a replication port without a
-    certificate the CA signed is refused."""
+    certificate the CA signed is refused, and with
+    --replication-server-name (what the operator sets) so is a client
+    certificate of the same CA that does not carry the nodes' name."""
     d = tempfile.mkdtemp(prefix="sluice-repl-tls-")
     c = SluiceCluster(d, 3, [*FAST_CLUSTER, "--ssl-cert", pki.path("peer.pem"),
                              "--ssl-key", pki.path("peer.key"), "--ssl-ca", pki.path("ca.pem"),
-                             "--replication-tls"])
+                             "--replication-tls", "--replication-server-name", "localhost"])
     try:
         c.start()
         replication = c.ready["replication"].split(",")
@@ -358,7 +360,7 @@ def test_nodes_replicate_over_mutual_tls_and_refuse_peers_without_a_certificate(
         values = [f"r-{i}".encode() for i in range(N)]
         produce({**conf, "acks": "all"}, "replicated", values)
         assert sorted(consume(conf, "replicated", N)) == sorted(values)
-        for who in (None, "mallory"):
+        for who in (None, "mallory", "alice"):
             ctx = ssl.create_default_context(cafile=pki.path("ca.pem"))
             if who:
                 ctx.load_cert_chain(pki.path(f"{who}.pem"), pki.path(f"{who}.key"))
