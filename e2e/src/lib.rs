@@ -226,22 +226,8 @@ impl Cluster {
             }
             Provider::Kind => {
                 let path = format!("/tmp/{name}");
-                self.run(
-                    "kubectl",
-                    &[
-                        "--namespace",
-                        &self.namespace,
-                        "exec",
-                        "-i",
-                        "e2e-client",
-                        "--",
-                        "sh",
-                        "-c",
-                        &format!("cat > {path}"),
-                    ],
-                    Some(content),
-                )
-                .await?;
+                self.in_client_pod(&["sh", "-c", &format!("cat > {path}")], Some(content))
+                    .await?;
                 Ok(path)
             }
         }
@@ -459,19 +445,25 @@ impl Cluster {
         match self.provider {
             Provider::Localkube => self.run("kcat", &all, stdin).await,
             Provider::Kind => {
-                let mut exec = vec![
-                    "--namespace",
-                    &self.namespace,
-                    "exec",
-                    "-i",
-                    "e2e-client",
-                    "--",
-                    "kcat",
-                ];
-                exec.extend(all);
-                self.run("kubectl", &exec, stdin).await
+                let mut argv = vec!["kcat"];
+                argv.extend(all);
+                self.in_client_pod(&argv, stdin).await
             }
         }
+    }
+
+    /// `argv` run in the kind client pod (`kubectl exec`), fed `stdin`.
+    async fn in_client_pod(&self, argv: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut exec = vec![
+            "--namespace",
+            &self.namespace,
+            "exec",
+            "-i",
+            "e2e-client",
+            "--",
+        ];
+        exec.extend_from_slice(argv);
+        self.run("kubectl", &exec, stdin).await
     }
 
     /// Every record of `topic` from the beginning: (partition, offset,
