@@ -17,6 +17,7 @@ pub mod consume;
 pub mod group;
 pub mod output;
 pub mod produce;
+pub mod secure;
 pub mod suggest;
 pub mod template;
 pub mod topic;

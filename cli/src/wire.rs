@@ -1,7 +1,8 @@
 //! Single Kafka requests, encoded by `kafka-protocol`, for the admin calls
 //! the `rdkafka` crate does not wrap: IncrementalAlterConfigs, and a
 //! Metadata answer carrying racks and the controller. One connection per
-//! call, the version agreed through ApiVersions; nothing else of a client.
+//! call (TLS and a SASL login when the properties ask: [`crate::secure`]),
+//! the version agreed through ApiVersions; nothing else of a client.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -10,17 +11,49 @@ use anyhow::{anyhow, bail, Context as _};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
 use crate::connect::{with_port, Conn};
+use crate::secure::{Sasl, Security};
+
+/// The connection: plain, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// Largest answer accepted, so a confused peer cannot make us allocate
 /// without bound.
 const MAX_RESPONSE: usize = 64 << 20;
 
 pub struct Wire {
-    stream: TcpStream,
+    stream: Stream,
     correlation: i32,
     versions: ApiVersionsResponse,
     pub address: String,
@@ -57,6 +90,7 @@ impl Wire {
     }
 
     fn open(conn: &Conn, b: &str) -> anyhow::Result<Wire> {
+        let security = Security::from_properties(&conn.properties)?;
         let mut last = anyhow!("{b}: no address");
         for a in with_port(b)
             .to_socket_addrs()
@@ -71,6 +105,19 @@ impl Wire {
             };
             stream.set_read_timeout(Some(conn.timeout))?;
             stream.set_write_timeout(Some(conn.timeout))?;
+            let stream = match &security.tls {
+                None => Stream::Plain(stream),
+                Some(config) => {
+                    let host = with_port(b)
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                        .unwrap_or_default();
+                    let name = rustls::pki_types::ServerName::try_from(host)
+                        .with_context(|| format!("{b}: not a host name for TLS"))?;
+                    let tls = rustls::ClientConnection::new(config.clone(), name)?;
+                    Stream::Tls(Box::new(rustls::StreamOwned::new(tls, stream)))
+                }
+            };
             let mut w = Wire {
                 stream,
                 correlation: 0,
@@ -82,9 +129,67 @@ impl Wire {
             if w.versions.error_code != 0 {
                 bail!("{b} refused ApiVersions (error {})", w.versions.error_code);
             }
+            if let Some((mech, user, password)) = &security.sasl {
+                w.login(*mech, user, password)?;
+            }
             return Ok(w);
         }
         Err(last)
+    }
+
+    /// SaslHandshake v1, then SaslAuthenticate (PLAIN in one step, SCRAM
+    /// in two, the broker's proof checked).
+    fn login(&mut self, mech: Sasl, user: &str, password: &str) -> anyhow::Result<()> {
+        let name = match mech {
+            Sasl::Plain => "PLAIN",
+            Sasl::Scram(m) => m.name(),
+        };
+        let peer = self.address.clone();
+        let h = self.send_version(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(name)),
+            1,
+        )?;
+        if h.error_code != 0 {
+            let offered: Vec<String> = h.mechanisms.iter().map(|m| m.to_string()).collect();
+            bail!(
+                "{peer} does not take {name} (it offers {})",
+                offered.join(", ")
+            );
+        }
+        let mut step = |bytes: Vec<u8>| -> anyhow::Result<Bytes> {
+            let r = self.send_version(
+                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(bytes)),
+                1,
+            )?;
+            if r.error_code != 0 {
+                bail!(
+                    "{peer}: authentication failed: {}",
+                    r.error_message.as_deref().unwrap_or("no reason given")
+                );
+            }
+            Ok(r.auth_bytes)
+        };
+        match mech {
+            Sasl::Plain => {
+                step(format!("\0{user}\0{password}").into_bytes())?;
+            }
+            Sasl::Scram(m) => {
+                let client = sluice_security::scram::ClientExchange::new(
+                    m,
+                    user,
+                    password,
+                    &sluice_security::scram::server_nonce(),
+                );
+                let first = step(client.first())?;
+                let (last, expect) = client
+                    .last(&first)
+                    .map_err(|e| anyhow!("{peer}: SCRAM: {e}"))?;
+                if step(last)?.as_ref() != expect.as_slice() {
+                    bail!("{peer} did not prove it knows the credential");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The highest version of `R` both sides speak.

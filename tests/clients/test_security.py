@@ -2,6 +2,7 @@
 confluent-kafka, kafka-python) against `sluice dev` with four listeners:
 SSL, SASL_SSL, SASL_PLAINTEXT and PLAINTEXT. Certificates come from the
 `openssl` command; users from `--scram-users-file`."""
+import json
 import os
 import shutil
 import socket
@@ -397,3 +398,19 @@ def test_the_sluice_command_line_works_over_sasl_ssl(secure, pki):
     r = subprocess.run([binary, "topic", "list", *props[:-2], "-X", "sasl.password=wrong"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "error:" in r.stderr, r
+    # The single kafka-protocol requests (cluster info, config set) log in
+    # the same way: TLS and SCRAM here, PLAIN on the SASL_PLAINTEXT port.
+    info = json.loads(cli("cluster", "info", "--json"))
+    assert info["nodes"], info
+    cli("config", "set", "topic", "cli-sec", "retention.ms=3600000")
+    assert "3600000" in cli("config", "get", "topic", "cli-sec", "retention.ms")
+    plain = ["-b", secure.addr("SASL_PLAINTEXT"), "-X", "security.protocol=sasl_plaintext",
+             "-X", "sasl.mechanisms=PLAIN", "-X", "sasl.username=alice"]
+    r = subprocess.run([binary, "cluster", "info", *plain, "-X", "sasl.password=alice-secret"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for bad in (["cluster", "info", *plain, "-X", "sasl.password=wrong"],
+                ["config", "set", "topic", "cli-sec", "retention.ms=1", *props[:-2],
+                 "-X", "sasl.password=wrong"]):
+        r = subprocess.run([binary, *bad], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "authentication failed" in r.stderr.lower(), r
