@@ -79,55 +79,166 @@ impl Security {
     }
 }
 
-fn client_config(props: &BTreeMap<String, String>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+/// Whether a librdkafka boolean property is set false.
+fn is_false(props: &BTreeMap<String, String>, key: &str) -> bool {
+    get(props, key).is_some_and(|v| v.eq_ignore_ascii_case("false") || v == "0")
+}
+
+/// The CA certificates to trust: `ssl.ca.pem`, `ssl.ca.location` (a file,
+/// a directory of PEM files, or `probe`), else the system's store, as
+/// librdkafka.
+fn roots(props: &BTreeMap<String, String>) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
+    let mut pems: Vec<(String, Vec<u8>)> = vec![];
+    if let Some(pem) = get(props, "ssl.ca.pem") {
+        pems.push(("ssl.ca.pem".into(), pem.as_bytes().to_vec()));
+    }
     match get(props, "ssl.ca.location") {
+        Some("probe") | None if pems.is_empty() => {
+            let (added, _) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                bail!("no CA certificate in the system's trust store: set ssl.ca.location");
+            }
+            return Ok(roots);
+        }
+        Some("probe") | None => {}
         Some(path) => {
-            for c in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading ssl.ca.location {path}"))?
-            {
-                roots.add(c.with_context(|| format!("a certificate in {path}"))?)?;
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("reading ssl.ca.location {path}"))?;
+            let files: Vec<std::path::PathBuf> = if meta.is_dir() {
+                std::fs::read_dir(path)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.is_file())
+                    .collect()
+            } else {
+                vec![path.into()]
+            };
+            for f in files {
+                if let Ok(bytes) = std::fs::read(&f) {
+                    pems.push((f.display().to_string(), bytes));
+                }
             }
         }
-        // As librdkafka: the system's trust store.
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
+    }
+    for (from, bytes) in pems {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+            .filter_map(Result::ok)
+            .collect();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 && get(props, "ssl.ca.location").is_some_and(|l| l == from) {
+            bail!("no CA certificate in {from}");
         }
     }
     if roots.is_empty() {
-        bail!("no CA certificate to trust: set ssl.ca.location");
+        bail!("no CA certificate in ssl.ca.location / ssl.ca.pem");
     }
-    let roots = Arc::new(roots);
+    Ok(roots)
+}
+
+fn client_config(props: &BTreeMap<String, String>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    for unsupported in ["ssl.keystore.location", "ssl.key.password"] {
+        if get(props, unsupported).is_some() {
+            bail!("{unsupported} is not supported by cluster info and config set: give the client certificate as PEM (ssl.certificate.location and an unencrypted ssl.key.location)");
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let builder = match get(props, "ssl.endpoint.identification.algorithm") {
-        Some("none") => {
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider).build()?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyName(inner)))
-        }
-        _ => builder.with_root_certificates(roots),
+    let names = get(props, "ssl.endpoint.identification.algorithm").unwrap_or("https");
+    let builder = if is_false(props, "enable.ssl.certificate.verification") {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
+    } else if names.eq_ignore_ascii_case("none") {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(props)?), provider)
+            .build()?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyName(inner)))
+    } else if names.eq_ignore_ascii_case("https") {
+        builder.with_root_certificates(roots(props)?)
+    } else {
+        bail!("ssl.endpoint.identification.algorithm {names:?} is not one of none, https");
     };
-    let config = match (
+    let cert = match (
+        get(props, "ssl.certificate.pem"),
         get(props, "ssl.certificate.location"),
-        get(props, "ssl.key.location"),
     ) {
+        (Some(pem), _) => Some(pem.as_bytes().to_vec()),
+        (None, Some(path)) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading ssl.certificate.location {path}"))?,
+        ),
+        (None, None) => None,
+    };
+    let key = match (get(props, "ssl.key.pem"), get(props, "ssl.key.location")) {
+        (Some(pem), _) => Some(pem.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            Some(std::fs::read(path).with_context(|| format!("reading ssl.key.location {path}"))?)
+        }
+        (None, None) => None,
+    };
+    let config = match (cert, key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("reading ssl.certificate.location {cert}"))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("reading ssl.key.location {key}"))?;
+            let chain = CertificateDer::pem_slice_iter(&cert).collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(&key).context("the client certificate's key")?;
             builder.with_client_auth_cert(chain, key)?
         }
         (None, None) => builder.with_no_client_auth(),
-        _ => bail!("ssl.certificate.location and ssl.key.location go together"),
+        _ => bail!("a client certificate needs both its certificate and its key (ssl.certificate.* and ssl.key.*)"),
     };
     Ok(Arc::new(config))
+}
+
+/// `enable.ssl.certificate.verification=false`: any certificate, as
+/// librdkafka then takes (the handshake's signatures are still checked).
+#[derive(Debug)]
+struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// `ssl.endpoint.identification.algorithm=none`: the chain is checked
@@ -226,5 +337,22 @@ mod tests {
             ("ssl.ca.location", "/nonexistent/ca.pem")
         ])
         .contains("ssl.ca.location"));
+        assert!(e(&[
+            ("security.protocol", "ssl"),
+            ("ssl.keystore.location", "/k.p12")
+        ])
+        .contains("ssl.keystore.location"));
+        assert!(e(&[
+            ("security.protocol", "ssl"),
+            ("ssl.endpoint.identification.algorithm", "dns")
+        ])
+        .contains("none, https"));
+        // Verification off needs no CA, as librdkafka.
+        let s = Security::from_properties(&props(&[
+            ("security.protocol", "SSL"),
+            ("enable.ssl.certificate.verification", "False"),
+        ]))
+        .unwrap();
+        assert!(s.tls.is_some());
     }
 }

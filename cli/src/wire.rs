@@ -52,6 +52,18 @@ impl Write for Stream {
 /// without bound.
 const MAX_RESPONSE: usize = 64 << 20;
 
+/// A broker refused the login: final, whichever broker is asked.
+#[derive(Debug)]
+struct LoginRefused(String);
+
+impl std::fmt::Display for LoginRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoginRefused {}
+
 pub struct Wire {
     stream: Stream,
     correlation: i32,
@@ -70,14 +82,18 @@ impl Wire {
         conn: &Conn,
         addresses: impl IntoIterator<Item = &'a str>,
     ) -> anyhow::Result<Wire> {
+        // Settings that cannot work fail here, not as an unreachable broker.
+        let security = Security::from_properties(&conn.properties)?;
         let mut last = None;
         for b in addresses
             .into_iter()
             .map(str::trim)
             .filter(|b| !b.is_empty())
         {
-            match Wire::open(conn, b) {
+            match Wire::open(conn, b, &security) {
                 Ok(w) => return Ok(w),
+                // Another broker would refuse the same login.
+                Err(e) if e.is::<LoginRefused>() => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -89,8 +105,7 @@ impl Wire {
         })
     }
 
-    fn open(conn: &Conn, b: &str) -> anyhow::Result<Wire> {
-        let security = Security::from_properties(&conn.properties)?;
+    fn open(conn: &Conn, b: &str, security: &Security) -> anyhow::Result<Wire> {
         let mut last = anyhow!("{b}: no address");
         for a in with_port(b)
             .to_socket_addrs()
@@ -162,10 +177,11 @@ impl Wire {
                 1,
             )?;
             if r.error_code != 0 {
-                bail!(
+                return Err(LoginRefused(format!(
                     "{peer}: authentication failed: {}",
                     r.error_message.as_deref().unwrap_or("no reason given")
-                );
+                ))
+                .into());
             }
             Ok(r.auth_bytes)
         };

@@ -519,7 +519,9 @@ impl ClientExchange {
         let i: u32 = attr(it.next(), 'i')?
             .parse()
             .map_err(|_| ScramError::Malformed("bad iteration count"))?;
-        if i == 0 {
+        // More than Kafka stores would only cost the client time: a hostile
+        // server could stall it in PBKDF2.
+        if i == 0 || i > MAX_ITERATIONS {
             return Err(ScramError::Malformed("bad iteration count"));
         }
         let salted = salted_password(self.m, self.password.as_bytes(), &salt, i);

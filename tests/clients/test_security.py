@@ -409,6 +409,17 @@ def test_the_sluice_command_line_works_over_sasl_ssl(secure, pki):
     r = subprocess.run([binary, "cluster", "info", *plain, "-X", "sasl.password=alice-secret"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    # librdkafka's ways of relaxing the checks work here too: host names
+    # unchecked (any case), or no verification at all (no CA given).
+    login = ["-X", "sasl.mechanisms=SCRAM-SHA-512", "-X", "sasl.username=alice",
+             "-X", "sasl.password=alice-secret", "-b", secure.addr("SASL_SSL"),
+             "-X", "security.protocol=SASL_SSL"]
+    for relaxed in (["-X", f"ssl.ca.location={pki.path('ca.pem')}",
+                     "-X", "ssl.endpoint.identification.algorithm=NONE"],
+                    ["-X", "enable.ssl.certificate.verification=false"]):
+        r = subprocess.run([binary, "cluster", "info", *login, *relaxed],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
     for bad in (["cluster", "info", *plain, "-X", "sasl.password=wrong"],
                 ["config", "set", "topic", "cli-sec", "retention.ms=1", *props[:-2],
                  "-X", "sasl.password=wrong"]):
