@@ -70,6 +70,16 @@ pub fn text(secret: &Secret, key: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
+/// Every entry of a Secret, as text.
+pub fn texts(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
 /// Writes `data` to the Secret `name`: created when `existing` is `None`,
 /// else replaced at the resourceVersion read (a concurrent change makes
 /// this fail, and the next pass decides again).
@@ -198,17 +208,8 @@ pub async fn ensure_leaf(
     let mut data = want.extra.clone();
     data.insert(want.cert_key.to_string(), cert);
     data.insert(want.key_key.to_string(), key);
-    let current: Option<BTreeMap<String, String>> = existing.as_ref().map(|s| {
-        s.data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-            .collect()
-    });
-    if let (Some(sec), Some(current)) = (&existing, current) {
-        if current == data {
-            return Ok(sec.clone());
-        }
+    if let Some(sec) = existing.as_ref().filter(|sec| texts(sec) == data) {
+        return Ok(sec.clone());
     }
     Ok(put_secret(
         api,

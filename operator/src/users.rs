@@ -366,13 +366,7 @@ async fn reconcile_inner(u: &User, ctx: &Context) -> Result<Action, UserError> {
             if let Some(ca) = &cluster_ca {
                 data.insert("ca.crt".into(), ca.clone());
             }
-            let current: Option<BTreeMap<String, String>> = existing.as_ref().map(|sec| {
-                sec.data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect()
-            });
+            let current = existing.as_ref().map(tls::texts);
             // The credential first: a Secret never holds a password the
             // nodes would refuse.
             store(ctx.coord.as_ref(), &name, &acls, Some(&password)).await?;
